@@ -1,0 +1,215 @@
+"""`OmniVecConfig`: one dataclass tree (backbone, modalities, heads), saved as `config.json`.
+
+Every config is built through `from_dict`, which rejects unknown keys, wrong types and impossible
+values with a `ConfigError` naming the full key (e.g. `modalities.image.patch_size`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .registry import HEADS, MODALITIES
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` (int, float, str, bool, X | None, tuple[X, ...])."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        (item_tp, *_) = typing.get_args(tp)
+        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
+    """Build the dataclass `cls` from `data`, checking keys, types and then `validate()`."""
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{prefix}.{key}: unknown key{hint}; expected one of {names}")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    obj.validate(prefix)
+    return obj
+
+
+def require(ok: bool, key: str, expected: str, value: Any) -> None:
+    """Raise a `ConfigError` naming `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def require_positive(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        require(value is None or value > 0, f"{prefix}.{name}", "a positive number", value)
+
+
+@dataclass
+class ModalityConfig:
+    """Settings shared by every modality; each modality file subclasses it with its own."""
+
+    width: int | None = None  # token width inside the modality (None: the backbone width)
+    depth: int = 0  # modality-specific transformer blocks before projecting to the backbone
+    num_heads: int | None = None  # attention heads of those blocks (None: width // 64, at least 1)
+    mask_ratio: float = 0.75  # fraction of tokens hidden in masked pretraining
+
+    def validate(self, prefix: str) -> None:
+        require_positive(self, prefix, "width", "num_heads")
+        require(self.depth >= 0, f"{prefix}.depth", "an int >= 0", self.depth)
+        require(0.0 <= self.mask_ratio < 1.0, f"{prefix}.mask_ratio", "a float in [0, 1)", self.mask_ratio)
+
+
+@dataclass
+class BackboneConfig:
+    """The shared pre-LN transformer trunk."""
+
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio")
+        require(self.dim % self.num_heads == 0, f"{prefix}.num_heads", f"a divisor of dim={self.dim}", self.num_heads)
+        require(0.0 <= self.drop_path < 1.0, f"{prefix}.drop_path", "a float in [0, 1)", self.drop_path)
+
+
+@dataclass
+class HeadConfig:
+    """Settings shared by every task head; each head file subclasses it with its own."""
+
+    type: str = ""  # registered head name, e.g. "classification"
+    modality: str = ""  # the modality whose backbone tokens feed the head
+
+    def validate(self, prefix: str) -> None:
+        pass
+
+
+@dataclass
+class OmniVecConfig:
+    """The whole model: backbone, per-modality encoders (by modality name) and task heads (by task)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    heads: dict[str, HeadConfig] = field(default_factory=dict)
+    variant: str | None = None  # registered variant this config came from, for information
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OmniVecConfig":
+        """Build and validate a config; every error names its key."""
+        from . import heads as _heads, modalities as _modalities  # noqa: F401  (fill the registries)
+
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+        data = dict(data)
+        unknown = set(data) - {"backbone", "modalities", "heads", "variant"}
+        if unknown:
+            raise ConfigError(f"{sorted(unknown)[0]}: unknown key; expected backbone, modalities, heads, variant")
+        variant = _coerce(str | None, data.get("variant"), "variant")
+        backbone = from_dict(BackboneConfig, data.get("backbone"), "backbone")
+        modalities = {}
+        for name, sub in _mapping(data.get("modalities"), "modalities").items():
+            if name not in MODALITIES:
+                raise ConfigError(f"modalities.{name}: unknown modality; registered: {MODALITIES.names()}")
+            modalities[name] = from_dict(MODALITIES.get(name).config_class, sub, f"modalities.{name}")
+        if not modalities:
+            raise ConfigError(f"modalities: expected at least one of {MODALITIES.names()}")
+        heads = {}
+        for name, sub in _mapping(data.get("heads"), "heads").items():
+            sub = _mapping(sub, f"heads.{name}")
+            kind = sub.get("type")
+            if kind not in HEADS:
+                raise ConfigError(f"heads.{name}.type: expected one of {HEADS.names()}, got {kind!r}")
+            heads[name] = from_dict(HEADS.get(kind).config_class, sub, f"heads.{name}")
+            if heads[name].modality not in modalities:
+                raise ConfigError(
+                    f"heads.{name}.modality: expected one of the model's modalities {sorted(modalities)}, "
+                    f"got {heads[name].modality!r}"
+                )
+        return cls(backbone=backbone, modalities=modalities, heads=heads, variant=variant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "backbone": dataclasses.asdict(self.backbone),
+            "modalities": {k: dataclasses.asdict(v) for k, v in self.modalities.items()},
+            "heads": {k: dataclasses.asdict(v) for k, v in self.heads.items()},
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "OmniVecConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(data)
+
+
+def _mapping(value: Any, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` into `base`; dotted keys (`backbone.depth`) reach nested values,
+    and a `None` value for a modality or head removes it."""
+    out = json.loads(json.dumps(base))  # deep copy of plain data
+    for key, value in overrides.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {p!r} is not a mapping")
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = merge(node[leaf], value)
+        elif value is None and parents and parents[-1] in ("modalities", "heads"):
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return out

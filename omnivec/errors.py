@@ -1,0 +1,9 @@
+"""Errors users see: each names the key, modality or file at fault and what was expected."""
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, of the wrong type, or has an impossible value."""
+
+
+class InputError(ValueError):
+    """A tensor given to the model does not have the shape, dtype or values its modality expects."""

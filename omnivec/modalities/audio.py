@@ -1,0 +1,101 @@
+"""Audio modality: Kaldi log-mel fbank (torchaudio) cut into spectrogram patches, AST style."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from timm.layers import trunc_normal_
+from torch import nn
+
+from ..config import ModalityConfig, require, require_positive
+from .base import ModalityEncoder, register_modality
+
+
+@dataclass
+class AudioConfig(ModalityConfig):
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    target_frames: int = 1024  # fbank frames per clip (10 ms each): longer clips are cropped, shorter padded
+    patch_size: int = 16
+    patch_stride: int = 16  # AST uses 10 (overlapping patches); masked pretraining wants 16
+    mean: float = -4.2677393  # AST's AudioSet fbank statistics
+    std: float = 4.5689974
+    mask_ratio: float = 0.8  # AudioMAE
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require_positive(self, prefix, "sample_rate", "num_mel_bins", "target_frames", "patch_size",
+                         "patch_stride", "std")
+        for key in ("num_mel_bins", "target_frames"):
+            value = getattr(self, key)
+            require(value >= self.patch_size, f"{prefix}.{key}", f">= patch_size={self.patch_size}", value)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches along (frequency, time)."""
+        f = (self.num_mel_bins - self.patch_size) // self.patch_stride + 1
+        t = (self.target_frames - self.patch_size) // self.patch_stride + 1
+        return f, t
+
+
+class AudioTransform:
+    """(waveform [channels, samples] or [samples], sample_rate) -> normalised fbank [target_frames, mel]."""
+
+    def __init__(self, cfg: AudioConfig, train: bool = False):
+        self.cfg, self.train = cfg, train
+
+    def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        cfg = self.cfg
+        waveform = torch.as_tensor(waveform, dtype=torch.float32)
+        waveform = waveform.reshape(1, -1) if waveform.ndim == 1 else waveform.mean(0, keepdim=True)  # mono
+        if sample_rate != cfg.sample_rate:
+            waveform = torchaudio.functional.resample(waveform, sample_rate, cfg.sample_rate)
+        waveform = waveform - waveform.mean()
+        if waveform.shape[1] < 400:  # shorter than one 25 ms window at 16 kHz: pad so one frame exists
+            waveform = nn.functional.pad(waveform, (0, 400 - waveform.shape[1]))
+        fbank = torchaudio.compliance.kaldi.fbank(
+            waveform, htk_compat=True, sample_frequency=cfg.sample_rate, use_energy=False,
+            window_type="hanning", num_mel_bins=cfg.num_mel_bins, dither=0.0, frame_shift=10,
+        )  # [frames, mel]
+        extra = fbank.shape[0] - cfg.target_frames
+        if extra > 0:
+            start = int(torch.randint(extra + 1, ())) if self.train else 0
+            fbank = fbank[start:start + cfg.target_frames]
+        elif extra < 0:
+            fbank = nn.functional.pad(fbank, (0, 0, 0, -extra))
+        return (fbank - cfg.mean) / (2 * cfg.std)  # [target_frames, mel]
+
+
+@register_modality("audio")
+class AudioEncoder(ModalityEncoder):
+    """[B, frames, mel] fbank -> [B, F'*T', D] spectrogram-patch tokens (frequency-major, as AST)."""
+
+    config_class = AudioConfig
+
+    def __init__(self, cfg: AudioConfig, dim: int):
+        super().__init__(cfg, dim)
+        self.patch_embed = nn.Conv2d(1, self.width, kernel_size=cfg.patch_size, stride=cfg.patch_stride)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width))
+        trunc_normal_(self.pos_embed, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        f, t = self.cfg.grid
+        return f * t
+
+    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x = self.patch_embed(x.transpose(1, 2).unsqueeze(1))  # [B, 1, mel, frames] -> [B, width, F', T']
+        return x.flatten(2).transpose(1, 2) + self.pos_embed, None  # [B, L, width]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        t, f = self.cfg.target_frames, self.cfg.num_mel_bins
+        self._check_tensor(x, (None, t, f), f"[B, {t}, {f}] (fbank frames, mel bins)")
+
+    @classmethod
+    def build_transform(cls, cfg: AudioConfig, train: bool = False) -> AudioTransform:
+        return AudioTransform(cfg, train)
+
+    @classmethod
+    def example_input(cls, cfg: AudioConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(batch_size, cfg.target_frames, cfg.num_mel_bins, generator=generator)

@@ -1,0 +1,88 @@
+"""Image modality: ViT patch embedding with learned 2-D positions (timm `PatchEmbed`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import PatchEmbed, trunc_normal_
+from torch import nn
+from torchvision.transforms import v2
+
+from ..config import ModalityConfig, require, require_positive
+from .base import ModalityEncoder, register_modality
+
+
+@dataclass
+class ImageConfig(ModalityConfig):
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    mask_ratio: float = 0.75  # MAE
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require_positive(self, prefix, "image_size", "patch_size", "in_chans")
+        require(self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
+                f"a divisor of image_size={self.image_size}", self.patch_size)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
+
+
+class ImageTransform:
+    """PIL image or uint8 tensor [C, H, W] -> normalised float tensor [in_chans, S, S]."""
+
+    def __init__(self, cfg: ImageConfig, train: bool = False):
+        size = cfg.image_size
+        resize = (
+            [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)]
+            if train
+            else [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        )
+        self.in_chans = cfg.in_chans
+        self.pipeline = v2.Compose(
+            [v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
+        )
+
+    def __call__(self, image) -> torch.Tensor:
+        if hasattr(image, "convert"):  # PIL: match the configured channels
+            image = image.convert("RGB" if self.in_chans == 3 else "L")
+        x = self.pipeline(image)  # [C, S, S]
+        if x.shape[0] == 1 and self.in_chans == 3:
+            x = x.expand(3, -1, -1)
+        return x
+
+
+@register_modality("image")
+class ImageEncoder(ModalityEncoder):
+    """[B, C, H, W] -> [B, (H/p)*(W/p), D] patch tokens."""
+
+    config_class = ImageConfig
+
+    def __init__(self, cfg: ImageConfig, dim: int):
+        super().__init__(cfg, dim)
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, self.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, self.width))
+        trunc_normal_(self.pos_embed, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.patch_embed.num_patches
+
+    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.patch_embed(x) + self.pos_embed, None  # [B, L, width]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        c, s = self.cfg.in_chans, self.cfg.image_size
+        self._check_tensor(x, (None, c, s, s), f"[B, {c}, {s}, {s}]")
+
+    @classmethod
+    def build_transform(cls, cfg: ImageConfig, train: bool = False) -> ImageTransform:
+        return ImageTransform(cfg, train)
+
+    @classmethod
+    def example_input(cls, cfg: ImageConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(batch_size, cfg.in_chans, cfg.image_size, cfg.image_size, generator=generator)

@@ -1,0 +1,133 @@
+"""Point-cloud modality: farthest point sampling + kNN groups + a mini-PointNet per group (Point-MAE)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ModalityConfig, require, require_positive
+from .base import ModalityEncoder, register_modality
+
+
+@dataclass
+class PointCloudConfig(ModalityConfig):
+    num_points: int = 1024
+    num_groups: int = 64
+    group_size: int = 32
+    in_chans: int = 3  # xyz, plus any extra channels (normals, colours)
+    mask_ratio: float = 0.6  # Point-MAE
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require_positive(self, prefix, "num_points", "num_groups", "group_size")
+        require(self.in_chans >= 3, f"{prefix}.in_chans", "at least 3 (xyz first)", self.in_chans)
+        for key in ("num_groups", "group_size"):
+            value = getattr(self, key)
+            require(value <= self.num_points, f"{prefix}.{key}", f"<= num_points={self.num_points}", value)
+
+
+@torch.no_grad()
+def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    """xyz: [B, N, 3] -> [B, n] indices of points spread over the cloud (starting at point 0)."""
+    B, N, _ = xyz.shape
+    idx = torch.zeros(B, n, dtype=torch.long, device=xyz.device)
+    dist = torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype)
+    farthest = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    batch = torch.arange(B, device=xyz.device)
+    for i in range(n):
+        idx[:, i] = farthest
+        centre = xyz[batch, farthest].unsqueeze(1)  # [B, 1, 3]
+        dist = torch.minimum(dist, (xyz - centre).square().sum(-1))  # [B, N]
+        farthest = dist.argmax(-1)
+    return idx
+
+
+def group_points(points: torch.Tensor, num_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """points: [B, N, C] -> centres [B, G, 3] and groups [B, G, K, C] (xyz relative to the centre)."""
+    xyz = points[..., :3]
+    centres = torch.gather(xyz, 1, farthest_point_sample(xyz, num_groups)[..., None].expand(-1, -1, 3))  # [B, G, 3]
+    knn = torch.cdist(centres, xyz).topk(group_size, dim=-1, largest=False).indices  # [B, G, K]
+    B, G, K = knn.shape
+    groups = torch.gather(points, 1, knn.reshape(B, G * K, 1).expand(-1, -1, points.shape[-1]))
+    groups = groups.reshape(B, G, K, -1)  # [B, G, K, C]
+    groups = torch.cat([groups[..., :3] - centres.unsqueeze(2), groups[..., 3:]], dim=-1)
+    return centres, groups
+
+
+class MiniPointNet(nn.Module):
+    """Point-MAE's group encoder: shared MLP, max-pool, concat the pooled feature, MLP, max-pool.
+    (LayerNorm instead of BatchNorm, so that a sample's tokens never depend on its batch.)"""
+
+    def __init__(self, in_chans: int, out_dim: int):
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(in_chans, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 256))
+        self.second = nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512), nn.GELU(), nn.Linear(512, out_dim))
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        """groups: [B, G, K, C] -> [B, G, out_dim]."""
+        f = self.first(groups)  # [B, G, K, 256]
+        pooled = f.amax(dim=2, keepdim=True).expand_as(f)  # [B, G, K, 256]
+        return self.second(torch.cat([pooled, f], dim=-1)).amax(dim=2)  # [B, G, out_dim]
+
+
+class PointCloudTransform:
+    """points [N, C] (array or tensor) -> [num_points, C]: resampled, centred, scaled to the unit sphere.
+
+    Training adds a random rotation about the vertical (z) axis, random scaling and jitter.
+    """
+
+    def __init__(self, cfg: PointCloudConfig, train: bool = False):
+        self.num_points, self.train = cfg.num_points, train
+
+    def __call__(self, points) -> torch.Tensor:
+        points = torch.as_tensor(points, dtype=torch.float32)
+        n = points.shape[0]
+        generator = None if self.train else torch.Generator().manual_seed(0)
+        if n >= self.num_points:
+            idx = torch.randperm(n, generator=generator)[: self.num_points]
+        else:
+            idx = torch.randint(n, (self.num_points,), generator=generator)
+        points = points[idx].clone()  # [num_points, C]
+        xyz = points[:, :3] - points[:, :3].mean(0)
+        xyz = xyz / xyz.norm(dim=1).max().clamp(min=1e-8)
+        if self.train:
+            angle = torch.rand(()).item() * 2 * math.pi
+            c, s = math.cos(angle), math.sin(angle)
+            rotation = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            xyz = xyz @ rotation.T * torch.empty(()).uniform_(0.8, 1.2) + 0.01 * torch.randn_like(xyz)
+        points[:, :3] = xyz
+        return points
+
+
+@register_modality("point_cloud")
+class PointCloudEncoder(ModalityEncoder):
+    """[B, N, C] points -> [B, G, D] group tokens, positioned by an MLP of the group centres."""
+
+    config_class = PointCloudConfig
+
+    def __init__(self, cfg: PointCloudConfig, dim: int):
+        super().__init__(cfg, dim)
+        self.group_encoder = MiniPointNet(cfg.in_chans, self.width)
+        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, self.width))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.num_groups
+
+    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        centres, groups = group_points(x, self.cfg.num_groups, self.cfg.group_size)  # [B, G, 3], [B, G, K, C]
+        return self.group_encoder(groups) + self.pos_embed(centres), None  # [B, G, width]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        n, c = self.cfg.num_points, self.cfg.in_chans
+        self._check_tensor(x, (None, n, c), f"[B, {n}, {c}] (points, xyz + extra channels)")
+
+    @classmethod
+    def build_transform(cls, cfg: PointCloudConfig, train: bool = False) -> PointCloudTransform:
+        return PointCloudTransform(cfg, train)
+
+    @classmethod
+    def example_input(cls, cfg: PointCloudConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(batch_size, cfg.num_points, cfg.in_chans, generator=generator)

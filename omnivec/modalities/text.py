@@ -1,0 +1,139 @@
+"""Text modality: a Hugging Face tokenizer's word pieces, token embeddings and learned positions."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+
+from ..config import ModalityConfig, require, require_positive
+from ..errors import ConfigError
+from .base import ModalityEncoder, register_modality
+
+BYTES = "bytes"  # the built-in tokenizer: one token per UTF-8 byte, needs no files
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class TextConfig(ModalityConfig):
+    tokenizer: str = BYTES  # "bytes", a Hugging Face hub id, or a local tokenizer directory
+    vocab_size: int = 261  # at least the tokenizer's size (261 for "bytes")
+    max_length: int = 128
+    mask_ratio: float = 0.15  # BERT
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require_positive(self, prefix, "vocab_size", "max_length")
+        require(bool(self.tokenizer), f"{prefix}.tokenizer", "a tokenizer name or path", self.tokenizer)
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer ([CLS] bytes [SEP]) built with `tokenizers`: offline, any language."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name: str):
+    """"bytes", a hub id or a local directory -> a Hugging Face tokenizer (cached per name)."""
+    if name == BYTES:
+        return byte_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+class TextTransform:
+    """str -> {"input_ids": [L], "attention_mask": [L]} (truncated to max_length; collate pads)."""
+
+    def __init__(self, cfg: TextConfig, train: bool = False):
+        self.cfg = cfg
+        size = len(self.tokenizer)
+        if size > cfg.vocab_size:
+            raise ConfigError(
+                f"modalities.text.vocab_size: expected at least {size} (the size of tokenizer "
+                f"{cfg.tokenizer!r}), got {cfg.vocab_size}"
+            )
+
+    @property
+    def tokenizer(self):
+        return load_tokenizer(self.cfg.tokenizer)
+
+    def __getstate__(self) -> dict:  # DataLoader workers reload the tokenizer from its name
+        return {"cfg": self.cfg}
+
+    def __call__(self, text: str) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(text, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0]}
+
+
+@register_modality("text")
+class TextEncoder(ModalityEncoder):
+    """{"input_ids": [B, L], "attention_mask": [B, L]} (or input_ids alone) -> [B, L, D] token features."""
+
+    config_class = TextConfig
+
+    def __init__(self, cfg: TextConfig, dim: int):
+        super().__init__(cfg, dim)
+        self.token_embed = nn.Embedding(cfg.vocab_size, self.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_length, self.width))
+        trunc_normal_(self.token_embed.weight, std=0.02)
+        trunc_normal_(self.pos_embed, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.max_length
+
+    @staticmethod
+    def _unpack(x: Any) -> tuple[Any, Any]:
+        if isinstance(x, Mapping):
+            return x.get("input_ids"), x.get("attention_mask")
+        return x, None
+
+    def tokenize(self, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids, attention_mask = self._unpack(x)  # [B, L], [B, L] | None
+        tokens = self.token_embed(ids) + self.pos_embed[:, : ids.shape[1]]  # [B, L, width]
+        return tokens, None if attention_mask is None else attention_mask.bool()
+
+    def check_input(self, x: Any) -> None:
+        ids, attention_mask = self._unpack(x)
+        expected = f"input_ids [B, L <= {self.cfg.max_length}] of int token ids"
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            self._fail(expected, f"shape {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__)
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            self._fail(expected, f"dtype {ids.dtype}")
+        if ids.shape[1] > self.cfg.max_length:
+            self._fail(expected + " (modalities.text.max_length)", f"length {ids.shape[1]}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
+            self._fail(f"token ids in [0, {self.cfg.vocab_size})", f"ids in [{int(ids.min())}, {int(ids.max())}]")
+        if attention_mask is not None and attention_mask.shape != ids.shape:
+            self._fail(f"attention_mask of the input_ids' shape {list(ids.shape)}", f"{list(attention_mask.shape)}")
+
+    @classmethod
+    def build_transform(cls, cfg: TextConfig, train: bool = False) -> TextTransform:
+        return TextTransform(cfg, train)
+
+    @classmethod
+    def example_input(cls, cfg: TextConfig, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random token ids of varying lengths, right-padded with 0, and their attention mask."""
+        length = min(cfg.max_length, 32)
+        lengths = torch.randint(max(1, length // 2), length + 1, (batch_size,), generator=generator)
+        lengths[0] = length
+        attention_mask = (torch.arange(length)[None] < lengths[:, None]).long()  # [B, L]
+        ids = torch.randint(len(SPECIAL_TOKENS), cfg.vocab_size, (batch_size, length), generator=generator)
+        return {"input_ids": ids * attention_mask, "attention_mask": attention_mask}

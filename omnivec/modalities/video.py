@@ -1,0 +1,104 @@
+"""Video modality: tubelet embedding (Conv3d, VideoMAE style) with learned space-time positions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ..config import ModalityConfig, require, require_positive
+from .base import ModalityEncoder, register_modality
+
+
+@dataclass
+class VideoConfig(ModalityConfig):
+    num_frames: int = 16
+    image_size: int = 224
+    patch_size: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    mask_ratio: float = 0.9  # VideoMAE tube masking
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require_positive(self, prefix, "num_frames", "image_size", "patch_size", "tubelet_size", "in_chans")
+        require(self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
+                f"a divisor of image_size={self.image_size}", self.patch_size)
+        require(self.num_frames % self.tubelet_size == 0, f"{prefix}.tubelet_size",
+                f"a divisor of num_frames={self.num_frames}", self.tubelet_size)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
+
+
+class VideoTransform:
+    """uint8 frames [T, H, W, C] (as decoders return them) or [T, C, H, W] -> float [num_frames, C, S, S].
+
+    Picks `num_frames` frames spread uniformly over the clip (with a random offset when training).
+    """
+
+    def __init__(self, cfg: VideoConfig, train: bool = False):
+        self.num_frames, self.in_chans, self.train = cfg.num_frames, cfg.in_chans, train
+        size = cfg.image_size
+        resize = (
+            [v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)]
+            if train
+            else [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        )
+        self.pipeline = v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
+
+    def frame_indices(self, total: int) -> torch.Tensor:
+        step = total / self.num_frames
+        offset = torch.rand(()).item() * step if self.train else step / 2
+        return (torch.arange(self.num_frames) * step + offset).long().clamp(max=total - 1)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(frames)
+        if frames.ndim == 4 and frames.shape[-1] in (1, 3) and frames.shape[1] not in (1, 3):
+            frames = frames.permute(0, 3, 1, 2)  # [T, H, W, C] -> [T, C, H, W]
+        if frames.shape[1] == 1 and self.in_chans == 3:
+            frames = frames.expand(-1, 3, -1, -1)
+        frames = frames[self.frame_indices(frames.shape[0])]  # [num_frames, C, H, W]
+        return self.pipeline(tv_tensors.Video(frames)).as_subclass(torch.Tensor)  # one crop for all frames
+
+
+@register_modality("video")
+class VideoEncoder(ModalityEncoder):
+    """[B, T, C, H, W] -> [B, (T/t)*(H/p)*(W/p), D] tubelet tokens (time-major order)."""
+
+    config_class = VideoConfig
+
+    def __init__(self, cfg: VideoConfig, dim: int):
+        super().__init__(cfg, dim)
+        t, p = cfg.tubelet_size, cfg.patch_size
+        self.grid = (cfg.num_frames // t, cfg.image_size // p, cfg.image_size // p)
+        self.patch_embed = nn.Conv3d(cfg.in_chans, self.width, kernel_size=(t, p, p), stride=(t, p, p))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width))
+        trunc_normal_(self.pos_embed, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x = self.patch_embed(x.transpose(1, 2))  # [B, C, T, H, W] -> [B, width, T/t, H/p, W/p]
+        return x.flatten(2).transpose(1, 2) + self.pos_embed, None  # [B, L, width]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        t, c, s = self.cfg.num_frames, self.cfg.in_chans, self.cfg.image_size
+        self._check_tensor(x, (None, t, c, s, s), f"[B, {t}, {c}, {s}, {s}] (frames, channels, height, width)")
+
+    @classmethod
+    def build_transform(cls, cfg: VideoConfig, train: bool = False) -> VideoTransform:
+        return VideoTransform(cfg, train)
+
+    @classmethod
+    def example_input(cls, cfg: VideoConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        shape = (batch_size, cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size)
+        return torch.randn(*shape, generator=generator)

@@ -1,0 +1,134 @@
+"""Each modality: transform (raw sample -> model-ready tensor), tokenizer shapes, input checks."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import omnivec
+from omnivec import InputError
+from omnivec.modalities.point_cloud import farthest_point_sample, group_points
+from omnivec.modalities.text import load_tokenizer
+
+TOKENS = {"image": 16, "video": 2 * 2 * 2, "audio": 2 * 3, "point_cloud": 8}  # per the conftest TINY config
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio", "point_cloud"])
+def test_tokenize_shapes(tiny_model, tiny_config, modality):
+    x = omnivec.example_inputs(tiny_config, batch_size=3)[modality]
+    enc = tiny_model.encoders[modality]
+    tokens, mask = enc.tokenize(x)
+    assert tokens.shape == (3, TOKENS[modality], enc.width) and mask is None
+    assert enc.num_tokens == TOKENS[modality]
+    out, _ = enc(x)
+    assert out.shape == (3, TOKENS[modality], tiny_config.backbone.dim)
+
+
+def test_text_tokenize_shapes(tiny_model, tiny_config):
+    x = omnivec.example_inputs(tiny_config, batch_size=3)["text"]
+    tokens, mask = tiny_model.encoders["text"].tokenize(x)
+    assert tokens.shape == (3, x["input_ids"].shape[1], 32)
+    assert torch.equal(mask, x["attention_mask"].bool())
+
+
+def test_every_modality_embeds(tiny_model, tiny_config):
+    batch = omnivec.example_inputs(tiny_config, batch_size=2)
+    emb = tiny_model.embed(batch)
+    assert set(emb) == {"image", "video", "audio", "text", "point_cloud"}
+    for e in emb.values():
+        assert e.shape == (2, 32)
+        torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "modality, bad, expected",
+    [
+        ("image", torch.randn(2, 3, 15, 16), r"\[B, 3, 16, 16\]"),
+        ("image", torch.randn(3, 16, 16), r"\[B, 3, 16, 16\]"),
+        ("image", torch.zeros(2, 3, 16, 16, dtype=torch.uint8), "floating-point"),
+        ("video", torch.randn(2, 3, 3, 16, 16), r"\[B, 4, 3, 16, 16\]"),
+        ("audio", torch.randn(2, 32, 48), r"\[B, 48, 32\]"),
+        ("point_cloud", torch.randn(2, 64, 2), r"\[B, 64, 3\]"),
+        ("text", torch.randint(0, 10, (2, 25)), "max_length"),
+        ("text", torch.full((2, 4), 999), r"token ids in \[0, 261\)"),
+        ("text", torch.randn(2, 4), "int token ids"),
+    ],
+)
+def test_wrong_input_names_modality_and_expected_shape(tiny_model, modality, bad, expected):
+    with pytest.raises(InputError, match=f"^{modality}: expected .*{expected}"):
+        tiny_model.embed({modality: bad})
+
+
+def test_unknown_modality_is_named(tiny_model):
+    with pytest.raises(InputError, match="smell"):
+        tiny_model.embed({"smell": torch.randn(1, 3)})
+
+
+def test_image_transform(tiny_model):
+    rng = np.random.default_rng(0)
+    pil = Image.fromarray(rng.integers(0, 255, (20, 28), dtype=np.uint8))  # grayscale, not square
+    for train in (False, True):
+        x = tiny_model.transforms(train=train)["image"](pil)
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+        assert -3 < x.min() and x.max() < 3  # ImageNet-normalised range
+    tensor = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    assert tiny_model.transforms()["image"](tensor).shape == (3, 16, 16)
+
+
+def test_video_transform_samples_frames(tiny_model):
+    frames = torch.arange(20, dtype=torch.uint8).reshape(20, 1, 1, 1).expand(20, 24, 24, 3).contiguous()  # [T, H, W, C]
+    t = tiny_model.transforms()["video"]
+    x = t(frames)
+    assert x.shape == (4, 3, 16, 16)
+    assert t.frame_indices(20).tolist() == [2, 7, 12, 17]  # uniform, centred in each quarter
+    assert (x[1:, 0, 0, 0] > x[:-1, 0, 0, 0]).all()  # frame order kept
+
+
+def test_audio_transform_fbank(tiny_model):
+    sr = 8000  # resampled to 16 kHz
+    t = torch.arange(sr) / sr
+    wave = torch.stack([torch.sin(2 * torch.pi * 440 * t), torch.sin(2 * torch.pi * 440 * t)])  # stereo, 1 s
+    x = tiny_model.transforms()["audio"](wave, sr)
+    assert x.shape == (48, 32) and torch.isfinite(x).all()
+    # A 440 Hz tone puts its energy in the low mel bins.
+    assert x[:, :8].mean() > x[:, -8:].mean()
+    short = tiny_model.transforms()["audio"](torch.randn(100), 16000)  # shorter than one window: padded
+    assert short.shape == (48, 32)
+
+
+def test_text_transform_and_byte_tokenizer(tiny_model):
+    out = tiny_model.transforms()["text"]("héllo wörld")
+    ids = out["input_ids"]
+    tok = load_tokenizer("bytes")
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert len(ids) == len("héllo wörld".encode()) + 2
+    assert tok.decode(ids, skip_special_tokens=True) == "héllo wörld"
+    long = tiny_model.transforms()["text"]("x" * 100)
+    assert long["input_ids"].shape == (24,)  # truncated to max_length
+
+
+def test_text_vocab_smaller_than_tokenizer_is_a_config_error(tiny_config):
+    tiny_config.modalities["text"].vocab_size = 100
+    with pytest.raises(omnivec.ConfigError, match="modalities.text.vocab_size"):
+        omnivec.OmniVecModel(tiny_config).transforms()
+
+
+def test_point_cloud_transform(tiny_model):
+    pts = np.random.default_rng(0).normal(size=(500, 3)) * 5 + 10
+    for train in (False, True):
+        x = tiny_model.transforms(train=train)["point_cloud"](pts)
+        assert x.shape == (64, 3)
+        assert x.norm(dim=1).max() < 1.5
+    few = tiny_model.transforms()["point_cloud"](pts[:10])  # fewer points than asked: resampled
+    assert few.shape == (64, 3)
+
+
+def test_farthest_point_sampling_and_groups():
+    # Two far clusters: FPS must pick a centre in each.
+    a = torch.randn(50, 3) * 0.01
+    xyz = torch.cat([a, a + 10])[None]
+    idx = farthest_point_sample(xyz, 2)[0]
+    assert (idx[0] < 50) != (idx[1] < 50)
+    centres, groups = group_points(torch.cat([xyz, torch.ones(1, 100, 2)], -1), 2, 5)
+    assert centres.shape == (1, 2, 3) and groups.shape == (1, 2, 5, 5)
+    assert groups[..., :3].abs().max() < 0.1  # neighbours of a centre are near it
+    assert (groups[..., 3:] == 1).all()  # extra channels carried through
