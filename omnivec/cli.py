@@ -55,6 +55,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .datasets import check_path, format_report
+    from .errors import DataError
+
+    try:
+        reports = check_path(args.path, allow_outside_root=args.allow_outside_root)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(reports))
+    return 1 if any(r.bad for r in reports) else 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .datasets import load_task
+    from .modalities.text import train_tokenizer
+
+    texts: list[str] = []
+    for source in args.input:
+        if Path(source).suffix == ".txt":
+            texts += Path(source).read_text(encoding="utf-8").splitlines()
+        else:
+            task = load_task(source)
+            texts += [r[k] for r in task.split(args.split) for k in ("text", "summary") if k in r]
+    if not texts:
+        print("error: no text found in the inputs", file=sys.stderr)
+        return 1
+    tok = train_tokenizer(texts, args.vocab_size, args.output, lowercase=not args.cased)
+    print(f"trained a WordPiece tokenizer of {len(tok)} tokens on {len(texts)} texts -> {args.output}")
+    return 0
+
+
 def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return str(list(x.shape))
@@ -70,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("--batch-size", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")
+    p.add_argument("path", help="a manifest, a dataset folder, or a folder of datasets")
+    p.add_argument("--allow-outside-root", action="store_true", help="let manifest paths leave their folder")
+    p.set_defaults(func=cmd_data_check)
+    tok = sub.add_parser("tokenizer", help="text tokenizer tools").add_subparsers(dest="tok_command", required=True)
+    p = tok.add_parser("train", help="train a WordPiece tokenizer offline from manifests or .txt files")
+    p.add_argument("--input", nargs="+", required=True, help="manifests / dataset folders (text, summary) or .txt")
+    p.add_argument("--output", required=True, help="folder to save the tokenizer to")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--split", default="train", help="the split to train on (default: train)")
+    p.add_argument("--cased", action="store_true", help="keep letter case")
+    p.set_defaults(func=cmd_tokenizer_train)
     return parser
 
 

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class InputError(ValueError):
     """A tensor given to the model does not have the shape, dtype or values its modality expects."""
+
+
+class DataError(ValueError):
+    """A data file or manifest row cannot be used; the message starts with the file's path."""

@@ -137,3 +137,24 @@ class TextEncoder(ModalityEncoder):
         attention_mask = (torch.arange(length)[None] < lengths[:, None]).long()  # [B, L]
         ids = torch.randint(len(SPECIAL_TOKENS), cfg.vocab_size, (batch_size, length), generator=generator)
         return {"input_ids": ids * attention_mask, "attention_mask": attention_mask}
+
+
+def train_tokenizer(texts, vocab_size: int, output_dir: str, lowercase: bool = True):
+    """Train a BERT-style WordPiece tokenizer on `texts` (an iterable of str) with the `tokenizers`
+    library, offline, and save it with `save_pretrained` so `TextConfig.tokenizer` can name the folder."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(output_dir)
+    return fast

@@ -1,0 +1,11 @@
+"""Reading users' data: manifests and folder trees, one reader per modality, collate and mixing."""
+from .check import check_path, format_report
+from .dataset import Collate, TaskDataset
+from .manifest import TaskData, find_tasks, load_task
+from .readers import EXTENSIONS, modality_of, read_file
+from .sampler import MultiModalLoader
+
+__all__ = [
+    "Collate", "EXTENSIONS", "MultiModalLoader", "TaskData", "TaskDataset", "check_path", "find_tasks",
+    "format_report", "load_task", "modality_of", "read_file",
+]

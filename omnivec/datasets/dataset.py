@@ -1,0 +1,102 @@
+"""`TaskDataset`: rows of a `TaskData` -> model-ready samples; `Collate`: samples -> a batch."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .manifest import TaskData
+from .readers import read_file
+
+
+class TaskDataset(Dataset):
+    """Reads each row's file (or text), applies the modality transform and encodes the target.
+
+    A sample that cannot be read or transformed raises `DataError` naming its file; with
+    `skip_bad=True` it comes back as `{"index": i, "error": message}` and `Collate` drops it and
+    lists it in the batch's `skipped`, so a training loop can count and report it.
+    """
+
+    def __init__(self, task: TaskData, split: str | None = None, transform: Callable[..., Any] | None = None,
+                 skip_bad: bool = False):
+        self.task, self.transform, self.skip_bad = task, transform, skip_bad
+        self.rows = task.split(split)
+        if not self.rows:
+            raise DataError(f"{task.source}: no samples in split {split!r}")
+        self.class_index = {c: i for i, c in enumerate(task.classes)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, i: int) -> Any:
+        """Row `i` -> model-ready input (raises `DataError` naming the file)."""
+        row = self.rows[i]
+        where = str(row.get("path", row["where"]))
+        raw = row["text"] if "text" in row else read_file(row["path"], self.task.modality)
+        if self.transform is None:
+            return raw
+        try:
+            x = self.transform(*raw) if isinstance(raw, tuple) else self.transform(raw)
+        except DataError:
+            raise
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise DataError(f"{where}: cannot transform this {self.task.modality} sample ({e})") from e
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+            raise DataError(f"{where}: the transformed {self.task.modality} sample holds NaN or Inf")
+        return x
+
+    def target(self, i: int) -> Any:
+        row, kind = self.rows[i], self.task.target
+        if kind == "label":
+            return self.class_index[row["label"]]
+        if kind == "labels":
+            multi_hot = torch.zeros(len(self.task.classes))
+            multi_hot[[self.class_index[c] for c in row["labels"]]] = 1.0
+            return multi_hot
+        return row.get("summary")
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            x = self.load(i)
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            return {"index": i, "error": str(e)}
+        return {"index": i, "input": x, "target": self.target(i)}
+
+
+class Collate:
+    """Stacks a list of `TaskDataset` samples; pads text to the longest sample (with `pad_id`)."""
+
+    def __init__(self, modality: str, pad_id: int = 0):
+        self.modality, self.pad_id = modality, pad_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if "error" not in s]
+        batch: dict[str, Any] = {"skipped": [s["error"] for s in samples if "error" in s]}
+        batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+        if not good:
+            batch["input"] = batch["target"] = None
+            return batch
+        inputs = [s["input"] for s in good]
+        batch["input"] = self.pad_text(inputs) if self.modality == "text" else torch.stack(inputs)
+        targets = [s["target"] for s in good]
+        if isinstance(targets[0], torch.Tensor):
+            batch["target"] = torch.stack(targets)
+        elif isinstance(targets[0], int):
+            batch["target"] = torch.tensor(targets, dtype=torch.long)
+        else:
+            batch["target"] = targets  # summaries (str) or None
+        return batch
+
+    def pad_text(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """[{"input_ids": [L_i], "attention_mask": [L_i]}] -> right-padded [B, max L_i] tensors."""
+        length = max(x["input_ids"].shape[0] for x in inputs)
+        ids = torch.full((len(inputs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(inputs), length, dtype=torch.long)
+        for i, x in enumerate(inputs):
+            n = x["input_ids"].shape[0]
+            ids[i, :n], mask[i, :n] = x["input_ids"], x["attention_mask"]
+        return {"input_ids": ids, "attention_mask": mask}
