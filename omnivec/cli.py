@@ -55,6 +55,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_recipe_config
+    from .pretraining import PretrainConfig, pretrain
+
+    pretrain(load_recipe_config(PretrainConfig, args.config, args.overrides))
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .datasets import check_path, format_report
     from .errors import DataError
@@ -80,7 +88,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
             texts += Path(source).read_text(encoding="utf-8").splitlines()
         else:
             task = load_task(source)
-            texts += [r[k] for r in task.split(args.split) for k in ("text", "summary") if k in r]
+            rows = task.split(args.split) if any("split" in r for r in task.rows) else task.rows
+            texts += [r[k] for r in rows for k in ("text", "summary") if k in r]
     if not texts:
         print("error: no text found in the inputs", file=sys.stderr)
         return 1
@@ -104,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("--batch-size", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("pretrain", help="masked pretraining of the shared backbone on every modality")
+    p.add_argument("config", help="a YAML config, e.g. configs/pretrain/tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=200 output_dir=runs/x")
+    p.set_defaults(func=cmd_pretrain)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")
     p.add_argument("path", help="a manifest, a dataset folder, or a folder of datasets")
@@ -114,15 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", required=True, help="manifests / dataset folders (text, summary) or .txt")
     p.add_argument("--output", required=True, help="folder to save the tokenizer to")
     p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--split", default="train", help="the split to train on (default: train)")
+    p.add_argument("--split", default="train", help="the split to train on, for manifests with splits (default: train)")
     p.add_argument("--cased", action="store_true", help="keep letter case")
     p.set_defaults(func=cmd_tokenizer_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import ConfigError, DataError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,6 +37,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
+        if origin is dict:
+            key_tp, value_tp = typing.get_args(tp)
+            return {_coerce(key_tp, k, key): _coerce(value_tp, v, f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        items = value if isinstance(value, (list, tuple)) else [value]  # a single item is a one-item list
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
@@ -62,11 +73,18 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{prefix}.{key}: unknown key{hint}; expected one of {names}")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}") for k, v in data.items()}
+            raise ConfigError(f"{join_key(prefix, key)}: unknown key{hint}; expected one of {names}")
+    kwargs = {}
+    for k, v in data.items():
+        sub_cls = hints[k] if dataclasses.is_dataclass(hints[k]) else None
+        kwargs[k] = from_dict(sub_cls, v, join_key(prefix, k)) if sub_cls else _coerce(hints[k], v, join_key(prefix, k))
     obj = cls(**kwargs)
     obj.validate(prefix)
     return obj
+
+
+def join_key(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
 
 
 def require(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -78,7 +96,7 @@ def require(ok: bool, key: str, expected: str, value: Any) -> None:
 def require_positive(obj: Any, prefix: str, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        require(value is None or value > 0, f"{prefix}.{name}", "a positive number", value)
+        require(value is None or value > 0, join_key(prefix, name), "a positive number", value)
 
 
 @dataclass
@@ -193,6 +211,27 @@ def _mapping(value: Any, key: str) -> dict:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     return dict(value)
+
+
+def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -> Any:
+    """Read a recipe's YAML config, apply `key=value` overrides (dotted keys reach nested values;
+    values parse as YAML, `none` as null) and validate it: a bad key fails here, before any work."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: expected key=value")
+        parsed = None if value.strip().lower() in ("none", "null") else yaml.safe_load(value)
+        data = merge(data, {key: parsed})
+    return from_dict(cls, data, "")
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,71 @@
-"""Token selection for masked pretraining: MAE-style random masking by argsort of noise."""
+"""Token selection for masked pretraining: MAE-style masking by argsort of noise.
+
+Only the kept tokens go through the modality blocks and the backbone; the decoder puts mask tokens
+back at the hidden positions. Samples with padding (text) mask a fraction of their own real tokens.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class Masking:
+    """Which tokens a sample keeps: `ids_keep` [B, K] (with `keep_valid` [B, K] False where a slot
+    only pads a sample that keeps fewer tokens), `mask` [B, L] True where a real token is hidden
+    (the loss positions), and `ids_restore` [B, L] that undoes the shuffle."""
+
+    ids_keep: torch.Tensor
+    keep_valid: torch.Tensor | None
+    mask: torch.Tensor
+    ids_restore: torch.Tensor
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x: [B, L, ...], ids: [B, K] -> [B, K, ...], the tokens at `ids` for each sample."""
     index = ids.reshape(*ids.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:])
     return torch.gather(x, 1, index)
+
+
+def random_masking(batch_size: int, length: int, ratio: float, padding_mask: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> Masking:
+    """Hide round(n * ratio) of each sample's n real tokens, chosen uniformly (MAE).
+
+    noise: [B, L] in [0, 1) to fix the choice (tests); else drawn from `generator`.
+    padding_mask: [B, L] True for real tokens; padding is never kept nor counted as hidden.
+    """
+    if noise is None:
+        noise = torch.rand(batch_size, length, generator=generator, device=generator.device if generator else device)
+    device = noise.device
+    real = torch.ones(batch_size, length, dtype=torch.bool, device=device) if padding_mask is None else padding_mask
+    n_real = real.sum(1)  # [B]
+    n_keep = torch.clamp(n_real - torch.round(n_real * ratio).long(), min=1)  # [B]
+    n_keep = torch.minimum(n_keep, n_real)
+    ids_shuffle = torch.argsort(noise + 2.0 * (~real), dim=1)  # real tokens first (in random order), then pads
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    rank = ids_restore  # position of each token in the shuffled order, [B, L]
+    mask = (rank >= n_keep[:, None]) & real  # [B, L]
+    max_keep = int(n_keep.max()) if padding_mask is not None else int(n_keep[0])
+    ids_keep = ids_shuffle[:, :max_keep]  # [B, K]
+    keep_valid = None
+    if padding_mask is not None:
+        keep_valid = torch.arange(max_keep, device=device)[None] < n_keep[:, None]  # [B, K]
+    return Masking(ids_keep, keep_valid, mask, ids_restore)
+
+
+def tube_masking(batch_size: int, grid: tuple[int, int, int], ratio: float, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Masking:
+    """VideoMAE tube masking: the same spatial patches are hidden in every time step.
+
+    grid: (T', H', W') tokens in time-major order; noise: [B, H'*W'] to fix the choice.
+    """
+    t, h, w = grid
+    spatial = random_masking(batch_size, h * w, ratio, noise=noise, generator=generator, device=device)
+    offsets = torch.arange(t, device=spatial.ids_keep.device)[None, :, None] * (h * w)  # [1, T', 1]
+    ids_keep = (offsets + spatial.ids_keep[:, None, :]).flatten(1)  # [B, T' * K]
+    mask = spatial.mask.repeat(1, t)  # [B, T' * H' * W']
+    hidden = (offsets + torch.argsort(spatial.ids_restore, 1)[:, None, ids_keep.shape[1] // t:]).flatten(1)
+    ids_restore = torch.argsort(torch.cat([ids_keep, hidden], 1), dim=1)
+    return Masking(ids_keep, None, mask, ids_restore)

@@ -71,8 +71,8 @@ class OmniVecModel(nn.Module):
         `ids_keep` [B, K] keeps only those token positions: the dropped tokens never enter the
         modality blocks or the backbone (masked pretraining)."""
         self._check_modality(modality)
-        tokens, padding_mask = self.encoders[modality](x, ids_keep)  # [B, L, D]
-        return self.backbone(tokens, modality, padding_mask), padding_mask
+        out = self.encoders[modality](x, ids_keep)  # tokens [B, L, D]
+        return self.backbone(out.tokens, modality, out.padding_mask), out.padding_mask
 
     def forward_head(self, head: str, hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         return self.heads[head](hidden, padding_mask)
@@ -180,7 +180,7 @@ def omnivec_tiny() -> dict:
             "video": {"num_frames": 8, "image_size": 32, "patch_size": 8, "tubelet_size": 2},
             "audio": {"num_mel_bins": 64, "target_frames": 128},
             "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 256},
-            "point_cloud": {"num_points": 512, "num_groups": 32, "group_size": 16},
+            "point_cloud": {"num_points": 512, "num_groups": 32, "group_size": 16, "pointnet_dims": [64, 128, 256]},
         },
     }
 

@@ -16,18 +16,17 @@ TOKENS = {"image": 16, "video": 2 * 2 * 2, "audio": 2 * 3, "point_cloud": 8}  # 
 def test_tokenize_shapes(tiny_model, tiny_config, modality):
     x = omnivec.example_inputs(tiny_config, batch_size=3)[modality]
     enc = tiny_model.encoders[modality]
-    tokens, mask = enc.tokenize(x)
-    assert tokens.shape == (3, TOKENS[modality], enc.width) and mask is None
+    out = enc.tokenize(x)
+    assert out.tokens.shape == (3, TOKENS[modality], enc.width) and out.padding_mask is None
     assert enc.num_tokens == TOKENS[modality]
-    out, _ = enc(x)
-    assert out.shape == (3, TOKENS[modality], tiny_config.backbone.dim)
+    assert enc(x).tokens.shape == (3, TOKENS[modality], tiny_config.backbone.dim)
 
 
 def test_text_tokenize_shapes(tiny_model, tiny_config):
     x = omnivec.example_inputs(tiny_config, batch_size=3)["text"]
-    tokens, mask = tiny_model.encoders["text"].tokenize(x)
-    assert tokens.shape == (3, x["input_ids"].shape[1], 32)
-    assert torch.equal(mask, x["attention_mask"].bool())
+    out = tiny_model.encoders["text"].tokenize(x)
+    assert out.tokens.shape == (3, x["input_ids"].shape[1], 32)
+    assert torch.equal(out.padding_mask, x["attention_mask"].bool())
 
 
 def test_every_modality_embeds(tiny_model, tiny_config):

@@ -33,7 +33,8 @@ def test_padding_changes_nothing_for_unpadded_tokens(tiny_model):
 def test_token_dropping(tiny_model, tiny_config, modality):
     x = omnivec.example_inputs(tiny_config, batch_size=2, seed=1)[modality]
     enc = tiny_model.encoders[modality]
-    tokens, mask = enc.tokenize(x)
+    tokenized = enc.tokenize(x)
+    tokens, mask = tokenized.tokens, tokenized.padding_mask
     L = tokens.shape[1]
     ids_keep = torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(i))[: L // 2] for i in range(2)])
     dropped, kept_mask = tiny_model.forward_features(modality, x, ids_keep)

@@ -19,13 +19,18 @@ class TaskDataset(Dataset):
     lists it in the batch's `skipped`, so a training loop can count and report it.
     """
 
-    def __init__(self, task: TaskData, split: str | None = None, transform: Callable[..., Any] | None = None,
-                 skip_bad: bool = False):
-        self.task, self.transform, self.skip_bad = task, transform, skip_bad
-        self.rows = task.split(split)
+    def __init__(self, task: TaskData | list[TaskData], split: str | None = None,
+                 transform: Callable[..., Any] | None = None, skip_bad: bool = False, seed: int = 0):
+        tasks = task if isinstance(task, list) else [task]
+        self.task, self.transform, self.skip_bad, self.seed = tasks[0], transform, skip_bad, seed
+        if len({t.modality for t in tasks}) > 1:
+            raise DataError(f"{[str(t.source) for t in tasks]}: one modality per dataset expected")
+        self.rows = [row for t in tasks for row in t.split(split)]
         if not self.rows:
-            raise DataError(f"{task.source}: no samples in split {split!r}")
-        self.class_index = {c: i for i, c in enumerate(task.classes)}
+            raise DataError(f"{', '.join(str(t.source) for t in tasks)}: no samples in split {split!r}")
+        self.class_index = {c: i for i, c in enumerate(self.task.classes)}
+        same = all(t.target == self.task.target and t.classes == self.task.classes for t in tasks)
+        self.target_kind = self.task.target if same else None  # datasets joined for pretraining: no targets
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -48,18 +53,26 @@ class TaskDataset(Dataset):
         return x
 
     def target(self, i: int) -> Any:
-        row, kind = self.rows[i], self.task.target
+        row, kind = self.rows[i], self.target_kind
         if kind == "label":
             return self.class_index[row["label"]]
         if kind == "labels":
             multi_hot = torch.zeros(len(self.task.classes))
             multi_hot[[self.class_index[c] for c in row["labels"]]] = 1.0
             return multi_hot
-        return row.get("summary")
+        return row.get("summary") if kind == "summary" else None
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """`i`, or `(epoch, i)` (from `EpochSampler`): then the sample's random augmentation is
+        seeded by (seed, epoch, i), the same whichever worker loads it and after a resume."""
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         try:
-            x = self.load(i)
+            if epoch is None:
+                x = self.load(i)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + i)
+                    x = self.load(i)
         except DataError as e:
             if not self.skip_bad:
                 raise

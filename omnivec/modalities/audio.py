@@ -9,7 +9,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
-from .base import ModalityEncoder, register_modality
+from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
 
 @dataclass
@@ -84,9 +84,17 @@ class AudioEncoder(ModalityEncoder):
         f, t = self.cfg.grid
         return f * t
 
-    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x = self.patch_embed(x.transpose(1, 2).unsqueeze(1))  # [B, 1, mel, frames] -> [B, width, F', T']
-        return x.flatten(2).transpose(1, 2) + self.pos_embed, None  # [B, L, width]
+    @property
+    def target_dim(self) -> int:
+        return self.cfg.patch_size**2
+
+    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+        spec = x.transpose(1, 2).unsqueeze(1)  # [B, 1, mel, frames]
+        tokens = self.patch_embed(spec).flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, width]
+        if not with_target:
+            return Tokens(tokens)
+        patches = nn.functional.unfold(spec, self.cfg.patch_size, stride=self.cfg.patch_stride)  # [B, p*p, L]
+        return Tokens(tokens, target=normalize_patches(patches.transpose(1, 2)))  # [B, L, p*p]
 
     def check_input(self, x: torch.Tensor) -> None:
         t, f = self.cfg.target_frames, self.cfg.num_mel_bins

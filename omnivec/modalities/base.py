@@ -1,16 +1,25 @@
 """`ModalityEncoder`: what every modality file implements, and how it plugs into the model."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import run_blocks, transformer_blocks
 from ..config import ModalityConfig
 from ..errors import ConfigError, InputError
-from ..masking import gather_tokens
+from ..masking import Masking, gather_tokens, random_masking
 from ..registry import MODALITIES
+
+
+def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
+    """[B, L, P] -> each patch standardised over its P values (MAE's normalised-pixel target)."""
+    mean = patches.mean(-1, keepdim=True)
+    var = patches.var(-1, keepdim=True)
+    return (patches - mean) / (var + 1e-6).sqrt()
 
 
 def register_modality(name: str) -> Callable[[type], type]:
@@ -23,12 +32,24 @@ def register_modality(name: str) -> Callable[[type], type]:
     return add
 
 
+@dataclass
+class Tokens:
+    """What a modality encoder produces for a batch."""
+
+    tokens: torch.Tensor  # [B, L, width] from `tokenize`; [B, K, D] from `forward`
+    padding_mask: torch.Tensor | None = None  # [B, L] bool, True = real token
+    target: torch.Tensor | None = None  # [B, L, P] reconstruction target of every token (pretraining)
+    positions: torch.Tensor | None = None  # [B, L, 3] token coordinates for the decoder (point groups)
+
+
 class ModalityEncoder(nn.Module):
     """Turns a model-ready batch of one modality into backbone-width tokens.
 
-    Subclasses set `config_class` and implement `tokenize` (batch -> tokens with positions),
-    `check_input`, `build_transform` (raw sample -> model-ready tensor) and `example_input`.
-    The base class runs the optional modality-specific blocks and the projection to the backbone.
+    Subclasses set `config_class` and implement `tokenize` (batch -> tokens with positions, and
+    the reconstruction target on request), `check_input`, `build_transform` (raw sample ->
+    model-ready tensor) and `example_input`; they may override the masked-pretraining defaults
+    `sample_mask` (random masking at `cfg.mask_ratio`) and `reconstruction_loss` (MSE on the hidden
+    tokens). The base class runs the optional modality-specific blocks and the projection.
     """
 
     name: str
@@ -52,9 +73,29 @@ class ModalityEncoder(nn.Module):
         """Tokens per sample before padding or masking (the longest, for variable-length inputs)."""
         raise NotImplementedError
 
-    def tokenize(self, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Model-ready batch -> (tokens [B, L, width] with positions added, padding mask [B, L] or None)."""
+    @property
+    def target_dim(self) -> int:
+        """Size P of one token's reconstruction target."""
         raise NotImplementedError
+
+    def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
+        """Model-ready batch -> tokens [B, L, width] with positions added (+ padding mask, + target)."""
+        raise NotImplementedError
+
+    def padding_mask(self, x: Any) -> torch.Tensor | None:
+        """[B, L] bool (True = real token) for inputs with padding, else None."""
+        return None
+
+    def sample_mask(self, x: Any, generator: torch.Generator | None = None) -> Masking:
+        """The tokens to hide for masked pretraining (default: uniform random at `cfg.mask_ratio`)."""
+        batch_size = len(x) if isinstance(x, torch.Tensor) else len(next(iter(x.values())))
+        device = generator.device if generator is not None else None
+        return random_masking(batch_size, self.num_tokens, self.cfg.mask_ratio, self.padding_mask(x),
+                              generator=generator, device=device)
+
+    def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """pred, target: [N, P] for the N hidden tokens -> mean squared error."""
+        return F.mse_loss(pred.float(), target.float())
 
     def check_input(self, x: Any) -> None:
         """Raise `InputError` naming the modality and the expected shape when `x` does not fit."""
@@ -70,15 +111,20 @@ class ModalityEncoder(nn.Module):
         """A random model-ready batch of `batch_size` samples."""
         raise NotImplementedError
 
-    def forward(self, x: Any, ids_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokens for the backbone: [B, L, D] (or [B, K, D] with `ids_keep` [B, K]) and the padding mask."""
+    def forward(self, x: Any, ids_keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None,
+                with_target: bool = False) -> Tokens:
+        """Tokens for the backbone: [B, L, D], or [B, K, D] with `ids_keep` [B, K] (slots where
+        `keep_valid` is False become padding). `target` and `positions` stay at full length L."""
         self.check_input(x)
-        tokens, padding_mask = self.tokenize(x)  # [B, L, width], [B, L] | None
+        out = self.tokenize(x, with_target)  # tokens [B, L, width]
+        tokens, padding_mask = out.tokens, out.padding_mask
         if ids_keep is not None:  # drop hidden tokens before any block sees them (MAE)
             tokens = gather_tokens(tokens, ids_keep)  # [B, K, width]
             padding_mask = None if padding_mask is None else gather_tokens(padding_mask, ids_keep)
+            if keep_valid is not None:
+                padding_mask = keep_valid if padding_mask is None else padding_mask & keep_valid
         tokens = run_blocks(self.blocks, tokens, padding_mask)
-        return self.proj(self.norm(tokens)), padding_mask  # [B, K, D]
+        return replace(out, tokens=self.proj(self.norm(tokens)), padding_mask=padding_mask)  # [B, K, D]
 
     def _fail(self, expected: str, got: Any) -> None:
         raise InputError(f"{self.name}: expected {expected}, got {got}")

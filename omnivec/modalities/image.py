@@ -10,7 +10,9 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..config import ModalityConfig, require, require_positive
-from .base import ModalityEncoder, register_modality
+import torch.nn.functional as F
+
+from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
 
 @dataclass
@@ -72,8 +74,17 @@ class ImageEncoder(ModalityEncoder):
     def num_tokens(self) -> int:
         return self.patch_embed.num_patches
 
-    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.patch_embed(x) + self.pos_embed, None  # [B, L, width]
+    @property
+    def target_dim(self) -> int:
+        return self.cfg.in_chans * self.cfg.patch_size**2
+
+    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+        tokens = self.patch_embed(x) + self.pos_embed  # [B, L, width]
+        if not with_target:
+            return Tokens(tokens)
+        p = self.cfg.patch_size
+        patches = F.unfold(x, p, stride=p).transpose(1, 2)  # [B, L, C*p*p], row-major like the tokens
+        return Tokens(tokens, target=normalize_patches(patches))
 
     def check_input(self, x: torch.Tensor) -> None:
         c, s = self.cfg.in_chans, self.cfg.image_size

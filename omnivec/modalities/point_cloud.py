@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
-from .base import ModalityEncoder, register_modality
+from .base import ModalityEncoder, Tokens, register_modality
 
 
 @dataclass
@@ -17,12 +17,15 @@ class PointCloudConfig(ModalityConfig):
     num_groups: int = 64
     group_size: int = 32
     in_chans: int = 3  # xyz, plus any extra channels (normals, colours)
+    pointnet_dims: tuple[int, ...] = (128, 256, 512)  # hidden widths of the group encoder (Point-MAE's)
     mask_ratio: float = 0.6  # Point-MAE
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         require_positive(self, prefix, "num_points", "num_groups", "group_size")
         require(self.in_chans >= 3, f"{prefix}.in_chans", "at least 3 (xyz first)", self.in_chans)
+        require(len(self.pointnet_dims) == 3 and min(self.pointnet_dims) > 0, f"{prefix}.pointnet_dims",
+                "three positive widths", self.pointnet_dims)
         for key in ("num_groups", "group_size"):
             value = getattr(self, key)
             require(value <= self.num_points, f"{prefix}.{key}", f"<= num_points={self.num_points}", value)
@@ -56,19 +59,27 @@ def group_points(points: torch.Tensor, num_groups: int, group_size: int) -> tupl
     return centres, groups
 
 
+def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a, b: [N, K, 3] point sets -> mean squared distance from each point to the other set's
+    nearest point, both ways (the L2 Chamfer distance of Point-MAE)."""
+    d = torch.cdist(a, b).square()  # [N, K, K]
+    return d.min(2).values.mean() + d.min(1).values.mean()
+
+
 class MiniPointNet(nn.Module):
     """Point-MAE's group encoder: shared MLP, max-pool, concat the pooled feature, MLP, max-pool.
     (LayerNorm instead of BatchNorm, so that a sample's tokens never depend on its batch.)"""
 
-    def __init__(self, in_chans: int, out_dim: int):
+    def __init__(self, in_chans: int, out_dim: int, dims: tuple[int, ...] = (128, 256, 512)):
         super().__init__()
-        self.first = nn.Sequential(nn.Linear(in_chans, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 256))
-        self.second = nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512), nn.GELU(), nn.Linear(512, out_dim))
+        d1, d2, d3 = dims
+        self.first = nn.Sequential(nn.Linear(in_chans, d1), nn.LayerNorm(d1), nn.GELU(), nn.Linear(d1, d2))
+        self.second = nn.Sequential(nn.Linear(2 * d2, d3), nn.LayerNorm(d3), nn.GELU(), nn.Linear(d3, out_dim))
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         """groups: [B, G, K, C] -> [B, G, out_dim]."""
-        f = self.first(groups)  # [B, G, K, 256]
-        pooled = f.amax(dim=2, keepdim=True).expand_as(f)  # [B, G, K, 256]
+        f = self.first(groups)  # [B, G, K, d2]
+        pooled = f.amax(dim=2, keepdim=True).expand_as(f)  # [B, G, K, d2]
         return self.second(torch.cat([pooled, f], dim=-1)).amax(dim=2)  # [B, G, out_dim]
 
 
@@ -109,16 +120,28 @@ class PointCloudEncoder(ModalityEncoder):
 
     def __init__(self, cfg: PointCloudConfig, dim: int):
         super().__init__(cfg, dim)
-        self.group_encoder = MiniPointNet(cfg.in_chans, self.width)
+        self.group_encoder = MiniPointNet(cfg.in_chans, self.width, cfg.pointnet_dims)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, self.width))
 
     @property
     def num_tokens(self) -> int:
         return self.cfg.num_groups
 
-    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    @property
+    def target_dim(self) -> int:
+        return self.cfg.group_size * 3
+
+    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         centres, groups = group_points(x, self.cfg.num_groups, self.cfg.group_size)  # [B, G, 3], [B, G, K, C]
-        return self.group_encoder(groups) + self.pos_embed(centres), None  # [B, G, width]
+        tokens = self.group_encoder(groups) + self.pos_embed(centres)  # [B, G, width]
+        if not with_target:
+            return Tokens(tokens)
+        return Tokens(tokens, target=groups[..., :3].flatten(2), positions=centres)  # [B, G, K*3], [B, G, 3]
+
+    def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """pred, target: [N, K*3] for the N hidden groups -> L2 Chamfer distance per group (Point-MAE)."""
+        k = self.cfg.group_size
+        return chamfer_l2(pred.float().reshape(-1, k, 3), target.float().reshape(-1, k, 3))
 
     def check_input(self, x: torch.Tensor) -> None:
         n, c = self.cfg.num_points, self.cfg.in_chans

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
 from ..errors import ConfigError
-from .base import ModalityEncoder, register_modality
+from ..masking import Masking, random_masking
+from .base import ModalityEncoder, Tokens, register_modality
 
 BYTES = "bytes"  # the built-in tokenizer: one token per UTF-8 byte, needs no files
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -105,10 +106,29 @@ class TextEncoder(ModalityEncoder):
             return x.get("input_ids"), x.get("attention_mask")
         return x, None
 
-    def tokenize(self, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids, attention_mask = self._unpack(x)  # [B, L], [B, L] | None
+    @property
+    def target_dim(self) -> int:
+        return self.cfg.vocab_size  # logits over the vocabulary
+
+    def padding_mask(self, x: Any) -> torch.Tensor | None:
+        attention_mask = self._unpack(x)[1]
+        return None if attention_mask is None else attention_mask.bool()
+
+    def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
+        ids = self._unpack(x)[0]  # [B, L]
         tokens = self.token_embed(ids) + self.pos_embed[:, : ids.shape[1]]  # [B, L, width]
-        return tokens, None if attention_mask is None else attention_mask.bool()
+        return Tokens(tokens, self.padding_mask(x), target=ids.unsqueeze(-1) if with_target else None)
+
+    def sample_mask(self, x: Any, generator: torch.Generator | None = None) -> Masking:
+        """Hide `mask_ratio` of each text's real tokens (its own length, never padding)."""
+        ids = self._unpack(x)[0]
+        device = generator.device if generator is not None else None
+        return random_masking(ids.shape[0], ids.shape[1], self.cfg.mask_ratio, self.padding_mask(x),
+                              generator=generator, device=device)
+
+    def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """pred: [N, vocab] logits, target: [N, 1] ids of the N hidden tokens -> cross-entropy."""
+        return nn.functional.cross_entropy(pred.float(), target[:, 0])
 
     def check_input(self, x: Any) -> None:
         ids, attention_mask = self._unpack(x)

@@ -11,7 +11,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..config import ModalityConfig, require, require_positive
-from .base import ModalityEncoder, register_modality
+from ..masking import Masking, tube_masking
+from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
 
 @dataclass
@@ -86,9 +87,24 @@ class VideoEncoder(ModalityEncoder):
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1] * self.grid[2]
 
-    def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x = self.patch_embed(x.transpose(1, 2))  # [B, C, T, H, W] -> [B, width, T/t, H/p, W/p]
-        return x.flatten(2).transpose(1, 2) + self.pos_embed, None  # [B, L, width]
+    @property
+    def target_dim(self) -> int:
+        return self.cfg.tubelet_size * self.cfg.in_chans * self.cfg.patch_size**2
+
+    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+        tokens = self.patch_embed(x.transpose(1, 2))  # [B, C, T, H, W] -> [B, width, T/t, H/p, W/p]
+        tokens = tokens.flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, width]
+        if not with_target:
+            return Tokens(tokens)
+        B, C = x.shape[0], x.shape[2]
+        (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
+        tubes = x.reshape(B, t, tt, C, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5, 7)  # [B, t, h, w, tt, C, p, p]
+        return Tokens(tokens, target=normalize_patches(tubes.reshape(B, t * h * w, -1)))  # [B, L, tt*C*p*p]
+
+    def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
+        """Tube masking (VideoMAE): the same patches hidden in every frame."""
+        device = generator.device if generator is not None else None
+        return tube_masking(x.shape[0], self.grid, self.cfg.mask_ratio, generator=generator, device=device)
 
     def check_input(self, x: torch.Tensor) -> None:
         t, c, s = self.cfg.num_frames, self.cfg.in_chans, self.cfg.image_size

@@ -1,0 +1,237 @@
+"""Masked self-supervised pretraining of the shared backbone on every modality (MAE family).
+
+Each modality hides most of its tokens (its own `sample_mask`), the encoder and backbone see only
+the kept ones, and a light per-modality decoder predicts the hidden tokens' targets (normalised
+pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbone import run_blocks, transformer_blocks
+from .config import join_key, require, require_positive
+from .masking import Masking
+from .model import OmniVecModel, _init_weights
+from .training import TrainConfig, Trainer, to_device
+
+
+@dataclass
+class DecoderConfig:
+    """The light decoder of each modality (narrow and shallow: the MAE decoder can cost more than
+    a small encoder)."""
+
+    dim: int = 128
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+
+    def validate(self, prefix: str) -> None:
+        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio")
+        require(self.dim % self.num_heads == 0, join_key(prefix, "num_heads"), f"a divisor of dim={self.dim}",
+                self.num_heads)
+
+
+class MaskedDecoder(nn.Module):
+    """Visible backbone tokens + a mask token at every hidden position -> a prediction per token."""
+
+    def __init__(self, cfg: DecoderConfig, in_dim: int, num_tokens: int, target_dim: int, point_positions: bool):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, cfg.dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        if point_positions:  # point groups are placed by their centres (Point-MAE)
+            self.pos_mlp = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, cfg.dim))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.dim))
+            trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.pred = nn.Linear(cfg.dim, target_dim)
+        trunc_normal_(self.mask_token, std=0.02)
+        self.apply(_init_weights)
+
+    def forward(self, visible: torch.Tensor, masking: Masking, padding_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """visible: [B, K, D] backbone tokens at `masking.ids_keep`; padding_mask: [B, L] of the full
+        sequence; positions: [B, L, 3] (point groups) -> predictions [N, P] for the N hidden tokens
+        (`masking.mask`), the only ones any loss looks at."""
+        x = self.embed(visible)  # [B, K, d]
+        B, L = masking.mask.shape
+        if masking.keep_valid is not None:
+            x = torch.where(masking.keep_valid[..., None], x, self.mask_token.to(x.dtype))
+        index = masking.ids_keep[..., None].expand(-1, -1, x.shape[-1])
+        x = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)  # [B, L, d]
+        x = x + (self.pos_mlp(positions) if positions is not None else self.pos_embed[:, :L])
+        x = run_blocks(self.blocks, x, padding_mask)
+        return self.pred(self.norm(x[masking.mask]))  # [N, P]
+
+
+class MaskedPretrainer(nn.Module):
+    """An `OmniVecModel` plus one `MaskedDecoder` per modality; `forward` returns the loss per modality."""
+
+    def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0):
+        super().__init__()
+        self.model, self.seed = model, seed
+        dim = model.config.backbone.dim
+        self.decoders = nn.ModuleDict({
+            m: MaskedDecoder(decoder, dim, enc.num_tokens, enc.target_dim, point_positions=m == "point_cloud")
+            for m, enc in model.encoders.items()
+        })
+
+    def mask_generator(self, device: torch.device, step: int) -> torch.Generator:
+        """Masks are a function of (seed, step, process): a resumed run hides the same tokens."""
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return torch.Generator(device).manual_seed((self.seed * 1_000_003 + step) * 1009 + rank)
+
+    def reconstruct(self, modality: str, x: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Mask, encode the kept tokens, decode all -> loss, prediction, target, mask (and positions)."""
+        enc = self.model.encoders[modality]
+        masking = enc.sample_mask(x, generator)
+        out = enc(x, masking.ids_keep, masking.keep_valid, with_target=True)  # tokens [B, K, D]
+        hidden = self.model.backbone(out.tokens, modality, out.padding_mask)  # [B, K, D]
+        pred = self.decoders[modality](hidden, masking, enc.padding_mask(x), out.positions)  # [N, P]
+        loss = enc.reconstruction_loss(pred, out.target[masking.mask])
+        return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
+
+    def forward(self, inputs: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
+        """{modality: batch} -> {modality: reconstruction loss on its hidden tokens}."""
+        device = next(self.parameters()).device
+        generator = self.mask_generator(device, step)
+        return {m: self.reconstruct(m, x, generator)["loss"] for m, x in inputs.items()}
+
+    def save_model(self, directory: str | Path) -> None:
+        self.model.save_pretrained(directory)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """`omnivec pretrain CONFIG key=value ...`: what to build, what data, how to mix, how to train."""
+
+    model: str = "omnivec_tiny"  # a registered variant
+    model_overrides: dict = field(default_factory=dict)  # merged into the variant's config
+    init: str | None = None  # start from a saved model folder (save_pretrained) instead of random weights
+    data: dict[str, list[str]] = field(default_factory=dict)  # modality -> dataset paths (train split used)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    schedule: str = "all"  # all | round_robin | weighted (see MultiModalLoader)
+    weights: dict[str, float] = field(default_factory=dict)  # loss weights ("all") or sampling weights
+    eval_batches: int = 10  # validation batches per modality
+    plot_samples: int = 3  # validation samples per modality in reconstructions.png
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require(bool(self.data), join_key(prefix, "data"), "at least one modality: dataset path", self.data)
+        require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
+                "all, round_robin or weighted", self.schedule)
+        require_positive(self, prefix, "eval_batches")
+
+
+def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
+    """The model a config names (`init` folder, or a variant with overrides), checked against `data`."""
+    from .errors import ConfigError
+    from .model import model_config
+
+    model = OmniVecModel.from_pretrained(cfg.init) if cfg.init else OmniVecModel(model_config(cfg.model, **cfg.model_overrides))
+    for modality in cfg.data:
+        if modality not in model.encoders:
+            raise ConfigError(f"data.{modality}: the model has no {modality!r} encoder; it has {model.modalities}")
+    return model
+
+
+@torch.no_grad()
+def evaluate_reconstruction(pretrainer: MaskedPretrainer, loaders: Mapping[str, Any], device: torch.device,
+                            max_batches: int) -> dict[str, float]:
+    """Mean reconstruction loss per modality on fixed validation batches with fixed masks."""
+    was_training = pretrainer.training
+    pretrainer.eval()
+    results = {}
+    for modality, loader in loaders.items():
+        generator = torch.Generator(device).manual_seed(12345)
+        losses = []
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break
+            if batch["input"] is not None:
+                x = to_device(batch["input"], device)
+                losses.append(pretrainer.reconstruct(modality, x, generator)["loss"].item())
+        results[modality] = sum(losses) / max(len(losses), 1)
+    pretrainer.train(was_training)
+    return results
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run masked pretraining; writes the model, checkpoints, metrics, plots and a summary to
+    `cfg.output_dir` and returns the summary."""
+    from .datasets.loaders import build_loaders
+    from .datasets.sampler import MultiModalLoader
+    from .plots import plot_losses, plot_reconstructions
+
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = build_model_for(cfg)
+    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed)
+    trainer = Trainer(cfg, pretrainer)
+    out = Path(cfg.output_dir)
+    if trainer.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pretrain_config.json").write_text(json.dumps(_plain(cfg), indent=2))
+    acc = trainer.accelerator
+    train = build_loaders(cfg.data, model, "train", cfg, train=True, rank=acc.process_index,
+                          world_size=acc.num_processes)
+    val = build_loaders(cfg.data, model, "val", cfg, train=False)
+    batches = MultiModalLoader(train, cfg.schedule, cfg.weights if cfg.schedule == "weighted" else None, cfg.seed)
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_reconstruction(trainer.unwrapped, val, trainer.device, cfg.eval_batches)
+
+    trainer.fit(batches, evaluate, loss_weights=cfg.weights if cfg.schedule == "all" else None)
+    summary = {}
+    if trainer.is_main:
+        model.save_pretrained(out / "model")
+        summary = summarize(out / "metrics.jsonl", list(cfg.data), time.perf_counter() - started, trainer.skipped)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+        plot_reconstructions(trainer.unwrapped, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
+        tqdm.write(format_summary(summary, out))
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def summarize(metrics_file: Path, modalities: list[str], seconds: float, skipped: list[str]) -> dict[str, Any]:
+    """Per modality: mean train loss of the first and last 20 steps, validation loss at the start and end."""
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    train = [r for r in records if any(k.startswith("loss/") for k in r)]
+    val = [r for r in records if any(k.startswith("val/") for k in r)]
+    out: dict[str, Any] = {"steps": train[-1]["step"] if train else 0, "seconds": round(seconds, 1),
+                           "skipped_samples": skipped, "modalities": {}}
+    for m in modalities:
+        losses = [r[f"loss/{m}"] for r in train if f"loss/{m}" in r]
+        vals = [r[f"val/{m}"] for r in val if f"val/{m}" in r]
+        out["modalities"][m] = {
+            "train_first20": sum(losses[:20]) / max(len(losses[:20]), 1),
+            "train_last20": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+            "val_start": vals[0] if vals else None,
+            "val_end": vals[-1] if vals else None,
+        }
+    return out
+
+
+def format_summary(summary: dict[str, Any], out: Path) -> str:
+    parts = [f"{m} {s['train_first20']:.3f}->{s['train_last20']:.3f} (val {s['val_start']:.3f}->{s['val_end']:.3f})"
+             for m, s in summary["modalities"].items()]
+    skipped = f", {len(summary['skipped_samples'])} bad samples skipped" if summary["skipped_samples"] else ""
+    return (f"pretrained {summary['steps']} steps in {summary['seconds']:.0f}s{skipped}; loss first->last 20 steps: "
+            + "; ".join(parts) + f". Model: {out / 'model'}")
+
+
+def _plain(obj: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
