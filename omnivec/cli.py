@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
@@ -37,21 +36,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import omnivec
+    from .demo import run_demo
 
-    print("omnivec demo: the full pipeline demo is not built yet; this runs one forward pass of "
-          "omnivec_tiny over a random batch of every modality.")
-    torch.manual_seed(0)
-    model = omnivec.build_model("omnivec_tiny").eval()
-    batch = omnivec.example_inputs(model.config, batch_size=args.batch_size)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        embeddings = model.embed(batch)
-    elapsed = time.perf_counter() - start
-    for modality, emb in embeddings.items():
-        print(f"  {modality:<12} input {_describe(batch[modality])} -> embedding {list(emb.shape)}")
-    print(f"done: {len(embeddings)} modalities embedded in {elapsed:.2f}s "
-          f"({count_parameters(model) / 1e6:.2f}M parameters)")
+    run_demo(args.out, quick=args.quick, device=args.device)
     return 0
 
 
@@ -63,15 +50,46 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import load_recipe_config
+    from .finetuning import FinetuneConfig, finetune
+
+    finetune(load_recipe_config(FinetuneConfig, args.config, args.overrides))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import load_recipe_config
+    from .finetuning import FinetuneConfig, evaluate_saved
+
+    cfg = load_recipe_config(FinetuneConfig, args.config, args.overrides)
+    evaluate_saved(args.model, cfg, args.split or cfg.eval_split, Path(args.output or Path(args.model) / "eval"),
+                   args.device)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embedding import embed_command
+
+    embed_command(args.model, args.input, args.output, args.batch_size, args.num_workers,
+                  None if args.device == "auto" else args.device, args.precision, args.skip_bad, args.format)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .embedding import search
+
+    for rank, hit in enumerate(search(args.index, args.query, args.k, modality=args.modality), 1):
+        print(f"{rank:>2}  {hit['score']:.3f}  {hit['modality']:<12} {hit['path']}")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .datasets import check_path, format_report
-    from .errors import DataError
 
-    try:
-        reports = check_path(args.path, allow_outside_root=args.allow_outside_root)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    reports = check_path(args.path, allow_outside_root=args.allow_outside_root)
     print(format_report(reports))
     return 1 if any(r.bad for r in reports) else 0
 
@@ -98,25 +116,50 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return str(list(x.shape))
-    return "{" + ", ".join(f"{k}: {list(v.shape)}" for k, v in x.items()) + "}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnivec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list the registered model variants")
     p.add_argument("--details", action="store_true", help="build each variant and print parameters per part")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("demo", help="run the demo")
-    p.add_argument("--batch-size", type=int, default=2)
+    p = sub.add_parser("demo", help="the whole pipeline on data/sample, with a report")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a first look in about 2 minutes")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one) or cpu")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("pretrain", help="masked pretraining of the shared backbone on every modality")
     p.add_argument("config", help="a YAML config, e.g. configs/pretrain/tiny.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=200 output_dir=runs/x")
     p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("finetune", help="sequential fine-tuning of task heads on the shared backbone")
+    p.add_argument("config", help="a YAML config, e.g. configs/finetune/sample_sequential.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. init=none output_dir=runs/x")
+    p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("evaluate", help="evaluate a saved model on the tasks of a fine-tuning config")
+    p.add_argument("--model", required=True, help="a saved model folder (with the tasks' heads)")
+    p.add_argument("--config", required=True, help="the fine-tuning config naming the tasks and their data")
+    p.add_argument("--split", help="train, val or test (default: the config's eval_split)")
+    p.add_argument("--output", help="folder for metrics.json and the confusion matrices (default: MODEL/eval)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("embed", help="embed files, folders or manifests of any modality")
+    p.add_argument("--model", required=True, help="a saved model folder or hub id")
+    p.add_argument("--input", nargs="+", required=True, help="files, folders or manifests")
+    p.add_argument("--output", required=True, help="OUT: writes OUT.npy (or .safetensors/.parquet), OUT.jsonl, OUT.json")
+    p.add_argument("--format", choices=["npy", "safetensors", "parquet"], help="default: from OUT's suffix, else npy")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding files")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--skip-bad", action="store_true", help="record unreadable files as failed and go on")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("search", help="nearest neighbours (cosine) of a file or text in saved embeddings")
+    p.add_argument("--index", required=True, help="the OUT given to omnivec embed")
+    p.add_argument("--query", required=True, help="a file of any modality, or a text")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--modality", help="only return samples of this modality")
+    p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")
     p.add_argument("path", help="a manifest, a dataset folder, or a folder of datasets")

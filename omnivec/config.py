@@ -37,6 +37,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
     if tp is dict or origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
@@ -55,6 +57,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
@@ -240,12 +247,19 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     out = json.loads(json.dumps(base))  # deep copy of plain data
     for key, value in overrides.items():
         *parents, leaf = str(key).split(".")
-        node = out
+        node: Any = out
         for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {p!r} is not a mapping")
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            if isinstance(node, list) and p.isdigit() and int(p) < len(node):  # stages.0.steps
+                node = node[int(p)]
+            elif isinstance(node, dict):
+                node = node.setdefault(p, {})
+            else:
+                raise ConfigError(f"{key}: {p!r} is not a mapping key or a list index")
+        if isinstance(node, list):
+            if not (leaf.isdigit() and int(leaf) < len(node)):
+                raise ConfigError(f"{key}: {leaf!r} is not an index of a list of {len(node)}")
+            node[int(leaf)] = value
+        elif isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
             node[leaf] = merge(node[leaf], value)
         elif value is None and parents and parents[-1] in ("modalities", "heads"):
             node.pop(leaf, None)

@@ -2,9 +2,11 @@
 plus the registered variants (`omnivec_tiny`, `omnivec_small`, `omnivec_base`)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,7 +17,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from .backbone import SharedBackbone
-from .config import OmniVecConfig, merge
+from .config import HeadConfig, OmniVecConfig, merge
 from .errors import InputError
 from .heads import masked_mean
 from .registry import HEADS, MODALITIES, MODELS
@@ -86,9 +88,27 @@ class OmniVecModel(nn.Module):
             out.hidden_states[modality], out.padding_mask[modality] = hidden, mask
             out.pooled[modality] = masked_mean(hidden, mask)
         for name, cfg in self.config.heads.items():
-            if cfg.modality in out.hidden_states:
+            if cfg.modality in out.hidden_states and getattr(self.heads[name], "returns_logits", True):
                 out.logits[name] = self.forward_head(name, out.hidden_states[cfg.modality], out.padding_mask[cfg.modality])
         return out
+
+    def add_head(self, name: str, cfg: "HeadConfig") -> nn.Module:
+        """Add (or replace) task head `name`; its config joins `config.heads` and is saved with the model."""
+        from .config import OmniVecConfig
+
+        data = self.config.to_dict()
+        data["heads"][name] = dataclasses.asdict(cfg)
+        self.config.heads = OmniVecConfig.from_dict(data).heads  # validated, e.g. that its modality exists
+        head = HEADS.get(cfg.type)(self.config.heads[name], self.config.backbone.dim)
+        head.apply(_init_weights)
+        device = next(self.backbone.parameters()).device
+        self.heads[name] = head.to(device)
+        return self.heads[name]
+
+    def predict(self, head: str, x: Any) -> Any:
+        """Run task head `head` on a batch of its modality: logits, or generated text (summarization)."""
+        hidden, mask = self.forward_features(self.config.heads[head].modality, x)
+        return self.heads[head].predict(hidden, mask)
 
     def embed(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """{modality: batch} -> {modality: [B, D]} mean-pooled, L2-normalised embeddings."""
@@ -115,10 +135,14 @@ class OmniVecModel(nn.Module):
             if text is not None and text.tokenizer != "bytes":
                 from .modalities.text import load_tokenizer
 
-                load_tokenizer(text.tokenizer).save_pretrained(tmp / TOKENIZER_DIR)
-                if (directory / TOKENIZER_DIR).exists():
-                    shutil.rmtree(directory / TOKENIZER_DIR)
-                os.replace(tmp / TOKENIZER_DIR, directory / TOKENIZER_DIR)
+                try:
+                    load_tokenizer(text.tokenizer).save_pretrained(tmp / TOKENIZER_DIR)
+                except OSError as e:  # offline and not cached: the config still names it
+                    warnings.warn(f"tokenizer {text.tokenizer!r} not saved with the model ({e})")
+                else:
+                    if (directory / TOKENIZER_DIR).exists():
+                        shutil.rmtree(directory / TOKENIZER_DIR)
+                    os.replace(tmp / TOKENIZER_DIR, directory / TOKENIZER_DIR)
             os.replace(tmp / WEIGHTS_NAME, directory / WEIGHTS_NAME)
             os.replace(tmp / CONFIG_NAME, directory / CONFIG_NAME)
 

@@ -155,3 +155,51 @@ def plot_reconstructions(pretrainer, loaders: Mapping[str, Any], samples: int, p
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+
+
+def plot_confusion(predictions: list[int], targets: list[int], labels: tuple[str, ...], png: str | Path,
+                   title: str = "") -> None:
+    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    from .evaluation import confusion_matrix
+
+    n = len(labels) or max(predictions + targets) + 1
+    cm = confusion_matrix(torch.tensor(predictions), torch.tensor(targets), n).numpy()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n))
+    ax.imshow(cm, cmap="Blues")
+    names = list(labels) or [str(i) for i in range(n)]
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = cm.trace() / max(cm.sum(), 1)
+    ax.set_title(f"{title} accuracy {accuracy:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def plot_projection(embeddings: torch.Tensor, modalities: list[str], labels: list[str], png: str | Path) -> None:
+    """2-D PCA of the embeddings: colour = class label, marker = modality."""
+    x = embeddings - embeddings.mean(0)
+    _, _, v = torch.pca_lowrank(x, q=2, center=False)
+    xy = (x @ v[:, :2]).numpy()
+    markers = dict(zip(dict.fromkeys(modalities), "os^Dv*P"))
+    classes = list(dict.fromkeys(labels))
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for modality, marker in markers.items():
+        idx = [i for i, m in enumerate(modalities) if m == modality]
+        colours = [cmap(classes.index(labels[i]) % 20) for i in idx]
+        ax.scatter(xy[idx, 0], xy[idx, 1], c=colours, marker=marker, s=18, label=modality, alpha=0.8)
+    ax.legend(title="modality", fontsize=8)
+    ax.set_title("embeddings, PCA (colour: class)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

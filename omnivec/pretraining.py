@@ -5,6 +5,7 @@ the kept ones, and a light per-modality decoder predicts the hidden tokens' targ
 pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -100,11 +101,11 @@ class MaskedPretrainer(nn.Module):
         loss = enc.reconstruction_loss(pred, out.target[masking.mask])
         return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
 
-    def forward(self, inputs: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
-        """{modality: batch} -> {modality: reconstruction loss on its hidden tokens}."""
+    def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
+        """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens}."""
         device = next(self.parameters()).device
         generator = self.mask_generator(device, step)
-        return {m: self.reconstruct(m, x, generator)["loss"] for m, x in inputs.items()}
+        return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
 
     def save_model(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -180,7 +181,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     if trainer.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "pretrain_config.json").write_text(json.dumps(_plain(cfg), indent=2))
+        (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     acc = trainer.accelerator
     train = build_loaders(cfg.data, model, "train", cfg, train=True, rank=acc.process_index,
                           world_size=acc.num_processes)
@@ -229,9 +230,3 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     skipped = f", {len(summary['skipped_samples'])} bad samples skipped" if summary["skipped_samples"] else ""
     return (f"pretrained {summary['steps']} steps in {summary['seconds']:.0f}s{skipped}; loss first->last 20 steps: "
             + "; ".join(parts) + f". Model: {out / 'model'}")
-
-
-def _plain(obj: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

@@ -56,13 +56,19 @@ class TrainConfig:
         require(len(self.betas) == 2, join_key(prefix, "betas"), "two values", self.betas)
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases, norms, embeddings' positions and tokens go without."""
-    decay, no_decay = [], []
+def param_groups(module: nn.Module, weight_decay: float, lr: float,
+                 lr_scales: Mapping[str, float] | None = None) -> list[dict]:
+    """Weight decay on matrices only (biases, norms, position embeddings and learned tokens go
+    without); `lr_scales` maps a parameter-name prefix to a learning-rate multiplier."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in module.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and "pos_embed" not in name and "token" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and "pos_embed" not in name and "token" not in name
+        scale = next((s for prefix, s in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((decay, scale), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+            for (decay, scale), ps in groups.items()]
 
 
 def warmup_cosine(cfg: TrainConfig) -> Callable[[int], float]:
@@ -94,7 +100,8 @@ def to_device(x: Any, device: torch.device) -> Any:
 
 
 class Trainer:
-    """Runs `module(batch) -> {name: loss}` for `cfg.max_steps` optimizer steps over `batches`.
+    """Runs `module(batch, step) -> {name: loss}` for `cfg.max_steps` optimizer steps over `batches`,
+    where `batch` is `{key: {"input": ..., "target": ...}}` on the training device.
 
     `batches` yields `{key: collated batch}` (see `MultiModalLoader`) and has `state_dict()` /
     `load_state_dict()` for its position, saved with every checkpoint. `module.save_model(dir)`
@@ -114,8 +121,9 @@ class Trainer:
         )
         set_seed(cfg.seed)
         fused = self.accelerator.device.type == "cuda"
-        optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                      fused=fused)
+        lr_scales = module.lr_scales() if hasattr(module, "lr_scales") else None
+        optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay, cfg.lr, lr_scales), lr=cfg.lr,
+                                      betas=tuple(cfg.betas), fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg))
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
         self.step = 0
@@ -187,16 +195,16 @@ class Trainer:
             self.module.train()
             losses: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                batch = next(batches)
-                inputs = {}
-                for key, b in batch.items():
+                batch = {}
+                for key, b in next(batches).items():
                     self.skipped += b.get("skipped", [])
-                    if b["input"] is not None:
-                        inputs[key] = to_device(b["input"], self.device)
+                    if b["input"] is not None:  # None: every sample of the batch was bad and skipped
+                        batch[key] = {"input": to_device(b["input"], self.device),
+                                      "target": to_device(b["target"], self.device)}
                         samples += len(b["index"]) * acc.num_processes
                 sync = acc.no_sync(self.module) if micro < cfg.grad_accum - 1 else nullcontext()
                 with sync:
-                    parts = self.module(inputs, step=self.step)
+                    parts = self.module(batch, step=self.step)
                     loss = sum((loss_weights or {}).get(k, 1.0) * v for k, v in parts.items()) / cfg.grad_accum
                     acc.backward(loss)
                 for k, v in parts.items():

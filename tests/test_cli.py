@@ -1,3 +1,5 @@
+import json
+import re
 import subprocess
 import sys
 
@@ -17,12 +19,20 @@ def test_models_details_prints_parameters_per_part(capsys):
 
 
 @pytest.mark.integration
-def test_demo_runs_from_the_console_script():
-    result = subprocess.run([sys.executable, "-m", "omnivec", "demo"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    for modality in ("image", "video", "audio", "text", "point_cloud"):
-        assert f"{modality}" in result.stdout
-    assert "done: 5 modalities embedded" in result.stdout
+def test_quick_demo_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "omnivec", "demo", "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for section in ("## Results", "## Forgetting matrix", "## Pretraining", "## Fine-tuning loss curves",
+                    "## Confusion matrices", "## Embeddings", "## Time per stage"):
+        assert section in report, section
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
+        assert (out / image).is_file(), image
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8 and "<table>" in html
+    assert "[6/6] report" in result.stdout + result.stderr
 
 
 @pytest.mark.integration
@@ -44,3 +54,31 @@ def test_pretrain_cli_on_the_sample_data(tmp_path):
     assert "pretrained 2 steps" in result.stdout + result.stderr
     for name in ("model/model.safetensors", "metrics.jsonl", "reconstructions.png", "loss.png", "summary.json"):
         assert (run / name).is_file(), name
+
+
+@pytest.mark.integration
+def test_finetune_and_evaluate_cli_on_the_sample_data(tmp_path):
+    run = tmp_path / "run"
+    steps = [f"stages.{i}.steps=1" for i in range(5)]
+    result = subprocess.run(
+        [sys.executable, "-m", "omnivec", "finetune", "configs/finetune/sample_sequential.yaml", "init=none",
+         f"output_dir={run}", "batch_size=4", "num_workers=0", "eval_split=val", "eval_max_batches=1",
+         "tasks.acl_summaries.head_args.max_new_tokens=4", *steps],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "eval.json").read_text())
+    matrix = report["forgetting_matrix"]
+    assert len(matrix["rows"]) == 5 and len(matrix["tasks"]) == 7
+    assert set(report["final"]["acl_summaries"]) >= {"rouge1", "rouge2", "rougeL"}
+    assert set(report["final"]["spoken_mix"]) >= {"mAP"} and set(report["final"]["moving_digits"]) >= {"top1", "top5"}
+    assert "lead-1" in report["baselines"]["acl_summaries"]
+    result = subprocess.run(
+        [sys.executable, "-m", "omnivec", "evaluate", "--model", str(run / "model"), "--config",
+         "configs/finetune/sample_sequential.yaml", "--split", "val", "--output", str(tmp_path / "eval"),
+         "eval_max_batches=1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for task in ("digits", "spoken_digits", "shapes", "moving_digits", "acl_highlights"):
+        assert (tmp_path / "eval" / f"confusion_{task}.png").is_file()

@@ -80,7 +80,7 @@ def test_losses_only_look_at_hidden_tokens(tiny_model, tiny_config):
     for modality, x in batch.items():
         r = pretrainer.reconstruct(modality, x, torch.Generator().manual_seed(0))
         assert r["pred"].shape[0] == r["mask"].sum() and torch.isfinite(r["loss"])
-    losses = pretrainer(batch)
+    losses = pretrainer({m: {"input": x} for m, x in batch.items()})
     sum(losses.values()).backward()
     grads = [p.grad for p in pretrainer.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -88,7 +88,8 @@ class Collate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "error" not in s]
-        batch: dict[str, Any] = {"skipped": [s["error"] for s in samples if "error" in s]}
+        batch: dict[str, Any] = {"skipped": [s["error"] for s in samples if "error" in s],
+                                 "skipped_index": [s["index"] for s in samples if "error" in s]}
         batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
         if not good:
             batch["input"] = batch["target"] = None

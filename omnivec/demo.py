@@ -1,0 +1,227 @@
+"""`omnivec demo`: the whole pipeline on data/sample with omnivec_tiny, and a report.
+
+1. masked pretraining on all five modalities; 2. sequential fine-tuning of every sample task from
+the pretrained backbone; 3. the same from scratch; 4. evaluation on the test splits (confusion
+matrices); 5. embeddings of test samples, a 2-D projection and a retrieval example; 6. report.md
+and report.html (images inline)."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]  # a clone of the repository: configs/ and data/sample/
+
+
+def _root() -> Path:
+    for root in (Path.cwd(), ROOT):
+        if (root / "data" / "sample").is_dir() and (root / "configs").is_dir():
+            return root
+    raise FileNotFoundError("omnivec demo needs the repository's data/sample/ and configs/: run it from a clone")
+
+
+def _scaled_stages(stages: list, scale: float) -> list:
+    return [dataclasses.replace(s, steps=max(2, round(s.steps * scale))) for s in stages]
+
+
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> Path:
+    """Run every stage into `out` and write `out/report.md` and `out/report.html`; returns the html path."""
+    from .config import load_recipe_config
+    from .finetuning import FinetuneConfig, evaluate_saved, finetune
+    from .pretraining import PretrainConfig, pretrain
+
+    root, out = _root(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = "cpu" if device == "cpu" else "auto"
+    timings: dict[str, float] = {}
+    steps = 6
+
+    def stage(i: int, name: str) -> float:
+        tqdm.write(f"[{i}/{steps}] {name}")
+        return time.perf_counter()
+
+    t = stage(1, "masked pretraining on all five modalities")
+    overrides = ["max_steps=20", "eval_batches=2", "eval_every=0"] if quick else ["max_steps=200"]
+    pre_cfg = load_recipe_config(PretrainConfig, root / "configs/pretrain/tiny.yaml",
+                                 [f"output_dir={out / 'pretrain'}", f"device={dev}", "save_every=0", *overrides])
+    pre_cfg.data = {m: [str(root / p) for p in paths] for m, paths in pre_cfg.data.items()}
+    _absolute_tokenizer(pre_cfg, root)
+    pretrain(pre_cfg)
+    timings["pretraining"] = time.perf_counter() - t
+
+    ft_cfg = load_recipe_config(FinetuneConfig, root / "configs/finetune/sample_sequential.yaml",
+                                [f"device={dev}", "save_every=0"])
+    ft_cfg.tasks = {n: dataclasses.replace(s, data=[str(root / p) for p in s.data]) for n, s in ft_cfg.tasks.items()}
+    _absolute_tokenizer(ft_cfg, root)
+    ft_cfg.stages = _scaled_stages(ft_cfg.stages, 0.03 if quick else 0.3)
+    if quick:
+        ft_cfg.eval_split, ft_cfg.eval_max_batches, ft_cfg.eval_batch_size = "val", 1, 32
+        ft_cfg.tasks["acl_summaries"].head_args["max_new_tokens"] = 16
+    results = {}
+    for i, (name, init) in enumerate((("pretrained", str(out / "pretrain" / "model")), ("scratch", None)), 2):
+        t = stage(i, f"sequential fine-tuning from {'the pretrained backbone' if init else 'scratch'}")
+        results[name] = finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
+        timings[f"fine-tuning ({name})"] = time.perf_counter() - t
+
+    t = stage(4, f"evaluation on the {ft_cfg.eval_split} split (confusion matrices)")
+    evaluate_saved(out / "finetune-pretrained" / "model", ft_cfg, ft_cfg.eval_split, out / "eval", device)
+    timings["evaluation"] = time.perf_counter() - t
+
+    t = stage(5, "embeddings of test samples, projection and retrieval")
+    retrieval = embed_and_project(out / "finetune-pretrained" / "model", ft_cfg, out, per_task=15 if quick else 40)
+    timings["embedding and retrieval"] = time.perf_counter() - t
+
+    stage(6, "report")
+    html = write_report(out, results, retrieval, timings, quick)
+    tqdm.write(f"demo done in {sum(timings.values()) / 60:.1f} min: {out / 'report.md'} and {html}")
+    return html
+
+
+def _absolute_tokenizer(cfg: Any, root: Path) -> None:
+    text = cfg.model_overrides.get("modalities.text")
+    if text and not Path(text["tokenizer"]).is_absolute():
+        text["tokenizer"] = str(root / text["tokenizer"])
+
+
+def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> dict[str, Any]:
+    """Embed `per_task` test samples of every classification task; plot a 2-D PCA projection
+    coloured by class and shaped by modality; find each modality's neighbours of one query."""
+    from .embedding import embed_items, write_embeddings
+    from .finetuning import load_task_data
+    from .model import OmniVecModel
+    from .plots import plot_projection
+
+    model = OmniVecModel.from_pretrained(model_dir)
+    items, labels = [], []
+    for task, datasets in load_task_data(cfg).items():
+        if cfg.tasks[task].head not in ("classification", "action"):
+            continue
+        rows = [r for d in datasets for r in d.split("test")][:per_task]
+        for r in rows:
+            item = {"text": r["text"], "path": r["where"]} if "text" in r else {"path": str(r["path"])}
+            items.append({**item, "modality": datasets[0].modality})
+            labels.append(f"{task}:{r['label']}")
+    emb, errors = embed_items(model, items, batch_size=64, num_workers=0)
+    records = [{"path": it["path"], "modality": it["modality"], "index": i, "label": labels[i],
+                "status": "ok" if i not in errors else f"failed: {errors[i]}"} for i, it in enumerate(items)]
+    write_embeddings(out / "embeddings", emb, records, {"model": str(model_dir), "dim": int(emb.shape[1])})
+    x = torch.from_numpy(emb)
+    plot_projection(x, [r["modality"] for r in records], labels, out / "embeddings.png")
+    sims = x @ x.T
+    queries = []
+    for modality in dict.fromkeys(r["modality"] for r in records):
+        q = next(i for i, r in enumerate(records) if r["modality"] == modality)
+        order = [int(j) for j in torch.argsort(sims[q], descending=True) if int(j) != q][:5]
+        other = [int(j) for j in torch.argsort(sims[q], descending=True) if records[int(j)]["modality"] != modality][:3]
+        queries.append({"query": records[q], "same_modality": [(records[j], float(sims[q, j])) for j in order],
+                        "other_modalities": [(records[j], float(sims[q, j])) for j in other]})
+    return {"count": len(records), "queries": queries}
+
+
+def _img(path: Path, html: bool, alt: str) -> str:
+    if not path.is_file():
+        return f"({alt}: not produced)"
+    if html:
+        return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" style="max-width:100%">'
+    return f"![{alt}]({path.name if path.parent.name == '' else path.as_posix()})"
+
+
+def write_report(out: Path, results: dict[str, dict], retrieval: dict[str, Any], timings: dict[str, float],
+                 quick: bool) -> Path:
+    """report.md (images linked) and report.html (images inline) with every section."""
+    pre, scr = results["pretrained"], results["scratch"]
+    summary = json.loads((out / "pretrain" / "summary.json").read_text())
+    lines = [f"# omnivec demo{' (quick)' if quick else ''}", "",
+             f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.", "",
+             "## Results", "", f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
+             "of the abstract for summarization.", "",
+             "| task | metric | pretrained | scratch | baseline |", "|---|---|---|---|---|"]
+    for task, metrics in pre["final"].items():
+        base = pre["baselines"].get(task, {})
+        for key, value in metrics.items():
+            if key == "samples":
+                continue
+            ref = base.get(f"chance_{key}", base.get("lead-1", {}).get(key))
+            lines.append(f"| {task} | {key} | {value:.3f} | {scr['final'][task][key]:.3f} | "
+                         f"{'' if ref is None else f'{ref:.3f}'} |")
+    matrix = pre["forgetting_matrix"]
+    lines += ["", "## Forgetting matrix (from the pretrained backbone)", "",
+              "Row: after stage i; column: a task's main metric; blank before the task is trained.", "",
+              "| after stage | " + " | ".join(f"{t} ({matrix['metric'][t]})" for t in matrix["tasks"]) + " |",
+              "|---" * (len(matrix["tasks"]) + 1) + "|"]
+    for i, row in enumerate(matrix["rows"], 1):
+        lines.append(f"| {i} | " + " | ".join("" if v is None else f"{v:.3f}" for v in row) + " |")
+    lines += ["", "## Pretraining", "", "Mean reconstruction loss of the first and last 20 steps, and on validation "
+              "data at the start and the end:", "", "| modality | first 20 | last 20 | val start | val end |",
+              "|---|---|---|---|---|"]
+    for m, s in summary["modalities"].items():
+        lines.append(f"| {m} | {s['train_first20']:.4f} | {s['train_last20']:.4f} | {s['val_start']:.4f} | {s['val_end']:.4f} |")
+    lines += ["", "@@pretrain/loss.png|loss curves@@", "", "What the model reconstructs of hidden tokens (validation "
+              "samples): input, what the encoder saw, reconstruction.", "", "@@pretrain/reconstructions.png|reconstructions@@",
+              "", "## Fine-tuning loss curves", ""]
+    for stage_dir in sorted((out / "finetune-pretrained" / "stages").iterdir()):
+        from .plots import plot_losses
+
+        plot_losses(stage_dir / "metrics.jsonl", stage_dir / "loss.png")
+        lines += [f"Stage {stage_dir.name}:", "", f"@@finetune-pretrained/stages/{stage_dir.name}/loss.png|{stage_dir.name}@@", ""]
+    lines += ["## Confusion matrices (fine-tuned from the pretrained backbone)", ""]
+    lines += [f"@@eval/{p.name}|{p.stem}@@" for p in sorted((out / "eval").glob("confusion_*.png"))]
+    lines += ["", "## Embeddings", "", f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, "
+              "marker = modality.", "", "@@embeddings.png|embedding projection@@", "", "Nearest neighbours (cosine):", ""]
+    for q in retrieval["queries"]:
+        same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same_modality"])
+        other = ", ".join(f"{r['label']} [{r['modality']}] ({s:.2f})" for r, s in q["other_modalities"])
+        lines.append(f"- {q['query']['label']} [{q['query']['modality']}]: same modality: {same}; other modalities: {other}")
+    lines += ["", "The model was not trained to align modalities (no paired data): neighbours within a modality "
+              "follow the classes, while neighbours across modalities are not meaningful yet.", "",
+              "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    text = "\n".join(lines) + "\n"
+
+    def render(html: bool) -> str:
+        return re.sub(r"@@([^|]+)\|([^@]+)@@", lambda m: _img(out / m.group(1), html, m.group(2)) if html
+                      else f"![{m.group(2)}]({m.group(1)})", text)
+
+    (out / "report.md").write_text(render(False))
+    html_path = out / "report.html"
+    html_path.write_text(_markdown_to_html(render(True)))
+    return html_path
+
+
+def _markdown_to_html(md: str) -> str:
+    """Just enough Markdown for the report: headings, tables, list items, paragraphs, inline images."""
+    body, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+            body.append(f"<table><tr>{head}</tr>{rest}</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{line[level:].strip()}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{line[2:]}</li>")
+        elif line.strip():
+            body.append(f"<p>{line}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>omnivec demo</title><style>{style}</style></head><body>" \
+           + "\n".join(body) + "</body></html>\n"

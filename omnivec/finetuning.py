@@ -1,0 +1,383 @@
+"""Sequential fine-tuning: a list of stages, each training some tasks' heads (and, unless frozen,
+the shared backbone and encoders); after every stage every task trained so far is evaluated (the
+forgetting matrix) and a checkpoint is saved. `evaluate_tasks` also backs `omnivec evaluate`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from accelerate import PartialState
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import join_key, require, require_positive
+from .datasets import Collate, TaskData, TaskDataset, find_tasks
+from .datasets.sampler import EpochSampler, MultiModalLoader
+from .errors import ConfigError
+from .model import OmniVecModel, model_config
+from .registry import HEADS
+from .training import TrainConfig, Trainer, to_device
+
+FREEZABLE = ("backbone", "encoders")
+
+
+@dataclass
+class TaskSpec:
+    """One task: its head type, its datasets (the modality and classes come from the data) and
+    any extra head settings (`dropout`, `num_beams`, ...)."""
+
+    head: str = "classification"
+    data: list[str] = field(default_factory=list)
+    head_args: dict = field(default_factory=dict)
+    batch_size: int | None = None  # None: the config's batch_size
+
+    def validate(self, prefix: str) -> None:
+        require(self.head in HEADS, join_key(prefix, "head"), f"one of {HEADS.names()}", self.head)
+        require_positive(self, prefix, "batch_size")
+        require(bool(self.data), join_key(prefix, "data"), "at least one dataset path", self.data)
+
+
+@dataclass
+class StageSpec:
+    """One stage: the tasks trained together, for how long, how fast, and what stays frozen."""
+
+    tasks: list[str] = field(default_factory=list)
+    steps: int = 100
+    lr: float | None = None  # None: the config's lr
+    freeze: list[str] = field(default_factory=list)  # any of: backbone, encoders
+    replay: list[str] = field(default_factory=list)  # earlier tasks rehearsed: one of them joins every step
+
+    def validate(self, prefix: str) -> None:
+        require(bool(self.tasks), join_key(prefix, "tasks"), "at least one task name", self.tasks)
+        require_positive(self, prefix, "steps", "lr")
+        bad = [f for f in self.freeze if f not in FREEZABLE]
+        require(not bad, join_key(prefix, "freeze"), f"a list of {list(FREEZABLE)}", self.freeze)
+        require(not set(self.replay) & set(self.tasks), join_key(prefix, "replay"),
+                "earlier tasks, not this stage's own", self.replay)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """`omnivec finetune CONFIG key=value ...`."""
+
+    init: str | None = None  # a saved model folder (pretrained), or none: `model` from scratch
+    model: str = "omnivec_tiny"
+    model_overrides: dict = field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    stages: list[StageSpec] = field(default_factory=list)
+    schedule: str = "all"  # how the tasks of one stage share steps: all | round_robin | weighted
+    backbone_lr_scale: float = 1.0  # learning rate of the encoders and backbone relative to the heads'
+    eval_split: str = "test"
+    eval_batch_size: int = 64
+    eval_max_batches: int = 0  # per task; 0: the whole split (a quick look evaluates a few batches)
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require(bool(self.stages), join_key(prefix, "stages"), "at least one stage", self.stages)
+        require_positive(self, prefix, "backbone_lr_scale", "eval_batch_size")
+        require(self.eval_max_batches >= 0, join_key(prefix, "eval_max_batches"), "an int >= 0", self.eval_max_batches)
+        earlier: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            for task in stage.tasks:
+                require(task in self.tasks, join_key(prefix, f"stages[{i}].tasks"),
+                        f"names from tasks {sorted(self.tasks)}", task)
+            for task in stage.replay:
+                require(task in earlier, join_key(prefix, f"stages[{i}].replay"),
+                        f"tasks of earlier stages {sorted(earlier)}", task)
+            earlier.update(stage.tasks)
+        require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
+                "all, round_robin or weighted", self.schedule)
+        require(self.eval_split in ("train", "val", "test"), join_key(prefix, "eval_split"), "train, val or test",
+                self.eval_split)
+
+
+class FinetuneModule(nn.Module):
+    """The model plus the list of tasks being trained: `forward` gives each task's head loss."""
+
+    def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0):
+        super().__init__()
+        self.model, self.backbone_lr_scale = model, backbone_lr_scale
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"model.backbone.": self.backbone_lr_scale, "model.encoders.": self.backbone_lr_scale}
+
+    def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
+        losses = {}
+        for task, b in batch.items():
+            hidden, mask = self.model.forward_features(self.model.config.heads[task].modality, b["input"])
+            losses[task] = self.model.heads[task].loss(hidden, mask, b["target"])
+        return losses
+
+    def save_model(self, directory: str | Path) -> None:
+        self.model.save_pretrained(directory)
+
+
+class ReplayLoader:
+    """The stage's own tasks (per the schedule) plus one rehearsed earlier task per step, in turn."""
+
+    def __init__(self, current: MultiModalLoader, replay: MultiModalLoader | None):
+        self.current, self.replay = current, replay
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self.current) | (next(self.replay) if self.replay else {})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current.state_dict(), "replay": self.replay.state_dict() if self.replay else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.current.load_state_dict(state["current"])
+        if self.replay:
+            self.replay.load_state_dict(state["replay"])
+
+
+def load_task_data(cfg: FinetuneConfig) -> dict[str, list[TaskData]]:
+    """Every task's datasets, checked: one modality per task, the same classes across its datasets."""
+    out = {}
+    for name, spec in cfg.tasks.items():
+        datasets = [t for path in spec.data for t in find_tasks(path)]
+        if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
+            raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
+        out[name] = datasets
+    return out
+
+
+def head_config(name: str, spec: TaskSpec, data: list[TaskData], model: OmniVecModel) -> Any:
+    """The head config of a task, completed from its data (classes) and the model (tokenizer)."""
+    from .config import from_dict
+
+    values = {"type": spec.head, "modality": data[0].modality, **spec.head_args}
+    fields = {f.name for f in dataclasses.fields(HEADS.get(spec.head).config_class)}
+    if "num_classes" in fields:
+        values.setdefault("num_classes", len(data[0].classes))
+        values.setdefault("labels", list(data[0].classes))
+    if "tokenizer" in fields:
+        text = model.config.modalities.get("text")
+        if text is None:
+            raise ConfigError(f"tasks.{name}: a {spec.head} head needs a model with a text encoder")
+        values.setdefault("tokenizer", text.tokenizer)
+        values.setdefault("vocab_size", text.vocab_size)
+    return from_dict(HEADS.get(spec.head).config_class, values, f"tasks.{name}.head_args")
+
+
+def task_loader(model: OmniVecModel, data: list[TaskData], split: str, batch_size: int, num_workers: int,
+                train: bool, seed: int = 0, skip_bad: bool = False, rank: int = 0, world_size: int = 1):
+    from torch.utils.data import DataLoader
+
+    modality = data[0].modality
+    dataset = TaskDataset(data, split, model.transforms(train=train)[modality], skip_bad=skip_bad, seed=seed)
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    pad_id = 0
+    if modality == "text":
+        from .modalities.text import load_tokenizer
+
+        pad_id = load_tokenizer(model.config.modalities["text"].tokenizer).pad_token_id or 0
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=Collate(modality, pad_id), drop_last=train and len(sampler) >= batch_size,
+                      persistent_workers=train and num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+@torch.no_grad()
+def evaluate_tasks(model: OmniVecModel, data: Mapping[str, list[TaskData]], split: str, batch_size: int,
+                   device: torch.device, num_workers: int = 0, max_batches: int = 0) -> dict[str, dict[str, Any]]:
+    """Each task's head metrics on `split`; classification tasks also return their predictions and
+    targets (for confusion matrices) under the private keys `_pred` and `_true`."""
+    was_training = model.training
+    model.eval()
+    results = {}
+    for task, datasets in data.items():
+        head = model.heads[task]
+        loader = task_loader(model, datasets, split, batch_size, num_workers, train=False)
+        predictions, targets = [], []
+        for i, batch in enumerate(tqdm(loader, desc=f"eval {task}", leave=False)):
+            if max_batches and i >= max_batches:
+                break
+            if batch["input"] is None:
+                continue
+            hidden, mask = model.forward_features(model.config.heads[task].modality, to_device(batch["input"], device))
+            pred = head.predict(hidden, mask)
+            if isinstance(pred, torch.Tensor):
+                predictions.append(pred.float().cpu())
+                targets.append(batch["target"])
+            else:
+                predictions += pred
+                targets += batch["target"]
+        if predictions and isinstance(predictions[0], torch.Tensor):
+            predictions, targets = torch.cat(predictions), torch.cat(targets)
+        metrics = head.metrics(predictions, targets)
+        if isinstance(predictions, torch.Tensor) and targets.ndim == 1:
+            metrics["_pred"], metrics["_true"] = predictions.argmax(1).tolist(), targets.tolist()
+        elif not isinstance(predictions, torch.Tensor):
+            metrics["examples"] = [{"prediction": p, "reference": t} for p, t in list(zip(predictions, targets))[:3]]
+        metrics["samples"] = len(targets)
+        results[task] = metrics
+    model.train(was_training)
+    return results
+
+
+def baselines(data: Mapping[str, list[TaskData]], specs: Mapping[str, TaskSpec], split: str) -> dict[str, dict]:
+    """Reference points: chance for classification; the lead-sentence summary's ROUGE for summarization."""
+    from .evaluation import rouge
+
+    out = {}
+    for task, datasets in data.items():
+        rows = [r for d in datasets for r in d.split(split)]
+        if specs[task].head == "summarization":
+            lead = [re.split(r"(?<=[.!?])\s+", r["text"].strip(), maxsplit=1)[0] for r in rows]
+            out[task] = {"lead-1": rouge(lead, [r["summary"] for r in rows])}
+        elif datasets[0].classes:
+            out[task] = {"chance_top1": 1 / len(datasets[0].classes),
+                         "chance_top5": min(5, len(datasets[0].classes)) / len(datasets[0].classes)}
+    return out
+
+
+def set_frozen(model: OmniVecModel, freeze: list[str]) -> None:
+    model.backbone.requires_grad_("backbone" not in freeze)
+    model.encoders.requires_grad_("encoders" not in freeze)
+
+
+def public(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run every stage in order; write `eval.json`, `eval.md` and the model with all heads to `cfg.output_dir`."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = OmniVecModel.from_pretrained(cfg.init) if cfg.init else OmniVecModel(model_config(cfg.model, **cfg.model_overrides))
+    data = load_task_data(cfg)
+    for name in data:
+        if data[name][0].modality not in model.encoders:
+            raise ConfigError(f"tasks.{name}: the model has no {data[name][0].modality!r} encoder ({model.modalities})")
+        head_config(name, cfg.tasks[name], data[name], model)  # a bad head setting fails before training
+    out = Path(cfg.output_dir)
+    seen: list[str] = []
+    rows, stages, results = [], [], {}
+    for i, stage in enumerate(cfg.stages, 1):
+        stage_dir = out / "stages" / f"{i}_{'+'.join(stage.tasks)}"
+        done_file = stage_dir / "done.json"
+        seen += [t for t in stage.tasks if t not in seen]
+        if cfg.resume and done_file.is_file():  # finished before: take its model and results
+            model = OmniVecModel.from_pretrained(stage_dir / "model")
+            done = json.loads(done_file.read_text())
+            rows.append(done["row"])
+            stages.append(done["stage"])
+            results = done["results"]
+            continue
+        stage_start = time.perf_counter()
+        for task in stage.tasks:
+            model.add_head(task, head_config(task, cfg.tasks[task], data[task], model))
+        set_frozen(model, stage.freeze)
+        stage_cfg = dataclasses.replace(cfg, max_steps=stage.steps, lr=stage.lr or cfg.lr, output_dir=str(stage_dir),
+                                        warmup_steps=min(cfg.warmup_steps, stage.steps // 5))
+        trainer = Trainer(stage_cfg, FinetuneModule(model, cfg.backbone_lr_scale))
+        acc = trainer.accelerator
+        if trainer.is_main:
+            tqdm.write(f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
+                       + (f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "")
+                       + (f", rehearsing: {', '.join(stage.replay)}" if stage.replay else "") + ")")
+        loaders = {t: task_loader(model, data[t], "train", cfg.tasks[t].batch_size or cfg.batch_size, cfg.num_workers,
+                                  train=True, seed=cfg.seed,
+                                  skip_bad=cfg.skip_bad, rank=acc.process_index, world_size=acc.num_processes)
+                   for t in stage.tasks + stage.replay}
+        current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
+        replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None
+        trainer.fit(ReplayLoader(current, replay))
+        model = trainer.unwrapped.model
+        if trainer.is_main:
+            results = {t: public(r) for t, r in evaluate_tasks(
+                model, {t: data[t] for t in seen}, cfg.eval_split, cfg.eval_batch_size, trainer.device,
+                max_batches=cfg.eval_max_batches).items()}
+            row = {t: results[t][model.heads[t].main_metric] for t in seen}
+            stage_info = {"stage": i, "tasks": stage.tasks, "steps": stage.steps, "freeze": stage.freeze,
+                          "replay": stage.replay,
+                          "seconds": round(time.perf_counter() - stage_start, 1), "skipped_samples": trainer.skipped}
+            model.save_pretrained(stage_dir / "model")
+            done_file.write_text(json.dumps({"row": row, "stage": stage_info, "results": results}))
+            rows.append(row)
+            stages.append(stage_info)
+            tqdm.write("  " + ", ".join(f"{t} {model.heads[t].main_metric}={v:.3f}" for t, v in row.items()))
+        acc.wait_for_everyone()
+    report = {}
+    if PartialState().is_main_process:  # the last stage evaluated every task: its results are final
+        report = {
+            "split": cfg.eval_split,
+            "init": cfg.init,
+            "seconds": round(time.perf_counter() - started, 1),
+            "stages": stages,
+            "forgetting_matrix": {"tasks": seen, "metric": {t: model.heads[t].main_metric for t in seen},
+                                  "rows": [[row.get(t) for t in seen] for row in rows]},
+            "final": {t: {k: v for k, v in m.items() if k != "examples"} for t, m in results.items()},
+            "examples": {t: m["examples"] for t, m in results.items() if "examples" in m},
+            "baselines": baselines({t: data[t] for t in seen}, cfg.tasks, cfg.eval_split),
+        }
+        model.save_pretrained(out / "model")
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        (out / "eval.md").write_text(format_report(report))
+        tqdm.write(format_report(report))
+    return report
+
+
+def evaluate_saved(model_dir: str | Path, cfg: FinetuneConfig, split: str, output: Path,
+                   device: str = "auto") -> dict[str, Any]:
+    """`omnivec evaluate`: every task of `cfg` whose head the saved model has, on `split`; prints a
+    table and writes `metrics.json` and a confusion-matrix PNG per classification task to `output`."""
+    from .plots import plot_confusion
+
+    model = OmniVecModel.from_pretrained(model_dir)
+    missing = [t for t in cfg.tasks if t not in model.heads]
+    tasks = [t for t in cfg.tasks if t in model.heads]
+    if not tasks:
+        raise ConfigError(f"{model_dir}: the model has none of the config's task heads {sorted(cfg.tasks)}")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    model.to(dev)
+    data = {t: d for t, d in load_task_data(cfg).items() if t in tasks}
+    results = evaluate_tasks(model, data, split, cfg.eval_batch_size, dev, max_batches=cfg.eval_max_batches)
+    output.mkdir(parents=True, exist_ok=True)
+    for task, metrics in results.items():
+        if "_pred" in metrics:
+            plot_confusion(metrics["_pred"], metrics["_true"], model.config.heads[task].labels,
+                           output / f"confusion_{task}.png", title=f"{task} ({split})")
+    report = {"model": str(model_dir), "split": split, "metrics": {t: public(m) for t, m in results.items()},
+              "baselines": baselines(data, cfg.tasks, split), "not_in_model": missing}
+    (output / "metrics.json").write_text(json.dumps(report, indent=2))
+    lines = [f"{'task':<18} {'metric':<8} {'value':>7}  baseline"]
+    for task, metrics in report["metrics"].items():
+        base = report["baselines"].get(task, {})
+        for key, value in metrics.items():
+            if isinstance(value, float):
+                ref = base.get(f"chance_{key}", base.get("lead-1", {}).get(key))
+                lines.append(f"{task:<18} {key:<8} {value:>7.3f}  {'' if ref is None else f'{ref:.3f}'}")
+    if missing:
+        lines.append(f"(no head in the model for: {', '.join(missing)})")
+    print("\n".join(lines) + f"\nwritten to {output}")
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """Markdown: the final metrics per task beside their baselines, then the forgetting matrix."""
+    lines = [f"Metrics on the {report['split']} split (init: {report['init'] or 'scratch'}), "
+             f"{report['seconds']:.0f}s", "", "| task | metric | value | baseline |", "|---|---|---|---|"]
+    for task, metrics in report["final"].items():
+        base = report["baselines"].get(task, {})
+        for key, value in metrics.items():
+            if key == "samples":
+                continue
+            ref = base.get(f"chance_{key}", base.get("lead-1", {}).get(key))
+            ref_text = "" if ref is None else f"{ref:.3f} ({'chance' if 'chance_top1' in base else 'lead-1'})"
+            lines.append(f"| {task} | {key} | {value:.3f} | {ref_text} |")
+    matrix = report["forgetting_matrix"]
+    lines += ["", "Forgetting matrix (row: after stage i; column: task, its main metric):", "",
+              "| after stage | " + " | ".join(f"{t} ({matrix['metric'][t]})" for t in matrix["tasks"]) + " |",
+              "|---" * (len(matrix["tasks"]) + 1) + "|"]
+    for i, row in enumerate(matrix["rows"], 1):
+        lines.append(f"| {i} | " + " | ".join("" if v is None else f"{v:.3f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,30 @@
+"""Multi-label classification head (AudioSet style): independent sigmoid per class; mAP."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..evaluation import mean_average_precision
+from .base import register_head
+from .classification import ClassificationHead, ClassificationHeadConfig
+
+
+@dataclass
+class MultiLabelHeadConfig(ClassificationHeadConfig):
+    type: str = "multi_label"
+
+
+@register_head("multi_label")
+class MultiLabelHead(ClassificationHead):
+    """[B, L, D] -> [B, num_classes] logits, trained with binary cross-entropy on multi-hot targets."""
+
+    config_class = MultiLabelHeadConfig
+    main_metric = "mAP"
+
+    def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self(x, padding_mask).float(), target.float())
+
+    def metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {"mAP": mean_average_precision(predictions.sigmoid(), targets)}

@@ -1,0 +1,112 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import omnivec
+from omnivec.cli import main
+from omnivec.config import from_dict
+from omnivec.finetuning import FinetuneConfig, finetune
+
+SAMPLE = Path(__file__).parents[1] / "data" / "sample"
+
+
+def _config(tmp_path: Path, **kw) -> FinetuneConfig:
+    data = {
+        "model": "omnivec_tiny",
+        "model_overrides": {
+            "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
+            "modalities": {"video": None, "audio": None,
+                           "text": {"tokenizer": str(SAMPLE / "tokenizer"), "vocab_size": 4000, "max_length": 32},
+                           "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8,
+                                           "pointnet_dims": [16, 32, 32]}},
+        },
+        "tasks": {
+            "digits": {"head": "classification", "data": [str(SAMPLE / "digits")]},
+            "shapes": {"head": "classification", "data": [str(SAMPLE / "shapes")]},
+        },
+        "stages": [{"tasks": ["digits"], "steps": 2}, {"tasks": ["shapes"], "steps": 2, "freeze": ["encoders"]}],
+        "batch_size": 8, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "save_every": 0,
+        "eval_batch_size": 64, "output_dir": str(tmp_path / "run"), "device": "cpu",
+    }
+    data.update(kw)
+    return from_dict(FinetuneConfig, data, "")
+
+
+def test_two_stage_run_writes_the_forgetting_matrix(tmp_path):
+    report = finetune(_config(tmp_path))
+    run = tmp_path / "run"
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    matrix = saved["forgetting_matrix"]
+    assert matrix["tasks"] == ["digits", "shapes"] and matrix["metric"] == {"digits": "top1", "shapes": "top1"}
+    assert matrix["rows"][0][1] is None and all(v is not None for v in matrix["rows"][1])
+    assert matrix["rows"][1][0] == saved["final"]["digits"]["top1"]
+    assert set(saved["final"]["digits"]) == {"top1", "top5", "samples"} and saved["final"]["digits"]["samples"] == 270
+    assert saved["baselines"]["shapes"]["chance_top1"] == pytest.approx(0.1)
+    assert "Forgetting matrix" in (run / "eval.md").read_text()
+    model = omnivec.OmniVecModel.from_pretrained(run / "model")
+    assert set(model.heads) == {"digits", "shapes"} and model.config.heads["digits"].labels[3] == "3"
+    for stage in ("1_digits", "2_shapes"):  # a checkpoint after each stage
+        assert (run / "stages" / stage / "model" / "model.safetensors").is_file()
+        assert list((run / "stages" / stage / "checkpoints").glob("step_*"))
+
+
+def test_frozen_parts_do_not_change(tmp_path):
+    cfg = _config(tmp_path, stages=[{"tasks": ["digits"], "steps": 2, "freeze": ["backbone", "encoders"]}])
+    finetune(cfg)
+    torch.manual_seed(cfg.seed)  # the same initialisation as the run's
+    start = omnivec.OmniVecModel(omnivec.model_config(cfg.model, **cfg.model_overrides))
+    trained = omnivec.OmniVecModel.from_pretrained(tmp_path / "run" / "model")
+    for name, p in start.backbone.state_dict().items():
+        assert torch.equal(p, trained.backbone.state_dict()[name]), name
+
+
+def test_evaluate_cli_writes_metrics_and_confusion_matrices(tmp_path, capsys):
+    finetune(_config(tmp_path, stages=[{"tasks": ["digits"], "steps": 2}]))
+    config = tmp_path / "ft.yaml"
+    cfg = _config(tmp_path)
+    import dataclasses
+    import yaml
+
+    config.write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
+    assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--config", str(config),
+                 "--output", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "top1" in out and "no head in the model for: shapes" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["metrics"]["digits"]["top1"] <= 1
+    assert (tmp_path / "eval" / "confusion_digits.png").stat().st_size > 1000
+
+
+def test_unknown_task_in_a_stage_is_a_config_error(tmp_path):
+    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].tasks"):
+        _config(tmp_path, stages=[{"tasks": ["digitz"], "steps": 2}])
+    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].freeze"):
+        _config(tmp_path, stages=[{"tasks": ["digits"], "freeze": ["heads"]}])
+
+
+def test_replay_rehearses_earlier_tasks(tmp_path):
+    cfg = _config(tmp_path, stages=[{"tasks": ["digits"], "steps": 1},
+                                    {"tasks": ["shapes"], "steps": 3, "replay": ["digits"]}])
+    report = finetune(cfg)
+    assert report["stages"][1]["replay"] == ["digits"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "stages" / "2_shapes" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss/digits" in r and "loss/shapes" in r for r in records if "lr" in r)  # both in every step
+    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].replay"):
+        _config(tmp_path, stages=[{"tasks": ["digits"], "replay": ["shapes"]}, {"tasks": ["shapes"]}])
+
+
+def test_backbone_lr_scale_sets_the_param_group_rates():
+    from omnivec.finetuning import FinetuneModule
+    from omnivec.training import param_groups
+
+    model = omnivec.build_model("omnivec_tiny", **{"backbone.depth": 1})
+    model.add_head("digits", omnivec.heads.classification.ClassificationHeadConfig(modality="image", num_classes=10))
+    groups = param_groups(FinetuneModule(model, 0.1), 0.05, 1e-3, FinetuneModule(model, 0.1).lr_scales())
+    head_ids = {id(p) for p in model.heads.parameters()}
+    for g in groups:
+        is_head = {id(p) in head_ids for p in g["params"]}
+        assert len(is_head) == 1  # heads never share a group with the backbone
+        assert g["lr"] == pytest.approx(1e-3 if is_head.pop() else 1e-4)
