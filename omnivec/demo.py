@@ -64,10 +64,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     if quick:
         ft_cfg.eval_split, ft_cfg.eval_max_batches, ft_cfg.eval_batch_size = "val", 1, 32
         ft_cfg.tasks["acl_summaries"].head_args["max_new_tokens"] = 16
-    results = {}
     for i, (name, init) in enumerate((("pretrained", str(out / "pretrain" / "model")), ("scratch", None)), 2):
         t = stage(i, f"sequential fine-tuning from {'the pretrained backbone' if init else 'scratch'}")
-        results[name] = finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
+        finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
         timings[f"fine-tuning ({name})"] = time.perf_counter() - t
 
     t = stage(4, f"evaluation on the {ft_cfg.eval_split} split (confusion matrices)")
@@ -75,11 +74,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     timings["evaluation"] = time.perf_counter() - t
 
     t = stage(5, "embeddings of test samples, projection and retrieval")
-    retrieval = embed_and_project(out / "finetune-pretrained" / "model", ft_cfg, out, per_task=15 if quick else 40)
+    embed_and_project(out / "finetune-pretrained" / "model", ft_cfg, out, per_task=15 if quick else 40)
     timings["embedding and retrieval"] = time.perf_counter() - t
 
     stage(6, "report")
-    html = write_report(out, results, retrieval, timings, quick)
+    (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    html = write_report(out, quick)
     tqdm.write(f"demo done in {sum(timings.values()) / 60:.1f} min: {out / 'report.md'} and {html}")
     return html
 
@@ -90,9 +90,9 @@ def _absolute_tokenizer(cfg: Any, root: Path) -> None:
         text["tokenizer"] = str(root / text["tokenizer"])
 
 
-def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> dict[str, Any]:
-    """Embed `per_task` test samples of every classification task; plot a 2-D PCA projection
-    coloured by class and shaped by modality; find each modality's neighbours of one query."""
+def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> None:
+    """Embed `per_task` test samples of every classification task into `out/embeddings.*` and plot
+    a 2-D PCA projection (colour = class, marker = modality) to `out/embeddings.png`."""
     from .embedding import embed_items, write_embeddings
     from .finetuning import load_task_data
     from .model import OmniVecModel
@@ -112,17 +112,32 @@ def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> di
     records = [{"path": it["path"], "modality": it["modality"], "index": i, "label": labels[i],
                 "status": "ok" if i not in errors else f"failed: {errors[i]}"} for i, it in enumerate(items)]
     write_embeddings(out / "embeddings", emb, records, {"model": str(model_dir), "dim": int(emb.shape[1])})
-    x = torch.from_numpy(emb)
-    plot_projection(x, [r["modality"] for r in records], labels, out / "embeddings.png")
-    sims = x @ x.T
-    queries = []
+    plot_projection(torch.from_numpy(emb), [r["modality"] for r in records], labels, out / "embeddings.png")
+
+
+def retrieval_summary(out: Path, k: int = 5) -> dict[str, Any]:
+    """From `out/embeddings.*`: per modality, the share of each sample's k nearest neighbours of
+    the same modality that have its class (precision@k, against chance), and one example query."""
+    from .embedding import load_index
+
+    emb, records, _ = load_index(out / "embeddings")
+    sims = torch.from_numpy(emb) @ torch.from_numpy(emb).T
+    rows, examples = [], []
     for modality in dict.fromkeys(r["modality"] for r in records):
-        q = next(i for i, r in enumerate(records) if r["modality"] == modality)
-        order = [int(j) for j in torch.argsort(sims[q], descending=True) if int(j) != q][:5]
-        other = [int(j) for j in torch.argsort(sims[q], descending=True) if records[int(j)]["modality"] != modality][:3]
-        queries.append({"query": records[q], "same_modality": [(records[j], float(sims[q, j])) for j in order],
-                        "other_modalities": [(records[j], float(sims[q, j])) for j in other]})
-    return {"count": len(records), "queries": queries}
+        idx = torch.tensor([i for i, r in enumerate(records) if r["modality"] == modality])
+        labels = [records[i]["label"] for i in idx.tolist()]
+        sub = sims[idx][:, idx].fill_diagonal_(-float("inf"))
+        top = sub.topk(min(k, len(idx) - 1), dim=1).indices
+        hits = [labels[j] == labels[i] for i in range(len(idx)) for j in top[i].tolist()]
+        rows.append({"modality": modality, "precision": sum(hits) / max(len(hits), 1),
+                     "chance": sum(labels.count(c) * (labels.count(c) - 1) for c in set(labels))
+                     / max(len(labels) * (len(labels) - 1), 1)})
+        q = int(idx[0])
+        order = [int(j) for j in torch.argsort(sims[q], descending=True) if int(j) != q]
+        examples.append({"query": records[q],
+                         "same": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] == modality][:k],
+                         "other": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] != modality][:3]})
+    return {"count": len(records), "k": k, "rows": rows, "examples": examples}
 
 
 def _img(path: Path, html: bool, alt: str) -> str:
@@ -133,24 +148,27 @@ def _img(path: Path, html: bool, alt: str) -> str:
     return f"![{alt}]({path.name if path.parent.name == '' else path.as_posix()})"
 
 
-def write_report(out: Path, results: dict[str, dict], retrieval: dict[str, Any], timings: dict[str, float],
-                 quick: bool) -> Path:
-    """report.md (images linked) and report.html (images inline) with every section."""
-    pre, scr = results["pretrained"], results["scratch"]
+def write_report(out: Path, quick: bool = False) -> Path:
+    """report.md (images linked) and report.html (images inline) with every section, from what the
+    demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
+    from .finetuning import baseline_text
+    from .plots import plot_losses
+
+    pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
+    timings = json.loads((out / "timings.json").read_text())
+    retrieval = retrieval_summary(out)
     summary = json.loads((out / "pretrain" / "summary.json").read_text())
     lines = [f"# omnivec demo{' (quick)' if quick else ''}", "",
              f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.", "",
              "## Results", "", f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
-             "of the abstract for summarization.", "",
+             "of the abstract for summarization. The demo trains briefly (30% of the steps of "
+             "configs/finetune/sample_sequential.yaml; see the README for that config's results).", "",
              "| task | metric | pretrained | scratch | baseline |", "|---|---|---|---|---|"]
     for task, metrics in pre["final"].items():
-        base = pre["baselines"].get(task, {})
         for key, value in metrics.items():
-            if key == "samples":
-                continue
-            ref = base.get(f"chance_{key}", base.get("lead-1", {}).get(key))
-            lines.append(f"| {task} | {key} | {value:.3f} | {scr['final'][task][key]:.3f} | "
-                         f"{'' if ref is None else f'{ref:.3f}'} |")
+            if key != "samples":
+                lines.append(f"| {task} | {key} | {value:.3f} | {scr['final'][task][key]:.3f} | "
+                             f"{baseline_text(pre['baselines'].get(task, {}), key)} |")
     matrix = pre["forgetting_matrix"]
     lines += ["", "## Forgetting matrix (from the pretrained backbone)", "",
               "Row: after stage i; column: a task's main metric; blank before the task is trained.", "",
@@ -167,22 +185,25 @@ def write_report(out: Path, results: dict[str, dict], retrieval: dict[str, Any],
               "samples): input, what the encoder saw, reconstruction.", "", "@@pretrain/reconstructions.png|reconstructions@@",
               "", "## Fine-tuning loss curves", ""]
     for stage_dir in sorted((out / "finetune-pretrained" / "stages").iterdir()):
-        from .plots import plot_losses
-
         plot_losses(stage_dir / "metrics.jsonl", stage_dir / "loss.png")
         lines += [f"Stage {stage_dir.name}:", "", f"@@finetune-pretrained/stages/{stage_dir.name}/loss.png|{stage_dir.name}@@", ""]
     lines += ["## Confusion matrices (fine-tuned from the pretrained backbone)", ""]
     lines += [f"@@eval/{p.name}|{p.stem}@@" for p in sorted((out / "eval").glob("confusion_*.png"))]
     lines += ["", "## Embeddings", "", f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, "
-              "marker = modality.", "", "@@embeddings.png|embedding projection@@", "", "Nearest neighbours (cosine):", ""]
-    for q in retrieval["queries"]:
-        same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same_modality"])
-        other = ", ".join(f"{r['label']} [{r['modality']}] ({s:.2f})" for r, s in q["other_modalities"])
+              "marker = modality.", "", "@@embeddings.png|embedding projection@@", "",
+              f"Retrieval within a modality: the share of each sample's {retrieval['k']} nearest neighbours (cosine) "
+              "that have its class.", "", "| modality | precision@5 | chance |", "|---|---|---|"]
+    lines += [f"| {r['modality']} | {r['precision']:.3f} | {r['chance']:.3f} |" for r in retrieval["rows"]]
+    lines += ["", "One query per modality:", ""]
+    for q in retrieval["examples"]:
+        same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same"])
+        other = ", ".join(f"{r['label']} [{r['modality']}] ({s:.2f})" for r, s in q["other"])
         lines.append(f"- {q['query']['label']} [{q['query']['modality']}]: same modality: {same}; other modalities: {other}")
-    lines += ["", "The model was not trained to align modalities (no paired data): neighbours within a modality "
-              "follow the classes, while neighbours across modalities are not meaningful yet.", "",
+    lines += ["", "No objective aligns the modalities (the sample data has no pairs), so neighbours across "
+              "modalities carry no meaning.", "",
               "## Time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += [f"| all | {sum(timings.values()):.0f} |"]
     text = "\n".join(lines) + "\n"
 
     def render(html: bool) -> str:

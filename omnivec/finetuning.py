@@ -351,15 +351,22 @@ def evaluate_saved(model_dir: str | Path, cfg: FinetuneConfig, split: str, outpu
     (output / "metrics.json").write_text(json.dumps(report, indent=2))
     lines = [f"{'task':<18} {'metric':<8} {'value':>7}  baseline"]
     for task, metrics in report["metrics"].items():
-        base = report["baselines"].get(task, {})
         for key, value in metrics.items():
             if isinstance(value, float):
-                ref = base.get(f"chance_{key}", base.get("lead-1", {}).get(key))
-                lines.append(f"{task:<18} {key:<8} {value:>7.3f}  {'' if ref is None else f'{ref:.3f}'}")
+                lines.append(f"{task:<18} {key:<8} {value:>7.3f}  {baseline_text(report['baselines'].get(task, {}), key)}")
     if missing:
         lines.append(f"(no head in the model for: {', '.join(missing)})")
     print("\n".join(lines) + f"\nwritten to {output}")
     return report
+
+
+def baseline_text(baselines: Mapping[str, Any], key: str) -> str:
+    """A task's baseline for metric `key`: "0.100 (chance)", "0.222 (lead-1)" or ""."""
+    if f"chance_{key}" in baselines:
+        return f"{baselines[f'chance_{key}']:.3f} (chance)"
+    if key in baselines.get("lead-1", {}):
+        return f"{baselines['lead-1'][key]:.3f} (lead-1)"
+    return ""
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -367,13 +374,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines = [f"Metrics on the {report['split']} split (init: {report['init'] or 'scratch'}), "
              f"{report['seconds']:.0f}s", "", "| task | metric | value | baseline |", "|---|---|---|---|"]
     for task, metrics in report["final"].items():
-        base = report["baselines"].get(task, {})
         for key, value in metrics.items():
-            if key == "samples":
-                continue
-            ref = base.get(f"chance_{key}", base.get("lead-1", {}).get(key))
-            ref_text = "" if ref is None else f"{ref:.3f} ({'chance' if 'chance_top1' in base else 'lead-1'})"
-            lines.append(f"| {task} | {key} | {value:.3f} | {ref_text} |")
+            if key != "samples":
+                lines.append(f"| {task} | {key} | {value:.3f} | {baseline_text(report['baselines'].get(task, {}), key)} |")
     matrix = report["forgetting_matrix"]
     lines += ["", "Forgetting matrix (row: after stage i; column: task, its main metric):", "",
               "| after stage | " + " | ".join(f"{t} ({matrix['metric'][t]})" for t in matrix["tasks"]) + " |",

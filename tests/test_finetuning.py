@@ -6,22 +6,16 @@ import torch
 
 import omnivec
 from omnivec.cli import main
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from omnivec.config import from_dict
 from omnivec.finetuning import FinetuneConfig, finetune
 
-SAMPLE = Path(__file__).parents[1] / "data" / "sample"
 
 
 def _config(tmp_path: Path, **kw) -> FinetuneConfig:
     data = {
         "model": "omnivec_tiny",
-        "model_overrides": {
-            "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
-            "modalities": {"video": None, "audio": None,
-                           "text": {"tokenizer": str(SAMPLE / "tokenizer"), "vocab_size": 4000, "max_length": 32},
-                           "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8,
-                                           "pointnet_dims": [16, 32, 32]}},
-        },
+        "model_overrides": SMALL_MODEL_OVERRIDES,
         "tasks": {
             "digits": {"head": "classification", "data": [str(SAMPLE / "digits")]},
             "shapes": {"head": "classification", "data": [str(SAMPLE / "shapes")]},

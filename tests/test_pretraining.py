@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import omnivec
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from omnivec.config import from_dict
 from omnivec.modalities.point_cloud import chamfer_l2
 from omnivec.pretraining import MaskedPretrainer, PretrainConfig, pretrain
 
-SAMPLE = Path(__file__).parents[1] / "data" / "sample"
 
 
 def test_image_target_is_normalised_pixels_per_patch(tiny_model):
@@ -89,13 +89,7 @@ def test_losses_only_look_at_hidden_tokens(tiny_model, tiny_config):
 def _config(tmp_path: Path, **kw) -> PretrainConfig:
     data = {
         "model": "omnivec_tiny",
-        "model_overrides": {
-            "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
-            "modalities": {"video": None, "audio": None,
-                           "text": {"tokenizer": str(SAMPLE / "tokenizer"), "vocab_size": 4000, "max_length": 32},
-                           "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8,
-                                           "pointnet_dims": [16, 32, 32]}},
-        },
+        "model_overrides": SMALL_MODEL_OVERRIDES,
         "data": {"image": [str(SAMPLE / "digits")], "text": [str(SAMPLE / "acl_highlights")],
                  "point_cloud": [str(SAMPLE / "shapes")]},
         "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
