@@ -4,6 +4,7 @@ forgetting matrix) and a checkpoint is saved. `evaluate_tasks` also backs `omniv
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import re
 import time
@@ -291,6 +292,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
         replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None
         trainer.fit(ReplayLoader(current, replay))
+        del loaders, current, replay
+        gc.collect()  # stop this stage's DataLoader workers here, not in the next stage's forked workers
         model = trainer.unwrapped.model
         if trainer.is_main:
             results = {t: public(r) for t, r in evaluate_tasks(

@@ -6,6 +6,7 @@ pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -200,6 +201,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         plot_reconstructions(trainer.unwrapped, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
         tqdm.write(format_summary(summary, out))
+    del batches, train, val, evaluate
+    gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next
     acc.wait_for_everyone()
     acc.end_training()
     return summary
