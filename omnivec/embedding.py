@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .datasets import Collate, find_tasks
+from .datasets import find_tasks
+from .datasets.loaders import collate_for
 from .datasets.manifest import MANIFEST_NAMES
 from .datasets.readers import EXTENSIONS, modality_of, read_file
 from .errors import DataError
@@ -92,13 +93,8 @@ def embed_items(model: OmniVecModel, items: list[dict[str, Any]], batch_size: in
             errors.update({i: f"{items[i]['path']}: the model has no {modality} encoder" for i in idx})
             bar.update(len(idx))
             continue
-        pad_id = 0
-        if modality == "text":
-            from .modalities.text import load_tokenizer
-
-            pad_id = load_tokenizer(model.config.modalities["text"].tokenizer).pad_token_id or 0
         loader = DataLoader(EmbedDataset(items, idx, transforms[modality]), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=Collate(modality, pad_id),
+                            num_workers=num_workers, collate_fn=collate_for(model, modality),
                             pin_memory=device.type == "cuda")
         for batch in loader:
             errors.update(zip(batch["skipped_index"], batch["skipped"]))

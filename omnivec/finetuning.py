@@ -18,8 +18,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import join_key, require, require_positive
-from .datasets import Collate, TaskData, TaskDataset, find_tasks
-from .datasets.sampler import EpochSampler, MultiModalLoader
+from .datasets import TaskData, find_tasks
+from .datasets.loaders import task_loader
+from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError
 from .model import OmniVecModel, model_config
 from .registry import HEADS
@@ -167,23 +168,6 @@ def head_config(name: str, spec: TaskSpec, data: list[TaskData], model: OmniVecM
         values.setdefault("tokenizer", text.tokenizer)
         values.setdefault("vocab_size", text.vocab_size)
     return from_dict(HEADS.get(spec.head).config_class, values, f"tasks.{name}.head_args")
-
-
-def task_loader(model: OmniVecModel, data: list[TaskData], split: str, batch_size: int, num_workers: int,
-                train: bool, seed: int = 0, skip_bad: bool = False, rank: int = 0, world_size: int = 1):
-    from torch.utils.data import DataLoader
-
-    modality = data[0].modality
-    dataset = TaskDataset(data, split, model.transforms(train=train)[modality], skip_bad=skip_bad, seed=seed)
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
-    pad_id = 0
-    if modality == "text":
-        from .modalities.text import load_tokenizer
-
-        pad_id = load_tokenizer(model.config.modalities["text"].tokenizer).pad_token_id or 0
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=Collate(modality, pad_id), drop_last=train and len(sampler) >= batch_size,
-                      persistent_workers=train and num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
 @torch.no_grad()

@@ -201,7 +201,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         plot_reconstructions(trainer.unwrapped, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
         tqdm.write(format_summary(summary, out))
-    del batches, train, val, evaluate
+    batches = train = val = None  # drop the last references to the loaders
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next
     acc.wait_for_everyone()
     acc.end_training()

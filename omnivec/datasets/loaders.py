@@ -1,4 +1,4 @@
-"""One DataLoader per modality from a `{modality: [dataset paths]}` mapping."""
+"""DataLoaders over `TaskData`: one per task (fine-tuning) or one per modality (pretraining)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -8,32 +8,45 @@ from torch.utils.data import DataLoader
 
 from ..errors import DataError
 from .dataset import Collate, TaskDataset
-from .manifest import find_tasks
+from .manifest import TaskData, find_tasks
 from .sampler import EpochSampler
+
+
+def collate_for(model: Any, modality: str) -> Collate:
+    """The collate function of `modality`; text is padded with the model tokenizer's pad id."""
+    pad_id = 0
+    if modality == "text":
+        from ..modalities.text import load_tokenizer
+
+        pad_id = load_tokenizer(model.config.modalities["text"].tokenizer).pad_token_id or 0
+    return Collate(modality, pad_id)
+
+
+def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, num_workers: int, train: bool,
+                seed: int = 0, skip_bad: bool = False, rank: int = 0, world_size: int = 1,
+                persistent: bool | None = None) -> DataLoader:
+    """`split` of `data` through the model's (train or eval) transforms; shuffled per epoch and
+    sharded per process when `train`. Workers persist across epochs (default: when training)."""
+    modality = data[0].modality
+    dataset = TaskDataset(data, split, model.transforms(train=train)[modality], skip_bad=skip_bad, seed=seed)
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    persistent = train if persistent is None else persistent
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_for(model, modality), drop_last=train and len(sampler) >= batch_size,
+                      persistent_workers=persistent and num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
 def build_loaders(data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool,
                   rank: int = 0, world_size: int = 1) -> dict[str, DataLoader]:
-    """`split` of every dataset, through the model's (train or eval) transforms, batched by
-    `cfg.batch_size` with `cfg.num_workers` workers; shuffled and sharded per process when `train`."""
-    transforms = model.transforms(train=train)
+    """One loader per modality of `{modality: [dataset paths]}`, batched by `cfg.batch_size` with
+    `cfg.num_workers` persistent workers."""
     loaders = {}
     for modality, paths in data.items():
         tasks = [t for p in paths for t in find_tasks(p)]
         for t in tasks:
             if t.modality != modality:
                 raise DataError(f"{t.source}: listed under data.{modality} but holds {t.modality} samples")
-        dataset = TaskDataset(tasks, split, transforms[modality], skip_bad=cfg.skip_bad, seed=cfg.seed)
-        sampler = EpochSampler(len(dataset), shuffle=train, seed=cfg.seed, rank=rank if train else 0,
-                               world_size=world_size if train else 1)
-        pad_id = 0
-        if modality == "text":
-            from ..modalities.text import load_tokenizer
-
-            pad_id = load_tokenizer(model.config.modalities["text"].tokenizer).pad_token_id or 0
-        loaders[modality] = DataLoader(
-            dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-            collate_fn=Collate(modality, pad_id), drop_last=train and len(sampler) >= cfg.batch_size,
-            persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available(),
-        )
+        loaders[modality] = task_loader(model, tasks, split, cfg.batch_size, cfg.num_workers, train, seed=cfg.seed,
+                                        skip_bad=cfg.skip_bad, rank=rank if train else 0,
+                                        world_size=world_size if train else 1, persistent=True)
     return loaders
