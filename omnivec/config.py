@@ -114,9 +114,21 @@ class ModalityConfig:
     depth: int = 0  # modality-specific transformer blocks before projecting to the backbone
     num_heads: int | None = None  # attention heads of those blocks (None: width // 64, at least 1)
     mask_ratio: float = 0.75  # fraction of tokens hidden in masked pretraining
+    # Start from another library's checkpoint (omnivec/encoders): "timm:MODEL_NAME" or "hf:HUB_ID_OR_DIR";
+    # "" builds omnivec's own encoder.
+    pretrained: str = ""
+    checkpoint: str = ""  # timm only: a local weights file (.safetensors, .pth) instead of the hub's
+    library_config: dict = field(default_factory=dict)  # the library's architecture, filled when built
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "width", "num_heads")
+        family, sep, source = self.pretrained.partition(":")
+        require(not self.pretrained or (sep and family and source), f"{prefix}.pretrained",
+                "'' or FAMILY:SOURCE such as 'timm:vit_base_patch16_224' or 'hf:google/vit-base-patch16-224'",
+                self.pretrained)
+        require(not self.checkpoint or family == "timm", f"{prefix}.checkpoint",
+                "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
+                self.checkpoint)
         require(self.depth >= 0, f"{prefix}.depth", "an int >= 0", self.depth)
         require(0.0 <= self.mask_ratio < 1.0, f"{prefix}.mask_ratio", "a float in [0, 1)", self.mask_ratio)
 
@@ -162,6 +174,7 @@ class OmniVecConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "OmniVecConfig":
         """Build and validate a config; every error names its key."""
         from . import heads as _heads, modalities as _modalities  # noqa: F401  (fill the registries)
+        from .encoders import check_pretrained
 
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
@@ -176,6 +189,7 @@ class OmniVecConfig:
             if name not in MODALITIES:
                 raise ConfigError(f"modalities.{name}: unknown modality; registered: {MODALITIES.names()}")
             modalities[name] = from_dict(MODALITIES.get(name).config_class, sub, f"modalities.{name}")
+            check_pretrained(name, modalities[name])
         if not modalities:
             raise ConfigError(f"modalities: expected at least one of {MODALITIES.names()}")
         heads = {}
@@ -241,12 +255,14 @@ def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -
     return from_dict(cls, data, "")
 
 
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any], _prefix: tuple[str, ...] = ()) -> dict[str, Any]:
     """Deep-merge `overrides` into `base`; dotted keys (`backbone.depth`) reach nested values,
-    and a `None` value for a modality or head removes it."""
+    and a `None` value for a modality or head removes it (`{"modalities": {"video": None}}` or
+    `{"modalities.video": None}`)."""
     out = json.loads(json.dumps(base))  # deep copy of plain data
     for key, value in overrides.items():
         *parents, leaf = str(key).split(".")
+        full = (*_prefix, *parents)  # where `leaf` sits in the whole config
         node: Any = out
         for p in parents:
             if isinstance(node, list) and p.isdigit() and int(p) < len(node):  # stages.0.steps
@@ -260,8 +276,8 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
                 raise ConfigError(f"{key}: {leaf!r} is not an index of a list of {len(node)}")
             node[int(leaf)] = value
         elif isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf] = merge(node[leaf], value)
-        elif value is None and parents and parents[-1] in ("modalities", "heads"):
+            node[leaf] = merge(node[leaf], value, (*full, leaf))
+        elif value is None and full and full[-1] in ("modalities", "heads"):
             node.pop(leaf, None)
         else:
             node[leaf] = value

@@ -21,7 +21,7 @@ from .config import join_key, require, require_positive
 from .datasets import TaskData, find_tasks
 from .datasets.loaders import task_loader
 from .datasets.sampler import MultiModalLoader
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .model import OmniVecModel, model_config
 from .registry import HEADS
 from .training import TrainConfig, Trainer, to_device
@@ -326,7 +326,7 @@ def evaluate_saved(model_dir: str | Path, cfg: FinetuneConfig, split: str, outpu
         raise ConfigError(f"{model_dir}: the model has none of the config's task heads {sorted(cfg.tasks)}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     model.to(dev)
-    data = {t: d for t, d in load_task_data(cfg).items() if t in tasks}
+    data = {t: align_classes(t, d, model.config.heads[t]) for t, d in load_task_data(cfg).items() if t in tasks}
     results = evaluate_tasks(model, data, split, cfg.eval_batch_size, dev, max_batches=cfg.eval_max_batches)
     output.mkdir(parents=True, exist_ok=True)
     for task, metrics in results.items():
@@ -345,6 +345,22 @@ def evaluate_saved(model_dir: str | Path, cfg: FinetuneConfig, split: str, outpu
         lines.append(f"(no head in the model for: {', '.join(missing)})")
     print("\n".join(lines) + f"\nwritten to {output}")
     return report
+
+
+def align_classes(task: str, datasets: list[TaskData], head: Any) -> list[TaskData]:
+    """Index a task's labels as the trained head does; a label the head never learned is an error
+    naming the file and the label (instead of silently shifted class indices)."""
+    labels = list(getattr(head, "labels", None) or [])
+    if not labels or not datasets[0].classes:
+        return datasets
+    for d in datasets:
+        unknown = sorted(set(d.classes) - set(labels))
+        if unknown:
+            row = next(r for r in d.rows if unknown[0] in (r.get("labels") or [r.get("label")]))
+            raise DataError(f"{row['where']}: label {unknown[0]!r} is not one of the {len(labels)} labels the "
+                            f"{task!r} head was trained on ({', '.join(map(str, labels[:12]))}"
+                            f"{', ...' if len(labels) > 12 else ''})")
+    return [dataclasses.replace(d, classes=labels) for d in datasets]
 
 
 def baseline_text(baselines: Mapping[str, Any], key: str) -> str:

@@ -3,6 +3,7 @@ plus the registered variants (`omnivec_tiny`, `omnivec_small`, `omnivec_base`)."
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -18,10 +19,13 @@ from torch import nn
 
 from .backbone import SharedBackbone
 from .config import HeadConfig, OmniVecConfig, merge
+from .encoders import build_encoder
+from .encoders.loading import LibraryEncoder
 from .errors import InputError
 from .heads import masked_mean
 from .registry import HEADS, MODALITIES, MODELS
 
+logger = logging.getLogger(__name__)
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 
 
@@ -48,15 +52,24 @@ def _init_weights(module: nn.Module) -> None:
 class OmniVecModel(nn.Module):
     """Encoders (one per modality), the shared backbone and the task heads, all from one config."""
 
-    def __init__(self, config: OmniVecConfig):
+    def __init__(self, config: OmniVecConfig, load_library_weights: bool = True):
+        """Build every part of `config`. Encoders configured with `pretrained:` (timm, transformers)
+        then load that checkpoint's weights, unless `load_library_weights` is False (as
+        `from_pretrained` does: the saved weights replace them); `load_reports` says what was loaded."""
         super().__init__()
         self.config = config
         dim = config.backbone.dim
-        self.encoders = nn.ModuleDict({m: MODALITIES.get(m)(cfg, dim) for m, cfg in config.modalities.items()})
+        self.encoders = nn.ModuleDict({m: build_encoder(m, cfg, dim) for m, cfg in config.modalities.items()})
         self.backbone = SharedBackbone(config.backbone, list(config.modalities))
         self.heads = nn.ModuleDict({n: HEADS.get(h.type)(h, dim) for n, h in config.heads.items()})
         for module in (self.encoders, self.backbone.blocks, self.backbone.norm, self.heads):
             module.apply(_init_weights)
+        self.load_reports = {}
+        if load_library_weights:
+            for modality, encoder in self.encoders.items():
+                if isinstance(encoder, LibraryEncoder):
+                    self.load_reports[modality] = encoder.load_pretrained()
+                    logger.info("%s encoder: %s", modality, self.load_reports[modality].summary())
 
     @property
     def modalities(self) -> list[str]:
@@ -107,6 +120,7 @@ class OmniVecModel(nn.Module):
 
     def predict(self, head: str, x: Any) -> Any:
         """Run task head `head` on a batch of its modality: logits, or generated text (summarization)."""
+        check_finite(self.config.heads[head].modality, x)
         hidden, mask = self.forward_features(self.config.heads[head].modality, x)
         return self.heads[head].predict(hidden, mask)
 
@@ -114,6 +128,7 @@ class OmniVecModel(nn.Module):
         """{modality: batch} -> {modality: [B, D]} mean-pooled, L2-normalised embeddings."""
         out = {}
         for modality, x in inputs.items():
+            check_finite(modality, x)
             hidden, mask = self.forward_features(modality, x)
             out[modality] = F.normalize(masked_mean(hidden, mask), dim=-1)
         return out
@@ -163,13 +178,20 @@ class OmniVecModel(nn.Module):
         config = OmniVecConfig.load(directory / CONFIG_NAME)
         if (directory / TOKENIZER_DIR).is_dir() and "text" in config.modalities:
             config.modalities["text"].tokenizer = str(directory / TOKENIZER_DIR)
-        model = cls(config)
+        model = cls(config, load_library_weights=False)
         state = load_file(directory / WEIGHTS_NAME)
         problems = state_dict_mismatch(model.state_dict(), state)
         if problems:
             raise ValueError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
         model.load_state_dict(state)
         return model
+
+
+def check_finite(modality: str, x: Any) -> None:
+    """Inference inputs must hold no NaN or Inf (training inputs are checked per file by the dataset)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise InputError(f"{modality}: expected finite values, got {x[tuple(bad)].item()} at index {bad}")
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import join_key, require, require_positive
+from .errors import ConfigError
 
 CHECKPOINTS, STATE_FILE = "checkpoints", "trainer_state.json"
 
@@ -39,7 +40,7 @@ class TrainConfig:
     precision: str = "no"  # no | bf16 | fp16 (accelerate's mixed_precision)
     device: str = "auto"  # auto (GPU when there is one) | cpu
     num_workers: int = 2  # DataLoader worker processes per dataset
-    log_every: int = 10
+    log_every: int = 10  # steps per metrics record (the mean loss over those steps and every process)
     eval_every: int = 0  # 0: evaluate at the start and the end only
     save_every: int = 500  # 0: save at the end only
     keep_checkpoints: int = 2
@@ -154,6 +155,7 @@ class Trainer:
             return
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
+        self.check_compatible(path / "state" / "model.safetensors")
         self.accelerator.load_state(str(path / "state"))
         state = json.loads((path / STATE_FILE).read_text())
         self.step = state["step"]
@@ -161,6 +163,28 @@ class Trainer:
         batches.load_state_dict(state["data"])
         if self.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
+
+    def check_compatible(self, weights: Path) -> None:
+        """Fail with the differing tensor names, before loading anything, when a checkpoint was
+        written for another configuration (reads only the safetensors header)."""
+        from safetensors import safe_open
+
+        from .model import state_dict_mismatch
+
+        with safe_open(str(weights), "pt") as f:
+            found = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        expected = self.unwrapped.state_dict()
+        shared: dict[int, list[str]] = {}  # tied tensors are saved once
+        for k, v in expected.items():
+            shared.setdefault(v.data_ptr(), []).append(k)
+        for names in shared.values():
+            if len(names) > 1 and any(n in found for n in names):
+                for n in names:
+                    if n not in found:
+                        expected.pop(n)
+        problems = state_dict_mismatch(expected, found)
+        if problems:
+            raise ConfigError(f"{weights.parents[1]}: written for a different configuration than this run's: {problems}")
 
     def save_checkpoint(self, batches: Any) -> Path:
         """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete."""
@@ -190,10 +214,11 @@ class Trainer:
         if evaluate is not None and self.step == 0:
             self.log({"step": 0, **{f"val/{k}": v for k, v in evaluate().items()}})
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not self.is_main, dynamic_ncols=True)
-        start, samples, last = time.perf_counter(), 0, {}
+        start, samples = time.perf_counter(), 0
+        interval: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+        interval_steps = 0
         while self.step < cfg.max_steps:
             self.module.train()
-            losses: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
                 batch = {}
                 for key, b in next(batches).items():
@@ -208,27 +233,35 @@ class Trainer:
                     loss = sum((loss_weights or {}).get(k, 1.0) * v for k, v in parts.items()) / cfg.grad_accum
                     acc.backward(loss)
                 for k, v in parts.items():
-                    losses[k] = losses.get(k, 0.0) + v.detach().float().item() / cfg.grad_accum
+                    interval[k] = interval.get(k, 0.0) + v.detach().float() / cfg.grad_accum
             if cfg.clip_grad > 0:
                 acc.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            interval_steps += 1
             bar.update(1)
-            last.update(losses)
-            record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                      **{f"loss/{k}": v for k, v in losses.items()}}
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                # One host sync per log: the interval's mean loss over every process.
+                keys = sorted(interval)
+                means = acc.reduce(torch.stack([interval[k] for k in keys]) / interval_steps, "mean").tolist()
+                losses = dict(zip(keys, means))
                 elapsed = time.perf_counter() - start
-                record["samples_per_s"] = samples / max(elapsed, 1e-9)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()} | {"samples/s": f"{record['samples_per_s']:.0f}"})
-            self.log(record)
+                record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
+                          **{f"loss/{k}": v for k, v in losses.items()}, "samples_per_s": samples / max(elapsed, 1e-9)}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{record['samples_per_s']:.0f}"})
+                self.log(record)
+                interval, interval_steps = {}, 0
             if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.save_checkpoint(batches)
         bar.close()
+        if acc.num_processes > 1:  # every process's skipped samples, for the summary
+            from accelerate.utils import gather_object
+
+            self.skipped = gather_object(self.skipped)
         if evaluate is not None:
             self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
         self.save_checkpoint(batches)

@@ -91,10 +91,13 @@ class AudioEncoder(ModalityEncoder):
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         spec = x.transpose(1, 2).unsqueeze(1)  # [B, 1, mel, frames]
         tokens = self.patch_embed(spec).flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, width]
-        if not with_target:
-            return Tokens(tokens)
+        return Tokens(tokens, target=self.patch_target(x) if with_target else None)
+
+    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, frames, mel] -> [B, L, p*p] normalised spectrogram patches (frequency-major, as the tokens)."""
+        spec = x.transpose(1, 2).unsqueeze(1)  # [B, 1, mel, frames]
         patches = nn.functional.unfold(spec, self.cfg.patch_size, stride=self.cfg.patch_stride)  # [B, p*p, L]
-        return Tokens(tokens, target=normalize_patches(patches.transpose(1, 2)))  # [B, L, p*p]
+        return normalize_patches(patches.transpose(1, 2))
 
     def check_input(self, x: torch.Tensor) -> None:
         t, f = self.cfg.target_frames, self.cfg.num_mel_bins

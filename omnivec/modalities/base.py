@@ -55,10 +55,10 @@ class ModalityEncoder(nn.Module):
     name: str
     config_class: type[ModalityConfig] = ModalityConfig
 
-    def __init__(self, cfg: ModalityConfig, dim: int):
+    def __init__(self, cfg: ModalityConfig, dim: int, width: int | None = None):
         super().__init__()
         self.cfg = cfg
-        self.width = cfg.width or dim
+        self.width = width or cfg.width or dim
         num_heads = cfg.num_heads or max(1, self.width // 64)
         if self.width % num_heads:
             raise ConfigError(
@@ -123,8 +123,13 @@ class ModalityEncoder(nn.Module):
             padding_mask = None if padding_mask is None else gather_tokens(padding_mask, ids_keep)
             if keep_valid is not None:
                 padding_mask = keep_valid if padding_mask is None else padding_mask & keep_valid
-        tokens = run_blocks(self.blocks, tokens, padding_mask)
+        tokens = self.encode(tokens, padding_mask)  # [B, K, width]
         return replace(out, tokens=self.proj(self.norm(tokens)), padding_mask=padding_mask)  # [B, K, D]
+
+    def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, K, width] kept tokens -> the modality's own blocks (encoders from other libraries run
+        their transformer first, see omnivec/encoders)."""
+        return run_blocks(self.blocks, tokens, padding_mask)
 
     def _fail(self, expected: str, got: Any) -> None:
         raise InputError(f"{self.name}: expected {expected}, got {got}")

@@ -4,14 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 from torchvision.transforms import v2
 
 from ..config import ModalityConfig, require, require_positive
-import torch.nn.functional as F
-
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
 
@@ -80,11 +79,12 @@ class ImageEncoder(ModalityEncoder):
 
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         tokens = self.patch_embed(x) + self.pos_embed  # [B, L, width]
-        if not with_target:
-            return Tokens(tokens)
+        return Tokens(tokens, target=self.patch_target(x) if with_target else None)
+
+    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, L, C*p*p] normalised pixels of each patch, row-major like the tokens."""
         p = self.cfg.patch_size
-        patches = F.unfold(x, p, stride=p).transpose(1, 2)  # [B, L, C*p*p], row-major like the tokens
-        return Tokens(tokens, target=normalize_patches(patches))
+        return normalize_patches(F.unfold(x, p, stride=p).transpose(1, 2))
 
     def check_input(self, x: torch.Tensor) -> None:
         c, s = self.cfg.in_chans, self.cfg.image_size

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
+from ..errors import InputError
 from .base import ModalityEncoder, Tokens, register_modality
 
 
@@ -90,10 +91,14 @@ class PointCloudTransform:
     """
 
     def __init__(self, cfg: PointCloudConfig, train: bool = False):
-        self.num_points, self.train = cfg.num_points, train
+        self.num_points, self.in_chans, self.train = cfg.num_points, cfg.in_chans, train
 
     def __call__(self, points) -> torch.Tensor:
         points = torch.as_tensor(points, dtype=torch.float32)
+        if points.ndim != 2 or points.shape[1] < self.in_chans or points.shape[0] == 0:
+            raise InputError(f"point_cloud: expected points [N >= 1, {self.in_chans}] (x, y, z first; "
+                             f"modalities.point_cloud.in_chans), got shape {list(points.shape)}")
+        points = points[:, : self.in_chans]  # extra columns (normals, colours) beyond in_chans are dropped
         n = points.shape[0]
         generator = None if self.train else torch.Generator().manual_seed(0)
         if n >= self.num_points:

@@ -29,6 +29,8 @@ class TextConfig(ModalityConfig):
         super().validate(prefix)
         require_positive(self, prefix, "vocab_size", "max_length")
         require(bool(self.tokenizer), f"{prefix}.tokenizer", "a tokenizer name or path", self.tokenizer)
+        if self.pretrained.startswith("hf:") and self.tokenizer == BYTES:  # the checkpoint's own tokenizer
+            self.tokenizer = self.pretrained[3:]
 
 
 def byte_tokenizer():

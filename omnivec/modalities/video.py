@@ -94,12 +94,14 @@ class VideoEncoder(ModalityEncoder):
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         tokens = self.patch_embed(x.transpose(1, 2))  # [B, C, T, H, W] -> [B, width, T/t, H/p, W/p]
         tokens = tokens.flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, width]
-        if not with_target:
-            return Tokens(tokens)
+        return Tokens(tokens, target=self.patch_target(x) if with_target else None)
+
+    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> [B, L, tt*C*p*p] normalised pixels of each tubelet, time-major as the tokens."""
         B, C = x.shape[0], x.shape[2]
         (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
         tubes = x.reshape(B, t, tt, C, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5, 7)  # [B, t, h, w, tt, C, p, p]
-        return Tokens(tokens, target=normalize_patches(tubes.reshape(B, t * h * w, -1)))  # [B, L, tt*C*p*p]
+        return normalize_patches(tubes.reshape(B, t * h * w, -1))
 
     def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
         """Tube masking (VideoMAE): the same patches hidden in every frame."""

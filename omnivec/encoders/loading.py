@@ -1,0 +1,110 @@
+"""Loading another library's weights into an omnivec encoder, with a report of what happened."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass
+class LoadReport:
+    """Which of an encoder's tensors came from the checkpoint, which were resized to the configured
+    input size (position embeddings), which are new (initialised here) and which checkpoint tensors
+    went unused (e.g. a classifier)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)  # "name [old shape] -> [new shape]"
+    new: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def some(names: list[str]) -> str:
+            return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+
+        return (f"{self.source}: {len(self.loaded)} tensors loaded, {len(self.resized)} resized{some(self.resized)}, "
+                f"{len(self.new)} new{some(self.new)}, {len(self.unused)} unused{some(self.unused)}")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class Source:
+    """A checkpoint's tensors, the names it lacked (the library initialised them), the names the
+    library dropped while reading it (e.g. a classifier), and its config."""
+
+    state: dict[str, torch.Tensor]
+    absent: set[str] = field(default_factory=set)
+    dropped: list[str] = field(default_factory=list)
+    config: Any = None
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A weights file -> state dict: safetensors, or a PyTorch file read with `weights_only=True`
+    (no pickled code runs); a `state_dict` / `model` entry and `module.` prefixes are unwrapped."""
+    from safetensors.torch import load_file
+    from timm.models import clean_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with more than tensors, or not a checkpoint at all
+        raise ConfigError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return clean_state_dict(state)
+
+
+class LibraryEncoder:
+    """Mixin for encoders that wrap another library's model in `self.library`.
+
+    Subclasses implement `source()` (read the checkpoint) and, where the input size can differ from
+    the checkpoint's, `resize()` (interpolate position embeddings)."""
+
+    library: nn.Module
+
+    def source(self) -> Source:
+        raise NotImplementedError
+
+    def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
+        """The checkpoint tensor `key` fitted to `shape`, or None when it cannot be."""
+        return None
+
+    def load_pretrained(self) -> LoadReport:
+        """Copy the checkpoint's weights into `self.library` and report what happened."""
+        source = self.source()
+        report = LoadReport(self.cfg.pretrained)
+        target = self.library.state_dict()
+        state = {}
+        for key, value in target.items():
+            if key not in source.state or key in source.absent:
+                report.new.append(key)
+                continue
+            tensor = source.state[key]
+            if tensor.shape != value.shape:
+                fitted = self.resize(key, tensor, value.shape, source)
+                if fitted is None:
+                    raise ConfigError(
+                        f"{self.cfg.pretrained}: tensor {key!r} has shape {list(tensor.shape)} in the checkpoint, "
+                        f"the configured encoder expects {list(value.shape)}")
+                report.resized.append(f"{key} {list(tensor.shape)} -> {list(value.shape)}")
+                tensor = fitted
+            else:
+                report.loaded.append(key)
+            state[key] = tensor.to(value.dtype)
+        self.library.load_state_dict(state, strict=False)
+        report.new += [name for name, _ in self.named_parameters() if not name.startswith("library.")]
+        report.unused = sorted((set(source.state) - source.absent - set(target)) | set(source.dropped))
+        return report
