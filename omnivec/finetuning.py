@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from accelerate import PartialState
 from torch import nn
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ from .datasets import TaskData, find_tasks
 from .datasets.loaders import task_loader
 from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError, DataError
+from .heads import masked_mean
 from .model import OmniVecModel, model_config
 from .registry import HEADS
 from .training import TrainConfig, Trainer, to_device
@@ -38,6 +40,7 @@ class TaskSpec:
     data: list[str] = field(default_factory=list)
     head_args: dict = field(default_factory=dict)
     batch_size: int | None = None  # None: the config's batch_size
+    label_map: dict[str, str] = field(default_factory=dict)  # rename labels (e.g. zero: "0") to share a label space
 
     def validate(self, prefix: str) -> None:
         require(self.head in HEADS, join_key(prefix, "head"), f"one of {HEADS.names()}", self.head)
@@ -54,10 +57,19 @@ class StageSpec:
     lr: float | None = None  # None: the config's lr
     freeze: list[str] = field(default_factory=list)  # any of: backbone, encoders
     replay: list[str] = field(default_factory=list)  # earlier tasks rehearsed: one of them joins every step
+    # Tasks of other modalities with one label space whose embeddings are pulled together by class
+    # (a cross-modal supervised contrastive loss): retrieval across those modalities then works.
+    align: list[str] = field(default_factory=list)
+    align_weight: float = 1.0
+    align_temperature: float = 0.1
 
     def validate(self, prefix: str) -> None:
         require(bool(self.tasks), join_key(prefix, "tasks"), "at least one task name", self.tasks)
-        require_positive(self, prefix, "steps", "lr")
+        require_positive(self, prefix, "steps", "lr", "align_temperature")
+        require(self.align_weight >= 0, join_key(prefix, "align_weight"), "a number >= 0 (0: measure only)",
+                self.align_weight)
+        require(not self.align or (len(self.align) >= 2 and set(self.align) <= set(self.tasks)),
+                join_key(prefix, "align"), "two or more of this stage's tasks", self.align)
         bad = [f for f in self.freeze if f not in FREEZABLE]
         require(not bad, join_key(prefix, "freeze"), f"a list of {list(FREEZABLE)}", self.freeze)
         require(not set(self.replay) & set(self.tasks), join_key(prefix, "replay"),
@@ -102,22 +114,76 @@ class FinetuneConfig(TrainConfig):
 class FinetuneModule(nn.Module):
     """The model plus the list of tasks being trained: `forward` gives each task's head loss."""
 
-    def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0):
+    def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0, stage: StageSpec | None = None):
         super().__init__()
         self.model, self.backbone_lr_scale = model, backbone_lr_scale
+        self.align = list(stage.align) if stage else []
+        self.align_weight = stage.align_weight if stage else 1.0
+        self.align_temperature = stage.align_temperature if stage else 0.1
 
     def lr_scales(self) -> dict[str, float]:
         return {"model.backbone.": self.backbone_lr_scale, "model.encoders.": self.backbone_lr_scale}
 
     def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
-        losses = {}
+        losses, embeddings = {}, {}
         for task, b in batch.items():
             hidden, mask = self.model.forward_features(self.model.config.heads[task].modality, b["input"])
             losses[task] = self.model.heads[task].loss(hidden, mask, b["target"])
+            if task in self.align:
+                embeddings[task] = (F.normalize(masked_mean(hidden, mask), dim=-1), b["target"])  # model.embed's
+        if len(embeddings) >= 2 and self.align_weight > 0:
+            losses["align"] = self.align_weight * cross_modal_alignment(embeddings, self.align_temperature)
         return losses
 
     def save_model(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
+
+
+def cross_modal_alignment(embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss across tasks: {task: ([B, D] unit embeddings, [B] class ids of
+    one shared label space)} -> for every anchor of one task and every other task, -log of the
+    softmax mass (over that task's batch) on the samples of the anchor's class; averaged over the
+    anchors that have such a sample."""
+    terms = []
+    for a, (emb_a, y_a) in embeddings.items():
+        for b, (emb_b, y_b) in embeddings.items():
+            if a == b:
+                continue
+            log_prob = (emb_a @ emb_b.T / temperature).float().log_softmax(dim=1)  # [Ba, Bb]
+            positive = y_a[:, None] == y_b[None, :]  # [Ba, Bb]
+            has = positive.any(1)
+            mass = torch.logsumexp(log_prob.masked_fill(~positive, -float("inf")), dim=1)  # [Ba]
+            terms.append(-(mass[has]).sum() / has.sum().clamp(min=1))
+    return torch.stack(terms).mean()
+
+
+def cross_modal_retrieval(model: OmniVecModel, data: Mapping[str, list[TaskData]], split: str, device: torch.device,
+                          k: int = 5, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """For each ordered pair of tasks (one label space): the share of a query's k nearest
+    neighbours (cosine of `model.embed`) among the other task's samples that have its class,
+    against chance."""
+    was_training = model.training
+    model.eval()
+    embedded = {}
+    with torch.no_grad():
+        for task, datasets in data.items():
+            loader = task_loader(model, datasets, split, batch_size, 0, train=False)
+            parts, labels = [], []
+            for batch in loader:
+                if batch["input"] is not None:
+                    modality = model.config.heads[task].modality
+                    parts.append(model.embed({modality: to_device(batch["input"], device)})[modality].float().cpu())
+                    labels.append(batch["target"])
+            embedded[task] = (torch.cat(parts), torch.cat(labels))
+    model.train(was_training)
+    out = {}
+    for a, (emb_a, y_a) in embedded.items():
+        for b, (emb_b, y_b) in embedded.items():
+            if a != b:
+                top = (emb_a @ emb_b.T).topk(min(k, len(y_b)), dim=1).indices  # [Na, k]
+                chance = sum((y_a == c).sum().item() * (y_b == c).float().mean().item() for c in y_a.unique()) / len(y_a)
+                out[f"{a}->{b}"] = {f"precision@{k}": (y_b[top] == y_a[:, None]).float().mean().item(), "chance": chance}
+    return out
 
 
 class ReplayLoader:
@@ -145,11 +211,36 @@ def load_task_data(cfg: FinetuneConfig) -> dict[str, list[TaskData]]:
     """Every task's datasets, checked: one modality per task, the same classes across its datasets."""
     out = {}
     for name, spec in cfg.tasks.items():
-        datasets = [t for path in spec.data for t in find_tasks(path)]
+        datasets = [relabel(t, spec.label_map, f"tasks.{name}.label_map") for path in spec.data for t in find_tasks(path)]
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
         out[name] = datasets
+    for i, stage in enumerate(cfg.stages):
+        spaces = {tuple(out[t][0].classes) for t in stage.align}
+        if len(spaces) > 1 or not all(spaces) or any(cfg.tasks[t].head != "classification" for t in stage.align):
+            raise ConfigError(f"stages[{i}].align: expected classification tasks with one label space (use "
+                              f"tasks.NAME.label_map), got {({t: out[t][0].classes[:5] for t in stage.align})}")
     return out
+
+
+def relabel(task: TaskData, label_map: Mapping[str, str], key: str) -> TaskData:
+    """`task` with its labels renamed by `label_map` (every map key must be one of its labels)."""
+    if not label_map:
+        return task
+    unknown = sorted(set(label_map) - set(task.classes))
+    if unknown:
+        raise ConfigError(f"{key}: {unknown[0]!r} is not a label of {task.source} ({', '.join(task.classes[:12])})")
+
+    def rename(row: dict) -> dict:
+        row = dict(row)
+        if "label" in row:
+            row["label"] = label_map.get(row["label"], row["label"])
+        if "labels" in row:
+            row["labels"] = [label_map.get(c, c) for c in row["labels"]]
+        return row
+
+    classes = sorted({label_map.get(c, c) for c in task.classes})
+    return dataclasses.replace(task, rows=[rename(r) for r in task.rows], classes=classes)
 
 
 def head_config(name: str, spec: TaskSpec, data: list[TaskData], model: OmniVecModel) -> Any:
@@ -263,7 +354,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         set_frozen(model, stage.freeze)
         stage_cfg = dataclasses.replace(cfg, max_steps=stage.steps, lr=stage.lr or cfg.lr, output_dir=str(stage_dir),
                                         warmup_steps=min(cfg.warmup_steps, stage.steps // 5))
-        trainer = Trainer(stage_cfg, FinetuneModule(model, cfg.backbone_lr_scale))
+        trainer = Trainer(stage_cfg, FinetuneModule(model, cfg.backbone_lr_scale, stage))
         acc = trainer.accelerator
         if trainer.is_main:
             tqdm.write(f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
@@ -305,6 +396,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             "final": {t: {k: v for k, v in m.items() if k != "examples"} for t, m in results.items()},
             "examples": {t: m["examples"] for t, m in results.items() if "examples" in m},
             "baselines": baselines({t: data[t] for t in seen}, cfg.tasks, cfg.eval_split),
+            "retrieval": {pair: r for stage in cfg.stages if stage.align for pair, r in cross_modal_retrieval(
+                model, {t: data[t] for t in stage.align}, cfg.eval_split, next(model.parameters()).device).items()},
         }
         model.save_pretrained(out / "model")
         (out / "eval.json").write_text(json.dumps(report, indent=2))
@@ -386,4 +479,8 @@ def format_report(report: Mapping[str, Any]) -> str:
               "|---" * (len(matrix["tasks"]) + 1) + "|"]
     for i, row in enumerate(matrix["rows"], 1):
         lines.append(f"| {i} | " + " | ".join("" if v is None else f"{v:.3f}" for v in row) + " |")
+    if report.get("retrieval"):
+        lines += ["", "Cross-modal retrieval (queries of one task, neighbours among the other's samples):", "",
+                  "| query -> neighbours | precision@5 | chance |", "|---|---|---|"]
+        lines += [f"| {pair} | {r['precision@5']:.3f} | {r['chance']:.3f} |" for pair, r in report["retrieval"].items()]
     return "\n".join(lines) + "\n"

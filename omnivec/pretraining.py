@@ -209,18 +209,22 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def summarize(metrics_file: Path, modalities: list[str], seconds: float, skipped: list[str]) -> dict[str, Any]:
-    """Per modality: mean train loss of the first and last 20 steps, validation loss at the start and end."""
+    """Per modality: mean train loss of the first and last 20 steps (the records logged in them),
+    validation loss at the start and end."""
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     train = [r for r in records if any(k.startswith("loss/") for k in r)]
     val = [r for r in records if any(k.startswith("val/") for k in r)]
     out: dict[str, Any] = {"steps": train[-1]["step"] if train else 0, "seconds": round(seconds, 1),
                            "skipped_samples": skipped, "modalities": {}}
+    last_step = out["steps"]
     for m in modalities:
-        losses = [r[f"loss/{m}"] for r in train if f"loss/{m}" in r]
+        logged = [(r["step"], r[f"loss/{m}"]) for r in train if f"loss/{m}" in r]  # each: mean since the last log
+        first = [v for step, v in logged if step <= 20] or [v for _, v in logged[:1]]
+        last = [v for step, v in logged if step > last_step - 20] or [v for _, v in logged[-1:]]
         vals = [r[f"val/{m}"] for r in val if f"val/{m}" in r]
         out["modalities"][m] = {
-            "train_first20": sum(losses[:20]) / max(len(losses[:20]), 1),
-            "train_last20": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+            "train_first20": sum(first) / max(len(first), 1),
+            "train_last20": sum(last) / max(len(last), 1),
             "val_start": vals[0] if vals else None,
             "val_end": vals[-1] if vals else None,
         }

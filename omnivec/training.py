@@ -47,6 +47,7 @@ class TrainConfig:
     resume: str | None = None  # auto (the latest checkpoint in output_dir) | a checkpoint folder
     seed: int = 0
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
+    compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "max_steps", "batch_size", "lr", "grad_accum", "log_every", "keep_checkpoints")
@@ -92,6 +93,17 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def compile_blocks(module: nn.Module) -> None:
+    """Regional compilation: `torch.compile` each transformer block in place (backbone, encoders,
+    decoders); identical blocks share the compiled code, and masking or padding outside the blocks
+    stays eager, so varying token counts only add dynamic-shape guards."""
+    from timm.models.vision_transformer import Block
+
+    for block in module.modules():
+        if isinstance(block, Block):
+            block.compile(dynamic=None)
+
+
 def to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=True)
@@ -121,11 +133,13 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         set_seed(cfg.seed)
-        fused = self.accelerator.device.type == "cuda"
+        fused = self.accelerator.device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both
         lr_scales = module.lr_scales() if hasattr(module, "lr_scales") else None
         optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay, cfg.lr, lr_scales), lr=cfg.lr,
                                       betas=tuple(cfg.betas), fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg))
+        if cfg.compile:
+            compile_blocks(module)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
         self.step = 0
         self.skipped: list[str] = []

@@ -104,3 +104,40 @@ def test_backbone_lr_scale_sets_the_param_group_rates():
         is_head = {id(p) in head_ids for p in g["params"]}
         assert len(is_head) == 1  # heads never share a group with the backbone
         assert g["lr"] == pytest.approx(1e-3 if is_head.pop() else 1e-4)
+
+
+def test_cross_modal_alignment_loss_prefers_same_class_neighbours():
+    from omnivec.finetuning import cross_modal_alignment
+
+    labels = torch.tensor([0, 1, 2, 0])
+    aligned = torch.nn.functional.normalize(torch.eye(3)[labels] + 0.01, dim=-1)
+    shuffled = torch.nn.functional.normalize(torch.eye(3)[torch.tensor([1, 2, 0, 2])] + 0.01, dim=-1)
+    good = cross_modal_alignment({"a": (aligned, labels), "b": (aligned, labels)}, 0.1)
+    bad = cross_modal_alignment({"a": (aligned, labels), "b": (shuffled, labels)}, 0.1)
+    assert good < 0.8 < bad  # same-class mass ~1 (two "0" positives) vs ~0
+
+
+def test_label_map_and_aligned_stage(tmp_path):
+    numbers = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+    cfg = _config(tmp_path, tasks={
+        "digits": {"head": "classification", "data": [str(SAMPLE / "digits")]},
+        "spoken": {"head": "classification", "data": [str(SAMPLE / "spoken_digits")], "label_map": numbers}},
+        stages=[{"tasks": ["digits", "spoken"], "steps": 2, "align": ["digits", "spoken"]}],
+        model_overrides={**SMALL_MODEL_OVERRIDES, "modalities": {**SMALL_MODEL_OVERRIDES["modalities"], "audio": {}}})
+    report = finetune(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "stages" / "1_digits+spoken" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss/align" in r for r in records if "lr" in r)
+    assert set(report["retrieval"]) == {"digits->spoken", "spoken->digits"}
+    assert 0 <= report["retrieval"]["spoken->digits"]["precision@5"] <= 1
+    assert report["retrieval"]["spoken->digits"]["chance"] == pytest.approx(0.1, abs=0.02)
+    model = omnivec.OmniVecModel.from_pretrained(tmp_path / "run" / "model")
+    assert list(model.config.heads["spoken"].labels) == [str(i) for i in range(10)]
+
+
+def test_label_map_of_an_unknown_label_and_mismatched_spaces(tmp_path):
+    with pytest.raises(omnivec.ConfigError, match=r"tasks.spoken.label_map: 'eleven' is not a label"):
+        finetune(_config(tmp_path, tasks={"spoken": {"head": "classification", "data": [str(SAMPLE / "spoken_digits")],
+                                                     "label_map": {"eleven": "11"}}},
+                         stages=[{"tasks": ["spoken"], "steps": 1}]))
+    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].align: expected classification tasks with one label space"):
+        finetune(_config(tmp_path, stages=[{"tasks": ["digits", "shapes"], "steps": 1, "align": ["digits", "shapes"]}]))

@@ -15,11 +15,13 @@ from ..masking import Masking, gather_tokens, random_masking
 from ..registry import MODALITIES
 
 
-def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
-    """[B, L, P] -> each patch standardised over its P values (MAE's normalised-pixel target)."""
-    mean = patches.mean(-1, keepdim=True)
-    var = patches.var(-1, keepdim=True)
-    return (patches - mean) / (var + 1e-6).sqrt()
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """[B, L, P] -> each patch standardised over its P values: MAE's normalised-pixel target
+    (x - mean) / sqrt(unbiased var + eps), computed with one fused `layer_norm` (biased variance,
+    rescaled so the result is MAE's exactly)."""
+    P = patches.shape[-1]
+    unbias = (P - 1) / P
+    return F.layer_norm(patches, (P,), eps=eps * unbias) * unbias**0.5
 
 
 def register_modality(name: str) -> Callable[[type], type]:

@@ -92,16 +92,23 @@ class VideoEncoder(ModalityEncoder):
         return self.cfg.tubelet_size * self.cfg.in_chans * self.cfg.patch_size**2
 
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
-        tokens = self.patch_embed(x.transpose(1, 2))  # [B, C, T, H, W] -> [B, width, T/t, H/p, W/p]
-        tokens = tokens.flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, width]
-        return Tokens(tokens, target=self.patch_target(x) if with_target else None)
+        # The tubelet projection as one matmul over the tubelets (the Conv3d's weights, reordered to
+        # the tubelets' (tt, C, p, p) layout); the tubelets are cut once for tokens and target.
+        tubes = self.tubelets(x)  # [B, L, tt*C*p*p]
+        weight = self.patch_embed.weight.transpose(1, 2).flatten(1)  # [width, C, tt, p, p] -> [width, tt*C*p*p]
+        tokens = nn.functional.linear(tubes, weight, self.patch_embed.bias) + self.pos_embed  # [B, L, width]
+        return Tokens(tokens, target=normalize_patches(tubes) if with_target else None)
 
-    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, C, H, W] -> [B, L, tt*C*p*p] normalised pixels of each tubelet, time-major as the tokens."""
+    def tubelets(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> [B, L, tt*C*p*p] the pixels of each tubelet, time-major as the tokens."""
         B, C = x.shape[0], x.shape[2]
         (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
         tubes = x.reshape(B, t, tt, C, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5, 7)  # [B, t, h, w, tt, C, p, p]
-        return normalize_patches(tubes.reshape(B, t * h * w, -1))
+        return tubes.reshape(B, t * h * w, -1)
+
+    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> [B, L, tt*C*p*p] normalised pixels of each tubelet (the MAE target)."""
+        return normalize_patches(self.tubelets(x))
 
     def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
         """Tube masking (VideoMAE): the same patches hidden in every frame."""
