@@ -143,6 +143,10 @@ def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
     for modality in cfg.data:
         if modality not in model.encoders:
             raise ConfigError(f"data.{modality}: the model has no {modality!r} encoder; it has {model.modalities}")
+        if not model.encoders[modality].masked_pretraining:
+            raise ConfigError(f"data.{modality}: the {modality} encoder ({model.config.modalities[modality].pretrained}) "
+                              "cannot hide tokens for masked pretraining; pretrain the other modalities and "
+                              "fine-tune this one, or use a ViT")
     return model
 
 

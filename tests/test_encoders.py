@@ -211,3 +211,19 @@ def test_unsupported_family_fails_at_config_time():
         OmniVecConfig.from_dict({"modalities": {"point_cloud": {"pretrained": "timm:vit_tiny_patch16_224"}}})
     with pytest.raises(ConfigError, match=r"modalities\.image\.pretrained: expected '' or FAMILY:SOURCE"):
         OmniVecConfig.from_dict({"modalities": {"image": {"pretrained": "vit_tiny_patch16_224"}}})
+
+
+def test_pretraining_a_convolutional_encoder_fails_before_training(tmp_path):
+    from helpers import SAMPLE
+    from omnivec.config import from_dict
+    from omnivec.pretraining import PretrainConfig, pretrain
+
+    _, path = save_timm(tmp_path, "efficientnet_b0")
+    cfg = from_dict(PretrainConfig, {
+        "model_overrides": {"backbone": {"dim": 32, "depth": 1, "num_heads": 2},
+                            "modalities": {"video": None, "audio": None, "text": None, "point_cloud": None,
+                                           "image": {"pretrained": "timm:efficientnet_b0", "checkpoint": path}}},
+        "data": {"image": [str(SAMPLE / "digits")]}, "output_dir": str(tmp_path / "run"), "device": "cpu"}, "")
+    with pytest.raises(ConfigError, match=r"data\.image: the image encoder \(timm:efficientnet_b0\) cannot hide tokens"):
+        pretrain(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -106,6 +106,8 @@ class TimmConvEncoder(TimmSource, ImageEncoder):
 
     Masked pretraining needs patch tokens: a convolution sees every pixel, hidden or not."""
 
+    masked_pretraining = False
+
     def __init__(self, cfg: ImageConfig, dim: int, model: nn.Module):
         ModalityEncoder.__init__(self, cfg, dim, width=model.num_features)
         self.library = model

@@ -56,6 +56,7 @@ class ModalityEncoder(nn.Module):
 
     name: str
     config_class: type[ModalityConfig] = ModalityConfig
+    masked_pretraining = True  # False: its tokens cannot hide input (a convolution sees every pixel)
 
     def __init__(self, cfg: ModalityConfig, dim: int, width: int | None = None):
         super().__init__()
