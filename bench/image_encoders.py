@@ -38,6 +38,10 @@ ENCODERS = {
 }
 
 
+# --hub: the published architecture (whose weights exist) instead of the small one
+HUB = {"timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": ("timm ViT (vit_tiny as published, patch 16)", {"patch_size": 16})}
+
+
 def random_checkpoint(image_cfg: dict, image_size: int, directory: Path) -> dict:
     """Save random weights of the timm model to a local file and point the config at it."""
     name = image_cfg["pretrained"].split(":", 1)[1]
@@ -78,7 +82,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, image_cfg in ENCODERS.items():
-            if "pretrained" in image_cfg and not args.hub:
+            if "pretrained" in image_cfg and args.hub:
+                label, changes = HUB.get(label, (label, {}))
+                image_cfg = {k: v for k, v in image_cfg.items() if k != "library_config"} | changes
+            elif "pretrained" in image_cfg:
                 image_cfg = random_checkpoint(image_cfg, args.image_size, Path(tmp))
             run_dir = out / label.split(" (")[0].replace(" ", "_")
             cfg = from_dict(FinetuneConfig, {

@@ -43,6 +43,8 @@ def create_timm_model(name: str, in_chans: int, image_size: int | None = None, p
 
 
 class TimmSource(LibraryEncoder):
+    """Where timm encoders read their weights: `checkpoint:` (a local file), else the hub."""
+
     def source(self) -> Source:
         if self.cfg.checkpoint:
             return Source(read_weights(self.cfg.checkpoint))
