@@ -309,7 +309,7 @@ def baselines(data: Mapping[str, list[TaskData]], specs: Mapping[str, TaskSpec],
         if specs[task].head == "summarization":
             lead = [re.split(r"(?<=[.!?])\s+", r["text"].strip(), maxsplit=1)[0] for r in rows]
             out[task] = {"lead-1": rouge(lead, [r["summary"] for r in rows])}
-        elif datasets[0].classes:
+        elif datasets[0].classes and datasets[0].target == "label":  # single-label: chance accuracy
             out[task] = {"chance_top1": 1 / len(datasets[0].classes),
                          "chance_top5": min(5, len(datasets[0].classes)) / len(datasets[0].classes)}
     return out
