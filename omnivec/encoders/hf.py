@@ -61,14 +61,18 @@ def load_source(cfg: ModalityConfig, modality: str) -> Source:
     return Source(model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config)
 
 
-def run_layers(model: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
-    """Run `model.layers` (transformers' ViT and AST) over [B, num_prefix + K, width] tokens, the
-    prefix tokens always attended, as the model's own forward does."""
+def run_layers(model: nn.Module, prefix: torch.Tensor, tokens: torch.Tensor,
+               padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """transformers' ViT and AST after their embeddings: prefix tokens [B, n, width] (CLS, ...,
+    positions added) joined to the kept patch tokens [B, K, width], dropout, `model.layers` with the
+    prefix always attended, the final LayerNorm -> the patch tokens' outputs [B, K, width]."""
     from transformers.masking_utils import create_bidirectional_mask
 
+    n = prefix.shape[1]
+    x = model.embeddings.dropout(torch.cat([prefix, tokens], dim=1))  # [B, n + K, width]
     if padding_mask is not None:
-        padding_mask = nn.functional.pad(padding_mask, (num_prefix, 0), value=True)
+        padding_mask = nn.functional.pad(padding_mask, (n, 0), value=True)
     mask = create_bidirectional_mask(config=model.config, inputs_embeds=x, attention_mask=padding_mask)
     for layer in model.layers:
         x = layer(x, mask)
-    return model.layernorm(x)
+    return model.layernorm(x)[:, n:]

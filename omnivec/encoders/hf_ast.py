@@ -49,9 +49,8 @@ class HFASTEncoder(LibraryEncoder, AudioEncoder):
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         emb, B = self.library.embeddings, tokens.shape[0]
         prefix = torch.cat([emb.cls_token.expand(B, -1, -1), emb.distillation_token.expand(B, -1, -1)], dim=1)
-        x = emb.dropout(torch.cat([prefix + emb.position_embeddings[:, :2], tokens], dim=1))  # [B, 2 + K, width]
-        x = run_layers(self.library, x, padding_mask, num_prefix=2)
-        return super().encode(x[:, 2:], padding_mask)
+        prefix = prefix + emb.position_embeddings[:, :2]  # [B, 2, width] CLS and distillation tokens
+        return super().encode(run_layers(self.library, prefix, tokens, padding_mask), padding_mask)
 
     def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
         if key != "embeddings.position_embeddings":

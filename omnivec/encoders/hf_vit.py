@@ -42,9 +42,7 @@ class HFViTEncoder(LibraryEncoder, ImageEncoder):
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         emb = self.library.embeddings
         cls = emb.cls_token.expand(tokens.shape[0], -1, -1) + emb.position_embeddings[:, :1]  # [B, 1, width]
-        x = emb.dropout(torch.cat([cls, tokens], dim=1))
-        x = run_layers(self.library, x, padding_mask, num_prefix=1)
-        return super().encode(x[:, 1:], padding_mask)
+        return super().encode(run_layers(self.library, cls, tokens, padding_mask), padding_mask)
 
     def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
         if key != "embeddings.position_embeddings":
