@@ -1,4 +1,5 @@
 """omnivec: OmniVec-style multimodal learning: five modalities, one shared transformer backbone."""
+from . import encoders, heads, modalities  # noqa: F401  (fill the registries before any config is read)
 from .config import BackboneConfig, HeadConfig, ModalityConfig, OmniVecConfig
 from .embedding import embed_files
 from .errors import ConfigError, DataError, InputError

@@ -52,7 +52,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .config import load_recipe_config
-    from .finetuning import FinetuneConfig, finetune
+    from .finetuning import finetune
+    from .tasks import FinetuneConfig
 
     finetune(load_recipe_config(FinetuneConfig, args.config, args.overrides))
     return 0
@@ -62,7 +63,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import load_recipe_config
-    from .finetuning import FinetuneConfig, evaluate_saved
+    from .evaluation import evaluate_saved
+    from .tasks import FinetuneConfig
 
     cfg = load_recipe_config(FinetuneConfig, args.config, args.overrides)
     evaluate_saved(args.model, cfg, args.split or cfg.eval_split, Path(args.output or Path(args.model) / "eval"),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .registry import HEADS, MODALITIES
+from .registry import ENCODERS, HEADS, MODALITIES
 
 
 def _type_name(tp: Any) -> str:
@@ -173,9 +173,6 @@ class OmniVecConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OmniVecConfig":
         """Build and validate a config; every error names its key."""
-        from . import heads as _heads, modalities as _modalities  # noqa: F401  (fill the registries)
-        from .encoders import check_pretrained
-
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
         data = dict(data)
@@ -224,6 +221,15 @@ class OmniVecConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
         return cls.from_dict(data)
+
+
+def check_pretrained(modality: str, cfg: ModalityConfig) -> None:
+    """Fail at config time when `cfg.pretrained` names a family this modality cannot load."""
+    family = cfg.pretrained.partition(":")[0]
+    if cfg.pretrained and f"{modality}/{family}" not in ENCODERS:
+        available = [name.split("/")[1] + ":" for name in ENCODERS.names() if name.startswith(modality + "/")]
+        raise ConfigError(f"modalities.{modality}.pretrained: expected one of {available or ['(none)']} "
+                          f"followed by a model name or path, got {cfg.pretrained!r}")
 
 
 def _mapping(value: Any, key: str) -> dict:

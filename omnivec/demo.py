@@ -27,6 +27,9 @@ def _root() -> Path:
     raise FileNotFoundError("omnivec demo needs the repository's data/sample/ and configs/: run it from a clone")
 
 
+FINETUNE_SCALE = {False: 0.3, True: 0.03}  # share of the fine-tuning config's steps the demo runs (key: --quick)
+
+
 def _scaled_stages(stages: list, scale: float) -> list:
     return [dataclasses.replace(s, steps=max(2, round(s.steps * scale))) for s in stages]
 
@@ -34,8 +37,10 @@ def _scaled_stages(stages: list, scale: float) -> list:
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> Path:
     """Run every stage into `out` and write `out/report.md` and `out/report.html`; returns the html path."""
     from .config import load_recipe_config
-    from .finetuning import FinetuneConfig, evaluate_saved, finetune
+    from .evaluation import evaluate_saved
+    from .finetuning import finetune
     from .pretraining import PretrainConfig, pretrain
+    from .tasks import FinetuneConfig
 
     root, out = _root(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +65,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
                                 [f"device={dev}", "save_every=0"])
     ft_cfg.tasks = {n: dataclasses.replace(s, data=[str(root / p) for p in s.data]) for n, s in ft_cfg.tasks.items()}
     _absolute_tokenizer(ft_cfg, root)
-    ft_cfg.stages = _scaled_stages(ft_cfg.stages, 0.03 if quick else 0.3)
+    ft_cfg.stages = _scaled_stages(ft_cfg.stages, FINETUNE_SCALE[quick])
     if quick:
         ft_cfg.eval_split, ft_cfg.eval_max_batches, ft_cfg.eval_batch_size = "val", 1, 32
         ft_cfg.tasks["acl_summaries"].head_args["max_new_tokens"] = 16
@@ -94,14 +99,15 @@ def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> No
     """Embed `per_task` test samples of every classification task into `out/embeddings.*` and plot
     a 2-D PCA projection (colour = class, marker = modality) to `out/embeddings.png`."""
     from .embedding import embed_items, write_embeddings
-    from .finetuning import load_task_data
     from .model import OmniVecModel
     from .plots import plot_projection
+    from .registry import HEADS
+    from .tasks import load_task_data
 
     model = OmniVecModel.from_pretrained(model_dir)
     items, labels = [], []
     for task, datasets in load_task_data(cfg).items():
-        if cfg.tasks[task].head not in ("classification", "action"):
+        if HEADS.get(cfg.tasks[task].head).target != "label":  # single-label tasks only
             continue
         rows = [r for d in datasets for r in d.split("test")][:per_task]
         for r in rows:
@@ -119,19 +125,16 @@ def retrieval_summary(out: Path, k: int = 5) -> dict[str, Any]:
     """From `out/embeddings.*`: per modality, the share of each sample's k nearest neighbours of
     the same modality that have its class (precision@k, against chance), and one example query."""
     from .embedding import load_index
+    from .metrics import precision_at_k
 
     emb, records, _ = load_index(out / "embeddings")
     sims = torch.from_numpy(emb) @ torch.from_numpy(emb).T
-    rows, examples = [], []
+    label_ids = {label: i for i, label in enumerate(dict.fromkeys(r["label"] for r in records))}
+    labels = torch.tensor([label_ids[r["label"]] for r in records])
+    rows, examples = {}, []
     for modality in dict.fromkeys(r["modality"] for r in records):
         idx = torch.tensor([i for i, r in enumerate(records) if r["modality"] == modality])
-        labels = [records[i]["label"] for i in idx.tolist()]
-        sub = sims[idx][:, idx].fill_diagonal_(-float("inf"))
-        top = sub.topk(min(k, len(idx) - 1), dim=1).indices
-        hits = [labels[j] == labels[i] for i in range(len(idx)) for j in top[i].tolist()]
-        rows.append({"modality": modality, "precision": sum(hits) / max(len(hits), 1),
-                     "chance": sum(labels.count(c) * (labels.count(c) - 1) for c in set(labels))
-                     / max(len(labels) * (len(labels) - 1), 1)})
+        rows[modality] = precision_at_k(sims[idx][:, idx], labels[idx], labels[idx], k, same_set=True)
         q = int(idx[0])
         order = [int(j) for j in torch.argsort(sims[q], descending=True) if int(j) != q]
         examples.append({"query": records[q],
@@ -151,8 +154,8 @@ def _img(path: Path, html: bool, alt: str) -> str:
 def write_report(out: Path, quick: bool = False) -> Path:
     """report.md (images linked) and report.html (images inline) with every section, from what the
     demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
-    from .finetuning import baseline_text
     from .plots import plot_losses
+    from .reports import forgetting_matrix_table, metrics_table, retrieval_table
 
     pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
     timings = json.loads((out / "timings.json").read_text())
@@ -161,21 +164,12 @@ def write_report(out: Path, quick: bool = False) -> Path:
     lines = [f"# omnivec demo{' (quick)' if quick else ''}", "",
              f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.", "",
              "## Results", "", f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
-             "of the abstract for summarization. The demo trains briefly (30% of the steps of "
-             "configs/finetune/sample_sequential.yaml; see the README for that config's results).", "",
-             "| task | metric | pretrained | scratch | baseline |", "|---|---|---|---|---|"]
-    for task, metrics in pre["final"].items():
-        for key, value in metrics.items():
-            if key != "samples":
-                lines.append(f"| {task} | {key} | {value:.3f} | {scr['final'][task][key]:.3f} | "
-                             f"{baseline_text(pre['baselines'].get(task, {}), key)} |")
-    matrix = pre["forgetting_matrix"]
-    lines += ["", "## Forgetting matrix (from the pretrained backbone)", "",
-              "Row: after stage i; column: a task's main metric; blank before the task is trained.", "",
-              "| after stage | " + " | ".join(f"{t} ({matrix['metric'][t]})" for t in matrix["tasks"]) + " |",
-              "|---" * (len(matrix["tasks"]) + 1) + "|"]
-    for i, row in enumerate(matrix["rows"], 1):
-        lines.append(f"| {i} | " + " | ".join("" if v is None else f"{v:.3f}" for v in row) + " |")
+             f"of the abstract for summarization. The demo trains briefly ({FINETUNE_SCALE[quick]:.0%} of the steps "
+             "of configs/finetune/sample_sequential.yaml; see the README for that config's results).", "",
+             *metrics_table({"pretrained": pre["final"], "scratch": scr["final"]}, pre["baselines"]),
+             "", "## Forgetting matrix (from the pretrained backbone)", "",
+             "Row: after stage i; column: a task's main metric; blank before the task is trained.", "",
+             *forgetting_matrix_table(pre["forgetting_matrix"])]
     lines += ["", "## Pretraining", "", "Mean reconstruction loss of the first and last 20 steps, and on validation "
               "data at the start and the end:", "", "| modality | first 20 | last 20 | val start | val end |",
               "|---|---|---|---|---|"]
@@ -192,8 +186,7 @@ def write_report(out: Path, quick: bool = False) -> Path:
     lines += ["", "## Embeddings", "", f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, "
               "marker = modality.", "", "@@embeddings.png|embedding projection@@", "",
               f"Retrieval within a modality: the share of each sample's {retrieval['k']} nearest neighbours (cosine) "
-              "that have its class.", "", "| modality | precision@5 | chance |", "|---|---|---|"]
-    lines += [f"| {r['modality']} | {r['precision']:.3f} | {r['chance']:.3f} |" for r in retrieval["rows"]]
+              "that have its class.", "", *retrieval_table(retrieval["rows"], "modality", retrieval["k"])]
     lines += ["", "One query per modality:", ""]
     for q in retrieval["examples"]:
         same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same"])

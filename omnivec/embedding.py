@@ -15,12 +15,11 @@ from tqdm.auto import tqdm
 from .datasets import find_tasks
 from .datasets.loaders import collate_for
 from .datasets.manifest import MANIFEST_NAMES
-from .datasets.readers import EXTENSIONS, modality_of, read_file
+from .datasets.readers import known_suffixes, load_sample, modality_of
 from .errors import DataError
 from .model import OmniVecModel
 from .training import to_device
 
-KNOWN_SUFFIXES = {s for suffixes in EXTENSIONS.values() for s in suffixes}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -42,7 +41,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
                     else:
                         items.append({"path": str(row["path"]), "modality": task.modality})
         elif source.is_dir():
-            files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES)
+            suffixes = known_suffixes()
+            files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             items += [{"path": str(p), "modality": modality_of(p)} for p in files]
         else:
             items.append({"path": str(source), "modality": modality_of(source)})
@@ -62,9 +62,8 @@ class EmbedDataset(Dataset):
         i = self.indices[k]
         item = self.items[i]
         try:
-            raw = item["text"] if "text" in item else read_file(item["path"], item["modality"])
-            x = self.transform(*raw) if isinstance(raw, tuple) else self.transform(raw)
-        except (DataError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            x = load_sample(item, item["modality"], self.transform)
+        except DataError as e:
             message = str(e) if str(e).startswith(item["path"]) else f"{item['path']}: {e}"
             return {"index": i, "error": message}
         return {"index": i, "input": x, "target": None}

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,7 +25,7 @@ from .heads import masked_mean
 from .registry import HEADS, MODALITIES, MODELS
 
 logger = logging.getLogger(__name__)
-CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 @dataclass
@@ -101,7 +100,7 @@ class OmniVecModel(nn.Module):
             out.hidden_states[modality], out.padding_mask[modality] = hidden, mask
             out.pooled[modality] = masked_mean(hidden, mask)
         for name, cfg in self.config.heads.items():
-            if cfg.modality in out.hidden_states and getattr(self.heads[name], "returns_logits", True):
+            if cfg.modality in out.hidden_states and self.heads[name].output == "logits":
                 out.logits[name] = self.forward_head(name, out.hidden_states[cfg.modality], out.padding_mask[cfg.modality])
         return out
 
@@ -138,26 +137,20 @@ class OmniVecModel(nn.Module):
         return {m: MODALITIES.get(m).build_transform(cfg, train) for m, cfg in self.config.modalities.items()}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json`, `model.safetensors` (and the text tokenizer, unless built in) to
-        `directory`; each file is written aside and renamed into place, so a crash never leaves half a file."""
+        """Write `config.json`, `model.safetensors` and each modality's assets (a tokenizer, unless
+        built in) to `directory`; each is written aside and renamed into place, so a crash never
+        leaves half a file."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
             tmp = Path(tmp)
             self.config.save(tmp / CONFIG_NAME)
             save_model(self, str(tmp / WEIGHTS_NAME))
-            text = self.config.modalities.get("text")
-            if text is not None and text.tokenizer != "bytes":
-                from .modalities.text import load_tokenizer
-
-                try:
-                    load_tokenizer(text.tokenizer).save_pretrained(tmp / TOKENIZER_DIR)
-                except OSError as e:  # offline and not cached: the config still names it
-                    warnings.warn(f"tokenizer {text.tokenizer!r} not saved with the model ({e})")
-                else:
-                    if (directory / TOKENIZER_DIR).exists():
-                        shutil.rmtree(directory / TOKENIZER_DIR)
-                    os.replace(tmp / TOKENIZER_DIR, directory / TOKENIZER_DIR)
+            for modality, cfg in self.config.modalities.items():
+                for name in MODALITIES.get(modality).save_assets(cfg, tmp):
+                    if (directory / name).is_dir():
+                        shutil.rmtree(directory / name)
+                    os.replace(tmp / name, directory / name)
             os.replace(tmp / WEIGHTS_NAME, directory / WEIGHTS_NAME)
             os.replace(tmp / CONFIG_NAME, directory / CONFIG_NAME)
 
@@ -169,15 +162,13 @@ class OmniVecModel(nn.Module):
             from huggingface_hub import snapshot_download
 
             directory = Path(snapshot_download(
-                str(name_or_path), revision=revision,
-                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{TOKENIZER_DIR}/*"],
-            ))
+                str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*/*"]))  # + assets
         for required in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / required).is_file():
                 raise FileNotFoundError(f"{directory / required}: missing (save_pretrained writes it)")
         config = OmniVecConfig.load(directory / CONFIG_NAME)
-        if (directory / TOKENIZER_DIR).is_dir() and "text" in config.modalities:
-            config.modalities["text"].tokenizer = str(directory / TOKENIZER_DIR)
+        for modality, cfg in config.modalities.items():
+            MODALITIES.get(modality).load_assets(cfg, directory)
         model = cls(config, load_library_weights=False)
         state = load_file(directory / WEIGHTS_NAME)
         problems = state_dict_mismatch(model.state_dict(), state)
@@ -268,6 +259,12 @@ def model_config(name: str, **overrides: Any) -> OmniVecConfig:
     data = merge(MODELS.get(name)(), overrides)
     data["variant"] = name
     return OmniVecConfig.from_dict(data)
+
+
+def load_model(init: str | os.PathLike | None, name: str, overrides: Mapping[str, Any] | None = None) -> OmniVecModel:
+    """What a recipe starts from: the saved model folder (or hub id) `init`, else variant `name`
+    with `overrides`, newly initialised."""
+    return OmniVecModel.from_pretrained(init) if init else OmniVecModel(model_config(name, **(overrides or {})))
 
 
 def build_model(name: str, **overrides: Any) -> OmniVecModel:

@@ -21,8 +21,11 @@ from tqdm.auto import tqdm
 from .backbone import run_blocks, transformer_blocks
 from .config import join_key, require, require_positive
 from .masking import Masking
-from .model import OmniVecModel, _init_weights
-from .training import TrainConfig, Trainer, to_device
+from .errors import ConfigError
+from .evaluation import eval_batches, evaluating
+from .model import OmniVecModel, _init_weights, load_model
+from .registry import MODELS
+from .training import TrainConfig, Trainer
 
 
 @dataclass
@@ -44,12 +47,12 @@ class DecoderConfig:
 class MaskedDecoder(nn.Module):
     """Visible backbone tokens + a mask token at every hidden position -> a prediction per token."""
 
-    def __init__(self, cfg: DecoderConfig, in_dim: int, num_tokens: int, target_dim: int, point_positions: bool):
+    def __init__(self, cfg: DecoderConfig, in_dim: int, num_tokens: int, target_dim: int, position_dim: int = 0):
         super().__init__()
         self.embed = nn.Linear(in_dim, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        if point_positions:  # point groups are placed by their centres (Point-MAE)
-            self.pos_mlp = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, cfg.dim))
+        if position_dim:  # tokens placed by coordinates, e.g. point groups by their centres (Point-MAE)
+            self.pos_mlp = nn.Sequential(nn.Linear(position_dim, 128), nn.GELU(), nn.Linear(128, cfg.dim))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.dim))
             trunc_normal_(self.pos_embed, std=0.02)
@@ -62,7 +65,7 @@ class MaskedDecoder(nn.Module):
     def forward(self, visible: torch.Tensor, masking: Masking, padding_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """visible: [B, K, D] backbone tokens at `masking.ids_keep`; padding_mask: [B, L] of the full
-        sequence; positions: [B, L, 3] (point groups) -> predictions [N, P] for the N hidden tokens
+        sequence; positions: [B, L, n] token coordinates (point groups) -> predictions [N, P] for the N hidden tokens
         (`masking.mask`), the only ones any loss looks at."""
         x = self.embed(visible)  # [B, K, d]
         B, L = masking.mask.shape
@@ -83,7 +86,7 @@ class MaskedPretrainer(nn.Module):
         self.model, self.seed = model, seed
         dim = model.config.backbone.dim
         self.decoders = nn.ModuleDict({
-            m: MaskedDecoder(decoder, dim, enc.num_tokens, enc.target_dim, point_positions=m == "point_cloud")
+            m: MaskedDecoder(decoder, dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim)
             for m, enc in model.encoders.items()
         })
 
@@ -128,6 +131,7 @@ class PretrainConfig(TrainConfig):
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
+        require(self.model in MODELS, join_key(prefix, "model"), f"a registered variant {MODELS.names()}", self.model)
         require(bool(self.data), join_key(prefix, "data"), "at least one modality: dataset path", self.data)
         require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
                 "all, round_robin or weighted", self.schedule)
@@ -136,10 +140,7 @@ class PretrainConfig(TrainConfig):
 
 def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
     """The model a config names (`init` folder, or a variant with overrides), checked against `data`."""
-    from .errors import ConfigError
-    from .model import model_config
-
-    model = OmniVecModel.from_pretrained(cfg.init) if cfg.init else OmniVecModel(model_config(cfg.model, **cfg.model_overrides))
+    model = load_model(cfg.init, cfg.model, cfg.model_overrides)
     for modality in cfg.data:
         if modality not in model.encoders:
             raise ConfigError(f"data.{modality}: the model has no {modality!r} encoder; it has {model.modalities}")
@@ -150,24 +151,16 @@ def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
     return model
 
 
-@torch.no_grad()
 def evaluate_reconstruction(pretrainer: MaskedPretrainer, loaders: Mapping[str, Any], device: torch.device,
                             max_batches: int) -> dict[str, float]:
     """Mean reconstruction loss per modality on fixed validation batches with fixed masks."""
-    was_training = pretrainer.training
-    pretrainer.eval()
     results = {}
-    for modality, loader in loaders.items():
-        generator = torch.Generator(device).manual_seed(12345)
-        losses = []
-        for i, batch in enumerate(loader):
-            if i >= max_batches:
-                break
-            if batch["input"] is not None:
-                x = to_device(batch["input"], device)
-                losses.append(pretrainer.reconstruct(modality, x, generator)["loss"].item())
-        results[modality] = sum(losses) / max(len(losses), 1)
-    pretrainer.train(was_training)
+    with evaluating(pretrainer):
+        for modality, loader in loaders.items():
+            generator = torch.Generator(device).manual_seed(12345)
+            losses = [pretrainer.reconstruct(modality, x, generator)["loss"].item()
+                      for x, _ in eval_batches(loader, device, max_batches)]
+            results[modality] = sum(losses) / max(len(losses), 1)
     return results
 
 

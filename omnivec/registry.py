@@ -40,3 +40,4 @@ class Registry(Generic[T]):
 MODELS: Registry = Registry("model")
 MODALITIES: Registry = Registry("modality")
 HEADS: Registry = Registry("head")
+ENCODERS: Registry = Registry("pretrained encoder")  # "MODALITY/FAMILY" -> encoder (omnivec/encoders)

@@ -6,7 +6,8 @@
 import sys
 
 from omnivec.config import load_recipe_config
-from omnivec.finetuning import FinetuneConfig, finetune
+from omnivec.finetuning import finetune
+from omnivec.tasks import FinetuneConfig
 
 
 def main(argv: list[str]) -> None:

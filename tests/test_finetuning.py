@@ -8,7 +8,8 @@ import omnivec
 from omnivec.cli import main
 from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from omnivec.config import from_dict
-from omnivec.finetuning import FinetuneConfig, finetune
+from omnivec.finetuning import finetune
+from omnivec.tasks import FinetuneConfig
 
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omnivec.evaluation import average_precision, confusion_matrix, mean_average_precision, rouge, topk_accuracy
+from omnivec.metrics import average_precision, confusion_matrix, mean_average_precision, rouge, topk_accuracy
 from omnivec.heads.action import ActionHead, ActionHeadConfig
 from omnivec.heads.classification import ClassificationHead, ClassificationHeadConfig
 from omnivec.heads.multi_label import MultiLabelHead, MultiLabelHeadConfig

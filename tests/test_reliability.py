@@ -206,7 +206,9 @@ def test_corrupt_text_file_is_named(tmp_path, tiny_model):
 
 
 def test_unknown_label_for_a_trained_head_is_named(tmp_path):
-    from omnivec.finetuning import FinetuneConfig, evaluate_saved, finetune
+    from omnivec.evaluation import evaluate_saved
+    from omnivec.finetuning import finetune
+    from omnivec.tasks import FinetuneConfig
 
     base = {"model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES, "batch_size": 8, "num_workers": 0,
             "warmup_steps": 1, "save_every": 0, "eval_max_batches": 1, "device": "cpu",

@@ -2,10 +2,10 @@
 from .check import check_path, format_report
 from .dataset import Collate, TaskDataset
 from .manifest import TaskData, find_tasks, load_task
-from .readers import EXTENSIONS, modality_of, read_file
+from .readers import extensions, load_sample, modality_of, read_file
 from .sampler import MultiModalLoader
 
 __all__ = [
-    "Collate", "EXTENSIONS", "MultiModalLoader", "TaskData", "TaskDataset", "check_path", "find_tasks",
-    "format_report", "load_task", "modality_of", "read_file",
+    "Collate", "MultiModalLoader", "TaskData", "TaskDataset", "check_path", "find_tasks",
+    "extensions", "format_report", "load_sample", "load_task", "modality_of", "read_file",
 ]

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .manifest import TaskData, find_tasks
-from .readers import read_file
+from .readers import load_sample
 
 
 @dataclass
@@ -21,11 +21,7 @@ class TaskReport:
 def check_row(task: TaskData, row: dict) -> str | None:
     """None when the row's sample decodes to a usable raw sample, else the reason (naming the file)."""
     try:
-        if "text" in row:
-            if not row["text"].strip():
-                raise DataError(f"{row['where']}: empty text")
-        else:
-            read_file(row["path"], task.modality)
+        load_sample(row, task.modality)
     except DataError as e:
         return str(e)
     return None

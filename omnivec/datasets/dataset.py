@@ -6,9 +6,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from ..config import ModalityConfig
 from ..errors import DataError
+from ..registry import MODALITIES
 from .manifest import TaskData
-from .readers import read_file
+from .readers import load_sample
 
 
 class TaskDataset(Dataset):
@@ -37,20 +39,7 @@ class TaskDataset(Dataset):
 
     def load(self, i: int) -> Any:
         """Row `i` -> model-ready input (raises `DataError` naming the file)."""
-        row = self.rows[i]
-        where = str(row.get("path", row["where"]))
-        raw = row["text"] if "text" in row else read_file(row["path"], self.task.modality)
-        if self.transform is None:
-            return raw
-        try:
-            x = self.transform(*raw) if isinstance(raw, tuple) else self.transform(raw)
-        except DataError:
-            raise
-        except (ValueError, RuntimeError, TypeError, IndexError) as e:
-            raise DataError(f"{where}: cannot transform this {self.task.modality} sample ({e})") from e
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
-            raise DataError(f"{where}: the transformed {self.task.modality} sample holds NaN or Inf")
-        return x
+        return load_sample(self.rows[i], self.task.modality, self.transform)
 
     def target(self, i: int) -> Any:
         row, kind = self.rows[i], self.target_kind
@@ -81,10 +70,12 @@ class TaskDataset(Dataset):
 
 
 class Collate:
-    """Stacks a list of `TaskDataset` samples; pads text to the longest sample (with `pad_id`)."""
+    """Batches a list of `TaskDataset` samples: inputs by their modality's `collate` (which pads
+    variable-length samples), targets stacked; unreadable samples are dropped and listed."""
 
-    def __init__(self, modality: str, pad_id: int = 0):
-        self.modality, self.pad_id = modality, pad_id
+    def __init__(self, modality: str, cfg: ModalityConfig | None = None):
+        self.collate_inputs = MODALITIES.get(modality).collate
+        self.cfg = cfg
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "error" not in s]
@@ -94,8 +85,7 @@ class Collate:
         if not good:
             batch["input"] = batch["target"] = None
             return batch
-        inputs = [s["input"] for s in good]
-        batch["input"] = self.pad_text(inputs) if self.modality == "text" else torch.stack(inputs)
+        batch["input"] = self.collate_inputs([s["input"] for s in good], self.cfg)
         targets = [s["target"] for s in good]
         if isinstance(targets[0], torch.Tensor):
             batch["target"] = torch.stack(targets)
@@ -104,13 +94,3 @@ class Collate:
         else:
             batch["target"] = targets  # summaries (str) or None
         return batch
-
-    def pad_text(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """[{"input_ids": [L_i], "attention_mask": [L_i]}] -> right-padded [B, max L_i] tensors."""
-        length = max(x["input_ids"].shape[0] for x in inputs)
-        ids = torch.full((len(inputs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(inputs), length, dtype=torch.long)
-        for i, x in enumerate(inputs):
-            n = x["input_ids"].shape[0]
-            ids[i, :n], mask[i, :n] = x["input_ids"], x["attention_mask"]
-        return {"input_ids": ids, "attention_mask": mask}

@@ -13,13 +13,8 @@ from .sampler import EpochSampler
 
 
 def collate_for(model: Any, modality: str) -> Collate:
-    """The collate function of `modality`; text is padded with the model tokenizer's pad id."""
-    pad_id = 0
-    if modality == "text":
-        from ..modalities.text import load_tokenizer
-
-        pad_id = load_tokenizer(model.config.modalities["text"].tokenizer).pad_token_id or 0
-    return Collate(modality, pad_id)
+    """The collate function of `modality` with the model's settings (e.g. its tokenizer's pad id)."""
+    return Collate(modality, model.config.modalities[modality])
 
 
 def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, num_workers: int, train: bool,

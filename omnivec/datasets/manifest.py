@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .readers import EXTENSIONS, modality_of
+from .readers import known_suffixes, modality_of
 
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
 SPLITS = ("train", "val", "test")
@@ -121,7 +121,7 @@ def _task_from_rows(name: str, source: Path, rows: list[dict[str, Any]]) -> Task
 
 def _folder_rows(root: Path) -> list[dict[str, Any]]:
     """root/<class>/<file> or root/<split>/<class>/<file>."""
-    known = tuple(s for suffixes in EXTENSIONS.values() for s in suffixes)
+    known = known_suffixes()
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     split_layout = bool(subdirs) and all(p.name in SPLITS for p in subdirs)
     rows = []

@@ -11,25 +11,13 @@ from typing import Callable
 
 from torch import nn
 
-from ..config import ModalityConfig
-from ..errors import ConfigError
-from ..registry import MODALITIES, Registry
-
-ENCODERS: Registry = Registry("pretrained encoder")
+from ..config import ModalityConfig, check_pretrained
+from ..registry import ENCODERS, MODALITIES
 
 
 def register_encoder(modality: str, family: str) -> Callable:
     """Register the encoder (class or factory `(cfg, dim) -> ModalityEncoder`) of `family` for `modality`."""
     return ENCODERS.register(f"{modality}/{family}")
-
-
-def check_pretrained(modality: str, cfg: ModalityConfig) -> None:
-    """Fail at config time when `cfg.pretrained` names a family this modality cannot load."""
-    family = cfg.pretrained.partition(":")[0]
-    if cfg.pretrained and f"{modality}/{family}" not in ENCODERS:
-        available = [name.split("/")[1] + ":" for name in ENCODERS.names() if name.startswith(modality + "/")]
-        raise ConfigError(f"modalities.{modality}.pretrained: expected one of {available or ['(none)']} "
-                          f"followed by a model name or path, got {cfg.pretrained!r}")
 
 
 def build_encoder(modality: str, cfg: ModalityConfig, dim: int) -> nn.Module:

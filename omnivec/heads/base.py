@@ -1,17 +1,23 @@
-"""Shared pieces of the task heads."""
+"""The task-head contract and what the heads share."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from ..config import HeadConfig, OmniVecConfig, from_dict
 from ..registry import HEADS
 
 
 def register_head(name: str) -> Callable[[type], type]:
-    """Register a head class (with a `config_class`) under `name`."""
-    return HEADS.register(name)
+    """Register a `TaskHead` subclass (with a `config_class`) under `name`."""
+
+    def add(cls: type) -> type:
+        cls.name = name
+        return HEADS.register(name)(cls)
+
+    return add
 
 
 def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -24,15 +30,38 @@ def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Ten
 
 class TaskHead(nn.Module):
     """What every head implements, on the backbone's tokens of its modality (hidden [B, L, D] and
-    padding mask [B, L] or None):
+    padding mask [B, L] or None). Generic code (fine-tuning, evaluation, reports) asks the head,
+    never tests its type:
 
-    - `forward(hidden, padding_mask)`: scores [B, ...] (classification heads);
-    - `loss(hidden, padding_mask, target)`: the training loss;
-    - `predict(hidden, padding_mask)`: what evaluation compares with the targets;
-    - `metrics(predictions, targets)`: {name: value}, and `main_metric` names the one to track.
+    - `config_class`, and `config_from_data` (its config completed from the task's data: classes,
+      labels, the model's tokenizer);
+    - `target`: the data column it learns ("label", "labels" or "summary");
+    - `output`: "logits" (`forward` gives scores [B, ...]) or "sequences" (`predict` generates);
+    - `loss(hidden, padding_mask, target)`, `predict(hidden, padding_mask)`;
+    - `gather` (batches of predictions or targets -> one), `metrics` (with `main_metric` the one
+      tracked), `details` (what reports add: predicted classes, example outputs);
+    - `baseline(rows, classes)`: the reference its metrics are read against (chance, lead-1).
     """
 
+    name: str
+    config_class: type[HeadConfig] = HeadConfig
+    target: str = "label"
+    output: str = "logits"
     main_metric: str = ""
+
+    @classmethod
+    def config_from_data(cls, task: str, head_args: Mapping[str, Any], modality: str, classes: list[str],
+                         model_config: OmniVecConfig) -> HeadConfig:
+        """The config of task `task`'s head: `head_args` (the user's settings) completed from the data
+        (`modality`, `classes`) and the model; errors name `tasks.TASK.head_args.KEY`."""
+        values = {"type": cls.name, "modality": modality, **cls.from_data(classes, model_config, task),
+                  **head_args}
+        return from_dict(cls.config_class, values, f"tasks.{task}.head_args")
+
+    @classmethod
+    def from_data(cls, classes: list[str], model_config: OmniVecConfig, task: str) -> dict[str, Any]:
+        """Head settings that follow from the data and the model (defaults the user may override)."""
+        return {}
 
     def loss(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None, target: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -40,5 +69,20 @@ class TaskHead(nn.Module):
     def predict(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> Any:
         return self(hidden, padding_mask)
 
+    @staticmethod
+    def gather(batches: list[Any]) -> Any:
+        """Per-batch predictions (or targets) -> one: tensors concatenated on the CPU."""
+        return torch.cat([b.float().cpu() if b.is_floating_point() else b.cpu() for b in batches])
+
     def metrics(self, predictions: Any, targets: Any) -> dict[str, float]:
         raise NotImplementedError
+
+    def details(self, predictions: Any, targets: Any) -> dict[str, Any]:
+        """Extra results for reports (keys starting with "_" stay out of eval.json)."""
+        return {}
+
+    @classmethod
+    def baseline(cls, rows: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+        """A reference that needs no training, on the evaluation split's `rows`: {"chance_METRIC":
+        value, ...} or {"NAME": {metric: value}} (e.g. "lead-1"), or {} when there is none."""
+        return {}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HeadConfig, require, require_positive
-from ..evaluation import topk_accuracy
+from ..metrics import topk_accuracy
 from .base import TaskHead, masked_mean, register_head
 
 
@@ -53,5 +53,19 @@ class ClassificationHead(TaskHead):
     def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(x, padding_mask).float(), target, label_smoothing=self.cfg.label_smoothing)
 
+    @classmethod
+    def from_data(cls, classes: list[str], model_config, task: str) -> dict:
+        return {"num_classes": len(classes), "labels": list(classes)}
+
     def metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"top1": topk_accuracy(predictions, targets, 1), "top5": topk_accuracy(predictions, targets, 5)}
+
+    def details(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Predicted and true class ids, for confusion matrices."""
+        return {"_pred": predictions.argmax(1).tolist(), "_true": targets.tolist()}
+
+    @classmethod
+    def baseline(cls, rows: list[dict], classes: list[str]) -> dict:
+        """Chance accuracy: a uniform guess."""
+        n = len(classes)
+        return {"chance_top1": 1 / n, "chance_top5": min(5, n) / n} if n else {}

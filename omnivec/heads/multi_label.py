@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import mean_average_precision
+from ..metrics import mean_average_precision
 from .base import register_head
 from .classification import ClassificationHead, ClassificationHeadConfig
 
@@ -21,6 +21,7 @@ class MultiLabelHead(ClassificationHead):
     """[B, L, D] -> [B, num_classes] logits, trained with binary cross-entropy on multi-hot targets."""
 
     config_class = MultiLabelHeadConfig
+    target = "labels"
     main_metric = "mAP"
 
     def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
@@ -28,3 +29,10 @@ class MultiLabelHead(ClassificationHead):
 
     def metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"mAP": mean_average_precision(predictions.sigmoid(), targets)}
+
+    def details(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict:
+        return {}
+
+    @classmethod
+    def baseline(cls, rows: list[dict], classes: list[str]) -> dict:
+        return {}  # chance mAP depends on the label frequencies: none reported

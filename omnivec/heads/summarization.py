@@ -3,13 +3,15 @@ cross-attention) reading the backbone's text tokens; teacher forcing for trainin
 `generate` (greedy or beam search) for output; ROUGE-1/2/L."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import HeadConfig, require, require_positive
-from ..evaluation import rouge
+from ..errors import ConfigError
+from ..metrics import rouge
 from .base import TaskHead, register_head
 
 
@@ -39,8 +41,9 @@ class SummarizationHead(TaskHead):
     """Backbone text tokens [B, L, D] -> summaries (lists of str) by a cross-attending decoder."""
 
     config_class = SummarizationHeadConfig
+    target = "summary"
+    output = "sequences"
     main_metric = "rougeL"
-    returns_logits = False
 
     def __init__(self, cfg: SummarizationHeadConfig, dim: int):
         super().__init__()
@@ -94,5 +97,27 @@ class SummarizationHead(TaskHead):
     def predict(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> list[str]:
         return self.tokenizer.batch_decode(self.generate(x, padding_mask), skip_special_tokens=True)
 
+    @classmethod
+    def from_data(cls, classes: list[str], model_config, task: str) -> dict:
+        """The decoder writes in the text modality's vocabulary."""
+        text = model_config.modalities.get("text")
+        if text is None:
+            raise ConfigError(f"tasks.{task}: a {cls.name} head needs a model with a text encoder")
+        return {"tokenizer": text.tokenizer, "vocab_size": text.vocab_size}
+
+    @staticmethod
+    def gather(batches: list[list[str]]) -> list[str]:
+        return [s for batch in batches for s in batch]
+
     def metrics(self, predictions: list[str], targets: list[str]) -> dict[str, float]:
         return rouge(predictions, targets)
+
+    def details(self, predictions: list[str], targets: list[str]) -> dict:
+        """Three generated summaries beside their references."""
+        return {"examples": [{"prediction": p, "reference": t} for p, t in list(zip(predictions, targets))[:3]]}
+
+    @classmethod
+    def baseline(cls, rows: list[dict], classes: list[str]) -> dict:
+        """Lead-1: the text's first sentence as its summary."""
+        lead = [re.split(r"(?<=[.!?])\s+", r["text"].strip(), maxsplit=1)[0] for r in rows]
+        return {"lead-1": rouge(lead, [r["summary"] for r in rows])}

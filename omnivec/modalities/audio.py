@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 import torch
 import torchaudio
@@ -9,7 +12,8 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
-from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
+from ..errors import DataError
+from .base import ModalityEncoder, Tokens, register_modality
 
 
 @dataclass
@@ -39,6 +43,23 @@ class AudioConfig(ModalityConfig):
         return f, t
 
 
+def read_audio(path: Path) -> tuple[torch.Tensor, int]:
+    """-> (waveform [channels, samples] float32 in [-1, 1], sample rate)."""
+    import soundfile as sf
+
+    try:
+        if "should be" in sf.info(str(path)).extra_info:  # libsndfile: chunk sizes beyond the file's end
+            raise DataError(f"{path}: truncated audio file (its header promises more data)")
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode audio ({e})") from e
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: audio has no samples")
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: audio holds NaN or Inf samples")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
+
+
 class AudioTransform:
     """(waveform [channels, samples] or [samples], sample_rate) -> normalised fbank [target_frames, mel]."""
 
@@ -52,8 +73,9 @@ class AudioTransform:
         if sample_rate != cfg.sample_rate:
             waveform = torchaudio.functional.resample(waveform, sample_rate, cfg.sample_rate)
         waveform = waveform - waveform.mean()
-        if waveform.shape[1] < 400:  # shorter than one 25 ms window at 16 kHz: pad so one frame exists
-            waveform = nn.functional.pad(waveform, (0, 400 - waveform.shape[1]))
+        window = int(cfg.sample_rate * 0.025)  # fbank's 25 ms frame
+        if waveform.shape[1] < window:  # shorter than one frame: pad so one frame exists
+            waveform = nn.functional.pad(waveform, (0, window - waveform.shape[1]))
         fbank = torchaudio.compliance.kaldi.fbank(
             waveform, htk_compat=True, sample_frequency=cfg.sample_rate, use_energy=False,
             window_type="hanning", num_mel_bins=cfg.num_mel_bins, dither=0.0, frame_shift=10,
@@ -72,6 +94,8 @@ class AudioEncoder(ModalityEncoder):
     """[B, frames, mel] fbank -> [B, F'*T', D] spectrogram-patch tokens (frequency-major, as AST)."""
 
     config_class = AudioConfig
+    suffixes = (".wav", ".flac", ".ogg", ".mp3")
+    plot_style = "spectrogram"
 
     def __init__(self, cfg: AudioConfig, dim: int):
         super().__init__(cfg, dim)
@@ -93,11 +117,27 @@ class AudioEncoder(ModalityEncoder):
         tokens = self.patch_embed(spec).flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, width]
         return Tokens(tokens, target=self.patch_target(x) if with_target else None)
 
-    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, frames, mel] -> [B, L, p*p] normalised spectrogram patches (frequency-major, as the tokens)."""
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, frames, mel] -> [B, L, p*p] spectrogram patches (frequency-major, as the tokens)."""
         spec = x.transpose(1, 2).unsqueeze(1)  # [B, 1, mel, frames]
-        patches = nn.functional.unfold(spec, self.cfg.patch_size, stride=self.cfg.patch_stride)  # [B, p*p, L]
-        return normalize_patches(patches.transpose(1, 2))
+        return nn.functional.unfold(spec, self.cfg.patch_size, stride=self.cfg.patch_stride).transpose(1, 2)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, L, p*p] -> [B, frames, mel] (overlapping patches averaged); frames beyond the last
+        whole patch stay zero."""
+        cfg = self.cfg
+        size = (cfg.num_mel_bins, cfg.target_frames)
+        fold = lambda t: nn.functional.fold(t.transpose(1, 2), size, cfg.patch_size, stride=cfg.patch_stride)  # noqa: E731
+        cover = fold(torch.ones_like(patches)).clamp(min=1)  # [B, 1, mel, frames] patches over each value
+        return (fold(patches) / cover)[:, 0].transpose(1, 2)
+
+    def display(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, frames, mel] -> [n, mel, frames] (a spectrogram, low frequencies first)."""
+        return x.transpose(1, 2)
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[torch.Tensor, int]:
+        return read_audio(path)
 
     def check_input(self, x: torch.Tensor) -> None:
         t, f = self.cfg.target_frames, self.cfg.num_mel_bins

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -22,6 +23,18 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     P = patches.shape[-1]
     unbias = (P - 1) / P
     return F.layer_norm(patches, (P,), eps=eps * unbias) * unbias**0.5
+
+
+def fill_hidden(raw: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """raw: [n, L, P] true patches, pred: [N, P] standardised predictions of the N hidden ones ->
+    (patches with the hidden ones blank (NaN), patches with the hidden ones predicted); the
+    per-patch standardisation is undone with the true patch's statistics, as in MAE's figures."""
+    hidden = raw[mask]
+    recon = raw.clone()
+    recon[mask] = pred * (hidden.var(-1, keepdim=True) + 1e-6).sqrt() + hidden.mean(-1, keepdim=True)
+    blank = raw.clone()
+    blank[mask] = float("nan")
+    return blank, recon
 
 
 def register_modality(name: str) -> Callable[[type], type]:
@@ -47,16 +60,29 @@ class Tokens:
 class ModalityEncoder(nn.Module):
     """Turns a model-ready batch of one modality into backbone-width tokens.
 
-    Subclasses set `config_class` and implement `tokenize` (batch -> tokens with positions, and
-    the reconstruction target on request), `check_input`, `build_transform` (raw sample ->
-    model-ready tensor) and `example_input`; they may override the masked-pretraining defaults
-    `sample_mask` (random masking at `cfg.mask_ratio`) and `reconstruction_loss` (MSE on the hidden
-    tokens). The base class runs the optional modality-specific blocks and the projection.
+    A modality class owns everything about its kind of data; generic code asks it, never names it:
+
+    - files: `suffixes` and `read(path)` (decoded raw sample, `DataError` naming a bad file),
+      `claims(path)` (which files and folders are its own);
+    - samples: `build_transform(cfg, train)` (raw sample -> model-ready tensor), `collate(inputs,
+      cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
+    - tokens: `tokenize` (batch -> tokens with positions, and the reconstruction target on request);
+    - masked pretraining: `sample_mask` (default: random at `cfg.mask_ratio`), `reconstruction_loss`
+      (default: MSE on the hidden tokens), `decoder_position_dim` (0: the decoder learns a position
+      per token; n: tokens come with [B, L, n] coordinates, `Tokens.positions`);
+    - figures: `patchify` / `unpatchify` (the target and the reconstruction figures use the same
+      ones, as MAE does), `display` and `plot_style` (None: no reconstruction figure);
+    - assets saved beside the weights: `save_assets` / `load_assets` (a tokenizer).
+
+    The base class runs the optional modality-specific blocks and the projection.
     """
 
     name: str
     config_class: type[ModalityConfig] = ModalityConfig
     masked_pretraining = True  # False: its tokens cannot hide input (a convolution sees every pixel)
+    suffixes: tuple[str, ...] = ()  # file types `read` decodes
+    decoder_position_dim = 0  # > 0: the masked decoder places tokens by `Tokens.positions` [B, L, n]
+    plot_style: str | None = None  # reconstruction figures: "image", "spectrogram", "points" or None
 
     def __init__(self, cfg: ModalityConfig, dim: int, width: int | None = None):
         super().__init__()
@@ -103,6 +129,54 @@ class ModalityEncoder(nn.Module):
     def check_input(self, x: Any) -> None:
         """Raise `InputError` naming the modality and the expected shape when `x` does not fit."""
         raise NotImplementedError
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        """True when `path` is a file (or folder) of this modality (a missing file is judged by its name)."""
+        return not path.is_dir() and path.suffix.lower() in cls.suffixes
+
+    @classmethod
+    def read(cls, path: Path) -> Any:
+        """Decode one file into the raw sample `build_transform` takes (`DataError` naming the file)."""
+        raise NotImplementedError
+
+    @classmethod
+    def collate(cls, inputs: list[Any], cfg: ModalityConfig | None = None) -> Any:
+        """Model-ready samples -> one batch (stacked; variable-length modalities pad)."""
+        return torch.stack(inputs)
+
+    @classmethod
+    def save_assets(cls, cfg: ModalityConfig, directory: Path) -> list[str]:
+        """Write the files the model needs beside its weights (a tokenizer) into `directory`; their names."""
+        return []
+
+    @classmethod
+    def load_assets(cls, cfg: ModalityConfig, directory: Path) -> None:
+        """Point `cfg` at the assets `save_assets` wrote into the model folder `directory`."""
+
+    def patchify(self, x: Any) -> torch.Tensor:
+        """Model-ready batch -> [B, L, P] the raw values under each token (token order)."""
+        raise NotImplementedError
+
+    def patch_target(self, x: Any) -> torch.Tensor:
+        """[B, L, P] the reconstruction target: each token's raw values standardised (MAE's
+        normalised pixels)."""
+        return normalize_patches(self.patchify(x))
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, L, P] -> the batch's layout again (inverse of `patchify`)."""
+        raise NotImplementedError
+
+    def display(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch -> per sample what a figure shows ([n, H, W, C] pixels in [0, 1], [n, mel, frames], ...)."""
+        return x
+
+    def reconstruction_panels(self, x: Any, result: dict[str, Any]) -> list[torch.Tensor]:
+        """(input, what the encoder saw (hidden tokens blank), reconstruction) for `display`, from a
+        `MaskedPretrainer.reconstruct` result (pred [N, P] of the hidden tokens, mask [n, L])."""
+        raw = self.patchify(x)  # [n, L, P]
+        blank, recon = fill_hidden(raw, result["pred"], result["mask"])
+        return [self.display(self.unpatchify(p)) for p in (raw, blank, recon)]
 
     @classmethod
     def build_transform(cls, cfg: ModalityConfig, train: bool = False) -> Callable[..., Any]:

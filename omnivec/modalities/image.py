@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..config import ModalityConfig, require, require_positive
+from ..errors import DataError
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
 
@@ -57,6 +59,27 @@ class ImageTransform:
         return x
 
 
+def read_image(path: Path):
+    """An image file -> a fully decoded PIL image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.width == 0 or image.height == 0:
+                raise DataError(f"{path}: image has size {image.size}")
+            return image.copy()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised [..., C, H, W] -> [..., H, W, C] in [0, 1] for display."""
+    shape = [1] * (x.ndim - 3) + [-1, 1, 1]
+    x = x * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
+    return x.clamp(0, 1).movedim(-3, -1)
+
+
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p] non-overlapping patches, row-major, each flattened
     (C, p, p) like a convolution weight (`F.unfold`'s layout, with one copy instead of im2col)."""
@@ -70,6 +93,8 @@ class ImageEncoder(ModalityEncoder):
     """[B, C, H, W] -> [B, (H/p)*(W/p), D] patch tokens."""
 
     config_class = ImageConfig
+    suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+    plot_style = "image"
 
     def __init__(self, cfg: ImageConfig, dim: int):
         super().__init__(cfg, dim)
@@ -93,9 +118,23 @@ class ImageEncoder(ModalityEncoder):
         tokens = self.patch_embed.norm(F.linear(patches, proj.weight.flatten(1), proj.bias)) + self.pos_embed
         return Tokens(tokens, target=normalize_patches(patches) if with_target else None)  # tokens [B, L, width]
 
-    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, L, C*p*p] normalised pixels of each patch, row-major like the tokens."""
-        return normalize_patches(patchify(x, self.cfg.patch_size))
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, L, C*p*p] the pixels of each patch, row-major like the tokens."""
+        return patchify(x, self.cfg.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, L, C*p*p] -> [B, C, H, W]."""
+        B, p, s = patches.shape[0], self.cfg.patch_size, self.cfg.image_size
+        h = s // p
+        return patches.reshape(B, h, h, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, -1, s, s)
+
+    def display(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, C, H, W] normalised -> [n, H, W, C] in [0, 1]."""
+        return denormalize(x, self.cfg.mean, self.cfg.std)
+
+    @classmethod
+    def read(cls, path: Path):
+        return read_image(path)
 
     def check_input(self, x: torch.Tensor) -> None:
         c, s = self.cfg.in_chans, self.cfg.image_size

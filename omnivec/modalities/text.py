@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -10,7 +12,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..masking import Masking, random_masking
 from .base import ModalityEncoder, Tokens, register_modality
 
@@ -61,6 +63,17 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(name)
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file -> its text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    if not text.strip():
+        raise DataError(f"{path}: empty text")
+    return text
+
+
 class TextTransform:
     """str -> {"input_ids": [L], "attention_mask": [L]} (truncated to max_length; collate pads)."""
 
@@ -90,6 +103,8 @@ class TextEncoder(ModalityEncoder):
     """{"input_ids": [B, L], "attention_mask": [B, L]} (or input_ids alone) -> [B, L, D] token features."""
 
     config_class = TextConfig
+    suffixes = (".txt",)
+    asset_dir = "tokenizer"  # the tokenizer, saved beside the weights unless built in
 
     def __init__(self, cfg: TextConfig, dim: int):
         super().__init__(cfg, dim)
@@ -145,6 +160,40 @@ class TextEncoder(ModalityEncoder):
             self._fail(f"token ids in [0, {self.cfg.vocab_size})", f"ids in [{int(ids.min())}, {int(ids.max())}]")
         if attention_mask is not None and attention_mask.shape != ids.shape:
             self._fail(f"attention_mask of the input_ids' shape {list(ids.shape)}", f"{list(attention_mask.shape)}")
+
+    @classmethod
+    def read(cls, path: Path) -> str:
+        return read_text(path)
+
+    @classmethod
+    def collate(cls, inputs: list[dict[str, torch.Tensor]], cfg: TextConfig | None = None) -> dict[str, torch.Tensor]:
+        """[{"input_ids": [L_i], "attention_mask": [L_i]}] -> right-padded [B, max L_i] tensors
+        (with the tokenizer's pad id)."""
+        pad_id = load_tokenizer((cfg or TextConfig()).tokenizer).pad_token_id or 0
+        length = max(x["input_ids"].shape[0] for x in inputs)
+        ids = torch.full((len(inputs), length), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(inputs), length, dtype=torch.long)
+        for i, x in enumerate(inputs):
+            n = x["input_ids"].shape[0]
+            ids[i, :n], mask[i, :n] = x["input_ids"], x["attention_mask"]
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @classmethod
+    def save_assets(cls, cfg: TextConfig, directory: Path) -> list[str]:
+        """The tokenizer (unless built in) into `directory/tokenizer`."""
+        if cfg.tokenizer == BYTES:
+            return []
+        try:
+            load_tokenizer(cfg.tokenizer).save_pretrained(directory / cls.asset_dir)
+        except OSError as e:  # offline and not cached: the config still names it
+            warnings.warn(f"tokenizer {cfg.tokenizer!r} not saved with the model ({e})")
+            return []
+        return [cls.asset_dir]
+
+    @classmethod
+    def load_assets(cls, cfg: TextConfig, directory: Path) -> None:
+        if (directory / cls.asset_dir).is_dir():
+            cfg.tokenizer = str(directory / cls.asset_dir)
 
     @classmethod
     def build_transform(cls, cfg: TextConfig, train: bool = False) -> TextTransform:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -11,8 +14,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..config import ModalityConfig, require, require_positive
+from ..errors import DataError
 from ..masking import Masking, tube_masking
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
+from .image import ImageEncoder, denormalize, read_image
 
 
 @dataclass
@@ -36,6 +41,28 @@ class VideoConfig(ModalityConfig):
         for key in ("mean", "std"):
             value = getattr(self, key)
             require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
+
+
+def read_video(path: Path) -> torch.Tensor:
+    """A video file (PyAV) or a folder of frame images -> uint8 frames [T, H, W, 3]."""
+    if path.is_dir():
+        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in ImageEncoder.suffixes)
+        if not frames:
+            raise DataError(f"{path}: folder holds no frame images")
+        arrays = [np.asarray(read_image(p).convert("RGB")) for p in frames]
+        if len({a.shape for a in arrays}) > 1:
+            raise DataError(f"{path}: frames differ in size")
+        return torch.from_numpy(np.stack(arrays))
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            arrays = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.FFmpegError, IndexError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode video ({e})") from e
+    if not arrays:
+        raise DataError(f"{path}: video has no frames")
+    return torch.from_numpy(np.stack(arrays))  # [T, H, W, 3]
 
 
 class VideoTransform:
@@ -74,6 +101,8 @@ class VideoEncoder(ModalityEncoder):
     """[B, T, C, H, W] -> [B, (T/t)*(H/p)*(W/p), D] tubelet tokens (time-major order)."""
 
     config_class = VideoConfig
+    suffixes = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+    plot_style = "image"
 
     def __init__(self, cfg: VideoConfig, dim: int):
         super().__init__(cfg, dim)
@@ -94,21 +123,39 @@ class VideoEncoder(ModalityEncoder):
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         # The tubelet projection as one matmul over the tubelets (the Conv3d's weights, reordered to
         # the tubelets' (tt, C, p, p) layout); the tubelets are cut once for tokens and target.
-        tubes = self.tubelets(x)  # [B, L, tt*C*p*p]
+        tubes = self.patchify(x)  # [B, L, tt*C*p*p]
         weight = self.patch_embed.weight.transpose(1, 2).flatten(1)  # [width, C, tt, p, p] -> [width, tt*C*p*p]
         tokens = nn.functional.linear(tubes, weight, self.patch_embed.bias) + self.pos_embed  # [B, L, width]
         return Tokens(tokens, target=normalize_patches(tubes) if with_target else None)
 
-    def tubelets(self, x: torch.Tensor) -> torch.Tensor:
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, C, H, W] -> [B, L, tt*C*p*p] the pixels of each tubelet, time-major as the tokens."""
         B, C = x.shape[0], x.shape[2]
         (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
         tubes = x.reshape(B, t, tt, C, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5, 7)  # [B, t, h, w, tt, C, p, p]
         return tubes.reshape(B, t * h * w, -1)
 
-    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, C, H, W] -> [B, L, tt*C*p*p] normalised pixels of each tubelet (the MAE target)."""
-        return normalize_patches(self.tubelets(x))
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, L, tt*C*p*p] -> [B, T, C, H, W]."""
+        B = patches.shape[0]
+        (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
+        v = patches.reshape(B, t, h, w, tt, -1, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)  # [B, t, tt, C, h, p, w, p]
+        return v.reshape(B, t * tt, -1, h * p, w * p)
+
+    def display(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, T, C, H, W] normalised -> [n, H, 4 * W, C]: four frames side by side, in [0, 1]."""
+        n, T, C, H, W = x.shape
+        frames = denormalize(x[:, torch.linspace(0, T - 1, 4).long()], self.cfg.mean, self.cfg.std)  # [n, 4, H, W, C]
+        return frames.permute(0, 2, 1, 3, 4).reshape(n, H, 4 * W, C)
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        """Video files, and folders of frame images."""
+        return path.is_dir() or super().claims(path)
+
+    @classmethod
+    def read(cls, path: Path) -> torch.Tensor:
+        return read_video(path)
 
     def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
         """Tube masking (VideoMAE): the same patches hidden in every frame."""

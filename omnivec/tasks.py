@@ -1,0 +1,142 @@
+"""What a fine-tuning run is made of: its config (tasks, stages, loop settings) and each task's
+data, checked against its head before anything trains."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .config import HeadConfig, join_key, require, require_positive
+from .datasets import TaskData, find_tasks
+from .errors import ConfigError
+from .registry import HEADS, MODELS
+from .training import TrainConfig
+
+FREEZABLE = ("backbone", "encoders")
+
+
+@dataclass
+class TaskSpec:
+    """One task: its head type, its datasets (the modality and classes come from the data) and
+    any extra head settings (`dropout`, `num_beams`, ...)."""
+
+    head: str = "classification"
+    data: list[str] = field(default_factory=list)
+    head_args: dict = field(default_factory=dict)
+    batch_size: int | None = None  # None: the config's batch_size
+    label_map: dict[str, str] = field(default_factory=dict)  # rename labels (e.g. zero: "0") to share a label space
+
+    def validate(self, prefix: str) -> None:
+        require(self.head in HEADS, join_key(prefix, "head"), f"one of {HEADS.names()}", self.head)
+        require_positive(self, prefix, "batch_size")
+        require(bool(self.data), join_key(prefix, "data"), "at least one dataset path", self.data)
+
+
+@dataclass
+class StageSpec:
+    """One stage: the tasks trained together, for how long, how fast, and what stays frozen."""
+
+    tasks: list[str] = field(default_factory=list)
+    steps: int = 100
+    lr: float | None = None  # None: the config's lr
+    freeze: list[str] = field(default_factory=list)  # any of: backbone, encoders
+    replay: list[str] = field(default_factory=list)  # earlier tasks rehearsed: one of them joins every step
+    # Tasks of other modalities with one label space whose embeddings are pulled together by class
+    # (a cross-modal supervised contrastive loss): retrieval across those modalities then works.
+    align: list[str] = field(default_factory=list)
+    align_weight: float = 1.0
+    align_temperature: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        require(bool(self.tasks), join_key(prefix, "tasks"), "at least one task name", self.tasks)
+        require_positive(self, prefix, "steps", "lr", "align_temperature")
+        require(self.align_weight >= 0, join_key(prefix, "align_weight"), "a number >= 0 (0: measure only)",
+                self.align_weight)
+        require(not self.align or (len(self.align) >= 2 and set(self.align) <= set(self.tasks)),
+                join_key(prefix, "align"), "two or more of this stage's tasks", self.align)
+        bad = [f for f in self.freeze if f not in FREEZABLE]
+        require(not bad, join_key(prefix, "freeze"), f"a list of {list(FREEZABLE)}", self.freeze)
+        require(not set(self.replay) & set(self.tasks), join_key(prefix, "replay"),
+                "earlier tasks, not this stage's own", self.replay)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """`omnivec finetune CONFIG key=value ...`."""
+
+    init: str | None = None  # a saved model folder (pretrained), or none: `model` from scratch
+    model: str = "omnivec_tiny"
+    model_overrides: dict = field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    stages: list[StageSpec] = field(default_factory=list)
+    schedule: str = "all"  # how the tasks of one stage share steps: all | round_robin | weighted
+    backbone_lr_scale: float = 1.0  # learning rate of the encoders and backbone relative to the heads'
+    eval_split: str = "test"
+    eval_batch_size: int = 64
+    eval_max_batches: int = 0  # per task; 0: the whole split (a quick look evaluates a few batches)
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        require(self.model in MODELS, join_key(prefix, "model"), f"a registered variant {MODELS.names()}", self.model)
+        require(bool(self.stages), join_key(prefix, "stages"), "at least one stage", self.stages)
+        require_positive(self, prefix, "backbone_lr_scale", "eval_batch_size")
+        require(self.eval_max_batches >= 0, join_key(prefix, "eval_max_batches"), "an int >= 0", self.eval_max_batches)
+        earlier: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            for task in stage.tasks:
+                require(task in self.tasks, join_key(prefix, f"stages[{i}].tasks"),
+                        f"names from tasks {sorted(self.tasks)}", task)
+            for task in stage.replay:
+                require(task in earlier, join_key(prefix, f"stages[{i}].replay"),
+                        f"tasks of earlier stages {sorted(earlier)}", task)
+            earlier.update(stage.tasks)
+        require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
+                "all, round_robin or weighted", self.schedule)
+        require(self.eval_split in ("train", "val", "test"), join_key(prefix, "eval_split"), "train, val or test",
+                self.eval_split)
+
+
+def load_task_data(cfg: FinetuneConfig) -> dict[str, list[TaskData]]:
+    """Every task's datasets, checked: one modality per task, the same classes across its datasets,
+    and the target column its head learns."""
+    out = {}
+    for name, spec in cfg.tasks.items():
+        datasets = [relabel(t, spec.label_map, f"tasks.{name}.label_map") for path in spec.data for t in find_tasks(path)]
+        if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
+            raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
+        wanted = HEADS.get(spec.head).target
+        if datasets[0].target != wanted:
+            raise ConfigError(f"tasks.{name}.data: a {spec.head} head learns the {wanted!r} column, "
+                              f"{datasets[0].source} has {datasets[0].target or 'no target'!r}")
+        out[name] = datasets
+    for i, stage in enumerate(cfg.stages):
+        spaces = {tuple(out[t][0].classes) for t in stage.align}
+        if len(spaces) > 1 or not all(spaces) or any(HEADS.get(cfg.tasks[t].head).target != "label" for t in stage.align):
+            raise ConfigError(f"stages[{i}].align: expected classification tasks with one label space (use "
+                              f"tasks.NAME.label_map), got {({t: out[t][0].classes[:5] for t in stage.align})}")
+    return out
+
+
+def relabel(task: TaskData, label_map: Mapping[str, str], key: str) -> TaskData:
+    """`task` with its labels renamed by `label_map` (every map key must be one of its labels)."""
+    if not label_map:
+        return task
+    unknown = sorted(set(label_map) - set(task.classes))
+    if unknown:
+        raise ConfigError(f"{key}: {unknown[0]!r} is not a label of {task.source} ({', '.join(task.classes[:12])})")
+
+    def rename(row: dict) -> dict:
+        row = dict(row)
+        if "label" in row:
+            row["label"] = label_map.get(row["label"], row["label"])
+        if "labels" in row:
+            row["labels"] = [label_map.get(c, c) for c in row["labels"]]
+        return row
+
+    classes = sorted({label_map.get(c, c) for c in task.classes})
+    return dataclasses.replace(task, rows=[rename(r) for r in task.rows], classes=classes)
+
+
+def head_config(name: str, spec: TaskSpec, data: list[TaskData], model_config: Any) -> HeadConfig:
+    """The head config of task `name`, completed by its head from the data (classes) and the model."""
+    return HEADS.get(spec.head).config_from_data(name, spec.head_args, data[0].modality, data[0].classes, model_config)
