@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from omnivec import OmniVecModel
 from omnivec.config import from_dict
 from omnivec.datasets.manifest import load_task
-from omnivec.modalities.image import read_image
 from omnivec.finetuning import finetune
+from omnivec.modalities.image import read_image
 from omnivec.tasks import FinetuneConfig
 
 DIGITS = Path(__file__).parents[1] / "data" / "sample" / "digits"
