@@ -21,7 +21,7 @@ class TaskReport:
 def check_row(task: TaskData, row: dict) -> str | None:
     """None when the row's sample decodes to a usable raw sample, else the reason (naming the file)."""
     try:
-        load_sample(row, task.modality)
+        load_sample(row, task.modality, verify=True)
     except DataError as e:
         return str(e)
     return None

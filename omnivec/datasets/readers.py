@@ -34,26 +34,36 @@ def modality_of(path: str | Path) -> str:
                     + ", ".join(f"{m} {list(s)}" for m, s in extensions().items() if s))
 
 
-def read_file(path: str | Path, modality: str | None = None) -> Any:
-    """Decode `path` as `modality` (inferred from the file when not given)."""
+def read_file(path: str | Path, modality: str | None = None, verify: bool = False) -> Any:
+    """Decode `path` as `modality` (inferred from the file when not given); `verify`: decode it
+    completely and return nothing (data check: a lazily read video is decoded frame by frame)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
-    return MODALITIES.get(modality or modality_of(path)).read(path)
+    modality = modality or modality_of(path)
+    try:
+        cls = MODALITIES.get(modality)
+        return cls.verify(path) if verify else cls.read(path)
+    except (DataError, MemoryError):
+        raise
+    except Exception as e:  # a decoder failing in a way its reader did not foresee still names the file
+        raise DataError(f"{path}: cannot read this {modality} file ({type(e).__name__}: {e})") from e
 
 
-def load_sample(item: Mapping[str, Any], modality: str, transform: Callable[..., Any] | None = None) -> Any:
+def load_sample(item: Mapping[str, Any], modality: str, transform: Callable[..., Any] | None = None,
+                verify: bool = False) -> Any:
     """A manifest row or embedding item (`path`, or inline `text`; `where` names it in errors) ->
-    the raw sample, or the model-ready one through `transform`; `DataError` names the file."""
+    the raw sample, or the model-ready one through `transform`; `DataError` names the file.
+    `verify`: only check that the sample decodes completely (`omnivec data check`)."""
     where = str(item["path"] if "path" in item else item.get("where"))
     if "text" in item:
         raw = item["text"]
         if not raw.strip():
             raise DataError(f"{where}: empty text")
     else:
-        raw = read_file(item["path"], modality)
+        raw = read_file(item["path"], modality, verify)
     if transform is None:
         return raw
     try:

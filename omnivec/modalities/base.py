@@ -63,7 +63,8 @@ class ModalityEncoder(nn.Module):
     A modality class owns everything about its kind of data; generic code asks it, never names it:
 
     - files: `suffixes` and `read(path)` (decoded raw sample, `DataError` naming a bad file),
-      `claims(path)` (which files and folders are its own);
+      `verify(path)` (decodes completely, for data check), `claims(path)` (which files and folders
+      are its own);
     - samples: `build_transform(cfg, train)` (raw sample -> model-ready tensor), `collate(inputs,
       cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
     - tokens: `tokenize` (batch -> tokens with positions, and the reconstruction target on request);
@@ -139,6 +140,11 @@ class ModalityEncoder(nn.Module):
     def read(cls, path: Path) -> Any:
         """Decode one file into the raw sample `build_transform` takes (`DataError` naming the file)."""
         raise NotImplementedError
+
+    @classmethod
+    def verify(cls, path: Path) -> None:
+        """Check that a file decodes completely (`omnivec data check`); default: `read` it."""
+        cls.read(path)
 
     @classmethod
     def collate(cls, inputs: list[Any], cfg: ModalityConfig | None = None) -> Any:

@@ -69,7 +69,7 @@ def read_image(path: Path):
             if image.width == 0 or image.height == 0:
                 raise DataError(f"{path}: image has size {image.size}")
             return image.copy()
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
 
 

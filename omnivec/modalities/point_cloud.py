@@ -101,7 +101,11 @@ def read_point_cloud(path: Path) -> np.ndarray:
 
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     suffix = path.suffix.lower()
-    if is_truncated(path):
+    try:
+        truncated = is_truncated(path)
+    except (ValueError, IndexError, KeyError) as e:  # a count or size that is not a number, a short line
+        raise DataError(f"{path}: malformed header ({type(e).__name__}: {e})") from e
+    if truncated:
         raise DataError(f"{path}: truncated file (less data than its header declares)")
     cloud = None
     if suffix in MESH_EXTENSIONS:

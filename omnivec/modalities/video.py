@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..config import ModalityConfig, require, require_positive
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ..masking import Masking, tube_masking
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 from .image import ImageEncoder, denormalize, read_image
@@ -43,26 +44,70 @@ class VideoConfig(ModalityConfig):
             require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
 
 
-def read_video(path: Path) -> torch.Tensor:
-    """A video file (PyAV) or a folder of frame images -> uint8 frames [T, H, W, 3]."""
-    if path.is_dir():
-        frames = sorted(p for p in path.iterdir() if p.suffix.lower() in ImageEncoder.suffixes)
-        if not frames:
-            raise DataError(f"{path}: folder holds no frame images")
-        arrays = [np.asarray(read_image(p).convert("RGB")) for p in frames]
-        if len({a.shape for a in arrays}) > 1:
-            raise DataError(f"{path}: frames differ in size")
-        return torch.from_numpy(np.stack(arrays))
-    import av
+class VideoFile:
+    """A video file read lazily: `len()` is its frame count (from demuxing, nothing decoded) and
+    `frames(indices)` decodes the stream up to the last index asked for, keeping only those frames:
+    memory holds the sampled frames, never the whole clip."""
 
-    try:
-        with av.open(str(path)) as container:
-            arrays = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    except (av.FFmpegError, IndexError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode video ({e})") from e
-    if not arrays:
-        raise DataError(f"{path}: video has no frames")
-    return torch.from_numpy(np.stack(arrays))  # [T, H, W, 3]
+    def __init__(self, path: Path):
+        import av
+
+        self.path = path
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                self.length = sum(1 for packet in container.demux(stream) if packet.size)
+        except (av.FFmpegError, IndexError, ValueError) as e:
+            raise DataError(f"{path}: cannot decode video ({e})") from e
+        if not self.length:
+            raise DataError(f"{path}: video has no frames")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 frames [len(indices), H, W, 3]; an index past the last decodable frame gets that frame."""
+        import av
+
+        wanted, kept, frame = {int(i) for i in indices}, {}, None
+        try:
+            with av.open(str(self.path)) as container:
+                for i, frame in enumerate(container.decode(video=0)):
+                    if i in wanted:
+                        kept[i] = frame.to_ndarray(format="rgb24")
+                    if i >= max(wanted):
+                        break
+                if frame is None:
+                    raise DataError(f"{self.path}: video has no frames")
+                tail = None if wanted <= kept.keys() else frame.to_ndarray(format="rgb24")
+        except (av.FFmpegError, ValueError) as e:
+            raise DataError(f"{self.path}: cannot decode video ({e})") from e
+        return torch.from_numpy(np.stack([kept.get(int(i), tail) for i in indices]))  # [k, H, W, 3]
+
+    @classmethod
+    def verify(cls, path: Path) -> int:
+        """Decode every frame (none kept) -> the frame count; `DataError` naming the file if that fails."""
+        import av
+
+        try:
+            with av.open(str(path)) as container:
+                count = sum(1 for _ in container.decode(video=0))
+        except (av.FFmpegError, IndexError, ValueError) as e:
+            raise DataError(f"{path}: cannot decode video ({e})") from e
+        if not count:
+            raise DataError(f"{path}: video has no frames")
+        return count
+
+
+def read_frame_folder(path: Path) -> torch.Tensor:
+    """A folder of frame images (sorted by name) -> uint8 frames [T, H, W, 3]."""
+    frames = sorted(p for p in path.iterdir() if p.suffix.lower() in ImageEncoder.suffixes)
+    if not frames:
+        raise DataError(f"{path}: folder holds no frame images")
+    arrays = [np.asarray(read_image(p).convert("RGB")) for p in frames]
+    if len({a.shape for a in arrays}) > 1:
+        raise DataError(f"{path}: frames differ in size")
+    return torch.from_numpy(np.stack(arrays))
 
 
 class VideoTransform:
@@ -86,13 +131,21 @@ class VideoTransform:
         offset = torch.rand(()).item() * step if self.train else step / 2
         return (torch.arange(self.num_frames) * step + offset).long().clamp(max=total - 1)
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        frames = torch.as_tensor(frames)
-        if frames.ndim == 4 and frames.shape[-1] in (1, 3) and frames.shape[1] not in (1, 3):
+    def __call__(self, frames: "torch.Tensor | VideoFile") -> torch.Tensor:
+        if isinstance(frames, VideoFile):  # decode only the frames sampled
+            frames = frames.frames(self.frame_indices(len(frames)).tolist())  # [num_frames, H, W, 3]
+        else:
+            frames = torch.as_tensor(frames)
+            if frames.ndim not in (3, 4) or frames.shape[0] == 0:
+                raise InputError(f"video: expected frames [T >= 1, H, W, C], [T, C, H, W] or grey [T, H, W], "
+                                 f"got shape {list(frames.shape)}")
+            frames = frames[self.frame_indices(frames.shape[0])]  # [num_frames, ...]
+        if frames.ndim == 3:  # grey [T, H, W]
+            frames = frames[:, None]
+        if frames.shape[-1] in (1, 3) and frames.shape[1] not in (1, 3):
             frames = frames.permute(0, 3, 1, 2)  # [T, H, W, C] -> [T, C, H, W]
         if frames.shape[1] == 1 and self.in_chans == 3:
             frames = frames.expand(-1, 3, -1, -1)
-        frames = frames[self.frame_indices(frames.shape[0])]  # [num_frames, C, H, W]
         return self.pipeline(tv_tensors.Video(frames)).as_subclass(torch.Tensor)  # one crop for all frames
 
 
@@ -154,8 +207,16 @@ class VideoEncoder(ModalityEncoder):
         return path.is_dir() or super().claims(path)
 
     @classmethod
-    def read(cls, path: Path) -> torch.Tensor:
-        return read_video(path)
+    def read(cls, path: Path) -> "torch.Tensor | VideoFile":
+        """A video file -> a `VideoFile` (decoded lazily by the transform); a folder -> its frames [T, H, W, 3]."""
+        return read_frame_folder(path) if path.is_dir() else VideoFile(path)
+
+    @classmethod
+    def verify(cls, path: Path) -> None:
+        if path.is_dir():
+            read_frame_folder(path)
+        else:
+            VideoFile.verify(path)
 
     def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
         """Tube masking (VideoMAE): the same patches hidden in every frame."""
