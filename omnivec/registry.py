@@ -1,4 +1,4 @@
-"""Name -> class registries: the one place models, modalities and heads are looked up."""
+"""Name -> class registries: the one place models, modalities, heads and pretrained encoders are looked up."""
 from __future__ import annotations
 
 import difflib
@@ -40,3 +40,4 @@ class Registry(Generic[T]):
 MODELS: Registry = Registry("model")
 MODALITIES: Registry = Registry("modality")
 HEADS: Registry = Registry("head")
+ENCODERS: Registry = Registry("pretrained encoder")

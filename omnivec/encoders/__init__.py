@@ -13,9 +13,7 @@ from torch import nn
 
 from ..config import ModalityConfig
 from ..errors import ConfigError
-from ..registry import MODALITIES, Registry
-
-ENCODERS: Registry = Registry("pretrained encoder")
+from ..registry import ENCODERS, MODALITIES
 
 
 def register_encoder(modality: str, family: str) -> Callable:
