@@ -1,14 +1,17 @@
-"""What the transformers families share: the checkpoint's config and weights, read once."""
+"""What the transformers families share: the checkpoint's config and weights, read once, and the
+patch-encoder path of ViT and AST."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ..config import ModalityConfig
 from ..errors import ConfigError
-from .loading import Source
+from ..modalities.base import Tokens
+from .loading import LibraryEncoder, Source
 
 
 def hf_source(cfg: ModalityConfig) -> str:
@@ -50,17 +53,6 @@ def require_type(modality: str, config: Any, model_types: tuple[str, ...], sourc
                           f"{source} is {config.model_type!r}")
 
 
-def load_source(cfg: ModalityConfig, modality: str) -> Source:
-    """The checkpoint's base-model weights (prefixes like `vit.` stripped, heads dropped by transformers)."""
-    from transformers import AutoModel
-
-    try:
-        model, info = AutoModel.from_pretrained(hf_source(cfg), output_loading_info=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"modalities.{modality}.pretrained: cannot load {hf_source(cfg)!r} ({e})") from e
-    return Source(model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config)
-
-
 def run_layers(model: nn.Module, prefix: torch.Tensor, tokens: torch.Tensor,
                padding_mask: torch.Tensor | None) -> torch.Tensor:
     """transformers' ViT and AST after their embeddings: prefix tokens [B, n, width] (CLS, ...,
@@ -76,3 +68,58 @@ def run_layers(model: nn.Module, prefix: torch.Tensor, tokens: torch.Tensor,
     for layer in model.layers:
         x = layer(x, mask)
     return model.layernorm(x)[:, n:]
+
+
+class HFEncoder(LibraryEncoder):
+    """Mixin for the transformers families: the weights come from the `hf:SOURCE` checkpoint."""
+
+    def source(self) -> Source:
+        """The checkpoint's base-model weights (prefixes like `vit.` stripped, heads dropped by transformers)."""
+        from transformers import AutoModel
+
+        try:
+            model, info = AutoModel.from_pretrained(hf_source(self.cfg), output_loading_info=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"modalities.{self.name}.pretrained: cannot load {hf_source(self.cfg)!r} ({e})") from e
+        return Source(model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config)
+
+
+class HFPatchEncoder(HFEncoder):
+    """transformers' ViT and AST: patch tokens plus learned positions [B, L, width]; the prefix tokens
+    (CLS, ...) attend with them in the layers and are dropped at the end; hidden patches are dropped
+    before the layers.
+
+    Subclasses name the embeddings' `prefix_tokens` in order, set `grid` (patches of the configured
+    input) and implement `checkpoint_grid` (patches of the checkpoint's input)."""
+
+    prefix_tokens: tuple[str, ...]
+    grid: tuple[int, int]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return len(self.prefix_tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def checkpoint_grid(self, config: Any) -> list[int]:
+        """Patches of the input the checkpoint `config` was trained at."""
+        raise NotImplementedError
+
+    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+        emb = self.library.embeddings
+        tokens = emb.patch_embeddings(x) + emb.position_embeddings[:, self.num_prefix_tokens:]  # [B, L, width]
+        return Tokens(tokens, target=self.patch_target(x) if with_target else None)
+
+    def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        emb, B = self.library.embeddings, tokens.shape[0]
+        prefix = torch.cat([getattr(emb, name).expand(B, -1, -1) for name in self.prefix_tokens], dim=1)
+        prefix = prefix + emb.position_embeddings[:, : self.num_prefix_tokens]  # [B, n, width]
+        return super().encode(run_layers(self.library, prefix, tokens, padding_mask), padding_mask)
+
+    def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
+        if key != "embeddings.position_embeddings":
+            return None
+        return resample_abs_pos_embed(tensor, list(self.grid), self.checkpoint_grid(source.config),
+                                      num_prefix_tokens=self.num_prefix_tokens)

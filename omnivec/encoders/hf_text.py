@@ -11,12 +11,11 @@ from ..errors import ConfigError
 from ..modalities.base import ModalityEncoder, Tokens
 from ..modalities.text import TextConfig, TextEncoder
 from . import register_encoder
-from .hf import library_config, load_source
-from .loading import LibraryEncoder, Source
+from .hf import HFEncoder, library_config
 
 
 @register_encoder("text", "hf")
-class HFTextEncoder(LibraryEncoder, TextEncoder):
+class HFTextEncoder(HFEncoder, TextEncoder):
     """{"input_ids", "attention_mask"} -> the encoder's last hidden states [B, L, width]; masked
     pretraining drops hidden tokens after the embeddings (which carry their positions)."""
 
@@ -37,9 +36,6 @@ class HFTextEncoder(LibraryEncoder, TextEncoder):
         if not (hasattr(self.library, "embeddings") and hasattr(self.library, "encoder")) or config.is_decoder:
             raise ConfigError(f"modalities.text.pretrained: expected a BERT-layout encoder (embeddings + encoder: "
                               f"BERT, RoBERTa, MiniLM, ELECTRA, ...), {cfg.pretrained} is {config.model_type!r}")
-
-    def source(self) -> Source:
-        return load_source(self.cfg, "text")
 
     def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
         ids = self._unpack(x)[0]  # [B, L]

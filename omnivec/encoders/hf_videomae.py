@@ -9,12 +9,11 @@ from ..errors import InputError
 from ..modalities.base import ModalityEncoder, Tokens
 from ..modalities.video import VideoConfig, VideoEncoder
 from . import register_encoder
-from .hf import library_config, load_source, require_same, require_type
-from .loading import LibraryEncoder, Source
+from .hf import HFEncoder, library_config, require_same, require_type
 
 
 @register_encoder("video", "hf")
-class HFVideoMAEEncoder(LibraryEncoder, VideoEncoder):
+class HFVideoMAEEncoder(HFEncoder, VideoEncoder):
     """[B, T, C, H, W] -> `VideoMAEModel`'s tubelet tokens [B, L, width]; hidden tubes are dropped
     before the transformer (tube masking works as with omnivec's own video encoder)."""
 
@@ -30,9 +29,6 @@ class HFVideoMAEEncoder(LibraryEncoder, VideoEncoder):
         self.library = VideoMAEModel(config)
         t, p = cfg.tubelet_size, cfg.patch_size
         self.grid = (cfg.num_frames // t, cfg.image_size // p, cfg.image_size // p)
-
-    def source(self) -> Source:
-        return load_source(self.cfg, "video")
 
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         tokens = self.library.embeddings(x, bool_masked_pos=None)  # [B, L, width] tubelets + positions

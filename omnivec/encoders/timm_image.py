@@ -66,7 +66,7 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
         if patch != cfg.patch_size:
             raise ConfigError(f"modalities.image.patch_size: expected {patch} (as {model_name(cfg)}), got {cfg.patch_size}")
         self.library = model
-        self.num_prefix = model.num_prefix_tokens
+        self.num_prefix_tokens = model.num_prefix_tokens
         self.pos_prefix = 0 if model.no_embed_class else model.num_prefix_tokens  # prefix slots in pos_embed
 
     @property
@@ -91,10 +91,10 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
         if padding_mask is None:
             x = m.blocks(x)
         else:
-            mask = attention_mask(nn.functional.pad(padding_mask, (self.num_prefix, 0), value=True))
+            mask = attention_mask(nn.functional.pad(padding_mask, (self.num_prefix_tokens, 0), value=True))
             for block in m.blocks:
                 x = block(x, attn_mask=mask)
-        return super().encode(m.norm(x)[:, self.num_prefix:], padding_mask)
+        return super().encode(m.norm(x)[:, self.num_prefix_tokens:], padding_mask)
 
     def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
         if key != "pos_embed":
