@@ -20,7 +20,7 @@ from .backbone import SharedBackbone
 from .config import HeadConfig, OmniVecConfig, merge
 from .encoders import build_encoder
 from .encoders.loading import LibraryEncoder
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .heads import masked_mean
 from .registry import HEADS, MODALITIES, MODELS
 
@@ -256,11 +256,6 @@ def list_models() -> list[str]:
 
 def model_config(name: str, **overrides: Any) -> OmniVecConfig:
     """The validated config of variant `name` with `overrides` merged in (nested dicts or dotted keys)."""
-    if name not in MODELS:
-        try:
-            MODELS.get(name)
-        except KeyError as e:  # the registry's message, with a close match
-            raise ConfigError(f"model: {e.args[0]}") from None
     data = merge(MODELS.get(name)(), overrides)
     data["variant"] = name
     return OmniVecConfig.from_dict(data)
