@@ -179,12 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import ConfigError, DataError
+    from .errors import ConfigError, DataError, ModelError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,9 +15,9 @@ from tqdm.auto import tqdm
 
 from .datasets import find_tasks
 from .datasets.loaders import collate_for
-from .datasets.manifest import MANIFEST_NAMES
+from .datasets.manifest import MANIFEST_NAMES, inside
 from .datasets.readers import known_suffixes, load_sample, modality_of
-from .errors import DataError
+from .errors import ConfigError, DataError, InputError
 from .model import OmniVecModel
 from .training import to_device
 
@@ -43,6 +44,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         elif source.is_dir():
             suffixes = known_suffixes()
             files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            for p in files:
+                inside(p, source, allow_outside_root=False)  # a symbolic link out of the folder is refused
             items += [{"path": str(p), "modality": modality_of(p)} for p in files]
         else:
             items.append({"path": str(source), "modality": modality_of(source)})
@@ -98,9 +101,13 @@ def embed_items(model: OmniVecModel, items: list[dict[str, Any]], batch_size: in
         for batch in loader:
             errors.update(zip(batch["skipped_index"], batch["skipped"]))
             if batch["input"] is not None:
-                with autocast:
-                    emb = model.embed({modality: to_device(batch["input"], device)})[modality]
-                out[batch["index"].numpy()] = emb.float().cpu().numpy()
+                try:
+                    with autocast:
+                        emb = model.embed({modality: to_device(batch["input"], device)})[modality]
+                except InputError as e:  # e.g. values that overflow: this batch's samples fail, named
+                    errors.update({i: f"{items[i]['path']}: {e}" for i in batch["index"].tolist()})
+                else:
+                    out[batch["index"].numpy()] = emb.float().cpu().numpy()
             bar.update(len(batch["index"]) + len(batch["skipped"]))
     bar.close()
     return out, errors
@@ -133,6 +140,26 @@ def output_paths(output: str | os.PathLike, fmt: str | None = None) -> tuple[Pat
     if suffix in ("npy", "safetensors", "parquet"):
         return output.with_suffix(""), fmt or suffix
     return output, fmt or "npy"
+
+
+def check_output(output: str | os.PathLike, fmt: str | None = None) -> None:
+    """Fail before any work when the embeddings could not be written: an unknown format, parquet
+    without pyarrow, or a folder that cannot be created or written to."""
+    base, fmt = output_paths(output, fmt)
+    if fmt not in ("npy", "safetensors", "parquet"):
+        raise ConfigError(f"format: expected npy, safetensors or parquet, got {fmt!r}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{output}: writing parquet needs pyarrow (pip install pyarrow), or use "
+                              "--format npy / safetensors") from None
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=base.parent, prefix=".omnivec-write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{base.parent}: cannot write the embeddings there ({e.strerror or e})") from e
 
 
 def write_embeddings(output: str | os.PathLike, embeddings: np.ndarray, records: list[dict[str, Any]],
@@ -199,6 +226,8 @@ def embed_command(model_path: str, inputs: Sequence[str], output: str, batch_siz
     from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu")
+    if state.is_main_process:
+        check_output(output, fmt)  # before any work
     model = OmniVecModel.from_pretrained(model_path)
     items = collect_inputs(inputs)
     shard = list(range(state.process_index, len(items), state.num_processes))

@@ -11,3 +11,11 @@ class InputError(ValueError):
 
 class DataError(ValueError):
     """A data file or manifest row cannot be used; the message starts with the file's path."""
+
+
+class ModelError(ValueError):
+    """A saved model (folder, hub id or weights file) cannot be loaded; the message names it."""
+
+
+class ModelFileMissing(ModelError, FileNotFoundError):
+    """A saved model's folder or one of its files does not exist."""

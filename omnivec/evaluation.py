@@ -133,7 +133,7 @@ def evaluate_saved(model_dir: str | Path, cfg: Any, split: str, output: Path, de
         raise ConfigError(f"{model_dir}: the model has none of the config's task heads {sorted(cfg.tasks)}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
     model.to(dev)
-    data = {t: align_classes(t, d, model.config.heads[t]) for t, d in load_task_data(cfg).items() if t in tasks}
+    data = {t: align_classes(t, d, model.config.heads[t]) for t, d in load_task_data(cfg, [split]).items() if t in tasks}
     results = evaluate_tasks(model, data, split, cfg.eval_batch_size, dev, max_batches=cfg.eval_max_batches)
     output.mkdir(parents=True, exist_ok=True)
     for task, metrics in results.items():

@@ -111,8 +111,10 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
     if cfg.resume and done_file.is_file():  # finished before: take its model and results
         return OmniVecModel.from_pretrained(stage_dir / "model"), json.loads(done_file.read_text())
     started = time.perf_counter()
-    for task in stage.tasks:
-        model.add_head(task, head_config(task, cfg.tasks[task], data[task], model.config))
+    with torch.random.fork_rng(devices=[]):  # a stage's new heads start alike in a resumed run
+        torch.manual_seed(cfg.seed * 1_000_003 + i)
+        for task in stage.tasks:
+            model.add_head(task, head_config(task, cfg.tasks[task], data[task], model.config))
     set_frozen(model, stage.freeze)
     stage_cfg = dataclasses.replace(cfg, max_steps=stage.steps, lr=stage.lr or cfg.lr, output_dir=str(stage_dir),
                                     warmup_steps=min(cfg.warmup_steps, stage.steps // 5))

@@ -20,7 +20,7 @@ from .backbone import SharedBackbone
 from .config import HeadConfig, OmniVecConfig, merge
 from .encoders import build_encoder
 from .encoders.loading import LibraryEncoder
-from .errors import InputError
+from .errors import InputError, ModelError, ModelFileMissing
 from .heads import masked_mean
 from .registry import HEADS, MODALITIES, MODELS
 
@@ -60,7 +60,7 @@ class OmniVecModel(nn.Module):
         dim = config.backbone.dim
         self.encoders = nn.ModuleDict({m: build_encoder(m, cfg, dim) for m, cfg in config.modalities.items()})
         self.backbone = SharedBackbone(config.backbone, list(config.modalities))
-        self.heads = nn.ModuleDict({n: HEADS.get(h.type)(h, dim) for n, h in config.heads.items()})
+        self.heads = nn.ModuleDict({n: build_head(h, config) for n, h in config.heads.items()})
         for module in (self.encoders, self.backbone.blocks, self.backbone.norm, self.heads):
             module.apply(_init_weights)
         self.load_reports = {}
@@ -111,7 +111,7 @@ class OmniVecModel(nn.Module):
         data = self.config.to_dict()
         data["heads"][name] = dataclasses.asdict(cfg)
         self.config.heads = OmniVecConfig.from_dict(data).heads  # validated, e.g. that its modality exists
-        head = HEADS.get(cfg.type)(self.config.heads[name], self.config.backbone.dim)
+        head = build_head(self.config.heads[name], self.config)
         head.apply(_init_weights)
         device = next(self.backbone.parameters()).device
         self.heads[name] = head.to(device)
@@ -130,6 +130,13 @@ class OmniVecModel(nn.Module):
             check_finite(modality, x)
             hidden, mask = self.forward_features(modality, x)
             out[modality] = F.normalize(masked_mean(hidden, mask), dim=-1)
+            if not torch.isfinite(out[modality]).all():
+                broken = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+                if broken:
+                    raise ModelError(f"the model's weights hold NaN or Inf ({', '.join(broken[:4])}"
+                                     f"{' ...' if len(broken) > 4 else ''}): its embeddings are not finite")
+                raise InputError(f"{modality}: expected model-ready values such as its transform gives; the "
+                                 f"embedding overflowed (inputs up to {float(x.abs().max()):.3g})")
         return out
 
     def transforms(self, train: bool = False) -> dict[str, Callable[..., Any]]:
@@ -156,26 +163,53 @@ class OmniVecModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> "OmniVecModel":
-        """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id."""
-        directory = Path(name_or_path)
-        if not directory.is_dir():
-            from huggingface_hub import snapshot_download
-
-            directory = Path(snapshot_download(
-                str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*/*"]))  # + assets
+        """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id;
+        `ModelError` names the folder or file that cannot be used."""
+        directory = resolve_model_dir(name_or_path, revision)
         for required in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / required).is_file():
-                raise FileNotFoundError(f"{directory / required}: missing (save_pretrained writes it)")
+                raise ModelFileMissing(f"{directory / required}: missing (save_pretrained writes it)")
         config = OmniVecConfig.load(directory / CONFIG_NAME)
         for modality, cfg in config.modalities.items():
             MODALITIES.get(modality).load_assets(cfg, directory)
         model = cls(config, load_library_weights=False)
-        state = load_file(directory / WEIGHTS_NAME)
+        try:
+            state = load_file(directory / WEIGHTS_NAME)
+        except Exception as e:  # safetensors: truncated, empty, or another format under that name
+            raise ModelError(f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({e}); save_pretrained "
+                             "writes one (pickled PyTorch files are never loaded)") from e
         problems = state_dict_mismatch(model.state_dict(), state)
         if problems:
-            raise ValueError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
+            raise ModelError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
         model.load_state_dict(state)
         return model
+
+
+def build_head(cfg: HeadConfig, config: OmniVecConfig) -> nn.Module:
+    """The head of `cfg`, bound to the model (e.g. to its text modality's tokenizer)."""
+    cls = HEADS.get(cfg.type)
+    return cls(cls.bind(cfg, config), config.backbone.dim)
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local model folder, or a hub id's files downloaded (config, weights, assets); a path that
+    is neither an existing folder nor a valid hub id fails naming it."""
+    directory = Path(name_or_path)
+    if directory.is_dir():
+        return directory
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(name_or_path))
+    except HFValidationError:
+        raise ModelFileMissing(f"{name_or_path}: no such model folder (and not a hub id)") from None
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision,
+                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*/*"]))  # + assets
+    except Exception as e:  # offline, unknown repository, no access
+        raise ModelFileMissing(f"{name_or_path}: not a local folder, and the hub has no such model "
+                               f"({type(e).__name__}: {e})") from e
 
 
 def check_finite(modality: str, x: Any) -> None:

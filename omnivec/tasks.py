@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .config import HeadConfig, join_key, require, require_positive
 from .datasets import TaskData, find_tasks
@@ -96,14 +96,17 @@ class FinetuneConfig(TrainConfig):
                 self.eval_split)
 
 
-def load_task_data(cfg: FinetuneConfig) -> dict[str, list[TaskData]]:
+def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> dict[str, list[TaskData]]:
     """Every task's datasets, checked: one modality per task, the same classes across its datasets,
-    and the target column its head learns."""
+    the target column its head learns, and rows in each of `splits` (default: train and eval_split)."""
     out = {}
     for name, spec in cfg.tasks.items():
         datasets = [relabel(t, spec.label_map, f"tasks.{name}.label_map") for path in spec.data for t in find_tasks(path)]
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
+        for split in dict.fromkeys(splits or ("train", cfg.eval_split)):  # fail now, not after training
+            if not any(d.split(split) for d in datasets):
+                raise ConfigError(f"tasks.{name}.data: no {split!r} rows in {', '.join(str(d.source) for d in datasets)}")
         wanted = HEADS.get(spec.head).target
         if datasets[0].target != wanted:
             raise ConfigError(f"tasks.{name}.data: a {spec.head} head learns the {wanted!r} column, "

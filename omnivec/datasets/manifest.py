@@ -49,6 +49,13 @@ class TaskData:
 
 
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
+    try:
+        return _parse_rows(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
+
+
+def _parse_rows(path: Path) -> list[tuple[str, dict]]:
     if path.suffix == ".jsonl":
         rows = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -119,7 +126,15 @@ def _task_from_rows(name: str, source: Path, rows: list[dict[str, Any]]) -> Task
     return TaskData(name=name, source=source, modality=modality, rows=rows, target=target, classes=classes)
 
 
-def _folder_rows(root: Path) -> list[dict[str, Any]]:
+def inside(path: Path, root: Path, allow_outside_root: bool) -> Path:
+    """`path` resolved (symbolic links followed); `DataError` if it leaves `root` (unless allowed)."""
+    resolved = path.resolve()
+    if not allow_outside_root and not resolved.is_relative_to(root.resolve()):
+        raise DataError(f"{path}: leads outside the dataset folder {root} (to {resolved}): copy the file in")
+    return resolved
+
+
+def _folder_rows(root: Path, allow_outside_root: bool = False) -> list[dict[str, Any]]:
     """root/<class>/<file> or root/<split>/<class>/<file>."""
     known = known_suffixes()
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -129,7 +144,7 @@ def _folder_rows(root: Path) -> list[dict[str, Any]]:
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             for path in sorted(class_dir.iterdir()):
                 if path.suffix.lower() in known:
-                    row = {"path": path.resolve(), "label": class_dir.name, "where": str(path)}
+                    row = {"path": inside(path, root, allow_outside_root), "label": class_dir.name, "where": str(path)}
                     if split_layout:
                         row["split"] = split_dir.name
                     rows.append(row)
@@ -144,7 +159,7 @@ def load_task(path: str | Path, allow_outside_root: bool = False) -> TaskData:
     if path.is_dir():
         manifest = next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
         if manifest is None:
-            return _task_from_rows(path.name, path, _folder_rows(path))
+            return _task_from_rows(path.name, path, _folder_rows(path, allow_outside_root))
         path = manifest
     rows = [_row(where, raw, path.parent, allow_outside_root) for where, raw in _read_rows(path)]
     return _task_from_rows(path.parent.name, path, rows)

@@ -33,8 +33,8 @@ class TaskHead(nn.Module):
     padding mask [B, L] or None). Generic code (fine-tuning, evaluation, reports) asks the head,
     never tests its type:
 
-    - `config_class`, and `config_from_data` (its config completed from the task's data: classes,
-      labels, the model's tokenizer);
+    - `config_class`, `config_from_data` (its config completed from the task's data: classes,
+      labels) and `bind` (resolved against the model it joins: the text modality's tokenizer);
     - `target`: the data column it learns ("label", "labels" or "summary");
     - `output`: "logits" (`forward` gives scores [B, ...]) or "sequences" (`predict` generates);
     - `loss(hidden, padding_mask, target)`, `predict(hidden, padding_mask)`;
@@ -62,6 +62,12 @@ class TaskHead(nn.Module):
     def from_data(cls, classes: list[str], model_config: OmniVecConfig, task: str) -> dict[str, Any]:
         """Head settings that follow from the data and the model (defaults the user may override)."""
         return {}
+
+    @classmethod
+    def bind(cls, cfg: HeadConfig, model_config: OmniVecConfig) -> HeadConfig:
+        """The settings the head is built with: `cfg` resolved against the model (its config keeps
+        what was written, e.g. "the text modality's tokenizer", so a moved model folder still loads)."""
+        return cfg
 
     def loss(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None, target: Any) -> torch.Tensor:
         raise NotImplementedError

@@ -3,6 +3,7 @@ cross-attention) reading the backbone's text tokens; teacher forcing for trainin
 `generate` (greedy or beam search) for output; ROUGE-1/2/L."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from .base import TaskHead, register_head
 @dataclass
 class SummarizationHeadConfig(HeadConfig):
     type: str = "summarization"
-    tokenizer: str = "bytes"  # the text modality's tokenizer (filled in when the head is added)
+    tokenizer: str = ""  # "": the model's text tokenizer (saved with it; bytes for a head built alone), or its own
     vocab_size: int = 261
     dim: int = 128
     depth: int = 2
@@ -65,9 +66,9 @@ class SummarizationHead(TaskHead):
 
     @property
     def tokenizer(self):
-        from ..modalities.text import load_tokenizer
+        from ..modalities.text import BYTES, load_tokenizer
 
-        return load_tokenizer(self.cfg.tokenizer)
+        return load_tokenizer(self.cfg.tokenizer or BYTES)  # a head built alone: the built-in byte tokenizer
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> None:
         raise TypeError("the summarization head generates text: use predict(), or loss() with targets")
@@ -103,7 +104,15 @@ class SummarizationHead(TaskHead):
         text = model_config.modalities.get("text")
         if text is None:
             raise ConfigError(f"tasks.{task}: a {cls.name} head needs a model with a text encoder")
-        return {"tokenizer": text.tokenizer, "vocab_size": text.vocab_size}
+        return {"vocab_size": text.vocab_size}
+
+    @classmethod
+    def bind(cls, cfg: SummarizationHeadConfig, model_config) -> SummarizationHeadConfig:
+        """No tokenizer of its own: the text modality's (inside the model folder once saved)."""
+        text = model_config.modalities.get("text")
+        if cfg.tokenizer or text is None:
+            return cfg
+        return dataclasses.replace(cfg, tokenizer=text.tokenizer)
 
     @staticmethod
     def gather(batches: list[list[str]]) -> list[str]:

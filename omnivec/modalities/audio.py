@@ -12,7 +12,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
-from ..errors import DataError
+from ..errors import DataError, InputError
 from .base import ModalityEncoder, Tokens, register_modality
 
 
@@ -60,6 +60,9 @@ def read_audio(path: Path) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
 
 
+MAX_CHANNELS = 16  # a waveform with more rows than this is taken to be [samples, channels]: refused
+
+
 class AudioTransform:
     """(waveform [channels, samples] or [samples], sample_rate) -> normalised fbank [target_frames, mel]."""
 
@@ -68,7 +71,18 @@ class AudioTransform:
 
     def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         cfg = self.cfg
-        waveform = torch.as_tensor(waveform, dtype=torch.float32)
+        waveform = torch.as_tensor(waveform)
+        if not sample_rate or sample_rate <= 0:
+            raise InputError(f"audio: expected a positive sample rate, got {sample_rate!r}")
+        if waveform.ndim not in (1, 2) or waveform.numel() == 0:
+            raise InputError(f"audio: expected a waveform [channels, samples] or [samples], got shape {list(waveform.shape)}")
+        if waveform.ndim == 2 and waveform.shape[0] > MAX_CHANNELS:
+            raise InputError(f"audio: expected a waveform [channels, samples], got shape {list(waveform.shape)} "
+                             "(more than 16 channels: for soundfile's [samples, channels] layout pass waveform.T)")
+        if not waveform.is_floating_point():  # integer PCM -> [-1, 1]
+            info = torch.iinfo(waveform.dtype)
+            waveform = (waveform.double() - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+        waveform = waveform.float()
         waveform = waveform.reshape(1, -1) if waveform.ndim == 1 else waveform.mean(0, keepdim=True)  # mono
         if sample_rate != cfg.sample_rate:
             waveform = torchaudio.functional.resample(waveform, sample_rate, cfg.sample_rate)

@@ -199,6 +199,8 @@ class ModalityEncoder(nn.Module):
         """Tokens for the backbone: [B, L, D], or [B, K, D] with `ids_keep` [B, K] (slots where
         `keep_valid` is False become padding). `target` and `positions` stay at full length L."""
         self.check_input(x)
+        if isinstance(x, torch.Tensor) and x.dtype != self.proj_dtype:  # float64, or float16 outside autocast
+            x = x.to(self.proj_dtype)
         out = self.tokenize(x, with_target)  # tokens [B, L, width]
         tokens, padding_mask = out.tokens, out.padding_mask
         if ids_keep is not None:  # drop hidden tokens before any block sees them (MAE)
@@ -208,6 +210,11 @@ class ModalityEncoder(nn.Module):
                 padding_mask = keep_valid if padding_mask is None else padding_mask & keep_valid
         tokens = self.encode(tokens, padding_mask)  # [B, K, width]
         return replace(out, tokens=self.proj(self.norm(tokens)), padding_mask=padding_mask)  # [B, K, D]
+
+    @property
+    def proj_dtype(self) -> torch.dtype:
+        """The dtype of the weights, which floating inputs are cast to."""
+        return next(self.parameters()).dtype
 
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """[B, K, width] kept tokens -> the modality's own blocks (encoders from other libraries run
@@ -224,5 +231,7 @@ class ModalityEncoder(nn.Module):
         shape_ok = x.ndim == len(expected_shape) and all(e is None or e == s for e, s in zip(expected_shape, x.shape))
         if not shape_ok:
             self._fail(f"a tensor {description}", f"shape {list(x.shape)}")
+        if x.shape[0] == 0:
+            self._fail(f"a batch of at least one sample {description}", "an empty batch")
         if not x.is_floating_point():
             self._fail(f"a floating-point tensor {description}", f"dtype {x.dtype}")

@@ -1,0 +1,189 @@
+"""Faults and bad inputs that used to lose work or give wrong results (issue #14): each is injected,
+then the user gets a clear error naming the file / key / folder, or the documented conversion."""
+import json
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import omnivec
+from omnivec import ConfigError, DataError, InputError, ModelError
+from omnivec.cli import main
+from omnivec.datasets import check_path, load_task, read_file
+from omnivec.datasets.dataset import TaskDataset
+from omnivec.embedding import collect_inputs
+from omnivec.modalities.video import VideoFile
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
+
+
+def write_mp4(path: Path, frames: int, size: tuple[int, int] = (320, 240)) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            pixels = np.full((size[1], size[0], 3), i % 256, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_video_decodes_only_the_frames_the_transform_samples(tmp_path):
+    """Item 7: a 200-frame 320x240 clip (46 MB decoded) read and transformed in far less memory."""
+    path = write_mp4(tmp_path / "long.mp4", 200)
+    transform = omnivec.build_model("omnivec_tiny").transforms()["video"]
+    tracemalloc.start()
+    video = read_file(path)
+    x = transform(video)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert isinstance(video, VideoFile) and len(video) == 200
+    assert x.shape == (8, 3, 32, 32)
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB: more than the 8 sampled frames"
+    # the sampled frames are those a fully decoded clip gives
+    full = video.frames(range(200))
+    assert torch.equal(transform(full), x)
+
+
+def test_decompression_bomb_and_bad_ply_header_are_named_and_skippable(tmp_path):
+    """Item 6: PIL's DecompressionBombError and a PLY with a non-numeric count go the per-file way."""
+    root = tmp_path / "bad"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), 30 * i).save(root / label / f"{i}.png")
+    bomb = root / "a" / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 400 Mpixels: over twice PIL's limit
+    reports = check_path(root)
+    assert [b.split(":")[0] for b in reports[0].bad] == [str(bomb)]
+    assert "decompression bomb" in reports[0].bad[0].lower() or "exceeds limit" in reports[0].bad[0]
+    ds = TaskDataset(load_task(root), transform=lambda im: torch.zeros(1), skip_bad=True)
+    assert [s["index"] for s in (ds[i] for i in range(len(ds))) if "error" in s] == [3]
+
+    ply = tmp_path / "bad.ply"
+    ply.write_text("ply\nformat ascii 1.0\nelement vertex abc\nproperty float x\nend_header\n1\n")
+    with pytest.raises(DataError, match=rf"{ply}: malformed header"):
+        read_file(ply)
+
+
+def test_folder_trees_and_embed_refuse_links_out_of_the_folder(tmp_path):
+    """Item 8: a symbolic link in a class folder pointing outside the dataset is refused, named."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the model")
+    root = tmp_path / "texts"
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / "ok.txt").write_text("fine")
+    (root / "notes" / "link.txt").symlink_to(secret)
+    with pytest.raises(DataError, match=r"link.txt: leads outside the dataset folder"):
+        load_task(root)
+    with pytest.raises(DataError, match=r"link.txt: leads outside the dataset folder"):
+        collect_inputs([root])
+    assert secret in [r["path"] for r in load_task(root, allow_outside_root=True).rows]
+
+
+def test_an_eval_split_without_rows_fails_before_training(tmp_path, capsys):
+    """Item 10: no test rows -> ConfigError before any step, naming the task and the split."""
+    root = tmp_path / "digits"
+    root.mkdir()
+    rows = [{"text": f"note {i}", "label": "ab"[i % 2], "split": "train" if i < 6 else "val"} for i in range(8)]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump({"model_overrides": SMALL_MODEL_OVERRIDES, "tasks": {"digits": {"data": [str(root)]}},
+                                      "stages": [{"tasks": ["digits"], "steps": 2}], "output_dir": str(tmp_path / "run"),
+                                      "num_workers": 0}))
+    assert main(["finetune", str(config)]) == 2
+    assert f"error: tasks.digits.data: no 'test' rows in {root / 'manifest.jsonl'}" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_embed_checks_its_output_before_any_work(tmp_path, tiny_model, capsys):
+    """Item 10: an output under a file, or parquet without pyarrow, fails before embedding."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(SAMPLE / "digits"),
+                 "--output", str(blocker / "emb")]) == 2
+    assert f"error: {blocker}: cannot write the embeddings there" in capsys.readouterr().err
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(SAMPLE / "digits"),
+                     "--output", str(tmp_path / "emb.parquet")]) == 2
+        assert "writing parquet needs pyarrow" in capsys.readouterr().err
+
+
+def test_bad_model_folders_and_manifests_are_one_error_line(tmp_path, tiny_model, capsys):
+    """Item 12: a missing local folder is not taken for a hub id; a corrupt or pickled
+    model.safetensors and a non-UTF-8 manifest are named."""
+    args = ["embed", "--input", str(SAMPLE / "digits"), "--output", str(tmp_path / "e"), "--model"]
+    assert main([*args, str(tmp_path / "runs" / "ft" / "model")]) == 2
+    assert "runs/ft/model: no such model folder (and not a hub id)" in capsys.readouterr().err
+    tiny_model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    for content in (b"", weights.read_bytes()[:100], b"\x80\x04\x95pickle"):
+        weights.write_bytes(content)
+        with pytest.raises(ModelError, match=rf"{weights}: not a readable safetensors file"):
+            omnivec.OmniVecModel.from_pretrained(tmp_path / "m")
+    manifest = tmp_path / "latin1" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"{manifest}: not UTF-8 text"):
+        load_task(manifest)
+
+
+def test_a_moved_model_with_a_summarization_head_loads_and_writes(tmp_path):
+    """Item 2: the head uses the model folder's tokenizer, wherever the folder is copied."""
+    model = omnivec.build_model("omnivec_tiny", **SMALL_MODEL_OVERRIDES)
+    from omnivec.tasks import TaskSpec, head_config
+    from omnivec.datasets import find_tasks
+
+    data = find_tasks(SAMPLE / "acl_summaries")
+    model.add_head("summaries", head_config("summaries", TaskSpec(head="summarization", data=["x"],
+                                                                  head_args={"dim": 16, "depth": 1, "num_heads": 2,
+                                                                             "max_new_tokens": 4}), data, model.config))
+    model.save_pretrained(tmp_path / "a" / "model")
+    assert json.loads((tmp_path / "a" / "model" / "config.json").read_text())["heads"]["summaries"]["tokenizer"] == ""
+    shutil.copytree(tmp_path / "a" / "model", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    moved = omnivec.OmniVecModel.from_pretrained(tmp_path / "b").eval()
+    assert moved.heads["summaries"].cfg.tokenizer == str(tmp_path / "b" / "tokenizer")
+    text = moved.transforms()["text"]("A short abstract about parsing.")
+    batch = {k: v[None] for k, v in text.items()}
+    with torch.no_grad():
+        assert isinstance(moved.predict("summaries", batch)[0], str)
+
+
+def test_python_api_inputs_are_converted_or_refused(tiny_model):
+    """Item 13: each case converted (documented) or refused with an InputError naming the modality."""
+    x = omnivec.example_inputs(tiny_model.config, 2)
+    with torch.no_grad():
+        ref = tiny_model.embed({"image": x["image"]})["image"]
+        for dtype in (torch.float64, torch.float16):  # other float precisions: cast to the weights'
+            assert torch.allclose(tiny_model.embed({"image": x["image"].to(dtype)})["image"], ref, atol=5e-3)
+        for modality in ("video", "point_cloud", "image"):  # an empty batch
+            with pytest.raises(InputError, match=f"{modality}: expected a batch of at least one sample"):
+                tiny_model.embed({modality: x[modality][:0]})
+        with pytest.raises(InputError, match="image: expected model-ready values"):  # finite but overflowing
+            tiny_model.embed({"image": torch.full_like(x["image"], 1e38)})
+        empty = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.zeros(1, 4, dtype=torch.long)}
+        with pytest.raises(InputError, match="text: expected at least one real token per text"):
+            tiny_model.embed({"text": empty})
+    transforms = tiny_model.transforms()
+    grey = torch.randint(0, 256, (5, 20, 20), dtype=torch.uint8)  # [T, H, W]: grey frames
+    assert torch.equal(transforms["video"](grey), transforms["video"](grey[..., None].expand(-1, -1, -1, 3)))
+    with pytest.raises(InputError, match=r"video: expected frames \[T >= 1"):
+        transforms["video"](torch.zeros(0, 20, 20, 3, dtype=torch.uint8))
+    audio = transforms["audio"]
+    with pytest.raises(InputError, match="audio: expected a positive sample rate, got 0"):
+        audio(torch.zeros(1, 800), 0)
+    with pytest.raises(InputError, match=r"soundfile's \[samples, channels\] layout pass waveform.T"):
+        audio(torch.zeros(16000, 2), 16000)
+    pcm = (np.sin(np.arange(16000) / 10) * 16000).astype(np.int16)
+    assert torch.allclose(audio(torch.from_numpy(pcm)[None], 16000),
+                          audio(torch.from_numpy(pcm.astype(np.float32) / 32768)[None], 16000), atol=1e-4)
