@@ -187,3 +187,23 @@ def test_python_api_inputs_are_converted_or_refused(tiny_model):
     pcm = (np.sin(np.arange(16000) / 10) * 16000).astype(np.int16)
     assert torch.allclose(audio(torch.from_numpy(pcm)[None], 16000),
                           audio(torch.from_numpy(pcm.astype(np.float32) / 32768)[None], 16000), atol=1e-4)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_pickled_hf_checkpoint_with_code_is_refused_naming_safetensors(tmp_path, capsys):
+    """Item 12: a `hf:` folder whose pytorch_model.bin holds a payload: ConfigError, nothing runs,
+    and the way on is safetensors (not weights_only=False)."""
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=4), add_pooling_layer=False)
+    vit.save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit" / "model.safetensors").unlink()
+    torch.save({**vit.state_dict(), "payload": Payload()}, tmp_path / "vit" / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="modalities.image.pretrained: .*refused, nothing in it ran.*safetensors") as e:
+        omnivec.build_model("omnivec_tiny", **{"modalities.image.pretrained": f"hf:{tmp_path / 'vit'}"})
+    assert "weights_only" not in str(e.value) and "this ran" not in capsys.readouterr().out

@@ -2,6 +2,8 @@
 patch-encoder path of ViT and AST."""
 from __future__ import annotations
 
+import pickle
+
 from typing import Any
 
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from ..config import ModalityConfig
 from ..errors import ConfigError
 from ..modalities.base import Tokens
-from .loading import LibraryEncoder, Source
+from .loading import LibraryEncoder, Source, refused_pickle
 
 
 def hf_source(cfg: ModalityConfig) -> str:
@@ -79,6 +81,8 @@ class HFEncoder(LibraryEncoder):
 
         try:
             model, info = AutoModel.from_pretrained(hf_source(self.cfg), output_loading_info=True)
+        except pickle.UnpicklingError as e:  # a pytorch_model.bin with code in it
+            raise refused_pickle(f"modalities.{self.name}.pretrained: {hf_source(self.cfg)}", e) from e
         except (OSError, ValueError) as e:
             raise ConfigError(f"modalities.{self.name}.pretrained: cannot load {hf_source(self.cfg)!r} ({e})") from e
         return Source(model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ class Source:
     config: Any = None
 
 
+def refused_pickle(where: str, error: Exception) -> ConfigError:
+    """The error for a pickled checkpoint that `torch.load(weights_only=True)` refused: what it held,
+    and the safe way on (safetensors), never the advice to unpickle it."""
+    detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+    return ConfigError(f"{where}: a pickled checkpoint holding more than tensors was refused, nothing in it ran"
+                       f"{f' ({detail})' if detail else ''}; convert it once, where you trust it, to safetensors "
+                       "(save_pretrained(..., safe_serialization=True) or safetensors.torch.save_file)")
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A weights file -> state dict: safetensors, or a PyTorch file read with `weights_only=True`
     (no pickled code runs); a `state_dict` / `model` entry and `module.` prefixes are unwrapped."""
@@ -59,7 +69,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle with more than tensors, or not a checkpoint at all
+    except pickle.UnpicklingError as e:
+        raise refused_pickle(str(path), e) from e
+    except Exception as e:  # not a checkpoint at all
         raise ConfigError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
