@@ -1,8 +1,10 @@
 """The shared OmniVec trunk: a pre-LN transformer (timm `Block`, fused SDPA) over any modality's tokens."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import QuickGELU, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -14,12 +16,18 @@ def attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if padding_mask is None else padding_mask[:, None, None, :]
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
 def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                       drop_path: float = 0.0) -> nn.ModuleList:
-    """`depth` pre-LN blocks with a linearly increasing stochastic depth rate, as in timm's ViT."""
+                       drop_path: float = 0.0, init_values: float | None = None, norm_eps: float = 1e-5,
+                       act: str = "gelu") -> nn.ModuleList:
+    """`depth` pre-LN blocks (timm's ViT `Block`) with a linearly increasing stochastic depth rate;
+    `init_values` adds LayerScale (DINOv2)."""
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
     return nn.ModuleList(
-        Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=r) for r in rates
+        Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values, drop_path=r,
+              norm_layer=partial(nn.LayerNorm, eps=norm_eps), act_layer=ACTIVATIONS[act]) for r in rates
     )
 
 
@@ -31,18 +39,29 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tenso
 
 
 class SharedBackbone(nn.Module):
-    """Pre-LN transformer shared by every modality, with a learned embedding per modality."""
+    """Pre-LN transformer shared by every modality, with a learned embedding per modality and
+    optional prefix tokens (a pretrained ViT's CLS and registers) that attend with every sequence."""
 
     def __init__(self, cfg: BackboneConfig, modalities: list[str]):
         super().__init__()
         self.dim = cfg.dim
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, cfg.dim)) for m in modalities})
-        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_path)
-        self.norm = nn.LayerNorm(cfg.dim)
-        for p in self.modality_embed.values():
-            trunc_normal_(p, std=0.02)
+        self.prefix = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, cfg.dim)) if cfg.num_prefix_tokens else None
+        self.norm_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_path,
+                                         cfg.init_values, cfg.norm_eps, cfg.act)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        if not cfg.pretrained:  # a pretrained trunk starts as the ViT it was: modality embeddings zero
+            for p in self.modality_embed.values():
+                trunc_normal_(p, std=0.02)
+        if self.prefix is not None:
+            trunc_normal_(self.prefix, std=0.02)
 
     def forward(self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token."""
+        """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]."""
         x = x + self.modality_embed[modality]  # [B, L, D]
-        return self.norm(run_blocks(self.blocks, x, padding_mask))  # [B, L, D]
+        n = 0 if self.prefix is None else self.prefix.shape[1]
+        if n:  # prefix tokens attend in every block, and are dropped after the final norm
+            x = torch.cat([self.prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # [B, n + L, D]
+            padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
+        return self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask))[:, n:]  # [B, L, D]

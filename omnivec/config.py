@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .registry import ENCODERS, HEADS, MODALITIES
+from .registry import ENCODERS, HEADS, MODALITIES, TRUNKS
 
 
 def _type_name(tp: Any) -> str:
@@ -135,7 +135,7 @@ class ModalityConfig:
 
 @dataclass
 class BackboneConfig:
-    """The shared pre-LN transformer trunk."""
+    """The shared pre-LN transformer trunk, random or a pretrained ViT's (`pretrained:`)."""
 
     dim: int = 768
     depth: int = 12
@@ -143,11 +143,31 @@ class BackboneConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     drop_path: float = 0.0
+    init_values: float | None = None  # LayerScale (DINOv2); None: none
+    norm_eps: float = 1e-5
+    pre_norm: bool = False  # a LayerNorm before the blocks (CLIP)
+    act: str = "gelu"  # gelu | quick_gelu (OpenAI CLIP)
+    num_prefix_tokens: int = 0  # learned tokens (CLS, registers) that attend with every sequence, then dropped
+    # Start the trunk from a ViT (omnivec/encoders/trunk.py): "timm:MODEL_NAME" or "hf:HUB_ID_OR_DIR" (ViT,
+    # ViTMAE, DINOv2). Its blocks, final norm and CLS token become the trunk, the image modality takes its
+    # patch embedding and positions; the settings above then come from the checkpoint.
+    pretrained: str = ""
+    checkpoint: str = ""  # timm only: a local weights file (.safetensors, .pth) instead of the hub's
+    library_config: dict = field(default_factory=dict)  # timm: create_model kwargs; hf: its config, filled when built
 
     def validate(self, prefix: str) -> None:
-        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio")
-        require(self.dim % self.num_heads == 0, f"{prefix}.num_heads", f"a divisor of dim={self.dim}", self.num_heads)
+        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "init_values")
+        require(self.pretrained or self.dim % self.num_heads == 0, f"{prefix}.num_heads", f"a divisor of dim={self.dim}",
+                self.num_heads)  # (a pretrained trunk's sizes come from its checkpoint)
         require(0.0 <= self.drop_path < 1.0, f"{prefix}.drop_path", "a float in [0, 1)", self.drop_path)
+        require(self.act in ("gelu", "quick_gelu"), f"{prefix}.act", "gelu or quick_gelu", self.act)
+        require(self.num_prefix_tokens >= 0, f"{prefix}.num_prefix_tokens", "an int >= 0", self.num_prefix_tokens)
+        family, sep, source = self.pretrained.partition(":")
+        require(not self.pretrained or (family in ("timm", "hf") and source), f"{prefix}.pretrained",
+                "'' or timm:MODEL_NAME or hf:HUB_ID_OR_DIR", self.pretrained)
+        require(not self.checkpoint or family == "timm", f"{prefix}.checkpoint",
+                "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
+                self.checkpoint)
 
 
 @dataclass
@@ -181,6 +201,7 @@ class OmniVecConfig:
             raise ConfigError(f"{sorted(unknown)[0]}: unknown key; expected backbone, modalities, heads, variant")
         variant = _coerce(str | None, data.get("variant"), "variant")
         backbone = from_dict(BackboneConfig, data.get("backbone"), "backbone")
+        trunk = take_trunk_architecture(backbone, _mapping(data.get("backbone"), "backbone")) if backbone.pretrained else None
         modalities = {}
         for name, sub in _mapping(data.get("modalities"), "modalities").items():
             if name not in MODALITIES:
@@ -189,6 +210,8 @@ class OmniVecConfig:
             check_pretrained(name, modalities[name])
         if not modalities:
             raise ConfigError(f"modalities: expected at least one of {MODALITIES.names()}")
+        if trunk is not None:
+            trunk.check_modalities(modalities, backbone.pretrained)
         heads = {}
         for name, sub in _mapping(data.get("heads"), "heads").items():
             sub = _mapping(sub, f"heads.{name}")
@@ -221,6 +244,24 @@ class OmniVecConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
         return cls.from_dict(data)
+
+
+def take_trunk_architecture(cfg: BackboneConfig, given: Mapping[str, Any]) -> Any:
+    """Fill the trunk's settings from the checkpoint `cfg.pretrained` names (and return what was
+    read of it); a setting the config gives (`given`) that contradicts the checkpoint fails naming
+    the key and both values."""
+    trunk = TRUNKS.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=False)
+    arch = trunk.arch
+    for key in TRUNK_KEYS:
+        if key in given and getattr(cfg, key) != arch[key]:
+            raise ConfigError(f"backbone.{key}: expected {arch[key]!r} (as in {cfg.pretrained}), got {getattr(cfg, key)!r}")
+        setattr(cfg, key, arch[key])
+    cfg.validate("backbone")
+    return trunk
+
+
+TRUNK_KEYS = ("dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "init_values", "norm_eps", "pre_norm", "act",
+              "num_prefix_tokens")  # what a pretrained trunk's checkpoint decides
 
 
 def check_pretrained(modality: str, cfg: ModalityConfig) -> None:

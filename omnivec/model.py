@@ -64,6 +64,11 @@ class OmniVecModel(nn.Module):
         for module in (self.encoders, self.backbone.blocks, self.backbone.norm, self.heads):
             module.apply(_init_weights)
         self.load_reports = {}
+        if load_library_weights and config.backbone.pretrained:  # the trunk (and image patches) from a ViT
+            from .encoders.trunk import load_trunk
+
+            self.load_reports["backbone"] = load_trunk(self)
+            logger.info("backbone: %s", self.load_reports["backbone"].summary())
         if load_library_weights:
             for modality, encoder in self.encoders.items():
                 if isinstance(encoder, LibraryEncoder):
@@ -269,6 +274,15 @@ def _full_size(dim: int, depth: int, num_heads: int) -> dict:
             "point_cloud": {"num_points": 1024, "num_groups": 64, "group_size": 32},
         },
     }
+
+
+@register_model
+def omnivec_base_vit() -> dict:
+    """The trunk is MAE's ViT-B/16 (timm `vit_base_patch16_224.mae`): its blocks, CLS token, patch
+    embedding and positions; the other modalities' tokenizers project into its 768-wide tokens.
+    Swap in any ViT with `backbone.pretrained` ("timm:vit_base_patch14_dinov2", "hf:facebook/vit-mae-base")."""
+    full = _full_size(768, 12, 12)
+    return {"backbone": {"pretrained": "timm:vit_base_patch16_224.mae"}, "modalities": full["modalities"]}
 
 
 @register_model

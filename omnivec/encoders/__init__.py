@@ -29,4 +29,4 @@ def build_encoder(modality: str, cfg: ModalityConfig, dim: int) -> nn.Module:
     return ENCODERS.get(f"{modality}/{cfg.pretrained.partition(':')[0]}")(cfg, dim)
 
 
-from . import hf_ast, hf_text, hf_videomae, hf_vit, timm_image  # noqa: E402,F401  (registers the families)
+from . import hf_ast, hf_text, hf_videomae, hf_vit, timm_image, trunk  # noqa: E402,F401  (registers the families)

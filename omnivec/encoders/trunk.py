@@ -1,0 +1,217 @@
+"""The shared trunk from a pretrained ViT (Meta-Transformer's route to a useful multimodal model):
+`backbone.pretrained: "timm:NAME"` (timm ViTs: supervised, `*.mae`, `*dinov2*`, `*_clip_*`) or
+`"hf:ID_OR_DIR"` (transformers ViT, ViTMAE, DINOv2). The checkpoint's blocks, final norm and prefix
+tokens (CLS, registers; with their positions) become `SharedBackbone`'s, its patch embedding and
+grid positions (interpolated to the configured size) the image modality's; the other modalities
+keep their own tokenizers, projected to the trunk's width.
+
+Every checkpoint is read into timm's ViT names first (`blocks.0.attn.qkv.weight`, ...), so one
+mapping fills the trunk. The image tokens of such a model equal the library's own patch tokens
+(`forward_features` without the prefix): the CLS token attends in every block and is dropped after
+the final norm (tests/test_trunk.py).
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from ..config import BackboneConfig, ModalityConfig
+from ..errors import ConfigError
+from ..registry import TRUNKS
+from .loading import LoadReport, read_weights, refused_pickle
+
+IMAGE = "image"  # the modality a ViT's patch embedding feeds
+
+
+@dataclass
+class Trunk:
+    """A ViT checkpoint in timm's names: `arch` (the backbone settings it decides, see
+    config.TRUNK_KEYS), its patch embedding, and (when read with weights) the tensors."""
+
+    arch: dict[str, Any]
+    patch_size: int
+    in_chans: int
+    grid: tuple[int, int]  # patches of the checkpoint's input
+    pos_prefix: int  # prefix tokens that have a slot in pos_embed
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def check_modalities(self, modalities: dict[str, ModalityConfig], source: str) -> None:
+        """The image modality must cut the checkpoint's patches and not bring a ViT of its own."""
+        image = modalities.get(IMAGE)
+        if image is None:
+            return
+        if image.pretrained:
+            raise ConfigError(f"modalities.{IMAGE}.pretrained: expected '' with backbone.pretrained set (the image "
+                              f"modality then uses {source}'s patch embedding; no second ViT), got {image.pretrained!r}")
+        for key, value in (("patch_size", self.patch_size), ("in_chans", self.in_chans)):
+            if getattr(image, key) != value:
+                raise ConfigError(f"modalities.{IMAGE}.{key}: expected {value} (as in {source}), got {getattr(image, key)}")
+        if image.width not in (None, self.arch["dim"]):
+            raise ConfigError(f"modalities.{IMAGE}.width: expected the trunk's width {self.arch['dim']} (or none), "
+                              f"got {image.width}")
+
+
+def source_name(cfg: BackboneConfig) -> str:
+    return cfg.pretrained.partition(":")[2]
+
+
+@TRUNKS.register("timm")
+def timm_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
+    """A timm VisionTransformer: its architecture (built offline, `library_config` as create_model
+    kwargs) and, `with_weights`, the hub's or `checkpoint:`'s tensors."""
+    import timm
+    from timm.layers import LayerScale, QuickGELU
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = source_name(cfg)
+    if not timm.is_model(name):
+        raise ConfigError(f"backbone.pretrained: {name!r} is not a timm model name (see timm.list_models())")
+    download = with_weights and not cfg.checkpoint
+    try:
+        model = timm.create_model(name, pretrained=download, num_classes=0, **cfg.library_config)
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(f"backbone.pretrained: cannot download the weights of {name!r} ({e}); set "
+                          "backbone.checkpoint to a local file") from e
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"backbone.pretrained: expected a timm VisionTransformer, {name!r} is a {type(model).__name__}")
+    block = model.blocks[0]
+    arch = {"dim": model.embed_dim, "depth": len(model.blocks), "num_heads": block.attn.num_heads,
+            "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim, "qkv_bias": block.attn.qkv.bias is not None,
+            "init_values": 1e-5 if isinstance(block.ls1, LayerScale) else None, "norm_eps": block.norm1.eps,
+            "pre_norm": not isinstance(model.norm_pre, nn.Identity),
+            "act": "quick_gelu" if isinstance(block.mlp.act, QuickGELU) else "gelu",
+            "num_prefix_tokens": model.num_prefix_tokens}
+    state = {}
+    if with_weights:
+        state = read_weights(cfg.checkpoint) if cfg.checkpoint else model.state_dict()
+    return Trunk(arch, model.patch_embed.patch_size[0], model.patch_embed.proj.in_channels,
+                 tuple(model.patch_embed.grid_size), 0 if model.no_embed_class else model.num_prefix_tokens, state)
+
+
+HF_TYPES = ("vit", "vit_mae", "dinov2")
+HF_NAMES = [  # transformers ViT / ViTMAE / DINOv2 names -> timm's
+    (r"^(vit\.)?embeddings\.cls_token$", "cls_token"),
+    (r"^(vit\.)?embeddings\.position_embeddings$", "pos_embed"),
+    (r"^(vit\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.attention\.o_proj\.", r"blocks.\3.attn.proj."),
+    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.(layernorm_before|norm1)\.", r"blocks.\3.norm1."),
+    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.(layernorm_after|norm2)\.", r"blocks.\3.norm2."),
+    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.mlp\.", r"blocks.\3.mlp."),
+    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.layer_scale(\d)\.lambda1$", r"blocks.\3.ls\4.gamma"),
+    (r"^(vit\.)?layernorm\.", "norm."),
+]
+
+
+def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ViT / ViTMAE / DINOv2 state dict in timm's names (q, k, v joined into qkv);
+    other tensors (a decoder, a classifier, DINOv2's mask token) keep their names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        qkv = re.match(r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key)
+        if qkv:
+            out.setdefault(f"blocks.{qkv[3]}.attn.qkv.{qkv[5]}", {})[qkv[4]] = value
+            continue
+        for pattern, name in HF_NAMES:
+            if re.match(pattern, key):
+                key = re.sub(pattern, name, key)
+                break
+        out[key] = value
+    return {k: torch.cat([v["q"], v["k"], v["v"]]) if isinstance(v, dict) else v for k, v in out.items()}
+
+
+@TRUNKS.register("hf")
+def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
+    """A transformers ViT, ViTMAE (its encoder; `ViTMAEForPreTraining` checkpoints too) or DINOv2:
+    its config (kept in `library_config` for offline reloads) and, `with_weights`, its tensors."""
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
+
+    source = source_name(cfg)
+    try:
+        if cfg.library_config:
+            config = CONFIG_MAPPING[cfg.library_config["model_type"]].from_dict(dict(cfg.library_config))
+        else:
+            config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"backbone.pretrained: cannot read {source!r} ({e})") from e
+    if config.model_type not in HF_TYPES:
+        raise ConfigError(f"backbone.pretrained: expected a checkpoint of type {' or '.join(HF_TYPES)}, "
+                          f"{source} is {config.model_type!r}")
+    if config.hidden_act != "gelu":
+        raise ConfigError(f"backbone.pretrained: {source} uses activation {config.hidden_act!r}; the trunk has gelu")
+    cfg.library_config = config.to_dict()
+    dinov2 = config.model_type == "dinov2"
+    arch = {"dim": config.hidden_size, "depth": config.num_hidden_layers, "num_heads": config.num_attention_heads,
+            "mlp_ratio": float(config.mlp_ratio) if dinov2 else config.intermediate_size / config.hidden_size,
+            "qkv_bias": config.qkv_bias, "init_values": float(config.layerscale_value) if dinov2 else None,
+            "norm_eps": config.layer_norm_eps, "pre_norm": False, "act": "gelu", "num_prefix_tokens": 1}
+    state = {}
+    if with_weights:
+        try:
+            state = hf_to_timm(AutoModel.from_pretrained(source).state_dict())
+        except pickle.UnpicklingError as e:
+            raise refused_pickle(f"backbone.pretrained: {source}", e) from e
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"backbone.pretrained: cannot load {source!r} ({e})") from e
+    grid = config.image_size // config.patch_size
+    return Trunk(arch, config.patch_size, config.num_channels, (grid, grid), 1, state)
+
+
+def trunk_tensors(trunk: Trunk, grid: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The checkpoint's tensors under omnivec's names (`backbone.*`, and `encoders.image.*` for an
+    image `grid`, positions interpolated to it) and the checkpoint names they came from."""
+    src, out, used = trunk.state, {}, set()
+    for key, value in src.items():
+        if key.startswith(("blocks.", "norm.", "norm_pre.")):
+            out[f"backbone.{key}"] = value
+            used.add(key)
+    prefix = [src[k] for k in ("cls_token", "reg_token") if k in src]
+    used.update(k for k in ("cls_token", "reg_token") if k in src)
+    if prefix:
+        prefix = torch.cat(prefix, dim=1)  # [1, n, D]
+        out["backbone.prefix"] = prefix + src["pos_embed"][:, : trunk.pos_prefix] if trunk.pos_prefix else prefix
+    if grid is not None:
+        for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+            if key in src:
+                out[f"encoders.{IMAGE}.{key}"] = src[key]
+                used.add(key)
+        pos = src["pos_embed"][:, trunk.pos_prefix:]  # [1, h*w, D]
+        out[f"encoders.{IMAGE}.pos_embed"] = pos if tuple(grid) == trunk.grid else \
+            resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
+    used.add("pos_embed")
+    return out, used
+
+
+def load_trunk(model: nn.Module) -> LoadReport:
+    """Copy the trunk checkpoint of `model.config.backbone` into the model (backbone, and the image
+    modality's patch embedding and positions) and report what was loaded, resized, new, unused."""
+    cfg = model.config.backbone
+    trunk = TRUNKS.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
+    image = model.encoders[IMAGE] if IMAGE in model.encoders else None
+    grid = None if image is None else (image.cfg.image_size // image.cfg.patch_size,) * 2  # (h, w) patches
+    tensors, used = trunk_tensors(trunk, grid)
+    report = LoadReport(cfg.pretrained)
+    target = model.state_dict()
+    for key, value in tensors.items():
+        if key not in target:
+            raise ConfigError(f"{cfg.pretrained}: tensor {key!r} has no place in the model (architecture mismatch)")
+        if value.shape != target[key].shape:
+            raise ConfigError(f"{cfg.pretrained}: tensor {key!r} has shape {list(value.shape)} in the checkpoint, "
+                              f"the model expects {list(target[key].shape)}")
+        if key.endswith("pos_embed") and grid != trunk.grid:
+            report.resized.append(f"{key} {list(trunk.state['pos_embed'].shape)} -> {list(value.shape)}")
+        else:
+            report.loaded.append(key)
+    model.load_state_dict(tensors, strict=False)
+    fed = [k for k in target if k.startswith("backbone.") or (image is not None and k.startswith(
+        (f"encoders.{IMAGE}.patch_embed.", f"encoders.{IMAGE}.pos_embed")))]
+    report.new = sorted(k for k in fed if k not in tensors)
+    if image is not None and "patch_embed.proj.bias" not in trunk.state:  # e.g. CLIP: no bias, so start at zero
+        nn.init.zeros_(image.patch_embed.proj.bias)
+    report.unused = sorted(set(trunk.state) - used)
+    return report
