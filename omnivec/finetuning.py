@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,15 +32,19 @@ from .training import Trainer
 class FinetuneModule(nn.Module):
     """The model plus the list of tasks being trained: `forward` gives each task's head loss."""
 
-    def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0, stage: StageSpec | None = None):
+    def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0, stage: StageSpec | None = None,
+                 layer_decay: float = 1.0):
         super().__init__()
-        self.model, self.backbone_lr_scale = model, backbone_lr_scale
+        self.model, self.backbone_lr_scale, self.layer_decay = model, backbone_lr_scale, layer_decay
         self.align = list(stage.align) if stage else []
         self.align_weight = stage.align_weight if stage else 1.0
         self.align_temperature = stage.align_temperature if stage else 0.1
 
     def lr_scales(self) -> dict[str, float]:
-        return {"model.backbone.": self.backbone_lr_scale, "model.encoders.": self.backbone_lr_scale}
+        """Learning-rate multipliers by parameter name: `backbone_lr_scale` on the encoders and the
+        trunk, times `layer_decay ** (layers above)` (BEiT / MAE fine-tuning); heads get 1."""
+        return {f"model.{name}": self.backbone_lr_scale * scale
+                for name, scale in layer_decay_scales(self.model, self.layer_decay).items()}
 
     def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
         losses, embeddings = {}, {}
@@ -54,6 +59,31 @@ class FinetuneModule(nn.Module):
 
     def save_model(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
+
+
+ENCODER_BLOCK = re.compile(r"^encoders\.[^.]+\.(?:library\.)?(?:blocks|layers|encoder\.layer)\.(\d+)\.")
+ENCODER_TOP = re.compile(r"^encoders\.[^.]+\.(?:norm|proj)\.")  # after the modality's blocks
+TRUNK_BLOCK = re.compile(r"^backbone\.blocks\.(\d+)\.")
+
+
+def layer_decay_scales(model: OmniVecModel, decay: float) -> dict[str, float]:
+    """{parameter name: decay ** (layers above it)} for the encoders and the trunk: tokenizers and
+    embeddings are layer 0, modality blocks 1..E, trunk blocks E+1..E+depth, the final norm (and the
+    heads, not listed) the top. One layer count serves every modality, as the trunk is shared."""
+    names = [n for n, _ in model.named_parameters() if n.startswith(("encoders.", "backbone."))]
+    encoder_depth = max((int(m[1]) + 1 for n in names if (m := ENCODER_BLOCK.match(n))), default=0)
+    top = encoder_depth + model.config.backbone.depth + 1
+
+    def layer(name: str) -> int:
+        if m := ENCODER_BLOCK.match(name):
+            return int(m[1]) + 1
+        if ENCODER_TOP.match(name):
+            return encoder_depth
+        if m := TRUNK_BLOCK.match(name):
+            return encoder_depth + 1 + int(m[1])
+        return top if name.startswith("backbone.norm.") else 0
+
+    return {name: decay ** (top - layer(name)) for name in names}
 
 
 def cross_modal_alignment(embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], temperature: float) -> torch.Tensor:
@@ -118,7 +148,7 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
     set_frozen(model, stage.freeze)
     stage_cfg = dataclasses.replace(cfg, max_steps=stage.steps, lr=stage.lr or cfg.lr, output_dir=str(stage_dir),
                                     warmup_steps=min(cfg.warmup_steps, stage.steps // 5))
-    trainer = Trainer(stage_cfg, FinetuneModule(model, cfg.backbone_lr_scale, stage))
+    trainer = Trainer(stage_cfg, FinetuneModule(model, cfg.backbone_lr_scale, stage, cfg.layer_decay))
     acc = trainer.accelerator
     if trainer.is_main:
         tqdm.write(f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
@@ -171,9 +201,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if PartialState().is_main_process:  # the last stage evaluated every task: its results are final
         report = final_report(cfg, model, data, seen, done, time.perf_counter() - started)
         out = Path(cfg.output_dir)
-        model.save_pretrained(out / "model")
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         (out / "eval.md").write_text(format_report(report))
+        model.save_pretrained(out / "model")  # its model card shows eval.json's metrics
         tqdm.write(format_report(report))
     return report
 

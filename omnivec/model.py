@@ -25,7 +25,7 @@ from .heads import masked_mean
 from .registry import HEADS, MODALITIES, MODELS
 
 logger = logging.getLogger(__name__)
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 
 
 @dataclass
@@ -149,9 +149,11 @@ class OmniVecModel(nn.Module):
         return {m: MODALITIES.get(m).build_transform(cfg, train) for m, cfg in self.config.modalities.items()}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json`, `model.safetensors` and each modality's assets (a tokenizer, unless
-        built in) to `directory`; each is written aside and renamed into place, so a crash never
-        leaves half a file."""
+        """Write `config.json`, `model.safetensors`, each modality's assets (a tokenizer, unless
+        built in) and a model card `README.md` to `directory`; each is written aside and renamed into
+        place, so a crash never leaves half a file."""
+        from .card import model_card
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
@@ -163,7 +165,9 @@ class OmniVecModel(nn.Module):
                     if (directory / name).is_dir():
                         shutil.rmtree(directory / name)
                     os.replace(tmp / name, directory / name)
+            (tmp / CARD_NAME).write_text(model_card(self.config, directory, sum(p.numel() for p in self.parameters())))
             os.replace(tmp / WEIGHTS_NAME, directory / WEIGHTS_NAME)
+            os.replace(tmp / CARD_NAME, directory / CARD_NAME)
             os.replace(tmp / CONFIG_NAME, directory / CONFIG_NAME)
 
     @classmethod

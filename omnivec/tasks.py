@@ -71,6 +71,7 @@ class FinetuneConfig(TrainConfig):
     stages: list[StageSpec] = field(default_factory=list)
     schedule: str = "all"  # how the tasks of one stage share steps: all | round_robin | weighted
     backbone_lr_scale: float = 1.0  # learning rate of the encoders and backbone relative to the heads'
+    layer_decay: float = 1.0  # layer-wise lr decay (MAE fine-tuning: 0.65-0.75): each layer down gets this factor
     eval_split: str = "test"
     eval_batch_size: int = 64
     eval_max_batches: int = 0  # per task; 0: the whole split (a quick look evaluates a few batches)
@@ -80,6 +81,7 @@ class FinetuneConfig(TrainConfig):
         require(self.model in MODELS, join_key(prefix, "model"), f"a registered variant {MODELS.names()}", self.model)
         require(bool(self.stages), join_key(prefix, "stages"), "at least one stage", self.stages)
         require_positive(self, prefix, "backbone_lr_scale", "eval_batch_size")
+        require(0 < self.layer_decay <= 1, join_key(prefix, "layer_decay"), "a number in (0, 1] (1: off)", self.layer_decay)
         require(self.eval_max_batches >= 0, join_key(prefix, "eval_max_batches"), "an int >= 0", self.eval_max_batches)
         earlier: set[str] = set()
         for i, stage in enumerate(self.stages):

@@ -196,7 +196,7 @@ def test_a_modality_and_a_head_defined_outside_the_package_run_every_command(tmp
     assert (tmp_path / "pre" / "reconstructions.png").stat().st_size > 1000  # drawn through the modality's display
 
     ft_cfg = {"init": str(tmp_path / "pre" / "model"), "tasks": {"floors": {"head": "prototype", "data": [str(data)]}},
-              "stages": [{"tasks": ["floors"], "steps": 30}], "lr": 3e-3, "eval_split": "test",
+              "stages": [{"tasks": ["floors"], "steps": 40}], "lr": 1e-3, "eval_split": "test",
               "output_dir": str(tmp_path / "ft"), **LOOP}
     ft = write_yaml(tmp_path / "ft.yaml", ft_cfg)
     assert main(["finetune", ft]) == 0
@@ -205,6 +205,9 @@ def test_a_modality_and_a_head_defined_outside_the_package_run_every_command(tmp
     assert report["baselines"]["floors"] == {"chance_accuracy": 0.5}  # the head's own baseline
     assert report["final"]["floors"]["accuracy"] == 1.0  # flat vs ramp is easy: every test map right
     assert "| floors | accuracy | 1.000 | 0.500 (chance) |" in (tmp_path / "ft" / "eval.md").read_text()
+    card = (tmp_path / "ft" / "model" / "README.md").read_text()  # the model card
+    assert "| floors | prototype | depth | flat, ramp |" in card and "| depth | omnivec | 0.75 |" in card
+    assert "## Metrics (test split, from ft/eval.json)" in card and "| floors | accuracy | 1.000 | 0.500 (chance) |" in card
 
     assert main(["evaluate", "--model", str(tmp_path / "ft" / "model"), "--config", ft,
                  "--output", str(tmp_path / "eval")]) == 0

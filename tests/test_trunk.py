@@ -107,3 +107,22 @@ def test_trunk_from_transformers_gives_its_patch_tokens(kind, tmp_path):
         expected = library(pixel_values=x, **kwargs).last_hidden_state[:, 1:]
     torch.testing.assert_close(image_tokens(model, x), expected, atol=1e-5, rtol=1e-5)
     assert model.config.backbone.library_config["model_type"] == kind  # reloads offline
+
+
+def test_layer_decay_scales_follow_depth_across_encoder_and_trunk_blocks():
+    from omnivec.finetuning import FinetuneModule, layer_decay_scales
+    from omnivec.training import param_groups
+
+    model = omnivec.build_model("omnivec_tiny", **{"backbone.depth": 2, "modalities.image.depth": 1,
+                                                   "modalities.video": None})
+    scales = layer_decay_scales(model, 0.5)  # top = 1 encoder block + 2 trunk blocks + 1 = 4
+    assert scales["backbone.norm.weight"] == 1.0
+    assert scales["backbone.blocks.1.attn.qkv.weight"] == 0.5
+    assert scales["backbone.blocks.0.attn.qkv.weight"] == 0.25
+    assert scales["encoders.image.norm.weight"] == scales["encoders.image.blocks.0.mlp.fc1.weight"] == 0.125
+    assert scales["encoders.image.patch_embed.proj.weight"] == scales["backbone.modality_embed.text"] == 0.5**4
+    module = FinetuneModule(model, backbone_lr_scale=0.1, layer_decay=0.5)
+    groups = param_groups(module, 0.05, 1e-3, module.lr_scales())
+    lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lrs[id(model.backbone.blocks[0].attn.qkv.weight)] == pytest.approx(1e-3 * 0.1 * 0.25)
+    assert lrs[id(model.backbone.norm.weight)] == pytest.approx(1e-3 * 0.1)
