@@ -18,7 +18,7 @@ def model_card(config: Any, directory: Path, parameters: int) -> str:
     backbone = config.backbone
     trunk = f"`{backbone.pretrained}`" if backbone.pretrained else "random initialisation"
     lines = ["---", "library_name: omnivec", "tags: [multimodal, " + ", ".join(config.modalities) + "]", "---", "",
-             f"# {directory.resolve().name}", "",
+             f"# {directory.resolve().parent.name}/{directory.name}", "",
              f"An omnivec model ({parameters / 1e6:.2f}M parameters): per-modality encoders feeding one shared "
              f"transformer trunk ({backbone.dim} wide, {backbone.depth} blocks, {backbone.num_heads} heads, "
              f"started from {trunk}), built from variant `{config.variant or 'custom'}` with omnivec {__version__}.",

@@ -27,7 +27,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not args.details:
             print(name)
             continue
-        model = omnivec.build_model(name)
+        model = omnivec.OmniVecModel(omnivec.model_config(name), load_library_weights=False)  # sizes only
         b = model.config.backbone
         print(f"{name}: backbone dim={b.dim} depth={b.depth} heads={b.num_heads}")
         for part, n in parameter_table(model):

@@ -18,6 +18,9 @@ from .errors import ConfigError
 from .registry import ENCODERS, HEADS, MODALITIES, TRUNKS
 
 
+BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -62,6 +65,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if tp is bool and isinstance(value, str) and value.lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.lower()]
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
@@ -297,7 +302,9 @@ def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item!r}: expected key=value")
-        parsed = None if value.strip().lower() in ("none", "null") else yaml.safe_load(value)
+        word = value.strip().lower()
+        # YAML 1.1 reads yes/no/on/off as booleans: keep them as words (precision=no); bool keys accept them
+        parsed = None if word in ("none", "null") else value.strip() if word in BOOL_WORDS else yaml.safe_load(value)
         data = merge(data, {key: parsed})
     return from_dict(cls, data, "")
 

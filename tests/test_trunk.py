@@ -126,3 +126,27 @@ def test_layer_decay_scales_follow_depth_across_encoder_and_trunk_blocks():
     lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert lrs[id(model.backbone.blocks[0].attn.qkv.weight)] == pytest.approx(1e-3 * 0.1 * 0.25)
     assert lrs[id(model.backbone.norm.weight)] == pytest.approx(1e-3 * 0.1)
+
+
+@pytest.mark.integration
+def test_continue_mae_base_config_runs_with_a_local_checkpoint(timm_vit, tmp_path):
+    """configs/pretrain/continue_mae_base.yaml with its header's CPU override (a small local ViT)."""
+    from omnivec.cli import main
+
+    _, path = timm_vit
+    backbone = json.dumps({"pretrained": "timm:vit_tiny_patch16_224", "checkpoint": str(path), "library_config": SMALL})
+    modalities = json.dumps({"image": {"image_size": SIZE, "patch_size": PATCH},
+                             "video": {"num_frames": 4, "image_size": 32, "patch_size": 8},
+                             "audio": {"num_mel_bins": 32, "target_frames": 48},
+                             "text": {"tokenizer": "data/sample/tokenizer", "vocab_size": 4000, "max_length": 32},
+                             "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8,
+                                             "pointnet_dims": [16, 32, 32]}})
+    args = ["pretrain", "configs/pretrain/continue_mae_base.yaml", f"output_dir={tmp_path / 'run'}",
+            f"model_overrides.backbone={backbone}", f"model_overrides.modalities={modalities}",
+            "decoder.dim=32",
+            "decoder.depth=1", "decoder.num_heads=2", "precision=no", "batch_size=4", "num_workers=0", "max_steps=3",
+            "warmup_steps=1", "eval_batches=1", "save_every=0", "log_every=1"]
+    assert main(args) == 0
+    model = omnivec.OmniVecModel.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.backbone.pretrained == "timm:vit_tiny_patch16_224" and model.config.backbone.dim == 32
+    assert "started from `timm:vit_tiny_patch16_224`" in (tmp_path / "run" / "model" / "README.md").read_text()
