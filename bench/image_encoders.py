@@ -34,18 +34,25 @@ ENCODERS = {
     "timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": {
         "pretrained": "timm:vit_tiny_patch16_224", "patch_size": 4,
         "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2}},
+    # the same ViT as the shared trunk (its blocks and CLS token; the image modality its patch embedding
+    # and positions) instead of an image encoder stacked on omnivec_tiny's random trunk (the row above)
+    "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": {
+        "trunk": "timm:vit_tiny_patch16_224", "patch_size": 4,
+        "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2}},
     "timm EfficientNet-B0": {"pretrained": "timm:efficientnet_b0"},
     "timm CSPDarknet53": {"pretrained": "timm:cspdarknet53"},
 }
 
 
 # --hub: the published architecture (whose weights exist) instead of the small one
-HUB = {"timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": ("timm ViT (vit_tiny as published, patch 16)", {"patch_size": 16})}
+HUB = {"timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": ("timm ViT (vit_tiny as published, patch 16)", {"patch_size": 16}),
+       "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": ("trunk from ViT (vit_tiny as published, patch 16)",
+                                                                  {"patch_size": 16})}
 
 
-def random_checkpoint(image_cfg: dict, image_size: int, directory: Path) -> dict:
+def random_checkpoint(image_cfg: dict, image_size: int, directory: Path, key: str = "pretrained") -> dict:
     """Save random weights of the timm model to a local file and point the config at it."""
-    name = image_cfg["pretrained"].split(":", 1)[1]
+    name = image_cfg[key].split(":", 1)[1]
     kwargs = dict(image_cfg.get("library_config", {}))
     if "vit" in name:
         kwargs["img_size"] = image_size
@@ -75,6 +82,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--hub", action="store_true", help="download timm's pretrained weights")
     parser.add_argument("--output", default="runs/image-encoders")
+    parser.add_argument("--rows", nargs="*", help="only the rows whose label starts with one of these")
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,15 +91,25 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, image_cfg in ENCODERS.items():
-            if "pretrained" in image_cfg and args.hub:
+            if args.rows and not label.startswith(tuple(args.rows)):
+                continue
+            key = "trunk" if "trunk" in image_cfg else "pretrained"
+            if key in image_cfg and args.hub:
                 label, changes = HUB.get(label, (label, {}))
                 image_cfg = {k: v for k, v in image_cfg.items() if k != "library_config"} | changes
-            elif "pretrained" in image_cfg:
-                image_cfg = random_checkpoint(image_cfg, args.image_size, Path(tmp))
+            elif key in image_cfg:
+                image_cfg = random_checkpoint(image_cfg, args.image_size, Path(tmp), key)
+            backbone = {}
+            if key == "trunk":  # the ViT is the backbone: pretrained, checkpoint and architecture move there
+                backbone = {"pretrained": image_cfg.pop("trunk"), "library_config": image_cfg.pop("library_config", {})}
+                backbone |= {"checkpoint": image_cfg.pop("checkpoint")} if "checkpoint" in image_cfg else {}
+                if "vit" in backbone["pretrained"] and not args.hub:
+                    backbone["library_config"]["img_size"] = args.image_size
             run_dir = out / label.split(" (")[0].replace(" ", "_")
             cfg = from_dict(FinetuneConfig, {
-                "model": "omnivec_tiny",
-                "model_overrides": {"modalities": {"video": None, "audio": None, "text": None, "point_cloud": None,
+                "model": "omnivec_base_vit" if backbone else "omnivec_tiny",
+                "model_overrides": {"backbone": backbone,
+                                    "modalities": {"video": None, "audio": None, "text": None, "point_cloud": None,
                                                    "image": {"image_size": args.image_size, **image_cfg}}},
                 "tasks": {"digits": {"head": "classification", "data": [str(DIGITS)]}},
                 "stages": [{"tasks": ["digits"], "steps": args.steps}],
@@ -112,7 +130,7 @@ def main() -> None:
                 "img_per_s": images_per_second(model, images), "train_seconds": train_seconds,
             })
     header = (f"Digits (sample data, {args.image_size} px, {args.steps} steps, "
-              f"{'hub weights' if args.hub else 'random init'}), omnivec_tiny backbone (128 x 4), "
+              f"{'hub weights' if args.hub else 'random init'}), omnivec_tiny backbone (128 x 4) unless the ViT is the trunk, "
               f"{torch.get_num_threads()} CPU threads, fp32, batch 64 inference")
     lines = [header, "", "| encoder | params (M, whole model) | image encoder (M) | top-1 | top-5 | img/s | train s |",
              "|---|---:|---:|---:|---:|---:|---:|"]

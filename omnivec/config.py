@@ -17,7 +17,6 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .registry import ENCODERS, HEADS, MODALITIES, TRUNKS
 
-
 BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
 
 

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from .backbone import run_blocks, transformer_blocks
 from .config import join_key, require, require_positive
-from .masking import Masking
 from .errors import ConfigError
 from .evaluation import eval_batches, evaluating
+from .masking import Masking
 from .model import OmniVecModel, _init_weights, load_model
 from .registry import MODELS
 from .training import TrainConfig, Trainer

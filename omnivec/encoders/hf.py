@@ -3,7 +3,6 @@ patch-encoder path of ViT and AST."""
 from __future__ import annotations
 
 import pickle
-
 from typing import Any
 
 import torch

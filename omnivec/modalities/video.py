@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
