@@ -11,3 +11,8 @@ class InputError(ValueError):
 
 class DataError(ValueError):
     """A data file or manifest row cannot be used; the message starts with the file's path."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a loss or weight became NaN or infinite); the message names the step
+    and what was not finite, and the last good checkpoint is kept."""

@@ -163,7 +163,8 @@ class OmniVecModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> "OmniVecModel":
-        """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id."""
+        """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id;
+        weights holding NaN or Inf are refused (`DataError` naming the file and the tensor)."""
         directory = Path(name_or_path)
         if not directory.is_dir():
             from huggingface_hub import snapshot_download
@@ -183,6 +184,13 @@ class OmniVecModel(nn.Module):
         problems = state_dict_mismatch(model.state_dict(), state)
         if problems:
             raise ValueError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            from .errors import DataError
+
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise DataError(f"{directory / WEIGHTS_NAME}: tensor {bad[0]}{more} holds NaN or Inf values "
+                            "(saved from a diverged run?); refusing to load it")
         model.load_state_dict(state)
         return model
 
