@@ -114,7 +114,7 @@ def main() -> None:
                 "tasks": {"digits": {"head": "classification", "data": [str(DIGITS)]}},
                 "stages": [{"tasks": ["digits"], "steps": args.steps}],
                 "batch_size": 32, "lr": 1e-3, "warmup_steps": 20, "weight_decay": 0.05, "num_workers": 1,
-                "log_every": 50, "save_every": 0, "output_dir": str(run_dir),
+                "log_every": 50, "save_every": 0, "output_dir": str(run_dir), "overwrite": True,
             }, "")
             started = time.perf_counter()
             result = finetune(cfg)

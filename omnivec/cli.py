@@ -179,12 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import ConfigError, DataError, ModelError
+    from .errors import ConfigError, DataError, ModelError, TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError) as e:
+    except (ConfigError, DataError, ModelError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

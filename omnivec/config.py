@@ -287,7 +287,8 @@ def _mapping(value: Any, key: str) -> dict:
 
 def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -> Any:
     """Read a recipe's YAML config, apply `key=value` overrides (dotted keys reach nested values;
-    values parse as YAML, `none` as null) and validate it: a bad key fails here, before any work."""
+    values parse as YAML, `none` as null) and validate it: a bad key fails here, before any work.
+    A config whose YAML aliases expand to more than `MAX_CONFIG_VALUES` values is refused."""
     import yaml
 
     path = Path(path)
@@ -297,6 +298,9 @@ def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from e
+    check_config_size(data, str(path))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -304,6 +308,7 @@ def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -
         word = value.strip().lower()
         # YAML 1.1 reads yes/no/on/off as booleans: keep them as words (precision=no); bool keys accept them
         parsed = None if word in ("none", "null") else value.strip() if word in BOOL_WORDS else yaml.safe_load(value)
+        check_config_size(parsed, key)
         data = merge(data, {key: parsed})
     return from_dict(cls, data, "")
 
@@ -312,7 +317,7 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any], _prefix: tuple[
     """Deep-merge `overrides` into `base`; dotted keys (`backbone.depth`) reach nested values,
     and a `None` value for a modality or head removes it (`{"modalities": {"video": None}}` or
     `{"modalities.video": None}`)."""
-    out = json.loads(json.dumps(base))  # deep copy of plain data
+    out = plain_copy(base)  # deep copy of plain data, refusing alias bombs
     for key, value in overrides.items():
         *parents, leaf = str(key).split(".")
         full = (*_prefix, *parents)  # where `leaf` sits in the whole config
@@ -335,3 +340,75 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any], _prefix: tuple[
         else:
             node[leaf] = value
     return out
+
+
+# --- config size: YAML aliases can make a few lines expand to billions of values -----------------
+
+MAX_CONFIG_VALUES = 100_000  # far more values than any real config holds
+
+
+def check_config_size(data: Any, where: str) -> int:
+    """The number of values in `data` once shared objects (YAML aliases) are expanded, counted
+    without expanding them; a `ConfigError` naming `where` when it exceeds `MAX_CONFIG_VALUES` or
+    when the data contains itself."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def count(x: Any) -> int:
+        if not isinstance(x, (Mapping, list, tuple)):
+            return 1
+        if id(x) in sizes:
+            return sizes[id(x)]
+        if id(x) in open_ids:
+            raise ConfigError(f"{where}: a value contains itself (a YAML alias inside its own anchor)")
+        open_ids.add(id(x))
+        n = 1 + sum(count(v) for v in (x.values() if isinstance(x, Mapping) else x))
+        open_ids.discard(id(x))
+        sizes[id(x)] = n
+        return n
+
+    try:
+        total = count(data)
+    except RecursionError as e:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from e
+    if total > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{where}: expands to {total:,} values, more than the {MAX_CONFIG_VALUES:,} a config may "
+                          "hold (YAML aliases repeating a block?)")
+    return total
+
+
+def plain_copy(data: Any, limit: int = MAX_CONFIG_VALUES) -> Any:
+    """A deep copy of plain config data as JSON would give it (tuples become lists, mapping keys
+    strings), refusing to expand shared objects past `limit` values (a `ConfigError`)."""
+    budget = [limit]
+
+    def copy(x: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(f"config: expands to more than {limit:,} values (YAML aliases repeating a block?)")
+        if isinstance(x, Mapping):
+            return {k if isinstance(k, str) else json.dumps(k): copy(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [copy(v) for v in x]
+        return x
+
+    try:
+        return copy(data)
+    except RecursionError as e:
+        raise ConfigError("config: nested too deeply (or contains itself)") from e
+
+
+def non_finite_numbers(data: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every NaN or infinite float in nested config data (dicts, lists,
+    dataclasses), in order; list items are named `key[i]`."""
+    import math
+
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [(prefix, data)]
+    if isinstance(data, Mapping):
+        return [bad for k, v in data.items() for bad in non_finite_numbers(v, join_key(prefix, str(k)))]
+    if isinstance(data, (list, tuple)):
+        return [bad for i, v in enumerate(data) for bad in non_finite_numbers(v, f"{prefix}[{i}]")]
+    return []

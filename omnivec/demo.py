@@ -55,14 +55,14 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     t = stage(1, "masked pretraining on all five modalities")
     overrides = ["max_steps=20", "eval_batches=2", "eval_every=0"] if quick else ["max_steps=200"]
     pre_cfg = load_recipe_config(PretrainConfig, root / "configs/pretrain/tiny.yaml",
-                                 [f"output_dir={out / 'pretrain'}", f"device={dev}", "save_every=0", *overrides])
+                                 [f"output_dir={out / 'pretrain'}", f"device={dev}", "save_every=0", "overwrite=true", *overrides])
     pre_cfg.data = {m: [str(root / p) for p in paths] for m, paths in pre_cfg.data.items()}
     _absolute_tokenizer(pre_cfg, root)
     pretrain(pre_cfg)
     timings["pretraining"] = time.perf_counter() - t
 
     ft_cfg = load_recipe_config(FinetuneConfig, root / "configs/finetune/sample_sequential.yaml",
-                                [f"device={dev}", "save_every=0"])
+                                [f"device={dev}", "save_every=0", "overwrite=true"])
     ft_cfg.tasks = {n: dataclasses.replace(s, data=[str(root / p) for p in s.data]) for n, s in ft_cfg.tasks.items()}
     _absolute_tokenizer(ft_cfg, root)
     ft_cfg.stages = _scaled_stages(ft_cfg.stages, FINETUNE_SCALE[quick])

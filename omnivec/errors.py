@@ -19,3 +19,8 @@ class ModelError(ValueError):
 
 class ModelFileMissing(ModelError, FileNotFoundError):
     """A saved model's folder or one of its files does not exist."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a loss or weight became NaN or infinite); the message names the step
+    and what was not finite, and the last good checkpoint is kept."""

@@ -26,7 +26,7 @@ from .heads import masked_mean
 from .model import OmniVecModel, load_model
 from .reports import format_report
 from .tasks import FinetuneConfig, StageSpec, head_config, load_task_data
-from .training import Trainer
+from .training import Trainer, prepare_output_dir
 
 
 class FinetuneModule(nn.Module):
@@ -183,6 +183,7 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run every stage in order; write `eval.json`, `eval.md` and the model with all heads to `cfg.output_dir`."""
     started = time.perf_counter()
+    prepare_output_dir(cfg, "finetune")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.init, cfg.model, cfg.model_overrides)
     data = load_task_data(cfg)

@@ -173,7 +173,7 @@ class OmniVecModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> "OmniVecModel":
         """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id;
-        `ModelError` names the folder or file that cannot be used."""
+        `ModelError` names the folder or file that cannot be used, or the tensor holding NaN or Inf."""
         directory = resolve_model_dir(name_or_path, revision)
         for required in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / required).is_file():
@@ -190,6 +190,11 @@ class OmniVecModel(nn.Module):
         problems = state_dict_mismatch(model.state_dict(), state)
         if problems:
             raise ModelError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise ModelError(f"{directory / WEIGHTS_NAME}: tensor {bad[0]}{more} holds NaN or Inf values "
+                             "(saved from a diverged run?); refusing to load it")
         model.load_state_dict(state)
         return model
 

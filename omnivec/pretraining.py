@@ -25,7 +25,7 @@ from .evaluation import eval_batches, evaluating
 from .masking import Masking
 from .model import OmniVecModel, _init_weights, load_model
 from .registry import MODELS
-from .training import TrainConfig, Trainer
+from .training import TrainConfig, Trainer, prepare_output_dir
 
 
 @dataclass
@@ -136,6 +136,15 @@ class PretrainConfig(TrainConfig):
         require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
                 "all, round_robin or weighted", self.schedule)
         require_positive(self, prefix, "eval_batches")
+        require(not self.weights or self.schedule != "round_robin", join_key(prefix, "weights"),
+                "no weights with schedule=round_robin (it ignores them; use all or weighted)", self.weights)
+        for modality, weight in self.weights.items():
+            key = join_key(prefix, f"weights.{modality}")
+            require(modality in self.data, key, f"a weight for one of the modalities in data {sorted(self.data)}",
+                    modality)
+            require(weight >= 0, key, "a number >= 0 (the losses of 'all', or sampling odds of 'weighted')", weight)
+        require(sum(self.weights.get(m, 1.0) for m in self.data) > 0, join_key(prefix, "weights"),
+                "a positive weight for at least one modality in data", self.weights)
 
 
 def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
@@ -172,6 +181,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     from .plots import plot_losses, plot_reconstructions
 
     started = time.perf_counter()
+    prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg)
     pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed)

@@ -1,12 +1,16 @@
 """The training loop every recipe uses: accelerate for devices, mixed precision and distribution;
 AdamW with warmup + cosine; gradient accumulation and clipping; progress bar, `metrics.jsonl`;
-atomic checkpoints every N steps and `resume=auto|PATH` that continues exactly where a run stopped."""
+atomic checkpoints every N steps and `resume=auto|PATH` that continues exactly where a run stopped;
+`prepare_output_dir` guards the run folder before any work, and a NaN or infinite loss stops the
+run naming its step, before any checkpoint holds its weights."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,10 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import join_key, require, require_positive
-from .errors import ConfigError
+from .config import join_key, non_finite_numbers, require, require_positive
+from .errors import ConfigError, TrainingError
 
-CHECKPOINTS, STATE_FILE = "checkpoints", "trainer_state.json"
+CHECKPOINTS, STATE_FILE, RUN_CONFIG = "checkpoints", "trainer_state.json", "run_config.json"
 
 
 @dataclass
@@ -45,17 +49,24 @@ class TrainConfig:
     save_every: int = 500  # 0: save at the end only
     keep_checkpoints: int = 2
     resume: str | None = None  # auto (the latest checkpoint in output_dir) | a checkpoint folder
+    overwrite: bool = False  # replace the run already in output_dir (its outputs are removed first)
     seed: int = 0
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
     compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
 
     def validate(self, prefix: str) -> None:
+        for key, value in non_finite_numbers(self, prefix):  # every number of a training config, nested ones too
+            require(False, key, "a finite number", value)
         require_positive(self, prefix, "max_steps", "batch_size", "lr", "grad_accum", "log_every", "keep_checkpoints")
         for name in ("min_lr", "weight_decay", "warmup_steps", "clip_grad", "num_workers", "eval_every", "save_every"):
             require(getattr(self, name) >= 0, join_key(prefix, name), "a number >= 0", getattr(self, name))
         require(self.precision in ("no", "bf16", "fp16"), join_key(prefix, "precision"), "no, bf16 or fp16", self.precision)
         require(self.device in ("auto", "cpu"), join_key(prefix, "device"), "auto or cpu", self.device)
         require(len(self.betas) == 2, join_key(prefix, "betas"), "two values", self.betas)
+        require(bool(self.output_dir), join_key(prefix, "output_dir"), "a folder", self.output_dir)
+        require(not (self.overwrite and self.resume), join_key(prefix, "overwrite"),
+                "false when resume is set (resume continues the run in output_dir, overwrite replaces it)",
+                self.overwrite)
 
 
 def param_groups(module: nn.Module, weight_decay: float, lr: float,
@@ -91,6 +102,110 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     folder = Path(output_dir) / CHECKPOINTS
     done = sorted(p for p in folder.glob("step_*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
     return done[-1] if done else None
+
+
+# What runs write in their output_dir; `overwrite=true` removes these, and only these.
+RUN_OUTPUTS = ("model", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "eval.md", "summary.json",
+               "loss.png", "reconstructions.png", "pretrain_config.json", RUN_CONFIG)
+RUN_MARKERS = ("model", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "summary.json")  # a folder holds a run
+# Config keys a resumed run may change: how long to train on, where, and how often to log and save.
+RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "max_steps", "device", "num_workers", "compile",
+                     "log_every", "eval_every", "save_every", "keep_checkpoints", "skip_bad")
+
+
+def prepare_output_dir(cfg: TrainConfig, recipe: str) -> Path:
+    """Check `cfg.output_dir` before any work, then record the run's config in it as `run_config.json`.
+
+    - The folder must be creatable and writable (else a `ConfigError` naming it).
+    - A folder holding another run (a `model/`, `checkpoints/`, `stages/`, `metrics.jsonl`,
+      `eval.json` or `summary.json`) is refused, unless `overwrite=true` (that run's outputs,
+      `RUN_OUTPUTS`, are removed first; other files stay) or `resume` is set and the run's
+      `run_config.json` records the same recipe and config, `RESUME_MAY_CHANGE` aside. A run
+      without `run_config.json` (an older omnivec, a copied checkpoint) can be resumed only from a
+      checkpoint it holds (then its tensors are checked against the model).
+
+    Every process checks; only the main one (`RANK` 0) removes or writes. Returns the folder."""
+    out = Path(cfg.output_dir)
+    check_writable(out)
+    held = [name for name in RUN_MARKERS if (out / name).exists()]
+    main = os.environ.get("RANK", "0") == "0"
+    if held and cfg.overwrite:
+        if main:
+            for name in RUN_OUTPUTS:
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+    elif held:
+        check_resumable(cfg, recipe, out, held)
+    if main:
+        record = {"recipe": recipe, "config": as_json(cfg)}
+        tmp = out / f".tmp-{RUN_CONFIG}"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, out / RUN_CONFIG)
+    return out
+
+
+def check_writable(folder: Path) -> None:
+    """A `ConfigError` naming `folder` unless it is (or can be made) a folder this process can write in."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output_dir: {folder} is a file, expected a folder for the run")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot write in {folder} ({e.strerror or e})") from e
+
+
+def check_resumable(cfg: TrainConfig, recipe: str, out: Path, held: list[str]) -> None:
+    """Refuse (`ConfigError`) to write into `out`, which holds a run (`held`), unless this run
+    resumes that one: `resume` set and the same recipe and config (`RESUME_MAY_CHANGE` aside)."""
+    options = "use another output_dir, or overwrite=true to replace that run"
+    if not cfg.resume:
+        raise ConfigError(f"output_dir: {out} already holds a run ({', '.join(held)}); refusing to replace it: "
+                          f"{options}, or resume=auto to continue it (same config)")
+    saved_file = out / RUN_CONFIG
+    if not saved_file.is_file():
+        if cfg.resume == "auto" and latest_checkpoint(out) is None:
+            raise ConfigError(f"output_dir: {out} holds a run ({', '.join(held)}) with no {RUN_CONFIG} and no "
+                              f"checkpoint to resume from; {options}")
+        return  # an older run: its checkpoint's tensors are checked when it is loaded
+    try:
+        saved = json.loads(saved_file.read_text())
+        saved_recipe, saved_config = saved["recipe"], saved["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{saved_file}: not a run config written by omnivec ({e}); {options}") from e
+    if saved_recipe != recipe:
+        raise ConfigError(f"output_dir: {out} holds a {saved_recipe} run; this {recipe} run cannot resume it: {options}")
+    changed = config_changes(saved_config, as_json(cfg))
+    if changed:
+        listing = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise ConfigError(f"output_dir: {out} holds a run of another config ({listing}); resume continues the "
+                          f"same config only (it may change {', '.join(RESUME_MAY_CHANGE)}): {options}")
+
+
+def as_json(cfg: TrainConfig) -> dict[str, Any]:
+    """`cfg` as the plain data of its JSON record (tuples become lists; odd YAML values strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """`key: saved value there, new value now` for every dotted key whose value differs, except
+    the top-level keys in `RESUME_MAY_CHANGE`."""
+
+    def flat(x: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(x, Mapping) and x:
+            return {k: v for key, sub in x.items() for k, v in flat(sub, join_key(prefix, str(key))).items()}
+        if isinstance(x, list) and x:
+            return {k: v for i, sub in enumerate(x) for k, v in flat(sub, f"{prefix}[{i}]").items()}
+        return {prefix: x}
+
+    a, b = flat(saved, ""), flat(now, "")
+    unset = "(unset)"
+    return [f"{k}: {a.get(k, unset)!r} there, {b.get(k, unset)!r} now" for k in sorted(set(a) | set(b))
+            if a.get(k, unset) != b.get(k, unset) and k.split(".")[0].split("[")[0] not in RESUME_MAY_CHANGE]
 
 
 def compile_blocks(module: nn.Module) -> None:
@@ -173,7 +288,7 @@ class Trainer:
         self.accelerator.load_state(str(path / "state"))
         state = json.loads((path / STATE_FILE).read_text())
         self.step = state["step"]
-        self.skipped = state.get("skipped", [])
+        self.skipped = unique(state.get("skipped", []))
         batches.load_state_dict(state["data"])
         if self.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
@@ -200,8 +315,79 @@ class Trainer:
         if problems:
             raise ConfigError(f"{weights.parents[1]}: written for a different configuration than this run's: {problems}")
 
+    def trim_metrics(self) -> None:
+        """On resume, drop the records of steps after `self.step` from `metrics.jsonl` (logged by a
+        run killed after its last checkpoint; all of them when no checkpoint was found and the run
+        starts again from step 0): a resumed run logs each step once."""
+        path = self.output_dir / "metrics.jsonl"
+        if not self.cfg.resume or not self.is_main or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                continue  # half a line: the process was killed while writing it
+            if self.step and step <= self.step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        if keep != lines:
+            tmp = path.with_name(".tmp-metrics.jsonl")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, path)
+
+    def interval_means(self, sums: Mapping[str, torch.Tensor], steps: int,
+                       recent: list[tuple[int, str, torch.Tensor]]) -> dict[str, float]:
+        """The mean loss per name over the `steps` since the last log and every process (one host
+        sync). A mean that is not finite stops the run: `TrainingError` naming the first step whose
+        loss was not finite, found in `recent` ((step, name, loss) of each micro-batch)."""
+        keys = sorted(sums)
+        if not keys:
+            return {}
+        means = self.accelerator.reduce(torch.stack([sums[k] for k in keys]) / steps, "mean").tolist()
+        if not all(math.isfinite(m) for m in means):
+            self.stop_non_finite(recent)
+        return dict(zip(keys, means))
+
+    def stop_non_finite(self, recent: list[tuple[int, str, torch.Tensor]]) -> None:
+        """Raise `TrainingError` naming the first step (over every process) whose loss in `recent`
+        is NaN or infinite, and the last good checkpoint, which stays as it is."""
+        values = torch.stack([v.detach().float() for _, _, v in recent]).cpu()
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        first = [(recent[bad[0]][0], recent[bad[0]][1], values[bad[0]].item())] if bad else []
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            first = gather_object(first)
+        if first:
+            step, name, value = min(first, key=lambda f: (f[0], f[1]))
+            what = f"step {step}: the {name!r} loss is {value}"
+        else:  # every loss finite, their sum not: far too large
+            what = f"steps {recent[0][0]}-{recent[-1][0]}: the losses overflow when averaged"
+        raise TrainingError(f"{what}; training stopped there. {self.kept_checkpoint()} Lower lr, clip "
+                            "gradients (clip_grad) or check the data.")
+
+    def kept_checkpoint(self) -> str:
+        last = latest_checkpoint(self.output_dir)
+        return (f"Its weights are not saved; the last good checkpoint is {last}." if last else
+                f"Its weights are not saved; there is no checkpoint in {self.output_dir} yet.")
+
+    def check_weights(self) -> None:
+        """`TrainingError` naming the tensors, before a checkpoint is written, when any weight is
+        NaN or infinite (one host sync)."""
+        params = list(self.unwrapped.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).all()
+        if self.accelerator.reduce((~finite).float(), "sum").item() == 0:
+            return
+        names = [n for n, p in params if not torch.isfinite(p).all()]
+        listing = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise TrainingError(f"step {self.step}: the weights hold NaN or Inf ({listing or 'on another process'}); "
+                            f"training stopped there. {self.kept_checkpoint()} Lower lr or clip gradients (clip_grad).")
+
     def save_checkpoint(self, batches: Any) -> Path:
-        """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete."""
+        """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete
+        (never weights holding NaN or Inf: `check_weights`)."""
+        self.check_weights()
         folder = self.output_dir / CHECKPOINTS
         final, tmp = folder / f"step_{self.step:08d}", folder / f".tmp-step_{self.step:08d}"
         if self.is_main:
@@ -225,18 +411,21 @@ class Trainer:
         """Train until `cfg.max_steps`, logging, evaluating and checkpointing on the way."""
         cfg, acc = self.cfg, self.accelerator
         self.resume(batches)
+        self.trim_metrics()
         if evaluate is not None and self.step == 0:
             self.log({"step": 0, **{f"val/{k}": v for k, v in evaluate().items()}})
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not self.is_main, dynamic_ncols=True)
         start, samples = time.perf_counter(), 0
         interval: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+        recent: list[tuple[int, str, torch.Tensor]] = []  # (step, name, loss) since the last log: finds a NaN's step
         interval_steps = 0
         while self.step < cfg.max_steps:
             self.module.train()
             for micro in range(cfg.grad_accum):
                 batch = {}
                 for key, b in next(batches).items():
-                    self.skipped += b.get("skipped", [])
+                    if b.get("skipped"):  # each bad sample listed once, however many epochs meet it
+                        self.skipped = unique(self.skipped + b["skipped"])
                     if b["input"] is not None:  # None: every sample of the batch was bad and skipped
                         batch[key] = {"input": to_device(b["input"], self.device),
                                       "target": to_device(b["target"], self.device)}
@@ -248,6 +437,7 @@ class Trainer:
                     acc.backward(loss)
                 for k, v in parts.items():
                     interval[k] = interval.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+                    recent.append((self.step + 1, k, v.detach()))
             if cfg.clip_grad > 0:
                 acc.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
             self.optimizer.step()
@@ -257,25 +447,29 @@ class Trainer:
             interval_steps += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                # One host sync per log: the interval's mean loss over every process.
-                keys = sorted(interval)
-                means = acc.reduce(torch.stack([interval[k] for k in keys]) / interval_steps, "mean").tolist()
-                losses = dict(zip(keys, means))
+                # One host sync per log: the interval's mean loss over every process (stops at a NaN).
+                losses = self.interval_means(interval, interval_steps, recent)
                 elapsed = time.perf_counter() - start
                 record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
                           **{f"loss/{k}": v for k, v in losses.items()}, "samples_per_s": samples / max(elapsed, 1e-9)}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{record['samples_per_s']:.0f}"})
                 self.log(record)
-                interval, interval_steps = {}, 0
+                interval, interval_steps, recent = {}, 0, []
             if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                self.interval_means(interval, interval_steps, recent)  # losses since the last log must be finite
                 self.save_checkpoint(batches)
         bar.close()
         if acc.num_processes > 1:  # every process's skipped samples, for the summary
             from accelerate.utils import gather_object
 
-            self.skipped = gather_object(self.skipped)
+            self.skipped = unique(gather_object(self.skipped))
         if evaluate is not None:
             self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
         self.save_checkpoint(batches)
+
+
+def unique(items: list[str]) -> list[str]:
+    """`items` without repeats, in first-seen order."""
+    return list(dict.fromkeys(items))

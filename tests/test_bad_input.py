@@ -204,6 +204,6 @@ def test_a_pickled_hf_checkpoint_with_code_is_refused_naming_safetensors(tmp_pat
     vit.save_pretrained(tmp_path / "vit")
     (tmp_path / "vit" / "model.safetensors").unlink()
     torch.save({**vit.state_dict(), "payload": Payload()}, tmp_path / "vit" / "pytorch_model.bin")
-    with pytest.raises(ConfigError, match="modalities.image.pretrained: .*refused, nothing in it ran.*safetensors") as e:
+    with pytest.raises(ConfigError, match="modalities.image.pretrained: .*refused and nothing in it ran.*safetensors") as e:
         omnivec.build_model("omnivec_tiny", **{"modalities.image.pretrained": f"hf:{tmp_path / 'vit'}"})
     assert "weights_only" not in str(e.value) and "this ran" not in capsys.readouterr().out

@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 import omnivec
-from omnivec import ConfigError, DataError, InputError
+from omnivec import ConfigError, DataError, InputError, ModelError
 from omnivec.config import from_dict, load_recipe_config
 from omnivec.datasets.dataset import TaskDataset
 from omnivec.datasets.manifest import load_task
@@ -117,6 +117,9 @@ def test_resuming_a_checkpoint_of_another_config_names_the_tensors(tmp_path):
     config = pretrain_yaml(tmp_path, "run", max_steps=2)
     pretrain(load_recipe_config(PretrainConfig, config))
     other = load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=4", "model_overrides.backbone.dim=64"])
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(model_overrides.backbone.dim: 32 there, 64 now\)"):
+        pretrain(other)  # refused up front, from the run's run_config.json
+    (tmp_path / "run" / "run_config.json").unlink()  # a run of an older omnivec: the checkpoint's tensors tell
     with pytest.raises(ConfigError, match=r"step_00000002: written for a different configuration.*wrong shapes"):
         pretrain(other)
 
@@ -273,3 +276,264 @@ def test_pickled_code_in_a_library_checkpoint_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a weights-only PyTorch checkpoint"):
         read_weights(path)
     assert not Path("pwned").exists()
+
+
+# --- issue 14: nothing lost, nothing silent ------------------------------------------------------
+
+
+def nan_image_loss_at(step_index: int):
+    """A `MaskedPretrainer.forward` whose image loss is NaN at 0-based step `step_index` (logged as step + 1)."""
+    from omnivec.pretraining import MaskedPretrainer
+
+    real = MaskedPretrainer.forward
+
+    def forward(self, batch, step=0):
+        losses = real(self, batch, step)
+        if step == step_index:
+            losses["image"] = losses["image"] * float("nan")
+        return losses
+
+    return forward
+
+
+@pytest.mark.parametrize("log_every, save_every", [(5, 2), (2, 0)])
+def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                                     log_every, save_every):
+    """Item 3: the NaN at step 3 is found at the next log or checkpoint, whichever comes first; the
+    step-2 checkpoint (if any) stays the newest, and no model holding NaN weights is written."""
+    from omnivec.errors import TrainingError
+    from omnivec.pretraining import MaskedPretrainer
+
+    monkeypatch.setattr(MaskedPretrainer, "forward", nan_image_loss_at(2))
+    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=8, log_every=log_every,
+                                                           save_every=save_every))
+    with pytest.raises(TrainingError, match=r"step 3: the 'image' loss is nan; training stopped") as error:
+        pretrain(cfg)
+    run = tmp_path / "run"
+    assert not (run / "model").exists()
+    if save_every:
+        assert latest_checkpoint(run) == run / "checkpoints" / "step_00000002"
+        assert str(latest_checkpoint(run)) in str(error.value)
+        kept = omnivec.OmniVecModel.from_pretrained(latest_checkpoint(run) / "model")  # refuses NaN weights
+        assert all(torch.isfinite(p).all() for p in kept.parameters())
+    else:
+        assert latest_checkpoint(run) is None and "no checkpoint" in str(error.value)
+    assert max(logged_steps(run), default=0) < 3  # nothing of the bad interval was logged as a result
+
+
+def test_a_diverging_learning_rate_stops_the_run(tmp_path):
+    """Item 3, no injection: lr=1e30 without clipping blows the weights up within a few steps."""
+    from omnivec.errors import TrainingError
+
+    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=6, log_every=3),
+                             ["lr=1e30", "clip_grad=0"])
+    with pytest.raises(TrainingError, match=r"step \d: the '(image|point_cloud)' loss is (nan|inf|-inf)"):
+        pretrain(cfg)
+    assert not (tmp_path / "run" / "model").exists()
+    for checkpoint in (tmp_path / "run" / "checkpoints").glob("step_*"):  # whatever was saved holds finite weights
+        omnivec.OmniVecModel.from_pretrained(checkpoint / "model")
+
+
+def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
+    """Item 3: weights that turn NaN while the losses stay finite (here: the unused text decoder)
+    are caught when the checkpoint is about to be written."""
+    from omnivec.errors import TrainingError
+    from omnivec.pretraining import MaskedPretrainer
+
+    real = MaskedPretrainer.forward
+
+    def forward(self, batch, step=0):
+        if step == 2:
+            with torch.no_grad():
+                self.decoders["text"].pred.weight[0, 0] = float("inf")
+        return real(self, batch, step)
+
+    monkeypatch.setattr(MaskedPretrainer, "forward", forward)
+    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=6, log_every=1))
+    with pytest.raises(TrainingError, match=r"step 4: the weights hold NaN or Inf \(decoders.text.pred.weight\)"):
+        pretrain(cfg)
+    assert latest_checkpoint(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_00000002"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lr=inf", "lr"), ("weight_decay=.inf", "weight_decay"), ("min_lr=.nan", "min_lr"), ("clip_grad=-.inf", "clip_grad"),
+    ("betas=[0.9, .nan]", r"betas\[1\]"), ("weights={image: .inf}", r"weights\.image"),
+    ("decoder.mlp_ratio=.inf", r"decoder\.mlp_ratio"),
+])
+def test_non_finite_numbers_in_a_training_config_are_named(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: expected a finite number, got (nan|inf|-inf)"):
+        load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), [override])
+
+
+def test_a_saved_model_with_a_nan_weight_is_refused_naming_the_file_and_tensor(tmp_path, tiny_model):
+    from safetensors.torch import save_file
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    state = load_file(weights)
+    state["backbone.norm.weight"][3] = float("nan")
+    save_file(state, weights)
+    with pytest.raises(ModelError, match=rf"{weights}: tensor backbone.norm.weight holds NaN or Inf"):
+        omnivec.OmniVecModel.from_pretrained(tmp_path / "model")
+
+
+def fake_run(folder: Path, **files: str) -> dict[str, bytes]:
+    """A run folder holding `files` (relative path -> text); returns every file's bytes, to compare later."""
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_run_folder_is_not_replaced_without_a_word(tmp_path):
+    """Item 1: another run's folder is refused before any work unless resume=auto with the same
+    config (max_steps may change) or overwrite=true; nothing in it changes when refused."""
+    config = pretrain_yaml(tmp_path, "run", max_steps=2, save_every=0)
+    pretrain(load_recipe_config(PretrainConfig, config))
+    run = tmp_path / "run"
+    before = folder_bytes(run)
+    with pytest.raises(ConfigError, match=rf"output_dir: {run} already holds a run \(model, checkpoints, metrics.jsonl"):
+        pretrain(load_recipe_config(PretrainConfig, config))
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(decoder.dim: 32 there, 16 now\)"):
+        pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto", "decoder.dim=16", "decoder.num_heads=2"]))
+    with pytest.raises(ConfigError, match=r"^overwrite: expected false when resume is set"):
+        load_recipe_config(PretrainConfig, config, ["resume=auto", "overwrite=true"])
+    assert folder_bytes(run) == before
+    summary = pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=3"]))  # the same run, longer
+    assert summary["steps"] == 3 and logged_steps(run) == [1, 2, 3]
+
+
+def test_resume_auto_over_a_fine_tuned_run_is_refused(tmp_path):
+    """Item 1, the reported case: pretraining with resume=auto into a fine-tuning run's folder,
+    with its run_config.json or from before there was one."""
+    config = pretrain_yaml(tmp_path, "ft", max_steps=2)
+    ft = tmp_path / "ft"
+    before = fake_run(ft, **{"model/config.json": "{}", "eval.json": "{}", "stages/1_digits/done.json": "{}",
+                             "run_config.json": json.dumps({"recipe": "finetune", "config": {}})})
+    with pytest.raises(ConfigError, match=rf"output_dir: {ft} holds a finetune run; this pretrain run cannot resume it"):
+        pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto"]))
+    (ft / "run_config.json").unlink()
+    with pytest.raises(ConfigError, match=r"holds a run \(model, stages, eval.json\) with no run_config.json and no "
+                                          r"checkpoint to resume from"):
+        pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto"]))
+    before.pop("run_config.json")
+    assert folder_bytes(ft) == before
+
+
+def test_overwrite_removes_the_old_runs_outputs_only(tmp_path):
+    """Item 1: overwrite=true leaves no stale tokenizer, eval.json or checkpoint of the old run,
+    and no old metrics; files that are not run outputs stay."""
+    run = tmp_path / "run"
+    fake_run(run, **{"model/tokenizer/stale.txt": "old", "eval.json": "{}", "metrics.jsonl": '{"step": 0, "val/x": 1}\n',
+                     "checkpoints/step_00000009/trainer_state.json": "{}", "notes.txt": "mine"})
+    pretrain(load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=1, save_every=0),
+                                ["overwrite=true"]))
+    assert not (run / "model" / "tokenizer" / "stale.txt").exists() and not (run / "eval.json").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 1]
+    assert (run / "notes.txt").read_text() == "mine"
+    saved = json.loads((run / "run_config.json").read_text())
+    assert saved["recipe"] == "pretrain" and saved["config"]["max_steps"] == 1
+    omnivec.OmniVecModel.from_pretrained(run / "model")
+
+
+def test_resume_drops_the_records_logged_after_the_last_checkpoint(tmp_path):
+    """Item 1: a run killed after logging steps past its last checkpoint logs them once when resumed."""
+    config = pretrain_yaml(tmp_path, "run", max_steps=4, save_every=2)
+    pretrain(load_recipe_config(PretrainConfig, config))
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    shutil.rmtree(run / "model")  # as if killed after logging step 4, before its checkpoint
+    pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto"]))
+    assert logged_steps(run) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("case", ["file", "under_a_file", "read_only"])
+def test_an_output_dir_that_cannot_be_written_fails_before_any_work(tmp_path, monkeypatch, case):
+    """Item 10: checked before the model is built (a file, a folder under a file, a read-only folder)."""
+    import omnivec.pretraining
+    import omnivec.training
+
+    if case == "read_only" and os.geteuid() == 0:  # root writes into read-only folders: refuse as the OS would
+        def read_only(*args, dir=None, **kwargs):
+            raise PermissionError(13, "Permission denied", str(dir))
+
+        monkeypatch.setattr(omnivec.training.tempfile, "TemporaryFile", read_only)
+    target = {"file": tmp_path / "taken", "under_a_file": tmp_path / "taken" / "run", "read_only": tmp_path / "ro"}[case]
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    monkeypatch.setattr(omnivec.pretraining, "build_model_for", lambda cfg: pytest.fail("the model was built"))
+    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), [f"output_dir={target}"])
+    with pytest.raises(ConfigError, match=rf"^output_dir: {target} is a file|^output_dir: cannot write in {target} "):
+        pretrain(cfg)
+
+
+@pytest.mark.parametrize("weights, key", [
+    ({"image": -1}, r"weights\.image: expected a number >= 0"),
+    ({"audio": 1.0}, r"weights\.audio: expected a weight for one of the modalities in data"),
+    ({"image": 0, "point_cloud": 0}, r"weights: expected a positive weight"),
+])
+def test_pretraining_loss_weights_are_checked(tmp_path, weights, key):
+    """Item 11 (non-finite weights: test_non_finite_numbers_in_a_training_config_are_named)."""
+    with pytest.raises(ConfigError, match=rf"^{key}"):
+        load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", weights=weights))
+    with pytest.raises(ConfigError, match=r"^weights: expected no weights with schedule=round_robin"):
+        load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", weights={"image": 2.0},
+                                                         schedule="round_robin"))
+
+
+def test_skip_bad_lists_each_bad_file_once(tmp_path):
+    """Item 14: two bad files met in each of three epochs are listed once each."""
+    data = tmp_path / "digits"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        shutil.copy(SAMPLE / "digits" / "images" / f"{i:04d}.png", data / "images" / f"{i:04d}.png")
+        rows.append({"path": f"images/{i:04d}.png", "label": str(i % 2), "split": "train" if i < 6 else "val"})
+    for bad in ("0001.png", "0003.png"):
+        (data / "images" / bad).write_bytes(b"\x89PNG not really")
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=9, save_every=0, batch_size=2,
+                                                           data={"image": [str(data)]}), ["skip_bad=true"])
+    summary = pretrain(cfg)  # 9 steps of 2 samples: three epochs of 6
+    skipped = summary["skipped_samples"]
+    assert len(skipped) == 2 and sorted(Path(s.split(":")[0]).name for s in skipped) == ["0001.png", "0003.png"]
+
+
+BILLION_LAUGHS = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]) + "\n"
+
+
+def test_a_yaml_alias_bomb_fails_fast(tmp_path):
+    """Item 9: nine levels of nine aliases (9**9 values once expanded) plus an override: a
+    ConfigError naming the file at once (an address-space limit turns a regression into a
+    MemoryError instead of exhausting the machine)."""
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BILLION_LAUGHS)
+    self_referencing = tmp_path / "loop.yaml"
+    self_referencing.write_text("model_overrides: &a {x: [*a]}\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    in_use = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + 2 * 2**30, hard))
+    try:
+        started = time.perf_counter()
+        with pytest.raises(ConfigError, match=rf"{path}: expands to 490,329,055 values, more than the 100,000"):
+            load_recipe_config(PretrainConfig, path, ["max_steps=3"])
+        with pytest.raises(ConfigError, match=rf"{self_referencing}: a value contains itself"):
+            load_recipe_config(PretrainConfig, self_referencing, ["max_steps=3"])
+        with pytest.raises(ConfigError, match="max_steps: expands to"):
+            load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), ["max_steps=" + BILLION_LAUGHS
+                                                                               .replace("\n", ", ").join("{}")])
+        from omnivec.config import merge
+
+        with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+            merge(yaml.safe_load(path.read_text()), {"i": None})
+        assert time.perf_counter() - started < 2
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

@@ -51,7 +51,7 @@ def refused_pickle(where: str, error: Exception) -> ConfigError:
     """The error for a pickled checkpoint that `torch.load(weights_only=True)` refused: what it held,
     and the safe way on (safetensors), never the advice to unpickle it."""
     detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
-    return ConfigError(f"{where}: a pickled checkpoint holding more than tensors was refused, nothing in it ran"
+    return ConfigError(f"{where}: not a weights-only PyTorch checkpoint, so it was refused and nothing in it ran"
                        f"{f' ({detail})' if detail else ''}; convert it once, where you trust it, to safetensors "
                        "(save_pretrained(..., safe_serialization=True) or safetensors.torch.save_file)")
 
