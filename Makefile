@@ -8,13 +8,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_PACKAGES := libusb-1.0-0 python3-venv
 STAMP := $(ENV_DIR)/.omnivec-installed
 
-.PHONY: demo test install system-deps clean
+.PHONY: demo test test-fast install system-deps clean
 
 demo: install
 	$(ENV_DIR)/bin/omnivec demo
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# Everything but the end-to-end tests marked `integration` (real CLI runs, kill/resume, torchrun).
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not integration"
 
 install: $(STAMP)
 

@@ -178,7 +178,11 @@ def write_embeddings(output: str | os.PathLike, embeddings: np.ndarray, records:
         written.append(path)
 
     if fmt == "npy":
-        place(base.with_suffix(".npy"), lambda p: np.save(open(p, "wb"), embeddings))
+        def save_npy(path: Path) -> None:
+            with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the ".tmp" name
+                np.save(f, embeddings)
+
+        place(base.with_suffix(".npy"), save_npy)
     elif fmt == "safetensors":
         from safetensors.numpy import save_file
 

@@ -8,6 +8,7 @@ import pytest
 from omnivec.cli import main
 
 
+@pytest.mark.integration  # 6-9 s on 2 busy cores: builds every variant
 def test_models_details_prints_parameters_per_part(capsys):
     assert main(["models", "--details"]) == 0
     out = capsys.readouterr().out

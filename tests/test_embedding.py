@@ -93,6 +93,7 @@ def test_write_and_load_index(tmp_path, fmt):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.integration
 def test_embed_and_search_cli(mini, saved_model, tmp_path):
     out = tmp_path / "emb"
     cmd = [sys.executable, "-m", "omnivec", "embed", "--model", str(saved_model), "--input", str(mini),

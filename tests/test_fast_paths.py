@@ -36,6 +36,7 @@ def test_finite_check_passes_large_finite_values(tiny_model, tiny_config):
     tiny_model.embed({"image": x})
 
 
+@pytest.mark.integration
 def test_compiled_blocks_give_the_eager_loss_and_gradients():
     """TrainConfig.compile: regional torch.compile of every block, same loss and gradients."""
     import copy

@@ -68,11 +68,36 @@ def test_multi_label_head_loss_and_map():
 
 def test_action_head_attends_over_space_time_tokens():
     torch.manual_seed(0)
-    head = ActionHead(ActionHeadConfig(modality="video", num_classes=4, num_heads=2), 8)
-    x = torch.randn(3, 16, 8)
+    head = ActionHead(ActionHeadConfig(modality="video", num_classes=4, num_heads=2), 8).eval()
+    with torch.no_grad():
+        head.query.normal_()  # a query away from its ~0 initialisation: clearly non-uniform attention
+    x = torch.randn(3, 16, 8)  # 16 tubelet tokens: 4 time steps x 2 x 2
     logits = head(x)
     assert logits.shape == (3, 4)
-    assert not torch.allclose(head(x.flip(1)[:, torch.randperm(16)]), torch.zeros(3, 4))
+    # Attention pooling, not mean pooling: neither the mean of the tokens nor the uniform-weight
+    # average through the same value / output projections gives its pooled vector.
+    pooled = head.pool(x, None)
+    mean_logits = head.fc(head.norm(ClassificationHead.pool(head, x, None)))
+    assert (logits - mean_logits).abs().max() > 1e-2
+    v_weight, v_bias = head.attn.in_proj_weight[16:], head.attn.in_proj_bias[16:]
+    uniform = head.attn.out_proj(F.linear(x.mean(1), v_weight, v_bias))
+    assert (pooled - uniform).abs().max() > 1e-2
+    # A set function of the tokens (their positions are in the tokens): the order does not matter.
+    torch.testing.assert_close(head(x[:, torch.randperm(16)]), logits)
+    # Every token counts: changing any one token, at any time step, changes that sample's logits only.
+    for token in range(16):
+        changed = x.clone()
+        changed[1, token] += 3.0
+        out = head(changed)
+        assert (out[1] - logits[1]).abs().max() > 1e-4, token
+        torch.testing.assert_close(out[[0, 2]], logits[[0, 2]])
+    # Padded tokens (padding_mask False) are ignored: any values there give the unpadded sample's logits.
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[1, 10:] = False
+    padded = x.clone()
+    padded[1, 10:] = 100.0
+    torch.testing.assert_close(head(padded, mask)[1], head(x[1:2, :10])[0])
+    torch.testing.assert_close(head(padded, mask)[1], head(x, mask)[1])
     loss = head.loss(x, None, torch.tensor([0, 1, 3]))
     loss.backward()
     assert head.query.grad is not None and head.query.grad.abs().sum() > 0

@@ -73,6 +73,7 @@ def test_chamfer_known_values():
     torch.testing.assert_close(chamfer_l2(a, a + torch.tensor([0.01, 0, 0])), torch.tensor(2 * 0.01**2))
 
 
+@pytest.mark.integration  # 6-8 s on 2 busy cores: every modality
 def test_losses_only_look_at_hidden_tokens(tiny_model, tiny_config):
     torch.manual_seed(0)
     pretrainer = MaskedPretrainer(tiny_model, from_dict(omnivec.pretraining.DecoderConfig, {"dim": 32, "depth": 1}, ""))
@@ -105,6 +106,7 @@ def _losses(run: Path) -> dict[int, dict]:
     return {r["step"]: r for r in records if "lr" in r}
 
 
+@pytest.mark.integration
 def test_two_step_run_writes_a_loadable_checkpoint(tmp_path):
     summary = pretrain(_config(tmp_path, max_steps=2))
     run = tmp_path / "run"
@@ -120,6 +122,7 @@ def test_two_step_run_writes_a_loadable_checkpoint(tmp_path):
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
+@pytest.mark.integration
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     n = 3
     pretrain(_config(tmp_path / "a", max_steps=2 * n, save_every=n))

@@ -113,6 +113,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
     assert summary["steps"] == 4 and not list(checkpoints.glob(".tmp-*"))
 
 
+@pytest.mark.integration
 def test_resuming_a_checkpoint_of_another_config_names_the_tensors(tmp_path):
     config = pretrain_yaml(tmp_path, "run", max_steps=2)
     pretrain(load_recipe_config(PretrainConfig, config))
@@ -124,6 +125,7 @@ def test_resuming_a_checkpoint_of_another_config_names_the_tensors(tmp_path):
         pretrain(other)
 
 
+@pytest.mark.integration
 def test_skipped_samples_are_listed_at_the_end(tmp_path):
     data = tmp_path / "digits"
     (data / "images").mkdir(parents=True)
@@ -164,6 +166,12 @@ def test_wrong_sample_rate_and_channels_are_converted(tiny_model):
     stereo8k = transform(torch.stack([torch.sin(2 * torch.pi * 440 * t)] * 2), 8000)
     assert stereo8k.shape == mono16k.shape == (cfg.target_frames, cfg.num_mel_bins)
     assert torch.isfinite(stereo8k).all()
+    # resampled: the 8 kHz tone gives about the 16 kHz tone's fbank (noise differs by ~1.8 per bin)
+    assert (stereo8k - mono16k).abs().mean() < 0.25
+    assert torch.equal(stereo8k.argmax(1), mono16k.argmax(1))  # its energy in the same mel bin
+    # averaged: two channels give the fbank of their mean
+    tone = torch.sin(2 * torch.pi * 440 * t)
+    torch.testing.assert_close(transform(torch.stack([tone, torch.zeros_like(tone)]), 8000), transform(0.5 * tone, 8000))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
@@ -208,6 +216,7 @@ def test_corrupt_text_file_is_named(tmp_path, tiny_model):
             dataset[names[name]]
 
 
+@pytest.mark.integration
 def test_unknown_label_for_a_trained_head_is_named(tmp_path):
     from omnivec.evaluation import evaluate_saved
     from omnivec.finetuning import finetune
@@ -247,6 +256,7 @@ def test_manifest_paths_cannot_escape_the_dataset_root(tmp_path):
         load_task(tmp_path / "data")
 
 
+@pytest.mark.integration
 def test_every_torch_load_on_resume_is_weights_only(tmp_path, monkeypatch):
     """Model weights are safetensors; accelerate's optimizer / scheduler / RNG files are read with
     torch.load(weights_only=True), which cannot run pickled code."""
