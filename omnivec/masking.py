@@ -14,18 +14,33 @@ import torch
 class Masking:
     """Which tokens a sample keeps: `ids_keep` [B, K] (with `keep_valid` [B, K] False where a slot
     only pads a sample that keeps fewer tokens), `mask` [B, L] True where a real token is hidden
-    (the loss positions), and `ids_restore` [B, L] that undoes the shuffle."""
+    (the loss positions), `ids_restore` [B, L] that undoes the shuffle, and `num_hidden` the
+    hidden tokens per sample when every sample hides as many (None: they differ, or unknown)."""
 
     ids_keep: torch.Tensor
     keep_valid: torch.Tensor | None
     mask: torch.Tensor
     ids_restore: torch.Tensor
+    num_hidden: int | None = None
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, ...] -> [N, ...] the hidden tokens, row by row in position order (`x[mask]`);
+        a gather when every sample hides `num_hidden` tokens, so no device-to-host sync."""
+        if self.num_hidden is None:
+            return x[self.mask]  # the count depends on the data: a sync
+        ids = torch.argsort(~self.mask, dim=1, stable=True)[:, : self.num_hidden]  # [B, n] hidden, ascending
+        return gather_tokens(x, ids).flatten(0, 1)  # [B * n, ...]
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x: [B, L, ...], ids: [B, K] -> [B, K, ...], the tokens at `ids` for each sample."""
     index = ids.reshape(*ids.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:])
     return torch.gather(x, 1, index)
+
+
+def keep_count(n_real: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Tokens a sample of `n_real` real tokens keeps: n - round(n * ratio), at least 1 (elementwise)."""
+    return torch.minimum(torch.clamp(n_real - torch.round(n_real * ratio).long(), min=1), n_real)
 
 
 def random_masking(batch_size: int, length: int, ratio: float, padding_mask: torch.Tensor | None = None,
@@ -40,19 +55,17 @@ def random_masking(batch_size: int, length: int, ratio: float, padding_mask: tor
         noise = torch.rand(batch_size, length, generator=generator, device=generator.device if generator else device)
     device = noise.device
     real = torch.ones(batch_size, length, dtype=torch.bool, device=device) if padding_mask is None else padding_mask
-    n_real = real.sum(1)  # [B]
-    n_keep = torch.clamp(n_real - torch.round(n_real * ratio).long(), min=1)  # [B]
-    n_keep = torch.minimum(n_keep, n_real)
     ids_shuffle = torch.argsort(noise + 2.0 * (~real), dim=1)  # real tokens first (in random order), then pads
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    rank = ids_restore  # position of each token in the shuffled order, [B, L]
-    mask = (rank >= n_keep[:, None]) & real  # [B, L]
-    max_keep = int(n_keep.max()) if padding_mask is not None else int(n_keep[0])
-    ids_keep = ids_shuffle[:, :max_keep]  # [B, K]
-    keep_valid = None
-    if padding_mask is not None:
-        keep_valid = torch.arange(max_keep, device=device)[None] < n_keep[:, None]  # [B, K]
-    return Masking(ids_keep, keep_valid, mask, ids_restore)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # position of each token in the shuffled order, [B, L]
+    if padding_mask is None:  # every sample keeps as many tokens: counted on the host, no device sync
+        n_keep = max_keep = int(keep_count(torch.tensor(length), ratio))
+        keep_valid, num_hidden = None, length - max_keep
+    else:
+        n_keep = keep_count(real.sum(1), ratio)[:, None]  # [B, 1]
+        max_keep = int(n_keep.max())  # a sync: the slots the batch needs depend on its texts' lengths
+        keep_valid, num_hidden = torch.arange(max_keep, device=device)[None] < n_keep, None  # [B, K]
+    mask = (ids_restore >= n_keep) & real  # [B, L]
+    return Masking(ids_shuffle[:, :max_keep], keep_valid, mask, ids_restore, num_hidden)  # ids_keep [B, K]
 
 
 def tube_masking(batch_size: int, grid: tuple[int, int, int], ratio: float, noise: torch.Tensor | None = None,
@@ -68,4 +81,4 @@ def tube_masking(batch_size: int, grid: tuple[int, int, int], ratio: float, nois
     mask = spatial.mask.repeat(1, t)  # [B, T' * H' * W']
     hidden = (offsets + torch.argsort(spatial.ids_restore, 1)[:, None, ids_keep.shape[1] // t:]).flatten(1)
     ids_restore = torch.argsort(torch.cat([ids_keep, hidden], 1), dim=1)
-    return Masking(ids_keep, None, mask, ids_restore)
+    return Masking(ids_keep, None, mask, ids_restore, t * spatial.num_hidden)

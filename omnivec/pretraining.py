@@ -23,7 +23,9 @@ from .config import join_key, require, require_positive
 from .errors import ConfigError
 from .evaluation import eval_batches, evaluating
 from .masking import Masking
+from .modalities.base import Tokens
 from .model import OmniVecModel, _init_weights, load_model
+from .packing import packed_backbone
 from .registry import MODELS
 from .training import TrainConfig, Trainer, prepare_output_dir
 
@@ -75,15 +77,21 @@ class MaskedDecoder(nn.Module):
         x = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)  # [B, L, d]
         x = x + (self.pos_mlp(positions) if positions is not None else self.pos_embed[:, :L])
         x = run_blocks(self.blocks, x, padding_mask)
-        return self.pred(self.norm(x[masking.mask]))  # [N, P]
+        return self.pred(self.norm(masking.hidden(x)))  # [N, P]
 
 
 class MaskedPretrainer(nn.Module):
-    """An `OmniVecModel` plus one `MaskedDecoder` per modality; `forward` returns the loss per modality."""
+    """An `OmniVecModel` plus one `MaskedDecoder` per modality; `forward` returns the loss per modality.
 
-    def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0):
+    pack: one backbone pass over the kept tokens of every modality of a batch (omnivec/packing.py)
+    instead of one per modality; the same losses."""
+
+    def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0, pack: bool = False):
         super().__init__()
-        self.model, self.seed = model, seed
+        if pack and model.config.backbone.drop_path > 0:
+            raise ConfigError("pack: needs backbone.drop_path = 0 (stochastic depth would drop a packed row, "
+                              "several samples at once)")
+        self.model, self.seed, self.pack = model, seed, pack
         dim = model.config.backbone.dim
         self.decoders = nn.ModuleDict({
             m: MaskedDecoder(decoder, dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim)
@@ -97,19 +105,35 @@ class MaskedPretrainer(nn.Module):
 
     def reconstruct(self, modality: str, x: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
         """Mask, encode the kept tokens, decode all -> loss, prediction, target, mask (and positions)."""
+        masking, out = self.encode(modality, x, generator)
+        hidden = self.model.backbone(out.tokens, modality, out.padding_mask)  # [B, K, D]
+        return self.decode(modality, x, masking, out, hidden)
+
+    def encode(self, modality: str, x: Any, generator: torch.Generator | None = None) -> tuple[Masking, Tokens]:
+        """Sample the mask and encode the kept tokens -> the masking and the encoder's `Tokens`
+        (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
         enc = self.model.encoders[modality]
         masking = enc.sample_mask(x, generator)
-        out = enc(x, masking.ids_keep, masking.keep_valid, with_target=True)  # tokens [B, K, D]
-        hidden = self.model.backbone(out.tokens, modality, out.padding_mask)  # [B, K, D]
+        return masking, enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
+
+    def decode(self, modality: str, x: Any, masking: Masking, out: Tokens, hidden: torch.Tensor) -> dict[str, Any]:
+        """Backbone tokens [B, K, D] -> the `reconstruct` result (loss on the hidden tokens)."""
+        enc = self.model.encoders[modality]
         pred = self.decoders[modality](hidden, masking, enc.padding_mask(x), out.positions)  # [N, P]
-        loss = enc.reconstruction_loss(pred, out.target[masking.mask])
+        loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
         return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
 
     def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
         """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens}."""
         device = next(self.parameters()).device
         generator = self.mask_generator(device, step)
-        return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
+        if not self.pack:
+            return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
+        encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
+        hidden = packed_backbone(self.model.backbone, {m: out.tokens for m, (_, out) in encoded.items()},
+                                 {m: out.padding_mask for m, (_, out) in encoded.items()})  # {m: [B, K, D]}
+        return {m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
+                for m, (masking, out) in encoded.items()}
 
     def save_model(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -128,6 +152,7 @@ class PretrainConfig(TrainConfig):
     weights: dict[str, float] = field(default_factory=dict)  # loss weights ("all") or sampling weights
     eval_batches: int = 10  # validation batches per modality
     plot_samples: int = 3  # validation samples per modality in reconstructions.png
+    pack: bool = False  # one backbone pass over every modality's kept tokens (omnivec/packing.py), same losses
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -184,7 +209,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg)
-    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed)
+    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack)
     trainer = Trainer(cfg, pretrainer)
     out = Path(cfg.output_dir)
     if trainer.is_main:

@@ -88,12 +88,21 @@ class SummarizationHead(TaskHead):
 
     @torch.no_grad()
     def generate(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, **overrides) -> torch.Tensor:
-        """Token ids [B, <= 1 + max_new_tokens], starting with the start token, ending at EOS or the limit."""
+        """Token ids [B, <= 1 + max_new_tokens], starting with the start token, ending at EOS or the limit.
+
+        Keys and values are cached (`use_cache=False` in `overrides` recomputes them every step): the
+        decoder's own in a growing cache, the cross-attention ones of the text tokens once, in an
+        `EncoderDecoderCache` (transformers would give a decoder-only model a self-attention cache only)."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
         start = torch.full((x.shape[0], 1), self.bos, dtype=torch.long, device=x.device)
         options = dict(max_new_tokens=self.cfg.max_new_tokens, num_beams=self.cfg.num_beams, do_sample=False,
                        no_repeat_ngram_size=self.cfg.no_repeat_ngram_size, eos_token_id=self.eos,
-                       pad_token_id=self.pad, use_cache=False)
-        return self.decoder.generate(input_ids=start, **self._memory(x, padding_mask), **(options | overrides))
+                       pad_token_id=self.pad, use_cache=True) | overrides
+        if options["use_cache"]:
+            config = self.decoder.config
+            options["cache"] = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        return self.decoder.generate(input_ids=start, **self._memory(x, padding_mask), **options)
 
     def predict(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> list[str]:
         return self.tokenizer.batch_decode(self.generate(x, padding_mask), skip_special_tokens=True)

@@ -51,7 +51,7 @@ def register_modality(name: str) -> Callable[[type], type]:
 class Tokens:
     """What a modality encoder produces for a batch."""
 
-    tokens: torch.Tensor  # [B, L, width] from `tokenize`; [B, K, D] from `forward`
+    tokens: torch.Tensor  # [B, L, width] from `tokenize`; [B, K, width] from `tokenize_kept`; [B, K, D] from `forward`
     padding_mask: torch.Tensor | None = None  # [B, L] bool, True = real token
     target: torch.Tensor | None = None  # [B, L, P] reconstruction target of every token (pretraining)
     positions: torch.Tensor | None = None  # [B, L, 3] token coordinates for the decoder (point groups)
@@ -67,7 +67,9 @@ class ModalityEncoder(nn.Module):
       are its own);
     - samples: `build_transform(cfg, train)` (raw sample -> model-ready tensor), `collate(inputs,
       cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
-    - tokens: `tokenize` (batch -> tokens with positions, and the reconstruction target on request);
+    - tokens: `tokenize` (batch -> tokens with positions, and the reconstruction target on request),
+      `tokenize_kept` (only the tokens masked pretraining keeps; default: `tokenize` all, then gather:
+      a modality whose tokens cost real work each, like point groups, computes only the kept ones);
     - masked pretraining: `sample_mask` (default: random at `cfg.mask_ratio`), `reconstruction_loss`
       (default: MSE on the hidden tokens), `decoder_position_dim` (0: the decoder learns a position
       per token; n: tokens come with [B, L, n] coordinates, `Tokens.positions`);
@@ -111,6 +113,13 @@ class ModalityEncoder(nn.Module):
     def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
         """Model-ready batch -> tokens [B, L, width] with positions added (+ padding mask, + target)."""
         raise NotImplementedError
+
+    def tokenize_kept(self, x: Any, ids_keep: torch.Tensor, with_target: bool = False) -> Tokens:
+        """Like `tokenize`, but tokens [B, K, width] and padding mask [B, K] only at `ids_keep` [B, K];
+        target and positions stay at full length L (the decoder sees every token)."""
+        out = self.tokenize(x, with_target)  # tokens [B, L, width]
+        padding_mask = None if out.padding_mask is None else gather_tokens(out.padding_mask, ids_keep)
+        return replace(out, tokens=gather_tokens(out.tokens, ids_keep), padding_mask=padding_mask)  # [B, K, width]
 
     def padding_mask(self, x: Any) -> torch.Tensor | None:
         """[B, L] bool (True = real token) for inputs with padding, else None."""
@@ -201,14 +210,15 @@ class ModalityEncoder(nn.Module):
         self.check_input(x)
         if isinstance(x, torch.Tensor) and x.dtype != self.proj_dtype:  # float64, or float16 outside autocast
             x = x.to(self.proj_dtype)
-        out = self.tokenize(x, with_target)  # tokens [B, L, width]
-        tokens, padding_mask = out.tokens, out.padding_mask
-        if ids_keep is not None:  # drop hidden tokens before any block sees them (MAE)
-            tokens = gather_tokens(tokens, ids_keep)  # [B, K, width]
-            padding_mask = None if padding_mask is None else gather_tokens(padding_mask, ids_keep)
+        if ids_keep is None:
+            out = self.tokenize(x, with_target)  # tokens [B, L, width]
+            padding_mask = out.padding_mask
+        else:  # drop hidden tokens before any block sees them (MAE)
+            out = self.tokenize_kept(x, ids_keep, with_target)  # tokens [B, K, width]
+            padding_mask = out.padding_mask
             if keep_valid is not None:
                 padding_mask = keep_valid if padding_mask is None else padding_mask & keep_valid
-        tokens = self.encode(tokens, padding_mask)  # [B, K, width]
+        tokens = self.encode(out.tokens, padding_mask)  # [B, K, width]
         return replace(out, tokens=self.proj(self.norm(tokens)), padding_mask=padding_mask)  # [B, K, D]
 
     @property

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import ModalityConfig, require, require_positive
 from ..errors import DataError, InputError
+from ..masking import gather_tokens
 from .base import ModalityEncoder, Tokens, register_modality
 
 
@@ -237,8 +238,16 @@ class PointCloudEncoder(ModalityEncoder):
         return self.cfg.group_size * 3
 
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+        return self.tokenize_kept(x, None, with_target)
+
+    def tokenize_kept(self, x: torch.Tensor, ids_keep: torch.Tensor | None, with_target: bool = False) -> Tokens:
+        """Groups over the whole cloud (farthest point sampling, kNN), the mini-PointNet on the kept
+        groups `ids_keep` [B, G'] only (every group when None)."""
         centres, groups = group_points(x, self.cfg.num_groups, self.cfg.group_size)  # [B, G, 3], [B, G, K, C]
-        tokens = self.group_encoder(groups) + self.pos_embed(centres)  # [B, G, width]
+        kept_centres, kept_groups = centres, groups
+        if ids_keep is not None:
+            kept_centres, kept_groups = gather_tokens(centres, ids_keep), gather_tokens(groups, ids_keep)
+        tokens = self.group_encoder(kept_groups) + self.pos_embed(kept_centres)  # [B, G', width]
         if not with_target:
             return Tokens(tokens)
         return Tokens(tokens, target=groups[..., :3].flatten(2), positions=centres)  # [B, G, K*3], [B, G, 3]
