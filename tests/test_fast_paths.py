@@ -31,9 +31,13 @@ def test_fused_patch_normalisation_is_maes(size):
 
 
 def test_finite_check_passes_large_finite_values(tiny_model, tiny_config):
+    from omnivec.model import check_finite
+
     x = omnivec.example_inputs(tiny_config, 2)["image"]
     x[:, :, :4] = 3e38  # the sum overflows; no value is infinite
-    tiny_model.embed({"image": x})
+    check_finite("image", x)  # the one-reduction check does not take the overflow for a NaN
+    with pytest.raises(omnivec.InputError, match="image: expected model-ready values"):  # but the embedding overflows
+        tiny_model.embed({"image": x})
 
 
 @pytest.mark.integration

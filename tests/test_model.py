@@ -64,7 +64,7 @@ def _blocks(blocks, x, mask):
 
 def test_save_and_load_give_identical_outputs(tiny_model, tiny_config, tmp_path):
     tiny_model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = omnivec.OmniVecModel.from_pretrained(tmp_path / "m").eval()
     assert loaded.config == tiny_config
     batch = omnivec.example_inputs(tiny_config, batch_size=2)

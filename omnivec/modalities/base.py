@@ -208,7 +208,7 @@ class ModalityEncoder(nn.Module):
         """Tokens for the backbone: [B, L, D], or [B, K, D] with `ids_keep` [B, K] (slots where
         `keep_valid` is False become padding). `target` and `positions` stay at full length L."""
         self.check_input(x)
-        if isinstance(x, torch.Tensor) and x.dtype != self.proj_dtype:  # float64, or float16 outside autocast
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != self.proj_dtype:  # float64, fp16
             x = x.to(self.proj_dtype)
         if ids_keep is None:
             out = self.tokenize(x, with_target)  # tokens [B, L, width]
