@@ -82,8 +82,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .embedding import search
+    from .model import OmniVecModel
 
-    for rank, hit in enumerate(search(args.index, args.query, args.k, modality=args.modality), 1):
+    model = OmniVecModel.from_pretrained(args.model) if args.model else None  # else the index's
+    for rank, hit in enumerate(search(args.index, args.query, args.k, model=model, modality=args.modality), 1):
         print(f"{rank:>2}  {hit['score']:.3f}  {hit['modality']:<12} {hit['path']}")
     return 0
 
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, help="a file of any modality, or a text")
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--modality", help="only return samples of this modality")
+    p.add_argument("--model", help="the model that embedded the index (default: the folder the index records)")
     p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")

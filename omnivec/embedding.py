@@ -244,7 +244,7 @@ def embed_command(model_path: str, inputs: Sequence[str], output: str, batch_siz
             errors.update(errs)
     records = records_for(items, errors, skip_bad)  # raises before anything is written
     if state.is_main_process:
-        meta = {"model": str(model_path), "dim": int(embeddings.shape[1]), "precision": precision}
+        meta = {"model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else str(model_path), "dim": int(embeddings.shape[1]), "precision": precision}
         for path in write_embeddings(output, embeddings, records, meta, fmt):
             print(f"wrote {path}")
         failed = sum(r["status"] != "ok" for r in records)

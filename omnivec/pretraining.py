@@ -158,6 +158,8 @@ class PretrainConfig(TrainConfig):
         super().validate(prefix)
         require(self.model in MODELS, join_key(prefix, "model"), f"a registered variant {MODELS.names()}", self.model)
         require(bool(self.data), join_key(prefix, "data"), "at least one modality: dataset path", self.data)
+        for modality, paths in self.data.items():
+            require(bool(paths), join_key(prefix, f"data.{modality}"), "at least one dataset path", paths)
         require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
                 "all, round_robin or weighted", self.schedule)
         require_positive(self, prefix, "eval_batches")

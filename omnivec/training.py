@@ -63,6 +63,8 @@ class TrainConfig:
         require(self.precision in ("no", "bf16", "fp16"), join_key(prefix, "precision"), "no, bf16 or fp16", self.precision)
         require(self.device in ("auto", "cpu"), join_key(prefix, "device"), "auto or cpu", self.device)
         require(len(self.betas) == 2, join_key(prefix, "betas"), "two values", self.betas)
+        require(all(0 <= b < 1 for b in self.betas), join_key(prefix, "betas"), "two values in [0, 1)", self.betas)
+        require(0 <= self.seed < 2**32, join_key(prefix, "seed"), "an int in [0, 2**32)", self.seed)
         require(bool(self.output_dir), join_key(prefix, "output_dir"), "a folder", self.output_dir)
         require(not (self.overwrite and self.resume), join_key(prefix, "overwrite"),
                 "false when resume is set (resume continues the run in output_dir, overwrite replaces it)",

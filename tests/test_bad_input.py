@@ -207,3 +207,26 @@ def test_a_pickled_hf_checkpoint_with_code_is_refused_naming_safetensors(tmp_pat
     with pytest.raises(ConfigError, match="modalities.image.pretrained: .*refused and nothing in it ran.*safetensors") as e:
         omnivec.build_model("omnivec_tiny", **{"modalities.image.pretrained": f"hf:{tmp_path / 'vit'}"})
     assert "weights_only" not in str(e.value) and "this ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, key", [("betas=[0.9, 1.5]", "betas"), ("seed=-1", "seed"),
+                                           ("data={image: []}", "data.image")])
+def test_impossible_loop_values_are_one_error_line(override, key, capsys):
+    """Item 12: bad betas, seed and an empty dataset list name their key before any work."""
+    assert main(["pretrain", "configs/pretrain/tiny.yaml", override]) == 2
+    assert f"error: {key}: expected" in capsys.readouterr().err
+
+
+def test_search_takes_a_model_when_the_index_outlived_its_folder(tmp_path, tiny_model, capsys):
+    """Item 2: an index records its model's absolute folder; --model points at a moved copy."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(SAMPLE / "shapes"), "--output",
+                 str(tmp_path / "index"), "--num-workers", "0"]) == 0
+    assert json.loads((tmp_path / "index.json").read_text())["model"] == str((tmp_path / "m").resolve())
+    shutil.move(tmp_path / "m", tmp_path / "moved")
+    query = sorted((SAMPLE / "shapes").rglob("*.ply"))[0]
+    assert main(["search", "--index", str(tmp_path / "index"), "--query", str(query), "-k", "1"]) == 2
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "index"), "--query", str(query), "-k", "1",
+                 "--model", str(tmp_path / "moved")]) == 0
+    assert str(query.resolve()) in capsys.readouterr().out
