@@ -125,16 +125,23 @@ def test_resuming_a_checkpoint_of_another_config_names_the_tensors(tmp_path):
         pretrain(other)
 
 
-@pytest.mark.integration
-def test_skipped_samples_are_listed_at_the_end(tmp_path):
+def digits_with_bad_files(tmp_path: Path, bad: list[str]) -> Path:
+    """Eight sample digits (six train, two val) in a dataset folder, the files named in `bad` corrupted."""
     data = tmp_path / "digits"
     (data / "images").mkdir(parents=True)
     rows = []
     for i in range(8):
         shutil.copy(SAMPLE / "digits" / "images" / f"{i:04d}.png", data / "images" / f"{i:04d}.png")
         rows.append({"path": f"images/{i:04d}.png", "label": str(i % 2), "split": "train" if i < 6 else "val"})
-    (data / "images" / "0003.png").write_bytes(b"\x89PNG not really")
+    for name in bad:
+        (data / "images" / name).write_bytes(b"\x89PNG not really")
     (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.mark.integration
+def test_skipped_samples_are_listed_at_the_end(tmp_path):
+    data = digits_with_bad_files(tmp_path, ["0003.png"])
     cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=3, save_every=0,
                                                            data={"image": [str(data)]}), ["skip_bad=true"])
     summary = pretrain(cfg)
@@ -498,15 +505,7 @@ def test_pretraining_loss_weights_are_checked(tmp_path, weights, key):
 
 def test_skip_bad_lists_each_bad_file_once(tmp_path):
     """Item 14: two bad files met in each of three epochs are listed once each."""
-    data = tmp_path / "digits"
-    (data / "images").mkdir(parents=True)
-    rows = []
-    for i in range(8):
-        shutil.copy(SAMPLE / "digits" / "images" / f"{i:04d}.png", data / "images" / f"{i:04d}.png")
-        rows.append({"path": f"images/{i:04d}.png", "label": str(i % 2), "split": "train" if i < 6 else "val"})
-    for bad in ("0001.png", "0003.png"):
-        (data / "images" / bad).write_bytes(b"\x89PNG not really")
-    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = digits_with_bad_files(tmp_path, ["0001.png", "0003.png"])
     cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=9, save_every=0, batch_size=2,
                                                            data={"image": [str(data)]}), ["skip_bad=true"])
     summary = pretrain(cfg)  # 9 steps of 2 samples: three epochs of 6

@@ -158,13 +158,18 @@ class TextEncoder(ModalityEncoder):
             self._fail(f"a batch of at least one text, {expected}", "an empty batch")
         if ids.shape[1] > self.cfg.max_length:
             self._fail(expected + " (modalities.text.max_length)", f"length {ids.shape[1]}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
-            self._fail(f"token ids in [0, {self.cfg.vocab_size})", f"ids in [{int(ids.min())}, {int(ids.max())}]")
         if attention_mask is not None and attention_mask.shape != ids.shape:
             self._fail(f"attention_mask of the input_ids' shape {list(ids.shape)}", f"{list(attention_mask.shape)}")
-        if attention_mask is not None and ids.shape[1] and (attention_mask.sum(1) == 0).any():
-            row = int((attention_mask.sum(1) == 0).nonzero()[0])
-            self._fail("at least one real token per text (attention_mask 1)", f"none in row {row}")
+        if not ids.numel():
+            return
+        out_of_range = (ids.min() < 0) | (ids.max() >= self.cfg.vocab_size)
+        empty_row = (attention_mask.sum(1) == 0).any() if attention_mask is not None else torch.zeros((), dtype=torch.bool, device=ids.device)
+        if not bool(out_of_range | empty_row):  # one host sync for both value checks
+            return
+        if out_of_range:
+            self._fail(f"token ids in [0, {self.cfg.vocab_size})", f"ids in [{int(ids.min())}, {int(ids.max())}]")
+        row = int((attention_mask.sum(1) == 0).nonzero()[0])
+        self._fail("at least one real token per text (attention_mask 1)", f"none in row {row}")
 
     @classmethod
     def read(cls, path: Path) -> str:
