@@ -163,7 +163,8 @@ class TextEncoder(ModalityEncoder):
         if not ids.numel():
             return
         out_of_range = (ids.min() < 0) | (ids.max() >= self.cfg.vocab_size)
-        empty_row = (attention_mask.sum(1) == 0).any() if attention_mask is not None else torch.zeros((), dtype=torch.bool, device=ids.device)
+        empty_row = torch.zeros((), dtype=torch.bool, device=ids.device) if attention_mask is None \
+            else (attention_mask.sum(1) == 0).any()
         if not bool(out_of_range | empty_row):  # one host sync for both value checks
             return
         if out_of_range:
