@@ -57,11 +57,18 @@ class SharedBackbone(nn.Module):
         if self.prefix is not None:
             trunc_normal_(self.prefix, std=0.02)
 
-    def forward(self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]."""
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+    def forward(self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None,
+                keep_prefix: bool = False) -> torch.Tensor:
+        """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]
+        (`keep_prefix`: [B, n + L, D], the n prefix tokens' outputs first, as an MAE decoder takes them)."""
         x = x + self.modality_embed[modality]  # [B, L, D]
-        n = 0 if self.prefix is None else self.prefix.shape[1]
+        n = self.num_prefix_tokens
         if n:  # prefix tokens attend in every block, and are dropped after the final norm
             x = torch.cat([self.prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # [B, n + L, D]
             padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
-        return self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask))[:, n:]  # [B, L, D]
+        x = self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask))  # [B, n + L, D]
+        return x if keep_prefix else x[:, n:]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 import torch
@@ -185,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ConfigError, DataError, ModelError, TrainingError
 
     args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers and os.environ.get("RANK", "0") == "0":  # load reports, once per run
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("omnivec").setLevel(logging.INFO)
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, TrainingError) as e:

@@ -48,11 +48,12 @@ def unpack(rows: torch.Tensor, batch_size: int, num_tokens: int) -> torch.Tensor
 
 
 def packed_backbone(backbone: SharedBackbone, tokens: Mapping[str, torch.Tensor],
-                    padding_masks: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+                    padding_masks: Mapping[str, torch.Tensor | None],
+                    keep_prefix: bool = False) -> dict[str, torch.Tensor]:
     """{modality: tokens [B_m, K_m, D]} with their padding masks [B_m, K_m] (or None) -> what
-    `backbone(tokens, modality, padding_mask)` gives for each, from one pass over all of them in
-    rows as long as the longest sample (rounded up to 8 tokens)."""
-    num_prefix = 0 if backbone.prefix is None else backbone.prefix.shape[1]  # they lead every sample
+    `backbone(tokens, modality, padding_mask, keep_prefix)` gives for each, from one pass over all of
+    them in rows as long as the longest sample (rounded up to 8 tokens)."""
+    num_prefix = backbone.num_prefix_tokens  # they lead every sample
     samples = {}
     for m, t in tokens.items():
         x, padding_mask = t + backbone.modality_embed[m], padding_masks[m]  # [B, K, D]
@@ -67,4 +68,5 @@ def packed_backbone(backbone: SharedBackbone, tokens: Mapping[str, torch.Tensor]
     for block in backbone.blocks:
         x = block(x, attn_mask=mask)
     x = backbone.norm(x).split([len(rows) for rows, _ in packed])  # per modality [R_m, length, D]
-    return {m: unpack(rows, *samples[m][0].shape[:2])[:, num_prefix:] for m, rows in zip(samples, x)}  # [B_m, K_m, D]
+    drop = 0 if keep_prefix else num_prefix
+    return {m: unpack(rows, *samples[m][0].shape[:2])[:, drop:] for m, rows in zip(samples, x)}  # [B_m, K_m, D]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .packing import packed_backbone
 from .registry import MODELS
 from .training import TrainConfig, Trainer, prepare_output_dir
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class DecoderConfig:
@@ -39,44 +42,58 @@ class DecoderConfig:
     depth: int = 2
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    norm_eps: float = 1e-5
+    from_trunk: bool = True  # the image decoder starts from the trunk checkpoint's MAE decoder, if it has one
 
     def validate(self, prefix: str) -> None:
-        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio")
+        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
         require(self.dim % self.num_heads == 0, join_key(prefix, "num_heads"), f"a divisor of dim={self.dim}",
                 self.num_heads)
 
 
 class MaskedDecoder(nn.Module):
-    """Visible backbone tokens + a mask token at every hidden position -> a prediction per token."""
+    """Visible backbone tokens + a mask token at every hidden position -> a prediction per token.
 
-    def __init__(self, cfg: DecoderConfig, in_dim: int, num_tokens: int, target_dim: int, position_dim: int = 0):
+    With `num_prefix` the backbone's prefix tokens (a pretrained ViT's CLS) lead the sequence with
+    positions of their own, as in MAE's decoder, and are dropped before the prediction."""
+
+    def __init__(self, cfg: DecoderConfig, in_dim: int, num_tokens: int, target_dim: int, position_dim: int = 0,
+                 num_prefix: int = 0):
         super().__init__()
+        self.num_prefix = num_prefix
         self.embed = nn.Linear(in_dim, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.prefix_pos = nn.Parameter(torch.zeros(1, num_prefix, cfg.dim)) if num_prefix else None
         if position_dim:  # tokens placed by coordinates, e.g. point groups by their centres (Point-MAE)
             self.pos_mlp = nn.Sequential(nn.Linear(position_dim, 128), nn.GELU(), nn.Linear(128, cfg.dim))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.dim))
             trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, norm_eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.pred = nn.Linear(cfg.dim, target_dim)
         trunc_normal_(self.mask_token, std=0.02)
+        if num_prefix:
+            trunc_normal_(self.prefix_pos, std=0.02)
         self.apply(_init_weights)
 
     def forward(self, visible: torch.Tensor, masking: Masking, padding_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """visible: [B, K, D] backbone tokens at `masking.ids_keep`; padding_mask: [B, L] of the full
-        sequence; positions: [B, L, n] token coordinates (point groups) -> predictions [N, P] for the N hidden tokens
-        (`masking.mask`), the only ones any loss looks at."""
-        x = self.embed(visible)  # [B, K, d]
+        """visible: [B, n + K, D] backbone tokens: the n prefix tokens, then those at `masking.ids_keep`;
+        padding_mask: [B, L] of the full sequence; positions: [B, L, c] token coordinates (point groups)
+        -> predictions [N, P] for the N hidden tokens (`masking.mask`), the only ones any loss looks at."""
+        n = self.num_prefix
+        prefix, x = self.embed(visible).split([n, visible.shape[1] - n], dim=1)  # [B, n, d], [B, K, d]
         B, L = masking.mask.shape
         if masking.keep_valid is not None:
             x = torch.where(masking.keep_valid[..., None], x, self.mask_token.to(x.dtype))
         index = masking.ids_keep[..., None].expand(-1, -1, x.shape[-1])
         x = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)  # [B, L, d]
         x = x + (self.pos_mlp(positions) if positions is not None else self.pos_embed[:, :L])
-        x = run_blocks(self.blocks, x, padding_mask)
+        if n:
+            x = torch.cat([prefix + self.prefix_pos, x], dim=1)  # [B, n + L, d]
+            padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
+        x = run_blocks(self.blocks, x, padding_mask)[:, n:]  # [B, L, d]
         return self.pred(self.norm(masking.hidden(x)))  # [N, P]
 
 
@@ -84,7 +101,8 @@ class MaskedPretrainer(nn.Module):
     """An `OmniVecModel` plus one `MaskedDecoder` per modality; `forward` returns the loss per modality.
 
     pack: one backbone pass over the kept tokens of every modality of a batch (omnivec/packing.py)
-    instead of one per modality; the same losses."""
+    instead of one per modality; the same losses. A model whose trunk was just read from a checkpoint
+    with an MAE decoder (`decoder.from_trunk`) starts its image decoder from that one, at its size."""
 
     def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0, pack: bool = False):
         super().__init__()
@@ -92,32 +110,47 @@ class MaskedPretrainer(nn.Module):
             raise ConfigError("pack: needs backbone.drop_path = 0 (stochastic depth would drop a packed row, "
                               "several samples at once)")
         self.model, self.seed, self.pack = model, seed, pack
-        dim = model.config.backbone.dim
+        dim, num_prefix = model.config.backbone.dim, model.backbone.num_prefix_tokens
+        trunk = None
+        if decoder.from_trunk and "backbone" in model.load_reports:  # the trunk was read in this process
+            from .encoders.trunk import IMAGE, load_mae_decoder
+
+            trunk = load_mae_decoder(model)
+        configs = {m: decoder for m in model.encoders}
+        if trunk is not None:
+            configs[IMAGE] = dataclasses.replace(decoder, **trunk[0])
         self.decoders = nn.ModuleDict({
-            m: MaskedDecoder(decoder, dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim)
+            m: MaskedDecoder(configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim, num_prefix)
             for m, enc in model.encoders.items()
         })
+        if trunk is not None:
+            self.decoders[IMAGE].load_state_dict(trunk[1])
+            trunk[2].source = f"{model.config.backbone.pretrained}'s MAE decoder ({trunk[0]})"
+            logger.info("image decoder: %s", trunk[2].summary())
 
     def mask_generator(self, device: torch.device, step: int) -> torch.Generator:
         """Masks are a function of (seed, step, process): a resumed run hides the same tokens."""
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         return torch.Generator(device).manual_seed((self.seed * 1_000_003 + step) * 1009 + rank)
 
-    def reconstruct(self, modality: str, x: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Mask, encode the kept tokens, decode all -> loss, prediction, target, mask (and positions)."""
-        masking, out = self.encode(modality, x, generator)
-        hidden = self.model.backbone(out.tokens, modality, out.padding_mask)  # [B, K, D]
+    def reconstruct(self, modality: str, x: Any, generator: torch.Generator | None = None,
+                    masking: Masking | None = None) -> dict[str, Any]:
+        """Mask (or take `masking`), encode the kept tokens, decode all -> loss, prediction, target,
+        mask (and positions)."""
+        masking, out = self.encode(modality, x, generator, masking)
+        hidden = self.model.backbone(out.tokens, modality, out.padding_mask, keep_prefix=True)  # [B, n + K, D]
         return self.decode(modality, x, masking, out, hidden)
 
-    def encode(self, modality: str, x: Any, generator: torch.Generator | None = None) -> tuple[Masking, Tokens]:
-        """Sample the mask and encode the kept tokens -> the masking and the encoder's `Tokens`
-        (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
+    def encode(self, modality: str, x: Any, generator: torch.Generator | None = None,
+               masking: Masking | None = None) -> tuple[Masking, Tokens]:
+        """Sample the mask (unless given) and encode the kept tokens -> the masking and the encoder's
+        `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
         enc = self.model.encoders[modality]
-        masking = enc.sample_mask(x, generator)
+        masking = enc.sample_mask(x, generator) if masking is None else masking
         return masking, enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
 
     def decode(self, modality: str, x: Any, masking: Masking, out: Tokens, hidden: torch.Tensor) -> dict[str, Any]:
-        """Backbone tokens [B, K, D] -> the `reconstruct` result (loss on the hidden tokens)."""
+        """Backbone tokens [B, n + K, D] (prefix first) -> the `reconstruct` result (loss on the hidden tokens)."""
         enc = self.model.encoders[modality]
         pred = self.decoders[modality](hidden, masking, enc.padding_mask(x), out.positions)  # [N, P]
         loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
@@ -131,7 +164,8 @@ class MaskedPretrainer(nn.Module):
             return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
         encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
         hidden = packed_backbone(self.model.backbone, {m: out.tokens for m, (_, out) in encoded.items()},
-                                 {m: out.padding_mask for m, (_, out) in encoded.items()})  # {m: [B, K, D]}
+                                 {m: out.padding_mask for m, (_, out) in encoded.items()},
+                                 keep_prefix=True)  # {m: [B, n + K, D]}
         return {m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
                 for m, (masking, out) in encoded.items()}
 

@@ -109,6 +109,74 @@ def test_trunk_from_transformers_gives_its_patch_tokens(kind, tmp_path):
     assert model.config.backbone.library_config["model_type"] == kind  # reloads offline
 
 
+MAE_SMALL = dict(HF_SMALL, layer_norm_eps=1e-6, mask_ratio=0.75, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                 decoder_num_attention_heads=16, decoder_intermediate_size=128)  # MAE's 16 decoder heads and eps
+
+
+@pytest.fixture(scope="module")
+def vit_mae_for_pretraining(tmp_path_factory):
+    """A small random ViTMAEForPreTraining saved as transformers does, and its tensors in the MAE
+    repo's layout (`mae_pretrain_vit_base.pth`: {"model": {cls_token, blocks.0.attn.qkv.weight, ...,
+    decoder_embed.weight, decoder_blocks.0..., decoder_pred.weight}})."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from omnivec.encoders.trunk import hf_to_timm
+
+    torch.manual_seed(0)
+    library = ViTMAEForPreTraining(ViTMAEConfig(**MAE_SMALL)).eval()
+    directory = tmp_path_factory.mktemp("vit_mae")
+    library.save_pretrained(directory / "hf")
+    state = hf_to_timm(library.state_dict())
+    assert {"decoder_blocks.0.attn.qkv.weight", "decoder_pred.weight", "decoder_pos_embed", "mask_token",
+            "decoder_embed.weight", "decoder_norm.weight", "blocks.1.attn.qkv.weight", "cls_token"} <= set(state)
+    torch.save({"model": state}, directory / "mae_pretrain.pth")
+    return library, directory
+
+
+@pytest.mark.parametrize("layout", ["transformers", "mae_repo"])
+def test_mae_decoder_from_the_checkpoint_reproduces_its_reconstruction(vit_mae_for_pretraining, layout):
+    """omnivec's image decoder started from an MAE checkpoint predicts what ViTMAEForPreTraining
+    predicts for the same mask (`noise=`): the CLS output leads the decoder's input, as in MAE."""
+    from omnivec.masking import random_masking
+    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
+
+    library, directory = vit_mae_for_pretraining
+    if layout == "transformers":
+        model = trunk_model(f"hf:{directory / 'hf'}")
+    else:  # a timm ViT name for the architecture, the file for the weights
+        model = trunk_model("timm:vit_tiny_patch16_224", checkpoint=str(directory / "mae_pretrain.pth"),
+                            library_config={**SMALL, "mlp_ratio": 2.0})
+    pretrainer = MaskedPretrainer(model, DecoderConfig(dim=32, depth=2, num_heads=2)).eval()
+    image = pretrainer.decoders["image"]
+    assert (len(image.blocks), image.blocks[0].attn.num_heads, image.norm.eps) == (1, 16, 1e-6)
+    assert len(pretrainer.decoders["text"].blocks) == 2  # the other modalities keep the configured decoder
+    x, noise = torch.randn(2, 3, SIZE, SIZE), torch.rand(2, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = library(pixel_values=x, noise=noise)
+        ours = pretrainer.reconstruct("image", x, masking=random_masking(2, 16, 0.75, noise=noise))
+    assert torch.equal(ours["mask"], expected.mask.bool())
+    logits = expected.logits.unflatten(-1, (PATCH, PATCH, 3)).movedim(-1, -3).flatten(-3)  # (p, p, C) -> (C, p, p)
+    torch.testing.assert_close(ours["pred"], logits[expected.mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_mae_decoder_positions_follow_the_configured_size_and_init_skips_it(vit_mae_for_pretraining, tmp_path):
+    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
+
+    _, directory = vit_mae_for_pretraining
+    model = trunk_model(f"hf:{directory / 'hf'}", image_size=48)
+    pretrainer = MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2))
+    assert pretrainer.decoders["image"].pos_embed.shape == (1, 36, 32)
+    x = torch.randn(2, 3, 48, 48)
+    assert pretrainer.reconstruct("image", x, torch.Generator().manual_seed(0))["pred"].shape == (2 * 27, 192)
+    # a saved model (`init:`) or `decoder.from_trunk: false` starts the configured decoder afresh
+    assert MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2, from_trunk=False)
+                            ).decoders["image"].blocks[0].attn.num_heads == 2
+    model.save_pretrained(tmp_path / "m")
+    again = MaskedPretrainer(omnivec.OmniVecModel.from_pretrained(tmp_path / "m"), DecoderConfig(dim=32, depth=1,
+                                                                                                 num_heads=2))
+    assert again.decoders["image"].blocks[0].attn.num_heads == 2
+
+
 def test_layer_decay_scales_follow_depth_across_encoder_and_trunk_blocks():
     from omnivec.finetuning import FinetuneModule, layer_decay_scales
     from omnivec.training import param_groups
@@ -129,12 +197,13 @@ def test_layer_decay_scales_follow_depth_across_encoder_and_trunk_blocks():
 
 
 @pytest.mark.integration
-def test_continue_mae_base_config_runs_with_a_local_checkpoint(timm_vit, tmp_path):
-    """configs/pretrain/continue_mae_base.yaml with its header's CPU override (a small local ViT)."""
+def test_continue_mae_base_config_runs_with_a_local_checkpoint(vit_mae_for_pretraining, tmp_path, caplog):
+    """configs/pretrain/continue_mae_base.yaml with its header's CPU override (a small local
+    ViTMAEForPreTraining: the image decoder starts from its decoder)."""
     from omnivec.cli import main
 
-    _, path = timm_vit
-    backbone = json.dumps({"pretrained": "timm:vit_tiny_patch16_224", "checkpoint": str(path), "library_config": SMALL})
+    _, directory = vit_mae_for_pretraining
+    backbone = json.dumps({"pretrained": f"hf:{directory / 'hf'}"})
     modalities = json.dumps({"image": {"image_size": SIZE, "patch_size": PATCH},
                              "video": {"num_frames": 4, "image_size": 32, "patch_size": 8},
                              "audio": {"num_mel_bins": 32, "target_frames": 48},
@@ -146,7 +215,9 @@ def test_continue_mae_base_config_runs_with_a_local_checkpoint(timm_vit, tmp_pat
             "decoder.dim=32",
             "decoder.depth=1", "decoder.num_heads=2", "precision=no", "batch_size=4", "num_workers=0", "max_steps=3",
             "warmup_steps=1", "eval_batches=1", "save_every=0", "log_every=1"]
-    assert main(args) == 0
+    with caplog.at_level("INFO", logger="omnivec"):
+        assert main(args) == 0
+    assert "MAE decoder ({'dim': 32, 'depth': 1, 'mlp_ratio': 4.0, 'num_heads': 16" in caplog.text
     model = omnivec.OmniVecModel.from_pretrained(tmp_path / "run" / "model")
-    assert model.config.backbone.pretrained == "timm:vit_tiny_patch16_224" and model.config.backbone.dim == 32
-    assert "started from `timm:vit_tiny_patch16_224`" in (tmp_path / "run" / "model" / "README.md").read_text()
+    assert model.config.backbone.pretrained == f"hf:{directory / 'hf'}" and model.config.backbone.dim == 32
+    assert f"started from `hf:{directory / 'hf'}`" in (tmp_path / "run" / "model" / "README.md").read_text()

@@ -27,6 +27,7 @@ from ..registry import TRUNKS
 from .loading import LoadReport, read_weights, refused_pickle
 
 IMAGE = "image"  # the modality a ViT's patch embedding feeds
+MAE_DECODER = {"num_heads": 16, "norm_eps": 1e-6}  # every MAE repo decoder's; its checkpoints do not store them
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Trunk:
     grid: tuple[int, int]  # patches of the checkpoint's input
     pos_prefix: int  # prefix tokens that have a slot in pos_embed
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    decoder: dict[str, Any] = field(default_factory=lambda: dict(MAE_DECODER))  # an MAE decoder's unstored settings
 
     def check_modalities(self, modalities: dict[str, ModalityConfig], source: str) -> None:
         """The image modality must cut the checkpoint's patches and not bring a ViT of its own."""
@@ -95,32 +97,37 @@ def timm_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
 
 
 HF_TYPES = ("vit", "vit_mae", "dinov2")
-HF_NAMES = [  # transformers ViT / ViTMAE / DINOv2 names -> timm's
+HF_BLOCKS = [  # transformers' layer lists -> timm's (encoder) and the MAE repo's (decoder)
+    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.", r"blocks.\3."),
+    (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."),
+]
+HF_NAMES = [  # transformers ViT / ViTMAE / DINOv2 names -> timm's; ViTMAE's decoder -> the MAE repo's
     (r"^(vit\.)?embeddings\.cls_token$", "cls_token"),
     (r"^(vit\.)?embeddings\.position_embeddings$", "pos_embed"),
     (r"^(vit\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.attention\.o_proj\.", r"blocks.\3.attn.proj."),
-    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.(layernorm_before|norm1)\.", r"blocks.\3.norm1."),
-    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.(layernorm_after|norm2)\.", r"blocks.\3.norm2."),
-    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.mlp\.", r"blocks.\3.mlp."),
-    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.layer_scale(\d)\.lambda1$", r"blocks.\3.ls\4.gamma"),
     (r"^(vit\.)?layernorm\.", "norm."),
+    (r"^decoder\.", ""),  # decoder.decoder_embed.weight -> decoder_embed.weight, decoder.mask_token -> mask_token
+    (r"\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.(layernorm_before|norm1)\.", ".norm1."),
+    (r"\.(layernorm_after|norm2)\.", ".norm2."),
+    (r"\.layer_scale(\d)\.lambda1$", r".ls\1.gamma"),
 ]
 
 
 def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers ViT / ViTMAE / DINOv2 state dict in timm's names (q, k, v joined into qkv);
-    other tensors (a decoder, a classifier, DINOv2's mask token) keep their names."""
-    out: dict[str, torch.Tensor] = {}
+    """A transformers ViT / ViTMAE / DINOv2 state dict in timm's names (q, k, v joined into qkv), a
+    `ViTMAEForPreTraining` decoder in the MAE repo's (`decoder_blocks.0.attn.qkv.weight`, ...); other
+    tensors (a classifier, DINOv2's mask token) keep their names."""
+    out: dict[str, Any] = {}
     for key, value in state.items():
-        qkv = re.match(r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key)
+        for pattern, name in HF_BLOCKS:
+            key = re.sub(pattern, name, key)
+        qkv = re.match(r"^(.*blocks\.\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key)
         if qkv:
-            out.setdefault(f"blocks.{qkv[3]}.attn.qkv.{qkv[5]}", {})[qkv[4]] = value
+            out.setdefault(f"{qkv[1]}.attn.qkv.{qkv[3]}", {})[qkv[2]] = value
             continue
         for pattern, name in HF_NAMES:
-            if re.match(pattern, key):
-                key = re.sub(pattern, name, key)
-                break
+            key = re.sub(pattern, name, key)
         out[key] = value
     return {k: torch.cat([v["q"], v["k"], v["v"]]) if isinstance(v, dict) else v for k, v in out.items()}
 
@@ -129,7 +136,7 @@ def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
     """A transformers ViT, ViTMAE (its encoder; `ViTMAEForPreTraining` checkpoints too) or DINOv2:
     its config (kept in `library_config` for offline reloads) and, `with_weights`, its tensors."""
-    from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     source = source_name(cfg)
     try:
@@ -150,16 +157,69 @@ def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
             "mlp_ratio": float(config.mlp_ratio) if dinov2 else config.intermediate_size / config.hidden_size,
             "qkv_bias": config.qkv_bias, "init_values": float(config.layerscale_value) if dinov2 else None,
             "norm_eps": config.layer_norm_eps, "pre_norm": False, "act": "gelu", "num_prefix_tokens": 1}
+    decoder = {"num_heads": config.decoder_num_attention_heads, "norm_eps": config.layer_norm_eps} \
+        if config.model_type == "vit_mae" else {}
     state = {}
     if with_weights:
         try:
-            state = hf_to_timm(AutoModel.from_pretrained(source).state_dict())
+            state = hf_to_timm(hf_state(source, with_decoder=bool(decoder)))
         except pickle.UnpicklingError as e:
             raise refused_pickle(f"backbone.pretrained: {source}", e) from e
         except (OSError, ValueError) as e:
             raise ConfigError(f"backbone.pretrained: cannot load {source!r} ({e})") from e
     grid = config.image_size // config.patch_size
-    return Trunk(arch, config.patch_size, config.num_channels, (grid, grid), 1, state)
+    return Trunk(arch, config.patch_size, config.num_channels, (grid, grid), 1, state, decoder)
+
+
+def hf_state(source: str, with_decoder: bool) -> dict[str, torch.Tensor]:
+    """A transformers checkpoint's tensors; `with_decoder` (ViTMAE) reads it as `ViTMAEForPreTraining`
+    and keeps the decoder when the checkpoint has one (an encoder-only checkpoint loads no decoder)."""
+    from transformers import AutoModel, ViTMAEForPreTraining
+
+    if not with_decoder:
+        return AutoModel.from_pretrained(source).state_dict()
+    model, info = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+    absent = any(k.startswith("decoder.") for k in info["missing_keys"])  # initialised here, not loaded
+    return {k: v for k, v in model.state_dict().items() if not (absent and k.startswith("decoder."))}
+
+
+def mae_decoder(trunk: Trunk, grid: tuple[int, int]) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadReport] | None:
+    """The checkpoint's MAE decoder (the MAE repo's names; `hf_to_timm` brings ViTMAEForPreTraining's
+    there) as omnivec's `MaskedDecoder`: its settings (dim, depth, num_heads, mlp_ratio, norm_eps) and
+    tensors, positions interpolated to `grid`, predictions reordered from MAE's (p, p, C) pixels per
+    patch to omnivec's (C, p, p), and the load report. None when the checkpoint has no decoder."""
+    src = trunk.state
+    if "decoder_embed.weight" not in src:
+        return None
+    dim = src["decoder_embed.weight"].shape[0]
+    depth = 1 + max(int(m[1]) for k in src if (m := re.match(r"decoder_blocks\.(\d+)\.", k)))
+    settings = {"dim": dim, "depth": depth, "mlp_ratio": src["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dim,
+                **trunk.decoder}
+    n, p, c = trunk.pos_prefix, trunk.patch_size, trunk.in_chans
+    pos = src["decoder_pos_embed"][:, n:]  # [1, h*w, d]
+    report = LoadReport("MAE decoder")
+    if tuple(grid) != trunk.grid:
+        pos = resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
+        report.resized.append(f"pos_embed {list(src['decoder_pos_embed'].shape)} -> {list(pos.shape)}")
+    tensors = {"embed.weight": src["decoder_embed.weight"], "embed.bias": src["decoder_embed.bias"],
+               "mask_token": src["mask_token"], "prefix_pos": src["decoder_pos_embed"][:, :n], "pos_embed": pos,
+               "norm.weight": src["decoder_norm.weight"], "norm.bias": src["decoder_norm.bias"],
+               **{k.removeprefix("decoder_"): v for k, v in src.items() if k.startswith("decoder_blocks.")},
+               **{f"pred.{k}": src[f"decoder_pred.{k}"].unflatten(0, (p, p, c)).movedim(2, 0).flatten(0, 2)
+                  for k in ("weight", "bias")}}  # rows (p, p, C) -> (C, p, p)
+    report.loaded = [k for k in tensors if not (k == "pos_embed" and report.resized)]
+    return settings, tensors, report
+
+
+def load_mae_decoder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadReport] | None:
+    """The MAE decoder of the checkpoint `model`'s trunk came from (`mae_decoder`), fitted to its
+    image modality; None when the checkpoint has none or the model has no image modality."""
+    if IMAGE not in model.encoders:
+        return None
+    cfg = model.config.backbone
+    trunk = TRUNKS.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
+    image = model.encoders[IMAGE].cfg
+    return mae_decoder(trunk, (image.image_size // image.patch_size,) * 2)
 
 
 def trunk_tensors(trunk: Trunk, grid: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], set[str]]:
