@@ -338,15 +338,15 @@ class Trainer:
             tmp.write_text("".join(keep))
             os.replace(tmp, path)
 
-    def interval_means(self, sums: Mapping[str, torch.Tensor], steps: int,
+    def interval_means(self, sums: Mapping[str, torch.Tensor], counts: Mapping[str, int],
                        recent: list[tuple[int, str, torch.Tensor]]) -> dict[str, float]:
-        """The mean loss per name over the `steps` since the last log and every process (one host
-        sync). A mean that is not finite stops the run: `TrainingError` naming the first step whose
+        """The mean loss per name over the `counts[name]` micro-batches since the last log that had
+        it, and over every process (one host sync). A mean that is not finite stops the run: `TrainingError` naming the first step whose
         loss was not finite, found in `recent` ((step, name, loss) of each micro-batch)."""
         keys = sorted(sums)
         if not keys:
             return {}
-        means = self.accelerator.reduce(torch.stack([sums[k] for k in keys]) / steps, "mean").tolist()
+        means = self.accelerator.reduce(torch.stack([sums[k] / counts[k] for k in keys]), "mean").tolist()
         if not all(math.isfinite(m) for m in means):
             self.stop_non_finite(recent)
         return dict(zip(keys, means))
@@ -419,8 +419,8 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not self.is_main, dynamic_ncols=True)
         start, samples = time.perf_counter(), 0
         interval: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+        counts: dict[str, int] = {}  # micro-batches each loss was in (round_robin: one modality per step)
         recent: list[tuple[int, str, torch.Tensor]] = []  # (step, name, loss) since the last log: finds a NaN's step
-        interval_steps = 0
         while self.step < cfg.max_steps:
             self.module.train()
             for micro in range(cfg.grad_accum):
@@ -438,7 +438,8 @@ class Trainer:
                     loss = sum((loss_weights or {}).get(k, 1.0) * v for k, v in parts.items()) / cfg.grad_accum
                     acc.backward(loss)
                 for k, v in parts.items():
-                    interval[k] = interval.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+                    interval[k] = interval.get(k, 0.0) + v.detach().float()
+                    counts[k] = counts.get(k, 0) + 1
                     recent.append((self.step + 1, k, v.detach()))
             if cfg.clip_grad > 0:
                 acc.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
@@ -446,21 +447,20 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            interval_steps += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 # One host sync per log: the interval's mean loss over every process (stops at a NaN).
-                losses = self.interval_means(interval, interval_steps, recent)
+                losses = self.interval_means(interval, counts, recent)
                 elapsed = time.perf_counter() - start
                 record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
                           **{f"loss/{k}": v for k, v in losses.items()}, "samples_per_s": samples / max(elapsed, 1e-9)}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{record['samples_per_s']:.0f}"})
                 self.log(record)
-                interval, interval_steps, recent = {}, 0, []
+                interval, counts, recent = {}, {}, []
             if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
-                self.interval_means(interval, interval_steps, recent)  # losses since the last log must be finite
+                self.interval_means(interval, counts, recent)  # losses since the last log must be finite
                 self.save_checkpoint(batches)
         bar.close()
         if acc.num_processes > 1:  # every process's skipped samples, for the summary

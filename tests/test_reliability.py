@@ -338,6 +338,23 @@ def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_good_checkp
     assert max(logged_steps(run), default=0) < 3  # nothing of the bad interval was logged as a result
 
 
+@pytest.mark.parametrize("schedule", ["all", "round_robin"])
+def test_each_modality_s_logged_loss_is_its_mean_over_the_steps_that_had_it(tmp_path, monkeypatch, schedule):
+    """round_robin trains one modality per step: its logged loss is the mean over its own steps,
+    not diluted by the other modalities' steps."""
+    from omnivec.pretraining import MaskedPretrainer
+
+    real = MaskedPretrainer.forward
+    monkeypatch.setattr(MaskedPretrainer, "forward", lambda self, batch, step=0: {
+        m: v * 0 + {"image": 1.0, "point_cloud": 3.0}[m] for m, v in real(self, batch, step).items()})
+    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=4, log_every=4, save_every=0,
+                                                           schedule=schedule))
+    pretrain(cfg)
+    record = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                  if '"lr"' in line)
+    assert record["loss/image"] == pytest.approx(1.0) and record["loss/point_cloud"] == pytest.approx(3.0)
+
+
 def test_a_diverging_learning_rate_stops_the_run(tmp_path):
     """Item 3, no injection: lr=1e30 without clipping blows the weights up within a few steps."""
     from omnivec.errors import TrainingError
