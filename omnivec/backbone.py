@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from timm.layers import QuickGELU, trunc_normal_
+from timm.layers import DropPath, QuickGELU, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -24,11 +24,23 @@ def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float = 
                        act: str = "gelu") -> nn.ModuleList:
     """`depth` pre-LN blocks (timm's ViT `Block`) with a linearly increasing stochastic depth rate;
     `init_values` adds LayerScale (DINOv2)."""
-    rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
     return nn.ModuleList(
         Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values, drop_path=r,
-              norm_layer=partial(nn.LayerNorm, eps=norm_eps), act_layer=ACTIVATIONS[act]) for r in rates
+              norm_layer=partial(nn.LayerNorm, eps=norm_eps), act_layer=ACTIVATIONS[act])
+        for r in drop_path_rates(drop_path, depth)
     )
+
+
+def drop_path_rates(drop_path: float, depth: int) -> list[float]:
+    """Stochastic depth per block: 0 at the first, rising linearly to `drop_path` at the last (timm's ViT)."""
+    return [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def set_drop_path(blocks: nn.ModuleList, drop_path: float) -> None:
+    """Give timm `Block`s (built with any rate) the stochastic depth of `drop_path_rates(drop_path)`."""
+    for block, rate in zip(blocks, drop_path_rates(drop_path, len(blocks))):
+        block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+        block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:

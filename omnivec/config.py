@@ -138,6 +138,35 @@ class ModalityConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation of one modality: `augment.MODALITY` of a recipe config. Each modality
+    file subclasses it with its switches (0, "" or an empty range switches one off); a modality
+    listed without settings gets its anchors' fine-tuning defaults, one not listed none."""
+
+    def validate(self, prefix: str) -> None:
+        pass
+
+    def batch_mix(self) -> dict[str, float]:
+        """timm `Mixup` arguments of a batch-level augmentation that mixes samples and their labels
+        ({}: none). Fine-tuning applies it to tasks with one label per sample."""
+        return {}
+
+
+def augment_configs(data: Mapping[str, Any], prefix: str) -> dict[str, AugmentConfig]:
+    """`{modality: settings}` -> each modality's validated `augment_class` (errors name `PREFIX.MODALITY.KEY`);
+    a modality set to none is left out (`augment.image=none` switches its augmentation off)."""
+    out = {}
+    for name, sub in _mapping(data, prefix).items():
+        if sub is None:
+            continue
+        if name not in MODALITIES:
+            raise ConfigError(f"{prefix}.{name}: unknown modality; registered: {MODALITIES.names()}")
+        cls = MODALITIES.get(name).augment_class
+        out[name] = sub if isinstance(sub, cls) else from_dict(cls, sub, f"{prefix}.{name}")
+    return out
+
+
+@dataclass
 class BackboneConfig:
     """The shared pre-LN transformer trunk, random or a pretrained ViT's (`pretrained:`)."""
 

@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +15,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,6 +25,7 @@ from .datasets.loaders import task_loader
 from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError
 from .evaluation import baselines, cross_modal_retrieval, evaluate_tasks, public
+from .backbone import set_drop_path
 from .heads import masked_mean
 from .model import OmniVecModel, load_model
 from .reports import format_report
@@ -30,15 +34,32 @@ from .training import Trainer, prepare_output_dir
 
 
 class FinetuneModule(nn.Module):
-    """The model plus the list of tasks being trained: `forward` gives each task's head loss."""
+    """The model plus the list of tasks being trained: `forward` gives each task's head loss.
+
+    `mixers`: {task: timm `Mixup`} mixes those tasks' batches and labels (soft targets);
+    `ema_decay` > 0 keeps `ema`, a timm `ModelEmaV3` of the model, updated after every step."""
 
     def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0, stage: StageSpec | None = None,
-                 layer_decay: float = 1.0):
+                 layer_decay: float = 1.0, mixers: Mapping[str, Mixup] | None = None, ema_decay: float = 0.0):
         super().__init__()
         self.model, self.backbone_lr_scale, self.layer_decay = model, backbone_lr_scale, layer_decay
         self.align = list(stage.align) if stage else []
         self.align_weight = stage.align_weight if stage else 1.0
         self.align_temperature = stage.align_temperature if stage else 0.1
+        self.mixers = dict(mixers or {})
+        # A submodule, so checkpoints carry it and a resumed run continues its average.
+        self.ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True).requires_grad_(False) if ema_decay else None
+
+    def after_step(self, step: int) -> None:
+        """After each optimizer step: update the weight EMA."""
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def mix(self, task: str, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm `Mixup` on the batch (it pairs sample i with B-1-i, so an odd batch's last sample
+        is left out) -> mixed inputs, soft targets [B, num_classes]."""
+        even = len(x) - len(x) % 2
+        return self.mixers[task](x[:even], target[:even]) if even else (x, target)
 
     def lr_scales(self) -> dict[str, float]:
         """Learning-rate multipliers by parameter name: `backbone_lr_scale` on the encoders and the
@@ -49,8 +70,9 @@ class FinetuneModule(nn.Module):
     def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
         losses, embeddings = {}, {}
         for task, b in batch.items():
-            hidden, mask = self.model.forward_features(self.model.config.heads[task].modality, b["input"])
-            losses[task] = self.model.heads[task].loss(hidden, mask, b["target"])
+            x, target = self.mix(task, b["input"], b["target"]) if task in self.mixers else (b["input"], b["target"])
+            hidden, mask = self.model.forward_features(self.model.config.heads[task].modality, x)
+            losses[task] = self.model.heads[task].loss(hidden, mask, target)
             if task in self.align:
                 embeddings[task] = (F.normalize(masked_mean(hidden, mask), dim=-1), b["target"])  # model.embed's
         if len(embeddings) >= 2 and self.align_weight > 0:
@@ -125,9 +147,26 @@ class ReplayLoader:
             self.replay.load_state_dict(state["replay"])
 
 
+def mixers(cfg: FinetuneConfig, model: OmniVecModel, tasks: list[str]) -> dict[str, Mixup]:
+    """A timm `Mixup` for each of `tasks` whose modality's `augment` mixes batches (image mixup,
+    cutmix) and whose head takes soft targets (one label per sample), with the head's smoothing."""
+    out = {}
+    for task in tasks:
+        head = model.config.heads[task]
+        mix = cfg.augment[head.modality].batch_mix() if head.modality in cfg.augment else {}
+        if mix and model.heads[task].soft_targets:
+            out[task] = Mixup(**mix, label_smoothing=head.label_smoothing, num_classes=head.num_classes)
+    return out
+
+
 def set_frozen(model: OmniVecModel, freeze: list[str]) -> None:
     model.backbone.requires_grad_("backbone" not in freeze)
     model.encoders.requires_grad_("encoders" not in freeze)
+
+
+def stage_folder(cfg: FinetuneConfig, i: int) -> Path:
+    """Where stage `i` (1-based) writes its checkpoints, model and results."""
+    return Path(cfg.output_dir) / "stages" / f"{i}_{'+'.join(cfg.stages[i - 1].tasks)}"
 
 
 def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[str, list[TaskData]],
@@ -135,8 +174,7 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
     """Stage `i` (1-based): add its heads, train, then (main process) evaluate every task in `seen`
     and save the model and `done.json` in its folder. Returns the model and what the stage records
     (None on the other processes); a finished stage is taken from its folder under `resume`."""
-    stage = cfg.stages[i - 1]
-    stage_dir = Path(cfg.output_dir) / "stages" / f"{i}_{'+'.join(stage.tasks)}"
+    stage, stage_dir = cfg.stages[i - 1], stage_folder(cfg, i)
     done_file = stage_dir / "done.json"
     if cfg.resume and done_file.is_file():  # finished before: take its model and results
         return OmniVecModel.from_pretrained(stage_dir / "model"), json.loads(done_file.read_text())
@@ -144,11 +182,13 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
     with torch.random.fork_rng(devices=[]):  # a stage's new heads start alike in a resumed run
         torch.manual_seed(cfg.seed * 1_000_003 + i)
         for task in stage.tasks:
-            model.add_head(task, head_config(task, cfg.tasks[task], data[task], model.config))
+            model.add_head(task, head_config(task, cfg.tasks[task], data[task], model.config, cfg.label_smoothing))
     set_frozen(model, stage.freeze)
     stage_cfg = dataclasses.replace(cfg, max_steps=stage.steps, lr=stage.lr or cfg.lr, output_dir=str(stage_dir),
                                     warmup_steps=min(cfg.warmup_steps, stage.steps // 5))
-    trainer = Trainer(stage_cfg, FinetuneModule(model, cfg.backbone_lr_scale, stage, cfg.layer_decay))
+    module = FinetuneModule(model, cfg.backbone_lr_scale, stage, cfg.layer_decay,
+                            mixers(cfg, model, stage.tasks + stage.replay), cfg.ema_decay)
+    trainer = Trainer(stage_cfg, module)
     acc = trainer.accelerator
     if trainer.is_main:
         tqdm.write(f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
@@ -156,19 +196,27 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
                    + (f", rehearsing: {', '.join(stage.replay)}" if stage.replay else "") + ")")
     loaders = {t: task_loader(model, data[t], "train", cfg.tasks[t].batch_size or cfg.batch_size, cfg.num_workers,
                               train=True, seed=cfg.seed, skip_bad=cfg.skip_bad, rank=acc.process_index,
-                              world_size=acc.num_processes)
+                              world_size=acc.num_processes, augment=cfg.augment)
                for t in stage.tasks + stage.replay}
     current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
     replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None
     trainer.fit(ReplayLoader(current, replay))
+    trainer.close()
     del loaders, current, replay
     gc.collect()  # stop this stage's DataLoader workers here, not in the next stage's forked workers
-    model = trainer.unwrapped.model
+    model, ema = trainer.unwrapped.model, trainer.unwrapped.ema
     done = None
     if trainer.is_main:
-        results = {t: public(r) for t, r in evaluate_tasks(
-            model, {t: data[t] for t in seen}, cfg.eval_split, cfg.eval_batch_size, trainer.device,
-            max_batches=cfg.eval_max_batches).items()}
+        def evaluate(m: OmniVecModel) -> dict[str, dict[str, Any]]:
+            return {t: public(r) for t, r in evaluate_tasks(
+                m, {t: data[t] for t in seen}, cfg.eval_split, cfg.eval_batch_size, trainer.device,
+                max_batches=cfg.eval_max_batches).items()}
+
+        results = evaluate(model)
+        if ema is not None:  # the EMA weights' metrics beside the raw ones, as "ema:METRIC"
+            for t, r in evaluate(ema.module).items():
+                results[t].update({f"ema:{k}": v for k, v in r.items() if isinstance(v, float)})
+            ema.module.save_pretrained(stage_dir / "model_ema")
         row = {t: results[t][model.heads[t].main_metric] for t in seen}
         info = {"stage": i, "tasks": stage.tasks, "steps": stage.steps, "freeze": stage.freeze, "replay": stage.replay,
                 "seconds": round(time.perf_counter() - started, 1), "skipped_samples": trainer.skipped}
@@ -186,11 +234,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     prepare_output_dir(cfg, "finetune")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.init, cfg.model, cfg.model_overrides)
+    if cfg.drop_path is not None:
+        set_drop_path(model.backbone.blocks, cfg.drop_path)
+        model.config.backbone.drop_path = cfg.drop_path  # (recorded with the model; no effect in eval mode)
     data = load_task_data(cfg)
     for name in data:
         if data[name][0].modality not in model.encoders:
             raise ConfigError(f"tasks.{name}: the model has no {data[name][0].modality!r} encoder ({model.modalities})")
-        head_config(name, cfg.tasks[name], data[name], model.config)  # a bad head setting fails before training
+        head_config(name, cfg.tasks[name], data[name], model.config, cfg.label_smoothing)  # bad head settings fail now
     seen: list[str] = []
     done: list[dict[str, Any]] = []
     for i, stage in enumerate(cfg.stages, 1):
@@ -205,6 +256,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         (out / "eval.md").write_text(format_report(report))
         model.save_pretrained(out / "model")  # its model card shows eval.json's metrics
+        if cfg.ema_decay:  # the last stage's EMA weights
+            shutil.copytree(stage_folder(cfg, len(cfg.stages)) / "model_ema", out / "model_ema", dirs_exist_ok=True)
         tqdm.write(format_report(report))
     return report
 

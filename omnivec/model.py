@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from .backbone import SharedBackbone
-from .config import HeadConfig, OmniVecConfig, merge
+from .config import AugmentConfig, HeadConfig, OmniVecConfig, merge
 from .encoders import build_encoder
 from .encoders.loading import LibraryEncoder
 from .errors import InputError, ModelError, ModelFileMissing
@@ -144,9 +144,15 @@ class OmniVecModel(nn.Module):
                                  f"embedding overflowed (inputs up to {float(x.abs().max()):.3g})")
         return out
 
-    def transforms(self, train: bool = False) -> dict[str, Callable[..., Any]]:
-        """The per-sample transform of every modality (decoded file -> model-ready tensor)."""
-        return {m: MODALITIES.get(m).build_transform(cfg, train) for m, cfg in self.config.modalities.items()}
+    def transforms(self, train: bool = False, augment: Mapping[str, AugmentConfig] | None = None
+                   ) -> dict[str, Callable[..., Any]]:
+        """The per-sample transform of every modality (decoded file -> model-ready tensor), with the
+        training augmentation `augment` gives a modality (only when `train`)."""
+        out = {}
+        for m, cfg in self.config.modalities.items():
+            build = MODALITIES.get(m).build_transform
+            out[m] = build(cfg, train, augment[m]) if train and augment and m in augment else build(cfg, train)
+        return out
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `config.json`, `model.safetensors`, each modality's assets (a tokenizer, unless

@@ -206,6 +206,11 @@ class PretrainConfig(TrainConfig):
             require(weight >= 0, key, "a number >= 0 (the losses of 'all', or sampling odds of 'weighted')", weight)
         require(sum(self.weights.get(m, 1.0) for m in self.data) > 0, join_key(prefix, "weights"),
                 "a positive weight for at least one modality in data", self.weights)
+        for modality, augment in self.augment.items():  # (none by default: masked pretraining's own recipe)
+            key = join_key(prefix, f"augment.{modality}")
+            require(modality in self.data, key, f"one of the modalities in data {sorted(self.data)}", modality)
+            require(not augment.batch_mix(), key, "no label mixing in pretraining (mixup: 0, cutmix: 0)",
+                    augment.batch_mix())
 
 
 def build_model_for(cfg: PretrainConfig) -> OmniVecModel:

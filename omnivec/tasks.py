@@ -62,7 +62,13 @@ class StageSpec:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """`omnivec finetune CONFIG key=value ...`."""
+    """`omnivec finetune CONFIG key=value ...`.
+
+    The regularisers of MAE-style fine-tuning: `layer_decay`, `drop_path`, `label_smoothing`, an
+    EMA of the weights (`ema_decay`) and, per modality, `augment` (see `TrainConfig`; image mixup
+    and cutmix apply to the tasks whose head takes soft targets). Every default is off, as before;
+    MAE's ViT-B recipe is layer_decay 0.65-0.75, drop_path 0.1, label_smoothing 0.1, no EMA.
+    """
 
     init: str | None = None  # a saved model folder (pretrained), or none: `model` from scratch
     model: str = "omnivec_tiny"
@@ -72,6 +78,11 @@ class FinetuneConfig(TrainConfig):
     schedule: str = "all"  # how the tasks of one stage share steps: all | round_robin | weighted
     backbone_lr_scale: float = 1.0  # learning rate of the encoders and backbone relative to the heads'
     layer_decay: float = 1.0  # layer-wise lr decay (MAE fine-tuning: 0.65-0.75): each layer down gets this factor
+    drop_path: float | None = None  # stochastic depth of the trunk's last block (MAE ViT-B: 0.1); None: the model's own
+    label_smoothing: float = 0.0  # of single-label heads, unless their head_args say (MAE, DeiT: 0.1)
+    # EMA of the weights (timm ModelEmaV3 with warmup: the decay grows as 1 - (1 + step)^(-2/3) up to this),
+    # evaluated beside the raw weights ("ema:" metrics) and saved as model_ema; 0: off (DeiT: 0.99996).
+    ema_decay: float = 0.0
     eval_split: str = "test"
     eval_batch_size: int = 64
     eval_max_batches: int = 0  # per task; 0: the whole split (a quick look evaluates a few batches)
@@ -82,6 +93,11 @@ class FinetuneConfig(TrainConfig):
         require(bool(self.stages), join_key(prefix, "stages"), "at least one stage", self.stages)
         require_positive(self, prefix, "backbone_lr_scale", "eval_batch_size")
         require(0 < self.layer_decay <= 1, join_key(prefix, "layer_decay"), "a number in (0, 1] (1: off)", self.layer_decay)
+        require(self.drop_path is None or 0 <= self.drop_path < 1, join_key(prefix, "drop_path"),
+                "none or a float in [0, 1)", self.drop_path)
+        require(0 <= self.label_smoothing < 1, join_key(prefix, "label_smoothing"), "a float in [0, 1)",
+                self.label_smoothing)
+        require(0 <= self.ema_decay < 1, join_key(prefix, "ema_decay"), "a float in [0, 1) (0: off)", self.ema_decay)
         require(self.eval_max_batches >= 0, join_key(prefix, "eval_max_batches"), "an int >= 0", self.eval_max_batches)
         earlier: set[str] = set()
         for i, stage in enumerate(self.stages):
@@ -115,6 +131,12 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
                               f"{datasets[0].source} has {datasets[0].target or 'no target'!r}")
         out[name] = datasets
     for i, stage in enumerate(cfg.stages):
+        mixed = [t for t in stage.align if out[t][0].modality in cfg.augment
+                 and cfg.augment[out[t][0].modality].batch_mix()]
+        if mixed:
+            modality = out[mixed[0]][0].modality
+            raise ConfigError(f"stages[{i}].align: task {mixed[0]!r} would be mixed (augment.{modality}: mixup / "
+                              "cutmix), and the alignment loss pairs samples by class: set them to 0")
         spaces = {tuple(out[t][0].classes) for t in stage.align}
         if len(spaces) > 1 or not all(spaces) or any(HEADS.get(cfg.tasks[t].head).target != "label" for t in stage.align):
             raise ConfigError(f"stages[{i}].align: expected classification tasks with one label space (use "
@@ -142,6 +164,10 @@ def relabel(task: TaskData, label_map: Mapping[str, str], key: str) -> TaskData:
     return dataclasses.replace(task, rows=[rename(r) for r in task.rows], classes=classes)
 
 
-def head_config(name: str, spec: TaskSpec, data: list[TaskData], model_config: Any) -> HeadConfig:
-    """The head config of task `name`, completed by its head from the data (classes) and the model."""
-    return HEADS.get(spec.head).config_from_data(name, spec.head_args, data[0].modality, data[0].classes, model_config)
+def head_config(name: str, spec: TaskSpec, data: list[TaskData], model_config: Any,
+                label_smoothing: float = 0.0) -> HeadConfig:
+    """The head config of task `name`, completed by its head from the data (classes) and the model;
+    a head that takes soft targets gets `label_smoothing` unless its `head_args` set it."""
+    head = HEADS.get(spec.head)
+    args = {"label_smoothing": label_smoothing, **spec.head_args} if head.soft_targets else spec.head_args
+    return head.config_from_data(name, args, data[0].modality, data[0].classes, model_config)

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import join_key, non_finite_numbers, require, require_positive
+from .config import augment_configs, join_key, non_finite_numbers, require, require_positive
 from .errors import ConfigError, TrainingError
 
 CHECKPOINTS, STATE_FILE, RUN_CONFIG = "checkpoints", "trainer_state.json", "run_config.json"
+TENSORBOARD = "tensorboard"  # the TensorBoard run folder in output_dir (log_with: tensorboard)
 
 
 @dataclass
@@ -53,6 +54,11 @@ class TrainConfig:
     seed: int = 0
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
     compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
+    # Training augmentation per modality, e.g. {image: {rand_augment: rand-m9-mstd0.5-inc1}, audio: {}}: a
+    # modality listed gets its augment class's settings (defaults: its anchors' fine-tuning recipe, see
+    # omnivec/modalities/MODALITY.py), one not listed only the random crop (or point-cloud rotation) of training.
+    augment: dict = field(default_factory=dict)
+    log_with: str | None = None  # tensorboard: also log to TensorBoard (accelerate's tracker) in output_dir/tensorboard
 
     def validate(self, prefix: str) -> None:
         for key, value in non_finite_numbers(self, prefix):  # every number of a training config, nested ones too
@@ -69,6 +75,14 @@ class TrainConfig:
         require(not (self.overwrite and self.resume), join_key(prefix, "overwrite"),
                 "false when resume is set (resume continues the run in output_dir, overwrite replaces it)",
                 self.overwrite)
+        self.augment = augment_configs(self.augment, join_key(prefix, "augment"))
+        require(self.log_with in (None, "tensorboard"), join_key(prefix, "log_with"), "none or tensorboard", self.log_with)
+        if self.log_with == "tensorboard":
+            from accelerate.utils import is_tensorboard_available
+
+            if not is_tensorboard_available():
+                raise ConfigError(f"{join_key(prefix, 'log_with')}: tensorboard is not installed: pip install "
+                                  "tensorboard (or omnivec[dev]), or log_with=none")
 
 
 def param_groups(module: nn.Module, weight_decay: float, lr: float,
@@ -107,12 +121,12 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 # What runs write in their output_dir; `overwrite=true` removes these, and only these.
-RUN_OUTPUTS = ("model", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "eval.md", "summary.json",
-               "loss.png", "reconstructions.png", "pretrain_config.json", RUN_CONFIG)
+RUN_OUTPUTS = ("model", "model_ema", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "eval.md", "summary.json",
+               "loss.png", "reconstructions.png", "pretrain_config.json", RUN_CONFIG, TENSORBOARD)
 RUN_MARKERS = ("model", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "summary.json")  # a folder holds a run
 # Config keys a resumed run may change: how long to train on, where, and how often to log and save.
 RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "max_steps", "device", "num_workers", "compile",
-                     "log_every", "eval_every", "save_every", "keep_checkpoints", "skip_bad")
+                     "log_every", "eval_every", "save_every", "keep_checkpoints", "skip_bad", "log_with")
 
 
 def prepare_output_dir(cfg: TrainConfig, recipe: str) -> Path:
@@ -235,7 +249,9 @@ class Trainer:
 
     `batches` yields `{key: collated batch}` (see `MultiModalLoader`) and has `state_dict()` /
     `load_state_dict()` for its position, saved with every checkpoint. `module.save_model(dir)`
-    writes the model a checkpoint carries for users (`OmniVecModel.save_pretrained`).
+    writes the model a checkpoint carries for users (`OmniVecModel.save_pretrained`);
+    `module.after_step(step)`, when it has one, runs after every optimizer step (weight EMA).
+    Records go to `metrics.jsonl` and, with `log_with`, to accelerate's tracker (`close` ends it).
     """
 
     def __init__(self, cfg: TrainConfig, module: nn.Module):
@@ -248,7 +264,10 @@ class Trainer:
             cpu=cfg.device == "cpu", mixed_precision=cfg.precision, step_scheduler_with_optimizer=False,
             # Modalities take turns, so some parameters get no gradient in a step.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            log_with=cfg.log_with, project_dir=cfg.output_dir,
         )
+        if cfg.log_with:
+            self.accelerator.init_trackers(TENSORBOARD)  # output_dir/tensorboard
         set_seed(cfg.seed)
         fused = self.accelerator.device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both
         lr_scales = module.lr_scales() if hasattr(module, "lr_scales") else None
@@ -271,11 +290,19 @@ class Trainer:
         return self.accelerator.unwrap_model(self.module)
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to `output_dir/metrics.jsonl` (main process only)."""
+        """Append one JSON line to `output_dir/metrics.jsonl`, and log it to the tracker (main process only)."""
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with (self.output_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.cfg.log_with:
+                self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        """Flush and close the trackers: accelerate's `end_training`, but the process group stays
+        (the next fine-tuning stage trains with it)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
 
     def resume(self, batches: Any) -> None:
         """Load `cfg.resume` (auto: the latest checkpoint, or a fresh start when there is none)."""
@@ -341,8 +368,9 @@ class Trainer:
     def interval_means(self, sums: Mapping[str, torch.Tensor], counts: Mapping[str, int],
                        recent: list[tuple[int, str, torch.Tensor]]) -> dict[str, float]:
         """The mean loss per name over the `counts[name]` micro-batches since the last log that had
-        it, and over every process (one host sync). A mean that is not finite stops the run: `TrainingError` naming the first step whose
-        loss was not finite, found in `recent` ((step, name, loss) of each micro-batch)."""
+        it, and over every process (one host sync). A mean that is not finite stops the run:
+        `TrainingError` naming the first step whose loss was not finite, found in `recent` ((step,
+        name, loss) of each micro-batch)."""
         keys = sorted(sums)
         if not keys:
             return {}
@@ -447,6 +475,8 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            if hasattr(self.unwrapped, "after_step"):
+                self.unwrapped.after_step(self.step)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 # One host sync per log: the interval's mean loss over every process (stops at a NaN).

@@ -1,8 +1,11 @@
 """`TaskDataset`: rows of a `TaskData` -> model-ready samples; `Collate`: samples -> a batch."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import random
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -11,6 +14,23 @@ from ..errors import DataError
 from ..registry import MODALITIES
 from .manifest import TaskData
 from .readers import load_sample
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch, numpy and `random` seeded with `seed` inside (augmentations draw from all three:
+    torchvision and torchaudio from torch, timm's RandAugment from numpy and `random`); their
+    states as before after."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class TaskDataset(Dataset):
@@ -59,8 +79,7 @@ class TaskDataset(Dataset):
             if epoch is None:
                 x = self.load(i)
             else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + i)
+                with seeded((self.seed * 1_000_003 + epoch) * 1_000_033 + i):
                     x = self.load(i)
         except DataError as e:
             if not self.skip_bad:

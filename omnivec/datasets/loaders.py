@@ -19,11 +19,13 @@ def collate_for(model: Any, modality: str) -> Collate:
 
 def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, num_workers: int, train: bool,
                 seed: int = 0, skip_bad: bool = False, rank: int = 0, world_size: int = 1,
-                persistent: bool | None = None) -> DataLoader:
-    """`split` of `data` through the model's (train or eval) transforms; shuffled per epoch and
+                persistent: bool | None = None, augment: Mapping[str, Any] | None = None) -> DataLoader:
+    """`split` of `data` through the model's (train or eval) transforms, with the training
+    augmentation `augment` ({modality: its augment config}) when `train`; shuffled per epoch and
     sharded per process when `train`. Workers persist across epochs (default: when training)."""
     modality = data[0].modality
-    dataset = TaskDataset(data, split, model.transforms(train=train)[modality], skip_bad=skip_bad, seed=seed)
+    transform = model.transforms(train=train, augment=augment)[modality]
+    dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
     persistent = train if persistent is None else persistent
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -34,7 +36,7 @@ def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, n
 def build_loaders(data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool,
                   rank: int = 0, world_size: int = 1) -> dict[str, DataLoader]:
     """One loader per modality of `{modality: [dataset paths]}`, batched by `cfg.batch_size` with
-    `cfg.num_workers` persistent workers."""
+    `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
     loaders = {}
     for modality, paths in data.items():
         tasks = [t for p in paths for t in find_tasks(p)]
@@ -43,5 +45,6 @@ def build_loaders(data: Mapping[str, list[str]], model: Any, split: str, cfg: An
                 raise DataError(f"{t.source}: listed under data.{modality} but holds {t.modality} samples")
         loaders[modality] = task_loader(model, tasks, split, cfg.batch_size, cfg.num_workers, train, seed=cfg.seed,
                                         skip_bad=cfg.skip_bad, rank=rank if train else 0,
-                                        world_size=world_size if train else 1, persistent=True)
+                                        world_size=world_size if train else 1, persistent=True,
+                                        augment=cfg.augment)
     return loaders

@@ -36,6 +36,8 @@ class TaskHead(nn.Module):
     - `config_class`, `config_from_data` (its config completed from the task's data: classes,
       labels) and `bind` (resolved against the model it joins: the text modality's tokenizer);
     - `target`: the data column it learns ("label", "labels" or "summary");
+    - `soft_targets`: True when its loss also takes [B, classes] probabilities (mixup, cutmix) and
+      its config has `label_smoothing`;
     - `output`: "logits" (`forward` gives scores [B, ...]) or "sequences" (`predict` generates);
     - `loss(hidden, padding_mask, target)`, `predict(hidden, padding_mask)`;
     - `gather` (batches of predictions or targets -> one), `metrics` (with `main_metric` the one
@@ -46,6 +48,7 @@ class TaskHead(nn.Module):
     name: str
     config_class: type[HeadConfig] = HeadConfig
     target: str = "label"
+    soft_targets: bool = False
     output: str = "logits"
     main_metric: str = ""
 

@@ -1,5 +1,6 @@
 """Single-label classification head: mean-pool the backbone tokens, LayerNorm, linear; softmax
-cross-entropy; top-1 and top-5 accuracy."""
+cross-entropy (on class ids with label smoothing, or on soft targets from mixup / cutmix); top-1
+and top-5 accuracy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class ClassificationHead(TaskHead):
 
     config_class = ClassificationHeadConfig
     main_metric = "top1"
+    soft_targets = True
 
     def __init__(self, cfg: ClassificationHeadConfig, dim: int):
         super().__init__()
@@ -51,7 +53,12 @@ class ClassificationHead(TaskHead):
         return self.fc(self.drop(self.norm(self.pool(x, padding_mask))))  # [B, num_classes]
 
     def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(x, padding_mask).float(), target, label_smoothing=self.cfg.label_smoothing)
+        """target: [B] class ids (smoothed by `label_smoothing`), or [B, num_classes] probabilities
+        (timm `Mixup`'s, already smoothed): the soft-target cross-entropy."""
+        logits = self(x, padding_mask).float()  # [B, num_classes]
+        if target.is_floating_point():
+            return F.cross_entropy(logits, target.float())
+        return F.cross_entropy(logits, target, label_smoothing=self.cfg.label_smoothing)
 
     @classmethod
     def from_data(cls, classes: list[str], model_config, task: str) -> dict:

@@ -22,6 +22,7 @@ class MultiLabelHead(ClassificationHead):
 
     config_class = MultiLabelHeadConfig
     target = "labels"
+    soft_targets = False
     main_metric = "mAP"
 
     def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torchaudio
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import ModalityConfig, require, require_positive
+from ..config import AugmentConfig, ModalityConfig, require, require_positive
 from ..errors import DataError, InputError
 from .base import ModalityEncoder, Tokens, register_modality
 
@@ -59,14 +59,75 @@ def read_audio(path: Path) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
 
 
+@dataclass
+class AudioAugment(AugmentConfig):
+    """Training augmentation of audio clips: on the waveform speed perturbation, telephone
+    band-limiting, a time shift, a random gain and background noise; on the normalised fbank
+    SpecAugment (torchaudio frequency and time masking, as AST and AudioMAE). Defaults: AST /
+    AudioMAE's AudioSet fine-tuning for SpecAugment and the shift (AST's +-10-frame roll), Kaldi's
+    three-way speed perturbation, and mild gain and noise; band-limiting, aimed at telephone
+    recordings, is off. 0 or an empty list switches one off."""
+
+    speed: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed factors, one drawn per clip (torchaudio SpeedPerturbation; Kaldi)
+    band_limit: float = 0.0  # probability of resampling through 8 kHz (telephone band: nothing above 4 kHz)
+    time_shift: float = 0.1  # roll the waveform by up to this many seconds either way (AST, AudioMAE)
+    gain_db: float = 6.0  # random gain, uniform in +-gain_db decibels (torchaudio gain)
+    noise_snr_db: tuple[float, ...] = (20.0, 40.0)  # white noise at an SNR drawn from this range (torchaudio add_noise)
+    freq_mask: int = 48  # SpecAugment: up to this many mel bins masked (AST, AudioMAE: 48 of 128)
+    time_mask: int = 192  # SpecAugment: up to this many frames masked (AST, AudioMAE: 192 of 1024; AST speech commands: 48 of 128)
+
+    def validate(self, prefix: str) -> None:
+        require(all(f > 0 for f in self.speed), f"{prefix}.speed", "positive speed factors ([] off)", self.speed)
+        require(0 <= self.band_limit <= 1, f"{prefix}.band_limit", "a probability in [0, 1]", self.band_limit)
+        require(len(self.noise_snr_db) in (0, 2) and list(self.noise_snr_db) == sorted(self.noise_snr_db),
+                f"{prefix}.noise_snr_db", "[] (off) or [low, high] decibels", self.noise_snr_db)
+        for key in ("time_shift", "gain_db", "freq_mask", "time_mask"):
+            require(getattr(self, key) >= 0, f"{prefix}.{key}", "a number >= 0 (0: off)", getattr(self, key))
+
+
+class WaveformAugment:
+    """`AudioAugment`'s waveform part: [1, samples] at `sample_rate` -> [1, samples'] (speed changes the length)."""
+
+    TELEPHONE_RATE = 8000
+
+    def __init__(self, augment: AudioAugment, sample_rate: int):
+        self.augment, self.sample_rate = augment, sample_rate
+        self.speed = torchaudio.transforms.SpeedPerturbation(sample_rate, list(augment.speed)) if augment.speed else None
+        self.band = nn.Sequential(torchaudio.transforms.Resample(sample_rate, self.TELEPHONE_RATE),
+                                  torchaudio.transforms.Resample(self.TELEPHONE_RATE, sample_rate)) if augment.band_limit else None
+
+    def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
+        a, F = self.augment, torchaudio.functional
+        if self.speed is not None:
+            waveform = self.speed(waveform)[0]
+        if self.band is not None and float(torch.rand(())) < a.band_limit:
+            waveform = self.band(waveform)
+        if a.time_shift:
+            most = int(a.time_shift * self.sample_rate)
+            waveform = waveform.roll(int(torch.randint(-most, most + 1, ())), dims=-1)
+        if a.gain_db:
+            waveform = F.gain(waveform, float(torch.empty(()).uniform_(-a.gain_db, a.gain_db)))
+        if a.noise_snr_db and waveform.abs().amax() > 0:  # (silence has no SNR)
+            snr = torch.empty(1).uniform_(*a.noise_snr_db)
+            waveform = F.add_noise(waveform, torch.randn_like(waveform), snr)
+        return waveform
+
+
 MAX_CHANNELS = 16  # a waveform with more rows than this is taken to be [samples, channels]: refused
 
 
 class AudioTransform:
-    """(waveform [channels, samples] or [samples], sample_rate) -> normalised fbank [target_frames, mel]."""
+    """(waveform [channels, samples] or [samples], sample_rate) -> normalised fbank [target_frames, mel].
 
-    def __init__(self, cfg: AudioConfig, train: bool = False):
+    Training crops a random window of a longer clip; `augment` adds its waveform and SpecAugment steps."""
+
+    def __init__(self, cfg: AudioConfig, train: bool = False, augment: AudioAugment | None = None):
         self.cfg, self.train = cfg, train
+        augment = augment if train else None
+        self.waveform_augment = WaveformAugment(augment, cfg.sample_rate) if augment else None
+        masks = [torchaudio.transforms.FrequencyMasking(augment.freq_mask)] if augment and augment.freq_mask else []
+        masks += [torchaudio.transforms.TimeMasking(augment.time_mask)] if augment and augment.time_mask else []
+        self.spec_augment = nn.Sequential(*masks) if masks else None
 
     def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         cfg = self.cfg
@@ -85,6 +146,8 @@ class AudioTransform:
         waveform = waveform.reshape(1, -1) if waveform.ndim == 1 else waveform.mean(0, keepdim=True)  # mono
         if sample_rate != cfg.sample_rate:
             waveform = torchaudio.functional.resample(waveform, sample_rate, cfg.sample_rate)
+        if self.waveform_augment is not None:
+            waveform = self.waveform_augment(waveform)
         waveform = waveform - waveform.mean()
         window = int(cfg.sample_rate * 0.025)  # fbank's 25 ms frame
         if waveform.shape[1] < window:  # shorter than one frame: pad so one frame exists
@@ -99,7 +162,10 @@ class AudioTransform:
             fbank = fbank[start:start + cfg.target_frames]
         elif extra < 0:
             fbank = nn.functional.pad(fbank, (0, 0, 0, -extra))
-        return (fbank - cfg.mean) / (2 * cfg.std)  # [target_frames, mel]
+        fbank = (fbank - cfg.mean) / (2 * cfg.std)  # [target_frames, mel]
+        if self.spec_augment is not None:  # masked values: 0, the data set's mean
+            fbank = self.spec_augment(fbank.T).T  # masks over [mel, frames]
+        return fbank
 
 
 @register_modality("audio")
@@ -107,6 +173,7 @@ class AudioEncoder(ModalityEncoder):
     """[B, frames, mel] fbank -> [B, F'*T', D] spectrogram-patch tokens (frequency-major, as AST)."""
 
     config_class = AudioConfig
+    augment_class = AudioAugment
     suffixes = (".wav", ".flac", ".ogg", ".mp3")
     plot_style = "spectrogram"
 
@@ -157,8 +224,8 @@ class AudioEncoder(ModalityEncoder):
         self._check_tensor(x, (None, t, f), f"[B, {t}, {f}] (fbank frames, mel bins)")
 
     @classmethod
-    def build_transform(cls, cfg: AudioConfig, train: bool = False) -> AudioTransform:
-        return AudioTransform(cfg, train)
+    def build_transform(cls, cfg: AudioConfig, train: bool = False, augment: AudioAugment | None = None) -> AudioTransform:
+        return AudioTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: AudioConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

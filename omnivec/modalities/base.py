@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import run_blocks, transformer_blocks
-from ..config import ModalityConfig
+from ..config import AugmentConfig, ModalityConfig
 from ..errors import ConfigError, InputError
 from ..masking import Masking, gather_tokens, random_masking
 from ..registry import MODALITIES
@@ -65,7 +65,8 @@ class ModalityEncoder(nn.Module):
     - files: `suffixes` and `read(path)` (decoded raw sample, `DataError` naming a bad file),
       `verify(path)` (decodes completely, for data check), `claims(path)` (which files and folders
       are its own);
-    - samples: `build_transform(cfg, train)` (raw sample -> model-ready tensor), `collate(inputs,
+    - samples: `build_transform(cfg, train, augment)` (raw sample -> model-ready tensor; `augment`, an
+      `augment_class`, adds training augmentation), `collate(inputs,
       cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
     - tokens: `tokenize` (batch -> tokens with positions, and the reconstruction target on request),
       `tokenize_kept` (only the tokens masked pretraining keeps; default: `tokenize` all, then gather:
@@ -82,6 +83,7 @@ class ModalityEncoder(nn.Module):
 
     name: str
     config_class: type[ModalityConfig] = ModalityConfig
+    augment_class: type[AugmentConfig] = AugmentConfig  # its training augmentation switches (none: text)
     masked_pretraining = True  # False: its tokens cannot hide input (a convolution sees every pixel)
     suffixes: tuple[str, ...] = ()  # file types `read` decodes
     decoder_position_dim = 0  # > 0: the masked decoder places tokens by `Tokens.positions` [B, L, n]
@@ -194,8 +196,10 @@ class ModalityEncoder(nn.Module):
         return [self.display(self.unpatchify(p)) for p in (raw, blank, recon)]
 
     @classmethod
-    def build_transform(cls, cfg: ModalityConfig, train: bool = False) -> Callable[..., Any]:
-        """The per-sample transform from a decoded file to the model-ready tensor."""
+    def build_transform(cls, cfg: ModalityConfig, train: bool = False,
+                        augment: AugmentConfig | None = None) -> Callable[..., Any]:
+        """The per-sample transform from a decoded file to the model-ready tensor; `augment` (an
+        `augment_class`) adds its augmentation when `train`, and is ignored otherwise."""
         raise NotImplementedError
 
     @classmethod

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import rand_augment_transform
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 from torchvision.transforms import v2
 
-from ..config import ModalityConfig, require, require_positive
+from ..config import AugmentConfig, ModalityConfig, require, require_positive
 from ..errors import DataError
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
@@ -35,22 +36,64 @@ class ImageConfig(ModalityConfig):
             require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
 
 
-class ImageTransform:
-    """PIL image or uint8 tensor [C, H, W] -> normalised float tensor [in_chans, S, S]."""
+@dataclass
+class ImageAugment(AugmentConfig):
+    """Training augmentation of images: timm's `create_transform` per image and timm's `Mixup` on
+    the batch. Defaults: MAE's ImageNet fine-tuning recipe (DeiT's, without colour jitter); 0 or ""
+    switches one off."""
 
-    def __init__(self, cfg: ImageConfig, train: bool = False):
+    crop_scale: tuple[float, ...] = (0.08, 1.0)  # area range of the random resized crop (timm, MAE)
+    hflip: float = 0.5  # horizontal flip probability (timm, MAE); 0 for digits, text and other handed images
+    rand_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment policy (MAE); "" off
+    random_erasing: float = 0.25  # probability of erasing a random box with noise (timm RandomErasing, MAE)
+    mixup: float = 0.8  # Mixup alpha on the batch (timm Mixup, MAE); single-label classification only
+    cutmix: float = 1.0  # CutMix alpha (timm Mixup picks mixup or cutmix per batch, even odds)
+
+    def validate(self, prefix: str) -> None:
+        require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                f"{prefix}.crop_scale", "two area fractions 0 < low <= high <= 1", self.crop_scale)
+        for key in ("hflip", "random_erasing"):
+            require(0 <= getattr(self, key) <= 1, f"{prefix}.{key}", "a probability in [0, 1]", getattr(self, key))
+        for key in ("mixup", "cutmix"):
+            require(getattr(self, key) >= 0, f"{prefix}.{key}", "an alpha >= 0 (0: off)", getattr(self, key))
+        if self.rand_augment:
+            try:
+                rand_augment_transform(self.rand_augment, {})
+            except (AssertionError, ValueError, IndexError) as e:
+                require(False, f"{prefix}.rand_augment", f"a timm RandAugment policy such as 'rand-m9-mstd0.5-inc1' ({e})",
+                        self.rand_augment)
+
+    def batch_mix(self) -> dict[str, float]:
+        return {"mixup_alpha": self.mixup, "cutmix_alpha": self.cutmix} if self.mixup or self.cutmix else {}
+
+
+class ImageTransform:
+    """PIL image or uint8 tensor [C, H, W] -> normalised float tensor [in_chans, S, S].
+
+    Training crops at random (area 0.6-1); with `augment`, timm's training transform instead."""
+
+    def __init__(self, cfg: ImageConfig, train: bool = False, augment: ImageAugment | None = None):
         size = cfg.image_size
+        self.in_chans, self.augment = cfg.in_chans, augment if train else None
+        if self.augment:
+            a = self.augment
+            self.pipeline = create_transform(
+                size, is_training=True, scale=a.crop_scale, hflip=a.hflip, color_jitter=None,
+                auto_augment=a.rand_augment or None, interpolation="bicubic", mean=cfg.mean, std=cfg.std,
+                re_prob=a.random_erasing, re_mode="pixel")
+            return
         resize = (
             [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)]
             if train
             else [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
         )
-        self.in_chans = cfg.in_chans
         self.pipeline = v2.Compose(
             [v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
         )
 
     def __call__(self, image) -> torch.Tensor:
+        if self.augment and not hasattr(image, "convert"):  # timm's transforms take PIL images
+            image = v2.functional.to_pil_image(image)
         if hasattr(image, "convert"):  # PIL: match the configured channels
             image = image.convert("RGB" if self.in_chans == 3 else "L")
         x = self.pipeline(image)  # [C, S, S]
@@ -93,6 +136,7 @@ class ImageEncoder(ModalityEncoder):
     """[B, C, H, W] -> [B, (H/p)*(W/p), D] patch tokens."""
 
     config_class = ImageConfig
+    augment_class = ImageAugment
     suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
     plot_style = "image"
 
@@ -141,8 +185,8 @@ class ImageEncoder(ModalityEncoder):
         self._check_tensor(x, (None, c, s, s), f"[B, {c}, {s}, {s}]")
 
     @classmethod
-    def build_transform(cls, cfg: ImageConfig, train: bool = False) -> ImageTransform:
-        return ImageTransform(cfg, train)
+    def build_transform(cls, cfg: ImageConfig, train: bool = False, augment: ImageAugment | None = None) -> ImageTransform:
+        return ImageTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: ImageConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

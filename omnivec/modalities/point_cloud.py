@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ModalityConfig, require, require_positive
+from ..config import AugmentConfig, ModalityConfig, require, require_positive
 from ..errors import DataError, InputError
 from ..masking import gather_tokens
 from .base import ModalityEncoder, Tokens, register_modality
@@ -182,14 +182,63 @@ class MiniPointNet(nn.Module):
         return self.second(torch.cat([pooled, f], dim=-1)).amax(dim=2)  # [B, G, out_dim]
 
 
+@dataclass
+class PointCloudAugment(AugmentConfig):
+    """Training augmentation of point clouds, after centring and scaling to the unit sphere:
+    Point-MAE's scale-and-translate, PointNeXt's rotation about the up (z) axis, PointNet's clipped
+    jitter and PointNet++'s random point dropout, with their values. 0 or an empty range switches
+    one off."""
+
+    rotation: float = 180.0  # rotation about z, uniform in +-rotation degrees (PointNeXt: any angle)
+    scale: tuple[float, ...] = (2 / 3, 3 / 2)  # scale range (Point-MAE PointcloudScaleAndTranslate); [] off
+    anisotropic: bool = True  # one scale per axis (Point-MAE); false: one for all three
+    translate: float = 0.2  # shift per axis, uniform in +-translate (Point-MAE)
+    jitter: float = 0.01  # Gaussian noise per coordinate, this standard deviation (PointNet)
+    jitter_clip: float = 0.05  # noise clipped to +-jitter_clip (PointNet); 0: unclipped
+    point_dropout: float = 0.875  # drop a random share, up to this, of the points: they repeat the first (PointNet++)
+
+    def validate(self, prefix: str) -> None:
+        require(len(self.scale) in (0, 2) and (not self.scale or 0 < self.scale[0] <= self.scale[1]),
+                f"{prefix}.scale", "[] (off) or [low, high] with 0 < low <= high", self.scale)
+        for key in ("rotation", "translate", "jitter", "jitter_clip"):
+            require(getattr(self, key) >= 0, f"{prefix}.{key}", "a number >= 0 (0: off)", getattr(self, key))
+        require(0 <= self.point_dropout < 1, f"{prefix}.point_dropout", "a share in [0, 1)", self.point_dropout)
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """points [N, C] (xyz first) -> [N, C]: xyz rotated, scaled, shifted and jittered, points dropped."""
+        xyz = points[:, :3]  # [N, 3]
+        if self.rotation:
+            angle = math.radians(float(torch.empty(()).uniform_(-self.rotation, self.rotation)))
+            c, s = math.cos(angle), math.sin(angle)
+            xyz = xyz @ torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T
+        if self.scale:
+            xyz = xyz * torch.empty(3 if self.anisotropic else 1).uniform_(*self.scale)
+        if self.translate:
+            xyz = xyz + torch.empty(3).uniform_(-self.translate, self.translate)
+        if self.jitter:
+            noise = self.jitter * torch.randn_like(xyz)
+            xyz = xyz + (noise.clamp(-self.jitter_clip, self.jitter_clip) if self.jitter_clip else noise)
+        points = torch.cat([xyz, points[:, 3:]], dim=1)
+        if self.point_dropout:
+            dropped = torch.rand(len(points)) < float(torch.rand(())) * self.point_dropout  # [N]
+            points[dropped] = points[0].clone()
+        return points
+
+
+# Training without `augment` (and masked pretraining unless its config asks for more): a random
+# rotation about z, one random scale and jitter.
+TRAIN_AUGMENT = PointCloudAugment(scale=(0.8, 1.2), anisotropic=False, translate=0.0, jitter_clip=0.0, point_dropout=0.0)
+
+
 class PointCloudTransform:
     """points [N, C] (array or tensor) -> [num_points, C]: resampled, centred, scaled to the unit sphere.
 
-    Training adds a random rotation about the vertical (z) axis, random scaling and jitter.
+    Training then augments: `augment`, or `TRAIN_AUGMENT` (rotation about z, scaling, jitter).
     """
 
-    def __init__(self, cfg: PointCloudConfig, train: bool = False):
+    def __init__(self, cfg: PointCloudConfig, train: bool = False, augment: PointCloudAugment | None = None):
         self.num_points, self.in_chans, self.train = cfg.num_points, cfg.in_chans, train
+        self.augment = (augment or TRAIN_AUGMENT) if train else None
 
     def __call__(self, points) -> torch.Tensor:
         points = torch.as_tensor(points, dtype=torch.float32)
@@ -205,14 +254,8 @@ class PointCloudTransform:
             idx = torch.randint(n, (self.num_points,), generator=generator)
         points = points[idx].clone()  # [num_points, C]
         xyz = points[:, :3] - points[:, :3].mean(0)
-        xyz = xyz / xyz.norm(dim=1).max().clamp(min=1e-8)
-        if self.train:
-            angle = torch.rand(()).item() * 2 * math.pi
-            c, s = math.cos(angle), math.sin(angle)
-            rotation = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-            xyz = xyz @ rotation.T * torch.empty(()).uniform_(0.8, 1.2) + 0.01 * torch.randn_like(xyz)
-        points[:, :3] = xyz
-        return points
+        points[:, :3] = xyz / xyz.norm(dim=1).max().clamp(min=1e-8)
+        return self.augment(points) if self.augment else points
 
 
 @register_modality("point_cloud")
@@ -220,6 +263,7 @@ class PointCloudEncoder(ModalityEncoder):
     """[B, N, C] points -> [B, G, D] group tokens, positioned by an MLP of the group centres."""
 
     config_class = PointCloudConfig
+    augment_class = PointCloudAugment
     suffixes = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".obj", ".off", ".stl")
     decoder_position_dim = 3  # the decoder places groups by their centres (Point-MAE)
     plot_style = "points"
@@ -277,8 +321,9 @@ class PointCloudEncoder(ModalityEncoder):
         return read_point_cloud(path)
 
     @classmethod
-    def build_transform(cls, cfg: PointCloudConfig, train: bool = False) -> PointCloudTransform:
-        return PointCloudTransform(cfg, train)
+    def build_transform(cls, cfg: PointCloudConfig, train: bool = False,
+                        augment: PointCloudAugment | None = None) -> PointCloudTransform:
+        return PointCloudTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: PointCloudConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import ModalityConfig, require, require_positive
+from ..config import AugmentConfig, ModalityConfig, require, require_positive
 from ..errors import ConfigError, DataError
 from ..masking import Masking, random_masking
 from .base import ModalityEncoder, Tokens, register_modality
@@ -207,7 +207,8 @@ class TextEncoder(ModalityEncoder):
             cfg.tokenizer = str(directory / cls.asset_dir)
 
     @classmethod
-    def build_transform(cls, cfg: TextConfig, train: bool = False) -> TextTransform:
+    def build_transform(cls, cfg: TextConfig, train: bool = False, augment: AugmentConfig | None = None) -> TextTransform:
+        """The tokenizer's transform; text has no augmentation (`augment` has no settings)."""
         return TextTransform(cfg, train)
 
     @classmethod

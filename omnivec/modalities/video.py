@@ -13,7 +13,7 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..config import ModalityConfig, require, require_positive
+from ..config import AugmentConfig, ModalityConfig, require, require_positive
 from ..errors import DataError, InputError
 from ..masking import Masking, tube_masking
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
@@ -109,21 +109,43 @@ def read_frame_folder(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))
 
 
+@dataclass
+class VideoAugment(AugmentConfig):
+    """Training augmentation of clips, VideoMAE's fine-tuning recipe: RandAugment with the same ops
+    on every frame of a clip and scale jitter (one random resized crop for all frames), both
+    torchvision v2 transforms on a `Video`. 0 ops switches RandAugment off."""
+
+    rand_augment_ops: int = 4  # RandAugment ops per clip (VideoMAE: rand-m7-n4); 0 off
+    rand_augment_magnitude: int = 7  # their magnitude, 0-30 (VideoMAE: 7)
+    crop_scale: tuple[float, ...] = (0.08, 1.0)  # area range of the crop (VideoMAE; without augment: 0.7-1)
+
+    def validate(self, prefix: str) -> None:
+        require(self.rand_augment_ops >= 0, f"{prefix}.rand_augment_ops", "an int >= 0 (0: off)", self.rand_augment_ops)
+        require(0 <= self.rand_augment_magnitude <= 30, f"{prefix}.rand_augment_magnitude", "an int in [0, 30]",
+                self.rand_augment_magnitude)
+        require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                f"{prefix}.crop_scale", "two area fractions 0 < low <= high <= 1", self.crop_scale)
+
+
 class VideoTransform:
     """uint8 frames [T, H, W, C] (as decoders return them) or [T, C, H, W] -> float [num_frames, C, S, S].
 
-    Picks `num_frames` frames spread uniformly over the clip (with a random offset when training).
+    Picks `num_frames` frames spread uniformly over the clip (with a random offset when training);
+    training crops at random, with `augment` as it says.
     """
 
-    def __init__(self, cfg: VideoConfig, train: bool = False):
+    def __init__(self, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None):
         self.num_frames, self.in_chans, self.train = cfg.num_frames, cfg.in_chans, train
         size = cfg.image_size
-        resize = (
-            [v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True)]
+        augment = augment if train else None
+        spatial = (
+            [v2.RandomResizedCrop(size, scale=augment.crop_scale if augment else (0.7, 1.0), antialias=True)]
             if train
             else [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
         )
-        self.pipeline = v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
+        if augment and augment.rand_augment_ops:  # one draw of ops per clip: every frame alike
+            spatial.append(v2.RandAugment(augment.rand_augment_ops, augment.rand_augment_magnitude))
+        self.pipeline = v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
 
     def frame_indices(self, total: int) -> torch.Tensor:
         step = total / self.num_frames
@@ -153,6 +175,7 @@ class VideoEncoder(ModalityEncoder):
     """[B, T, C, H, W] -> [B, (T/t)*(H/p)*(W/p), D] tubelet tokens (time-major order)."""
 
     config_class = VideoConfig
+    augment_class = VideoAugment
     suffixes = (".mp4", ".webm", ".avi", ".mkv", ".mov")
     plot_style = "image"
 
@@ -227,8 +250,8 @@ class VideoEncoder(ModalityEncoder):
         self._check_tensor(x, (None, t, c, s, s), f"[B, {t}, {c}, {s}, {s}] (frames, channels, height, width)")
 
     @classmethod
-    def build_transform(cls, cfg: VideoConfig, train: bool = False) -> VideoTransform:
-        return VideoTransform(cfg, train)
+    def build_transform(cls, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None) -> VideoTransform:
+        return VideoTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: VideoConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
