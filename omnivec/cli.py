@@ -100,6 +100,16 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if any(r.bad for r in reports) else 0
 
 
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from .datasets.shards import write_shards
+
+    index = write_shards(args.input, args.output, args.shard_size, args.split, args.allow_outside_root)
+    splits = ", ".join(f"{s} {n}" for s, n in index["splits"].items())
+    print(f"wrote {len(index['shards'])} shards ({splits} samples; {', '.join(index['modalities'])}) "
+          f"-> {args.output}/index.json")
+    return 0
+
+
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -169,9 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")
-    p.add_argument("path", help="a manifest, a dataset folder, or a folder of datasets")
+    p.add_argument("path", help="a manifest, a dataset folder, a folder of datasets, shards or hf:NAME[:split]")
     p.add_argument("--allow-outside-root", action="store_true", help="let manifest paths leave their folder")
     p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("shard", help="write WebDataset tar shards (and index.json) from manifests or folder trees")
+    p.add_argument("input", nargs="+", help="manifests, dataset folders or class-per-folder trees")
+    p.add_argument("--output", required=True, help="folder for the shards and index.json")
+    p.add_argument("--shard-size", default="500MB", help="at most this much per shard (default: 500MB)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="only this split (default: every split)")
+    p.add_argument("--allow-outside-root", action="store_true", help="let manifest paths leave their folder")
+    p.set_defaults(func=cmd_data_shard)
     tok = sub.add_parser("tokenizer", help="text tokenizer tools").add_subparsers(dest="tok_command", required=True)
     p = tok.add_parser("train", help="train a WordPiece tokenizer offline from manifests or .txt files")
     p.add_argument("--input", nargs="+", required=True, help="manifests / dataset folders (text, summary) or .txt")

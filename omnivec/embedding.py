@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .datasets import find_tasks
 from .datasets.loaders import collate_for
-from .datasets.manifest import MANIFEST_NAMES, inside
+from .datasets.manifest import MANIFEST_NAMES, inside, streamed_tasks
 from .datasets.readers import known_suffixes, load_sample, modality_of
 from .errors import ConfigError, DataError, InputError
 from .model import OmniVecModel
@@ -28,9 +28,19 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Files, folders and manifests -> one item per sample, in input order:
     `{"path": str, "modality": m}` or `{"text": str, "modality": "text", "path": "manifest:line"}`.
 
-    A folder holding manifests gives their rows; any other folder gives its files of known types."""
+    A folder holding manifests gives their rows; any other folder gives its files of known types;
+    shards and `hf:` datasets give their samples (held in memory as `Blob`s, in shard order)."""
     items: list[dict[str, Any]] = []
-    for source in map(Path, inputs):
+    for spec in inputs:
+        streamed = streamed_tasks(spec)
+        if streamed is not None:
+            for task in streamed:
+                for shard in task.stream.shards:
+                    for _, row in shard.read():
+                        items.append({"text": row["text"], "modality": "text", "path": row["where"]} if "text" in row
+                                     else {"path": row["path"], "modality": task.modality})
+            continue
+        source = Path(spec)
         if not source.exists():
             raise DataError(f"{source}: not found")
         is_manifest = source.is_file() and (source.name in MANIFEST_NAMES or source.suffix in (".jsonl", ".csv"))
@@ -67,7 +77,7 @@ class EmbedDataset(Dataset):
         try:
             x = load_sample(item, item["modality"], self.transform)
         except DataError as e:
-            message = str(e) if str(e).startswith(item["path"]) else f"{item['path']}: {e}"
+            message = str(e) if str(e).startswith(str(item["path"])) else f"{item['path']}: {e}"
             return {"index": i, "error": message}
         return {"index": i, "input": x, "target": None}
 
@@ -129,7 +139,7 @@ def records_for(items: list[dict[str, Any]], errors: dict[int, str], skip_bad: b
         listing = "\n  ".join(errors[i] for i in sorted(errors))
         raise DataError(f"{len(errors)} of {len(items)} samples could not be embedded (nothing written; "
                         f"--skip-bad records them as failed and goes on):\n  {listing}")
-    return [{"path": item["path"], "modality": item["modality"], "index": i,
+    return [{"path": str(item["path"]), "modality": item["modality"], "index": i,
              "status": f"failed: {errors[i]}" if i in errors else "ok"} for i, item in enumerate(items)]
 
 

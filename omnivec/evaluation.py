@@ -111,8 +111,8 @@ def align_classes(task: str, datasets: list[TaskData], head: Any) -> list[TaskDa
     for d in datasets:
         unknown = sorted(set(d.classes) - set(labels))
         if unknown:
-            row = next(r for r in d.rows if unknown[0] in (r.get("labels") or [r.get("label")]))
-            raise DataError(f"{row['where']}: label {unknown[0]!r} is not one of the {len(labels)} labels the "
+            row = next((r for r in d.rows if unknown[0] in (r.get("labels") or [r.get("label")])), {})
+            raise DataError(f"{row.get('where', d.source)}: label {unknown[0]!r} is not one of the {len(labels)} labels the "
                             f"{task!r} head was trained on ({', '.join(map(str, labels[:12]))}"
                             f"{', ...' if len(labels) > 12 else ''})")
     return [dataclasses.replace(d, classes=labels) for d in datasets]

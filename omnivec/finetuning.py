@@ -196,7 +196,7 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
                    + (f", rehearsing: {', '.join(stage.replay)}" if stage.replay else "") + ")")
     loaders = {t: task_loader(model, data[t], "train", cfg.tasks[t].batch_size or cfg.batch_size, cfg.num_workers,
                               train=True, seed=cfg.seed, skip_bad=cfg.skip_bad, rank=acc.process_index,
-                              world_size=acc.num_processes, augment=cfg.augment)
+                              world_size=acc.num_processes, shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment)
                for t in stage.tasks + stage.replay}
     current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
     replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None

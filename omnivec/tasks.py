@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import HeadConfig, join_key, require, require_positive
 from .datasets import TaskData, find_tasks
+from .datasets.streams import relabel_row
 from .errors import ConfigError
 from .registry import HEADS, MODELS
 from .training import TrainConfig
@@ -123,7 +124,7 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
         for split in dict.fromkeys(splits or ("train", cfg.eval_split)):  # fail now, not after training
-            if not any(d.split(split) for d in datasets):
+            if not any(d.has_split(split) for d in datasets):
                 raise ConfigError(f"tasks.{name}.data: no {split!r} rows in {', '.join(str(d.source) for d in datasets)}")
         wanted = HEADS.get(spec.head).target
         if datasets[0].target != wanted:
@@ -152,16 +153,9 @@ def relabel(task: TaskData, label_map: Mapping[str, str], key: str) -> TaskData:
     if unknown:
         raise ConfigError(f"{key}: {unknown[0]!r} is not a label of {task.source} ({', '.join(task.classes[:12])})")
 
-    def rename(row: dict) -> dict:
-        row = dict(row)
-        if "label" in row:
-            row["label"] = label_map.get(row["label"], row["label"])
-        if "labels" in row:
-            row["labels"] = [label_map.get(c, c) for c in row["labels"]]
-        return row
-
     classes = sorted({label_map.get(c, c) for c in task.classes})
-    return dataclasses.replace(task, rows=[rename(r) for r in task.rows], classes=classes)
+    stream = task.stream.relabel(label_map) if task.stream is not None else None
+    return dataclasses.replace(task, rows=[relabel_row(r, label_map) for r in task.rows], classes=classes, stream=stream)
 
 
 def head_config(name: str, spec: TaskSpec, data: list[TaskData], model_config: Any,

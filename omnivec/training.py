@@ -53,6 +53,7 @@ class TrainConfig:
     overwrite: bool = False  # replace the run already in output_dir (its outputs are removed first)
     seed: int = 0
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
+    shuffle_buffer: int = 1000  # streamed datasets (shards, hf:): samples each worker shuffles among
     compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
     # Training augmentation per modality, e.g. {image: {rand_augment: rand-m9-mstd0.5-inc1}, audio: {}}: a
     # modality listed gets its augment class's settings (defaults: its anchors' fine-tuning recipe, see
@@ -64,7 +65,8 @@ class TrainConfig:
         for key, value in non_finite_numbers(self, prefix):  # every number of a training config, nested ones too
             require(False, key, "a finite number", value)
         require_positive(self, prefix, "max_steps", "batch_size", "lr", "grad_accum", "log_every", "keep_checkpoints")
-        for name in ("min_lr", "weight_decay", "warmup_steps", "clip_grad", "num_workers", "eval_every", "save_every"):
+        for name in ("min_lr", "weight_decay", "warmup_steps", "clip_grad", "num_workers", "eval_every", "save_every",
+                     "shuffle_buffer"):
             require(getattr(self, name) >= 0, join_key(prefix, name), "a number >= 0", getattr(self, name))
         require(self.precision in ("no", "bf16", "fp16"), join_key(prefix, "precision"), "no, bf16 or fp16", self.precision)
         require(self.device in ("auto", "cpu"), join_key(prefix, "device"), "auto or cpu", self.device)
@@ -318,7 +320,9 @@ class Trainer:
         state = json.loads((path / STATE_FILE).read_text())
         self.step = state["step"]
         self.skipped = unique(state.get("skipped", []))
-        batches.load_state_dict(state["data"])
+        ranks = state.get("data_ranks") or []  # each process's position (streams differ per process)
+        batches.load_state_dict(ranks[self.accelerator.process_index] if len(ranks) == self.accelerator.num_processes
+                                else state["data"])
         if self.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
@@ -425,9 +429,14 @@ class Trainer:
             tmp.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp / "state"), safe_serialization=True)
+        data = [batches.state_dict()]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            data = gather_object(data)
         if self.is_main:
             self.unwrapped.save_model(tmp / "model")
-            state = {"step": self.step, "data": batches.state_dict(), "skipped": self.skipped}
+            state = {"step": self.step, "data": data[0], "data_ranks": data, "skipped": self.skipped}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

@@ -115,8 +115,8 @@ def test_seeded_restores_the_global_generators():
 
 
 def test_bad_augment_settings_name_their_key():
-    with pytest.raises(omnivec.ConfigError, match=r"augment.depth: unknown modality"):
-        augment_configs({"depth": {}}, "augment")
+    with pytest.raises(omnivec.ConfigError, match=r"augment.smell: unknown modality"):
+        augment_configs({"smell": {}}, "augment")  # (tests/test_extension.py registers a depth modality)
     with pytest.raises(omnivec.ConfigError, match=r"augment.image.rand_augmnt: unknown key \(did you mean 'rand_augment'"):
         augment_configs({"image": {"rand_augmnt": "rand-m9"}}, "augment")
     with pytest.raises(omnivec.ConfigError, match=r"augment.image.rand_augment: expected a timm RandAugment policy"):

@@ -1,9 +1,11 @@
 """`omnivec data check`: read every sample of every dataset under a path and report what is wrong."""
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -16,6 +18,10 @@ from .readers import load_sample
 class TaskReport:
     task: TaskData
     bad: list[str] = field(default_factory=list)  # "path: reason", one per unusable sample
+    counts: dict[str, tuple[int, Counter]] | None = None  # streamed datasets: counted while reading
+
+    def samples(self) -> dict[str, tuple[int, Counter]]:
+        return self.counts if self.counts is not None else self.task.counts()
 
 
 def check_row(task: TaskData, row: dict) -> str | None:
@@ -28,14 +34,51 @@ def check_row(task: TaskData, row: dict) -> str | None:
 
 
 def check_path(path: str | Path, workers: int = 4, allow_outside_root: bool = False) -> list[TaskReport]:
-    """Check every dataset under `path` (see `find_tasks`), decoding every file."""
+    """Check every dataset under `path` (see `find_tasks`), decoding every file (every shard
+    member, for a streamed dataset)."""
     reports = []
     for task in find_tasks(path, allow_outside_root):
+        if task.stream is not None:
+            reports.append(check_stream(task, workers))
+            continue
         with ThreadPoolExecutor(workers) as pool:
             results = pool.map(lambda row: check_row(task, row), task.rows)
             bad = [r for r in tqdm(results, total=len(task.rows), desc=f"check {task.name}", leave=False) if r]
         reports.append(TaskReport(task, bad))
     return reports
+
+
+def check_stream(task: TaskData, workers: int = 4) -> TaskReport:
+    """Read every shard of a streamed dataset in order, decoding every sample; a shard that cannot
+    be read is reported (with the samples read before its end) and the next one checked."""
+    report = TaskReport(task, counts={})
+    bad_shards: list[str] = []
+
+    def rows() -> Iterator[dict]:
+        for shard in task.stream.shards:
+            n = 0
+            try:
+                for _, row in shard.read():
+                    n += 1
+                    yield row
+            except DataError as e:
+                bad_shards.append(str(e))
+            else:
+                if shard.samples is not None and n != shard.samples:
+                    bad_shards.append(f"{shard.name}: holds {n} samples, its index says {shard.samples}")
+
+    def count(row: dict) -> dict:
+        n, counter = report.counts.get(row.get("split") or "-", (0, Counter()))
+        counter.update(row.get("labels") or ([row["label"]] if "label" in row else []))
+        report.counts[row.get("split") or "-"] = (n + 1, counter)
+        return row
+
+    total = task.stream.count(None)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda row: check_row(task, row), map(count, rows()))
+        report.bad = [r for r in tqdm(results, total=total, desc=f"check {task.name}", leave=False) if r]
+    report.bad += bad_shards
+    return report
 
 
 def format_report(reports: list[TaskReport]) -> str:
@@ -46,11 +89,11 @@ def format_report(reports: list[TaskReport]) -> str:
         target = f", {task.target}" if task.target else ""
         classes = f", {len(task.classes)} classes" if task.classes else ""
         lines.append(f"{task.name} ({task.modality}{target}{classes}): {task.source}")
-        for split, (n, counter) in sorted(task.counts().items()):
+        for split, (n, counter) in sorted(report.samples().items()):
             per_class = " ".join(f"{c}:{k}" for c, k in sorted(counter.items()))
             lines.append(f"  {split:<6}{n:>6}  {per_class}".rstrip())
         lines += [f"  BAD {line}" for line in report.bad]
-    total = sum(len(r.task.rows) for r in reports)
+    total = sum(n for r in reports for n, _ in r.samples().values())
     bad = sum(len(r.bad) for r in reports)
     lines.append(f"{len(reports)} datasets, {total} samples, {bad} bad")
     return "\n".join(lines)

@@ -62,25 +62,14 @@ class TaskDataset(Dataset):
         return load_sample(self.rows[i], self.task.modality, self.transform)
 
     def target(self, i: int) -> Any:
-        row, kind = self.rows[i], self.target_kind
-        if kind == "label":
-            return self.class_index[row["label"]]
-        if kind == "labels":
-            multi_hot = torch.zeros(len(self.task.classes))
-            multi_hot[[self.class_index[c] for c in row["labels"]]] = 1.0
-            return multi_hot
-        return row.get("summary") if kind == "summary" else None
+        return encode_target(self.rows[i], self.target_kind, self.class_index)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """`i`, or `(epoch, i)` (from `EpochSampler`): then the sample's random augmentation is
         seeded by (seed, epoch, i), the same whichever worker loads it and after a resume."""
         epoch, i = key if isinstance(key, tuple) else (None, key)
         try:
-            if epoch is None:
-                x = self.load(i)
-            else:
-                with seeded((self.seed * 1_000_003 + epoch) * 1_000_033 + i):
-                    x = self.load(i)
+            x = self.load(i) if epoch is None else seeded_load(lambda: self.load(i), self.seed, epoch, i)
         except DataError as e:
             if not self.skip_bad:
                 raise
@@ -88,9 +77,29 @@ class TaskDataset(Dataset):
         return {"index": i, "input": x, "target": self.target(i)}
 
 
+def encode_target(row: dict[str, Any], kind: str | None, class_index: dict[str, int]) -> Any:
+    """A row's target as the model learns it: a class id (`label`), a multi-hot vector [C]
+    (`labels`), the summary text (`summary`), or None."""
+    if kind == "label":
+        return class_index[row["label"]]
+    if kind == "labels":
+        multi_hot = torch.zeros(len(class_index))
+        multi_hot[[class_index[c] for c in row["labels"]]] = 1.0
+        return multi_hot
+    return row.get("summary") if kind == "summary" else None
+
+
+def seeded_load(load: Callable[[], Any], seed: int, epoch: int, i: int) -> Any:
+    """`load()` with the random augmentation seeded by (seed, epoch, sample i): the same whichever
+    worker loads it and after a resume."""
+    with seeded(((seed * 1_000_003 + epoch) * 1_000_033 + i) % 2**63):
+        return load()
+
+
 class Collate:
     """Batches a list of `TaskDataset` samples: inputs by their modality's `collate` (which pads
-    variable-length samples), targets stacked; unreadable samples are dropped and listed."""
+    variable-length samples), targets stacked; unreadable samples are dropped and listed. Streamed
+    samples (one worker's per batch) give the batch the last one's `position`."""
 
     def __init__(self, modality: str, cfg: ModalityConfig | None = None):
         self.collate_inputs = MODALITIES.get(modality).collate
@@ -101,6 +110,8 @@ class Collate:
         batch: dict[str, Any] = {"skipped": [s["error"] for s in samples if "error" in s],
                                  "skipped_index": [s["index"] for s in samples if "error" in s]}
         batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+        if "position" in samples[-1]:
+            batch["position"] = samples[-1]["position"]
         if not good:
             batch["input"] = batch["target"] = None
             return batch

@@ -10,6 +10,7 @@ from ..errors import DataError
 from .dataset import Collate, TaskDataset
 from .manifest import TaskData, find_tasks
 from .sampler import EpochSampler
+from .streams import StreamDataset
 
 
 def collate_for(model: Any, modality: str) -> Collate:
@@ -19,12 +20,22 @@ def collate_for(model: Any, modality: str) -> Collate:
 
 def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, num_workers: int, train: bool,
                 seed: int = 0, skip_bad: bool = False, rank: int = 0, world_size: int = 1,
-                persistent: bool | None = None, augment: Mapping[str, Any] | None = None) -> DataLoader:
+                persistent: bool | None = None, shuffle_buffer: int = 1000,
+                augment: Mapping[str, Any] | None = None) -> DataLoader:
     """`split` of `data` through the model's (train or eval) transforms, with the training
     augmentation `augment` ({modality: its augment config}) when `train`; shuffled per epoch and
-    sharded per process when `train`. Workers persist across epochs (default: when training)."""
+    sharded per process when `train`. Workers persist across epochs (default: when training).
+    Streamed datasets (shards, `hf:`) are read by `StreamDataset`: shards split over processes and
+    workers, shuffled through `shuffle_buffer` samples; their workers start afresh each epoch."""
     modality = data[0].modality
     transform = model.transforms(train=train, augment=augment)[modality]
+    if data[0].stream is not None:
+        if any(t.stream is None for t in data):
+            raise DataError(f"{', '.join(str(t.source) for t in data)}: streamed and file datasets cannot be joined")
+        stream = StreamDataset(data, split, transform, skip_bad=skip_bad, seed=seed, shuffle=train,
+                               buffer=shuffle_buffer, rank=rank, world_size=world_size)
+        return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_for(model, modality),
+                          pin_memory=torch.cuda.is_available())
     dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
     persistent = train if persistent is None else persistent
@@ -39,12 +50,13 @@ def build_loaders(data: Mapping[str, list[str]], model: Any, split: str, cfg: An
     `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
     loaders = {}
     for modality, paths in data.items():
-        tasks = [t for p in paths for t in find_tasks(p)]
-        for t in tasks:
+        found = [t for p in paths for t in find_tasks(p)]
+        tasks = [t for t in found if t.stream is None or t.modality == modality]  # shard folders hold several
+        for t in tasks or found:
             if t.modality != modality:
                 raise DataError(f"{t.source}: listed under data.{modality} but holds {t.modality} samples")
         loaders[modality] = task_loader(model, tasks, split, cfg.batch_size, cfg.num_workers, train, seed=cfg.seed,
                                         skip_bad=cfg.skip_bad, rank=rank if train else 0,
                                         world_size=world_size if train else 1, persistent=True,
-                                        augment=cfg.augment)
+                                        shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment)
     return loaders

@@ -5,6 +5,8 @@ Manifest columns: `path` (relative to the manifest's folder) or `text`; optional
 `split` (train / val / test) and `modality` (overrides the one inferred from the extension).
 Without a manifest, `root/<class>/<file>` (torchvision ImageFolder style) or
 `root/<split>/<class>/<file>` is read, the class and split taken from the folder names.
+Shard specs (datasets/shards.py) and `hf:` Hugging Face datasets (datasets/hf.py) are streamed:
+their `TaskData` holds a `Stream` of shards instead of rows.
 """
 from __future__ import annotations
 
@@ -13,10 +15,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 from .readers import known_suffixes, modality_of
+
+if TYPE_CHECKING:
+    from .streams import Stream
 
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
 SPLITS = ("train", "val", "test")
@@ -33,6 +38,11 @@ class TaskData:
     rows: list[dict[str, Any]]  # path (Path) or text, target, split, where (file:line for errors)
     target: str | None = None  # "label", "labels", "summary" or None
     classes: list[str] = field(default_factory=list)
+    stream: Stream | None = None  # streamed datasets (shards, hf:): their shards; `rows` is empty
+
+    def has_split(self, name: str) -> bool:
+        """Whether split `name` holds samples (shards, for a stream)."""
+        return bool(self.stream.split(name) if self.stream is not None else self.split(name))
 
     def split(self, name: str | None) -> list[dict[str, Any]]:
         """The rows of split `name` (all rows when `name` is None)."""
@@ -151,8 +161,25 @@ def _folder_rows(root: Path, allow_outside_root: bool = False) -> list[dict[str,
     return rows
 
 
+def streamed_tasks(spec: str | Path) -> list[TaskData] | None:
+    """The datasets of a `hf:` or shard spec (one per modality), or None for other paths."""
+    if str(spec).startswith("hf:"):
+        from .hf import load_hf_task
+
+        return [load_hf_task(str(spec))]
+    from .shards import is_shard_spec, load_shard_tasks
+
+    return load_shard_tasks(spec) if is_shard_spec(spec) else None
+
+
 def load_task(path: str | Path, allow_outside_root: bool = False) -> TaskData:
-    """Read one dataset: a manifest file, a folder holding `manifest.jsonl`/`.csv`, or a class-per-folder tree."""
+    """Read one dataset: a manifest file, a folder holding `manifest.jsonl`/`.csv`, a class-per-folder
+    tree, or a streamed dataset of one modality (a shard spec, `hf:NAME[:split]`)."""
+    streamed = streamed_tasks(path)
+    if streamed is not None:
+        if len(streamed) > 1:
+            raise DataError(f"{path}: holds {', '.join(t.modality for t in streamed)} samples; one modality expected")
+        return streamed[0]
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found")
@@ -166,7 +193,11 @@ def load_task(path: str | Path, allow_outside_root: bool = False) -> TaskData:
 
 
 def find_tasks(path: str | Path, allow_outside_root: bool = False) -> list[TaskData]:
-    """All datasets under `path`: `path` itself if it is one, else every sub-folder with a manifest."""
+    """All datasets under `path`: `path` itself if it is one, else every sub-folder with a manifest;
+    a shard spec gives one dataset per modality it holds."""
+    streamed = streamed_tasks(path)
+    if streamed is not None:
+        return streamed
     path = Path(path)
     if path.is_file() or any((path / n).is_file() for n in MANIFEST_NAMES):
         return [load_task(path, allow_outside_root)]

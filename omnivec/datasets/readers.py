@@ -6,13 +6,68 @@ holds NaN/Inf values, so that `omnivec data check` and training report the file,
 """
 from __future__ import annotations
 
+import io
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 import torch
 
 from ..errors import DataError
 from ..registry import MODALITIES
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file's encoded bytes held in memory (a shard member, a dataset cell), read by the same
+    readers as files: it answers the `Path` methods they use, and `opened` / `local_path` hand
+    libraries a file object or, for those that only take a path, a temporary copy."""
+
+    name: str  # what errors name, e.g. "shards/train-image-000003.tar:00000042.png"
+    data: bytes
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_dir(self) -> bool:
+        return False
+
+    def open(self, mode: str = "rb") -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.data.decode(encoding)
+
+
+def opened(path: Path | Blob) -> str | BinaryIO:
+    """What a decoding library opens: the path as a string, or a `Blob`'s bytes as a file object."""
+    return path.open() if isinstance(path, Blob) else str(path)
+
+
+@contextmanager
+def local_path(path: Path | Blob) -> Iterator[Path]:
+    """`path` itself, or a `Blob` copied to a temporary file of the same suffix (for libraries
+    that read only named files, such as open3d), removed afterwards."""
+    if not isinstance(path, Blob):
+        yield Path(path)
+        return
+    fd, name = tempfile.mkstemp(suffix=path.suffix, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(path.data)
+        yield Path(name)
+    finally:
+        os.unlink(name)
 
 
 def extensions() -> dict[str, tuple[str, ...]]:
@@ -24,9 +79,9 @@ def known_suffixes() -> set[str]:
     return {s for suffixes in extensions().values() for s in suffixes}
 
 
-def modality_of(path: str | Path) -> str:
-    """The modality a file (or a folder, such as a video's frames) belongs to."""
-    path = Path(path)
+def modality_of(path: str | Path | Blob) -> str:
+    """The modality a file (or a folder, such as a video's frames, or a `Blob`) belongs to."""
+    path = path if isinstance(path, Blob) else Path(path)
     for name in MODALITIES.names():
         if MODALITIES.get(name).claims(path):
             return name
@@ -34,13 +89,17 @@ def modality_of(path: str | Path) -> str:
                     + ", ".join(f"{m} {list(s)}" for m, s in extensions().items() if s))
 
 
-def read_file(path: str | Path, modality: str | None = None, verify: bool = False) -> Any:
-    """Decode `path` as `modality` (inferred from the file when not given); `verify`: decode it
-    completely and return nothing (data check: a lazily read video is decoded frame by frame)."""
-    path = Path(path)
-    if not path.exists():
+def read_file(path: str | Path | Blob, modality: str | None = None, verify: bool = False) -> Any:
+    """Decode `path` (a file, or a `Blob` of a file's bytes) as `modality` (inferred from the file
+    when not given); `verify`: decode it completely and return nothing (data check: a lazily read
+    video is decoded frame by frame)."""
+    path = path if isinstance(path, Blob) else Path(path)
+    if isinstance(path, Blob):
+        if not path.data:
+            raise DataError(f"{path}: empty file")
+    elif not path.exists():
         raise DataError(f"{path}: file not found")
-    if path.is_file() and path.stat().st_size == 0:
+    elif path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     modality = modality or modality_of(path)
     try:
@@ -54,7 +113,8 @@ def read_file(path: str | Path, modality: str | None = None, verify: bool = Fals
 
 def load_sample(item: Mapping[str, Any], modality: str, transform: Callable[..., Any] | None = None,
                 verify: bool = False) -> Any:
-    """A manifest row or embedding item (`path`, or inline `text`; `where` names it in errors) ->
+    """A manifest row, shard sample or embedding item (`path`: a file or `Blob`, or inline `text`;
+    `where` names it in errors) ->
     the raw sample, or the model-ready one through `transform`; `DataError` names the file.
     `verify`: only check that the sample decodes completely (`omnivec data check`)."""
     where = str(item["path"] if "path" in item else item.get("where"))

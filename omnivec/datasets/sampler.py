@@ -5,6 +5,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from ..errors import ConfigError
+from .streams import StreamDataset
+
 SCHEDULES = ("round_robin", "weighted", "all")
 
 
@@ -39,6 +42,10 @@ class MultiModalLoader:
     - `weighted`: one modality per step, drawn with probability proportional to `weights`
       (seeded, so the sequence repeats);
     - `all`: every modality in every step (losses are summed by the caller).
+
+    Its state (`state_dict`) is the position in each loader: epoch and batches taken, and for a
+    streamed dataset the samples each of its workers has handed out and the worker of the last
+    batch, from which a resumed stream continues at the same sample.
     """
 
     def __init__(self, loaders: Mapping[str, Iterable], schedule: str = "round_robin",
@@ -59,6 +66,8 @@ class MultiModalLoader:
         self.generator = torch.Generator().manual_seed(seed)
         self.epochs = {n: 0 for n in self.names}
         self.consumed = {n: 0 for n in self.names}  # batches taken in the current epoch
+        self.positions: dict[str, dict[int, int]] = {}  # streams: {worker: samples handed out this epoch}
+        self.last: dict[str, int] = {}  # streams: the worker of the last batch taken
         self._iters: dict[str, Iterator] = {}
         self._step = 0
 
@@ -71,6 +80,10 @@ class MultiModalLoader:
                     sampler.set_epoch(self.epochs[name])
                 if isinstance(sampler, EpochSampler):  # resume mid-epoch without loading skipped samples
                     sampler.skip = self.consumed[name] * loader.batch_size
+                if isinstance(getattr(loader, "dataset", None), StreamDataset):  # the same, per worker; the next worker first
+                    last = self.last.get(name)
+                    loader.dataset.set_position(self.epochs[name], self.positions.get(name, {}),
+                                                0 if last is None else last + 1)
                 self._iters[name] = iter(loader)
             try:
                 batch = next(self._iters[name])
@@ -80,20 +93,43 @@ class MultiModalLoader:
                 del self._iters[name]
                 self.epochs[name] += 1
                 self.consumed[name] = 0
+                self.positions.pop(name, None)
+                self.last.pop(name, None)
                 continue
             self.consumed[name] += 1
+            if isinstance(batch, Mapping) and "position" in batch:
+                worker, handed_out = batch["position"]
+                self.positions.setdefault(name, {})[worker] = handed_out
+                self.last[name] = worker
             return batch
 
     def state_dict(self) -> dict[str, Any]:
         """The position in every loader and schedule (JSON-friendly), for checkpoints."""
+        streams = {name: {"positions": {str(w): n for w, n in self.positions.get(name, {}).items()},
+                          "last": self.last.get(name), "layout": self.layout(name)}
+                   for name in self.names if isinstance(getattr(self.loaders[name], "dataset", None), StreamDataset)}
         return {"step": self._step, "epochs": dict(self.epochs), "consumed": dict(self.consumed),
-                "generator": self.generator.get_state().tolist()}
+                "generator": self.generator.get_state().tolist(), "streams": streams}
+
+    def layout(self, name: str) -> list[int]:
+        """[processes, workers] a stream's positions belong to."""
+        loader = self.loaders[name]
+        return [loader.dataset.world_size, max(loader.num_workers, 1)]
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._step = state["step"]
         self.epochs.update(state["epochs"])
         self.consumed.update(state["consumed"])
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        for name, stream in state.get("streams", {}).items():
+            if stream["positions"] and stream["layout"] != self.layout(name):
+                (p, w), (p_now, w_now) = stream["layout"], self.layout(name)
+                raise ConfigError(f"{name}: the checkpoint streamed its shards with {p} processes x {w} workers, "
+                                  f"this run has {p_now} x {w_now}; resume a sharded dataset with the same "
+                                  "processes and num_workers")
+            self.positions[name] = {int(w): n for w, n in stream["positions"].items()}
+            if stream["last"] is not None:
+                self.last[name] = stream["last"]
         self._iters.clear()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

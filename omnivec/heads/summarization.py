@@ -136,6 +136,8 @@ class SummarizationHead(TaskHead):
 
     @classmethod
     def baseline(cls, rows: list[dict], classes: list[str]) -> dict:
-        """Lead-1: the text's first sentence as its summary."""
+        """Lead-1: the text's first sentence as its summary (none for streamed data: no rows in memory)."""
+        if not rows:
+            return {}
         lead = [re.split(r"(?<=[.!?])\s+", r["text"].strip(), maxsplit=1)[0] for r in rows]
         return {"lead-1": rouge(lead, [r["summary"] for r in rows])}

@@ -11,6 +11,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..datasets.readers import Blob, opened
 from ..errors import DataError, InputError
 from .base import ModalityEncoder, Tokens, register_modality
 
@@ -42,14 +43,14 @@ class AudioConfig(ModalityConfig):
         return f, t
 
 
-def read_audio(path: Path) -> tuple[torch.Tensor, int]:
+def read_audio(path: Path | Blob) -> tuple[torch.Tensor, int]:
     """-> (waveform [channels, samples] float32 in [-1, 1], sample rate)."""
     import soundfile as sf
 
     try:
-        if "should be" in sf.info(str(path)).extra_info:  # libsndfile: chunk sizes beyond the file's end
+        if "should be" in sf.info(opened(path)).extra_info:  # libsndfile: chunk sizes beyond the file's end
             raise DataError(f"{path}: truncated audio file (its header promises more data)")
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
+        data, sample_rate = sf.read(opened(path), dtype="float32", always_2d=True)  # [samples, channels]
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise DataError(f"{path}: cannot decode audio ({e})") from e
     if data.shape[0] == 0:

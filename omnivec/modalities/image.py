@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..datasets.readers import Blob, opened
 from ..errors import DataError
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
 
@@ -102,12 +103,12 @@ class ImageTransform:
         return x
 
 
-def read_image(path: Path):
-    """An image file -> a fully decoded PIL image."""
+def read_image(path: Path | Blob):
+    """An image file (or `Blob`) -> a fully decoded PIL image."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(opened(path)) as image:
             image.load()
             if image.width == 0 or image.height == 0:
                 raise DataError(f"{path}: image has size {image.size}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..datasets.readers import Blob, local_path
 from ..errors import DataError, InputError
 from ..masking import gather_tokens
 from .base import ModalityEncoder, Tokens, register_modality
@@ -94,7 +95,7 @@ def is_truncated(path: Path) -> bool:
     return False
 
 
-def read_point_cloud(path: Path) -> np.ndarray:
+def read_point_cloud(path: Path | Blob) -> np.ndarray:
     """Point files (PLY/PCD/XYZ/PTS) or meshes (OBJ/OFF/STL, or a PLY with faces: sampled to
     MESH_POINTS points) -> float32 [N, 3 + C]: xyz, then normals, then colours when the file has them."""
     import open3d as o3d  # imported here: only point-cloud files need it
@@ -108,14 +109,15 @@ def read_point_cloud(path: Path) -> np.ndarray:
     if truncated:
         raise DataError(f"{path}: truncated file (less data than its header declares)")
     cloud = None
-    if suffix in MESH_EXTENSIONS:
-        mesh = o3d.io.read_triangle_mesh(str(path))
-        if len(mesh.triangles) > 0:
-            cloud = mesh.sample_points_uniformly(MESH_POINTS, use_triangle_normal=True)
-        elif suffix != ".ply":
-            raise DataError(f"{path}: mesh has no triangles (unreadable or empty)")
-    if cloud is None:
-        cloud = o3d.io.read_point_cloud(str(path), format="xyz" if suffix == ".pts" else "auto")
+    with local_path(path) as file:  # open3d reads named files only
+        if suffix in MESH_EXTENSIONS:
+            mesh = o3d.io.read_triangle_mesh(str(file))
+            if len(mesh.triangles) > 0:
+                cloud = mesh.sample_points_uniformly(MESH_POINTS, use_triangle_normal=True)
+            elif suffix != ".ply":
+                raise DataError(f"{path}: mesh has no triangles (unreadable or empty)")
+        if cloud is None:
+            cloud = o3d.io.read_point_cloud(str(file), format="xyz" if suffix == ".pts" else "auto")
     points = np.asarray(cloud.points, dtype=np.float32)
     if points.ndim != 2 or points.shape[0] == 0:
         raise DataError(f"{path}: no points could be read")

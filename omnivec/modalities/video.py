@@ -14,6 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..datasets.readers import opened
 from ..errors import DataError, InputError
 from ..masking import Masking, tube_masking
 from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
@@ -44,7 +45,7 @@ class VideoConfig(ModalityConfig):
 
 
 class VideoFile:
-    """A video file read lazily: `len()` is its frame count (from demuxing, nothing decoded) and
+    """A video file (or `Blob`) read lazily: `len()` is its frame count (from demuxing, nothing decoded) and
     `frames(indices)` decodes the stream up to the last index asked for, keeping only those frames:
     memory holds the sampled frames, never the whole clip."""
 
@@ -53,7 +54,7 @@ class VideoFile:
 
         self.path = path
         try:
-            with av.open(str(path)) as container:
+            with av.open(opened(path)) as container:
                 stream = container.streams.video[0]
                 self.length = sum(1 for packet in container.demux(stream) if packet.size)
         except (av.FFmpegError, IndexError, ValueError) as e:
@@ -70,7 +71,7 @@ class VideoFile:
 
         wanted, kept, frame = {int(i) for i in indices}, {}, None
         try:
-            with av.open(str(self.path)) as container:
+            with av.open(opened(self.path)) as container:
                 for i, frame in enumerate(container.decode(video=0)):
                     if i in wanted:
                         kept[i] = frame.to_ndarray(format="rgb24")
@@ -89,7 +90,7 @@ class VideoFile:
         import av
 
         try:
-            with av.open(str(path)) as container:
+            with av.open(opened(path)) as container:
                 count = sum(1 for _ in container.decode(video=0))
         except (av.FFmpegError, IndexError, ValueError) as e:
             raise DataError(f"{path}: cannot decode video ({e})") from e

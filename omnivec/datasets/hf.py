@@ -1,0 +1,163 @@
+"""Hugging Face datasets as streamed omnivec datasets: `hf:NAME_OR_DIR[:split][?column=name&...]`.
+
+NAME_OR_DIR is a `save_to_disk` folder, a parquet file or folder of parquet files (split by file
+name, as `datasets` does), or a hub name (downloaded by `datasets`; needs a network). The query
+maps omnivec columns to the dataset's: the sample column under its modality (`image=img`,
+`audio=clip`, `text=sentence`, `point_cloud=file`, ...) and the target (`label=fine_label`,
+`labels=tags`, `summary=highlights`); without it, columns named like those are used, and an
+Image / Audio feature column is the sample. Cells keep their encoded bytes (features are read with
+`decode=False`) and go through the modality's own reader, as files do. A split `validation` or
+`dev` is omnivec's `val`; a dataset without splits is `train`.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qsl
+
+from ..errors import DataError
+from ..registry import MODALITIES
+from .manifest import TARGETS, TaskData
+from .readers import Blob
+from .streams import Shard, Stream
+
+ROWS_PER_SHARD = 1000  # rows of one slice read in order (the unit split across processes and workers)
+SPLIT_NAMES = {"validation": "val", "valid": "val", "dev": "val"}
+FEATURES = {"Image": "image", "Audio": "audio", "Video": "video"}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """`hf:NAME_OR_DIR[:split][?k=v&...]` -> (name or folder, split or None, {omnivec column: column})."""
+    body, _, query = spec[len("hf:"):].partition("?")
+    source, split = body, None
+    if ":" in body and not Path(body).exists():
+        source, split = body.rsplit(":", 1)
+    if not source:
+        raise DataError(f"{spec}: expected hf:NAME_OR_DIR[:split][?column=name&...]")
+    return source, split, dict(parse_qsl(query))
+
+
+def open_splits(source: str, split: str | None) -> dict[str, Any]:
+    """{omnivec split: `datasets.Dataset`} of a saved folder, parquet file(s) or hub name."""
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_dir() and any((path / n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_dir():
+            loaded = datasets.load_dataset("parquet", data_dir=str(path))
+        elif path.suffix == ".parquet":
+            loaded = datasets.load_dataset("parquet", data_files=str(path))
+        else:
+            loaded = datasets.load_dataset(source)
+    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise DataError(f"hf:{source}: cannot load this dataset ({e})") from e
+    found = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    if split is not None:
+        if split not in found:
+            raise DataError(f"hf:{source}: no split {split!r}; it has {sorted(found)}")
+        found = {split: found[split]}
+    return {SPLIT_NAMES.get(name, name): ds for name, ds in found.items()}
+
+
+def pick_columns(spec: str, ds: Any, mapping: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+    """(modality, sample column, {target kind: column}) from `mapping` or the column names and features."""
+    features, names = ds.features, set(ds.column_names)
+    for column in mapping.values():
+        if column not in names:
+            raise DataError(f"{spec}: no column {column!r}; it has {sorted(names)}")
+    unknown = sorted(set(mapping) - set(MODALITIES.names()) - set(TARGETS))
+    if unknown:
+        raise DataError(f"{spec}: {unknown[0]!r} is neither a modality {MODALITIES.names()} nor a target {list(TARGETS)}")
+    samples = {k: v for k, v in mapping.items() if k in MODALITIES.names()}
+    if not samples:
+        samples = {m: m for m in MODALITIES.names() if m in names}
+    if not samples:
+        samples = {FEATURES[type(f).__name__]: c for c, f in features.items() if type(f).__name__ in FEATURES}
+    if len(samples) != 1:
+        raise DataError(f"{spec}: cannot tell which column holds the samples among {sorted(names)}; name it, "
+                        "e.g. ?image=img")
+    (modality, column), = samples.items()
+    targets = {k: mapping.get(k, k) for k in TARGETS if mapping.get(k, k) in names}
+    if len(targets) > 1:
+        raise DataError(f"{spec}: one target column per dataset expected, found {targets}")
+    return modality, column, targets
+
+
+def label_names(feature: Any) -> list[str] | None:
+    """The class names of a ClassLabel (or a sequence of them), else None."""
+    inner = getattr(feature, "feature", feature)
+    return list(inner.names) if type(inner).__name__ == "ClassLabel" else None
+
+
+def load_hf_task(spec: str) -> TaskData:
+    """The dataset of an `hf:` spec, streamed in slices of `ROWS_PER_SHARD` rows."""
+    source, split, mapping = parse_spec(spec)
+    splits = open_splits(source, split)
+    first = next(iter(splits.values()))
+    modality, column, targets = pick_columns(spec, first, mapping)
+    kind, target_column = next(iter(targets.items()), (None, None))
+    names = label_names(first.features[target_column]) if target_column else None
+    classes: list[str] = []
+    if kind in ("label", "labels"):
+        classes = names or sorted({str(v) for ds in splits.values() for value in ds[target_column]
+                                   for v in (value if isinstance(value, list) else [value])})
+    shards = []
+    for name, ds in splits.items():
+        feature = type(ds.features[column]).__name__
+        if feature in FEATURES:
+            ds = ds.cast_column(column, type(ds.features[column])(decode=False))
+        root = Path(source) if Path(source).is_dir() else None
+        read = partial(read_rows, f"{spec.partition('?')[0]}[{name}]", ds, name, modality, column, kind,
+                       target_column, names, root)
+        shards += [Shard(f"{spec.partition('?')[0]}[{name}][{a}:{min(a + ROWS_PER_SHARD, len(ds))}]", name,
+                         min(ROWS_PER_SHARD, len(ds) - a), partial(read, a, min(a + ROWS_PER_SHARD, len(ds))))
+                   for a in range(0, len(ds), ROWS_PER_SHARD)]
+    if not shards:
+        raise DataError(f"{spec}: no rows")
+    return TaskData(name=source, source=Path(source), modality=modality, rows=[], target=kind, classes=classes,
+                    stream=Stream(tuple(shards)))
+
+
+def read_rows(where: str, ds: Any, split: str, modality: str, column: str, kind: str | None,
+              target_column: str | None, names: list[str] | None, root: Path | None,
+              start: int, stop: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row) of rows `start:stop` of `ds`: the sample cell as a `Blob` (bytes), a file path or
+    text, and the target."""
+    for chunk_start in range(start, stop, 100):
+        chunk = ds[chunk_start:min(chunk_start + 100, stop)]
+        for k, cell in enumerate(chunk[column]):
+            i = chunk_start + k
+            row: dict[str, Any] = {"where": f"{where}[{i}]", "split": split}
+            row.update(sample_cell(f"{where}[{i}]", cell, modality, root))
+            if kind is not None:
+                value = chunk[target_column][k]
+                row[kind] = target_value(value, kind, names)
+            yield str(i), row
+
+
+def sample_cell(where: str, cell: Any, modality: str, root: Path | None) -> dict[str, Any]:
+    """A dataset cell -> `{"path": Blob or Path}` or `{"text": str}`."""
+    default_suffix = MODALITIES.get(modality).suffixes[0] if MODALITIES.get(modality).suffixes else ""
+    if isinstance(cell, dict) and (cell.get("bytes") or cell.get("path")):
+        name = Path(cell.get("path") or "").name
+        if cell.get("bytes"):
+            return {"path": Blob(f"{where}:{name or 'sample' + default_suffix}", cell["bytes"])}
+        cell = cell["path"]
+    if isinstance(cell, bytes):
+        return {"path": Blob(f"{where}:sample{default_suffix}", cell)}
+    if isinstance(cell, str) and modality == "text":
+        return {"text": cell}
+    if isinstance(cell, str) and cell:
+        return {"path": (root / cell) if root is not None and not Path(cell).is_absolute() else Path(cell)}
+    raise DataError(f"{where}: no {modality} sample in this cell ({type(cell).__name__})")
+
+
+def target_value(value: Any, kind: str, names: list[str] | None) -> Any:
+    """A target cell as omnivec rows hold it: a class name, a list of them, or the summary text."""
+    if kind == "summary":
+        return str(value)
+    name = (lambda v: names[v] if names is not None and isinstance(v, int) else str(v))
+    return [name(v) for v in value] if kind == "labels" else name(value)
