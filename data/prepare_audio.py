@@ -1,7 +1,8 @@
 """Audio samples: spoken digits synthesised offline with Debian's espeak-ng (`apt-get install espeak-ng`).
 
 - spoken_digits: "zero" .. "nine" (10 classes), 16 voices (accents x voice variants), random speed
-  and pitch; 16 kHz mono FLAC; keyword classification.
+  and pitch; 16 kHz mono FLAC; keyword classification. Split by voice (`voice_split`): the test
+  and val voices are never heard in training.
 - spoken_mix: 2 or 3 spoken digits of the same split overlaid in one clip; multi-label (AudioSet style).
 
     python data/prepare_audio.py   # writes data/sample/spoken_digits/ and data/sample/spoken_mix/
@@ -15,12 +16,21 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from common import SAMPLE, assign_splits, write_manifest
+from common import SAMPLE, write_manifest
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
 VARIANTS = ["m1", "f2"]
 RATE = 16000
+HELD_OUT = ACCENTS[-2:]  # accents never heard in training
+
+
+def voice_split(accent: str, variant: str) -> str:
+    """12 train / 2 val / 2 test voices: the last two accents are held out of training; of their
+    four voices, test gets the first accent's first variant and the second accent's second one."""
+    if accent not in HELD_OUT:
+        return "train"
+    return "test" if HELD_OUT.index(accent) == VARIANTS.index(variant) else "val"
 
 
 def speak(word: str, voice: str, speed: int, pitch: int) -> np.ndarray:
@@ -37,17 +47,16 @@ def main() -> None:
     rng = random.Random(0)
     out = SAMPLE / "spoken_digits"
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    items = [(w, f"{a}+{v}") for w in WORDS for a in ACCENTS for v in VARIANTS]
-    labels = [w for w, _ in items]
-    splits = assign_splits(labels)
+    items = [(w, a, v) for w in WORDS for a in ACCENTS for v in VARIANTS]
     rows, clips = [], []
-    for i, ((word, voice), split) in enumerate(zip(items, splits)):
+    for i, (word, accent, variant) in enumerate(items):
         speed, pitch = rng.randint(120, 200), rng.randint(25, 75)
+        voice, split = f"{accent}+{variant}", voice_split(accent, variant)
         audio = speak(word, voice, speed, pitch)
         path = f"clips/{i:03d}_{word}.flac"
         sf.write(out / path, audio, RATE, subtype="PCM_16")
-        rows.append({"path": path, "label": word, "split": split})
-        clips.append((audio, word, split))
+        rows.append({"path": path, "label": word, "split": split, "voice": voice})
+        clips.append((audio, word, split, voice))
     write_manifest(out, rows)
 
     out = SAMPLE / "spoken_mix"
@@ -56,17 +65,18 @@ def main() -> None:
     for i, split in enumerate(["train"] * 42 + ["val"] * 9 + ["test"] * 9):
         pool = [c for c in clips if c[2] == split]
         chosen = rng.sample(pool, rng.choice([2, 3]))
-        while len({w for _, w, _ in chosen}) < len(chosen):  # distinct words
+        while len({c[1] for c in chosen}) < len(chosen):  # distinct words
             chosen = rng.sample(pool, len(chosen))
         mix = np.zeros(RATE * 5 // 4, dtype=np.float32)  # 1.25 s
-        for audio, _, _ in chosen:
+        for audio, *_ in chosen:
             audio = audio[: len(mix)]
             start = rng.randint(0, len(mix) - len(audio))
             mix[start:start + len(audio)] += audio
         mix /= max(1.0, float(np.abs(mix).max()) / 0.9)
         path = f"clips/{i:03d}.flac"
         sf.write(out / path, mix, RATE, subtype="PCM_16")
-        rows.append({"path": path, "labels": sorted(w for _, w, _ in chosen), "split": split})
+        rows.append({"path": path, "labels": sorted(c[1] for c in chosen), "split": split,
+                     "voices": sorted({c[3] for c in chosen})})
     write_manifest(out, rows)
 
 

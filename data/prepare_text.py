@@ -32,13 +32,14 @@ def main() -> None:
         for doc in ACLSum(split).documents:
             abstract = " ".join(detokenize(s) for s in doc.sentences["abstract"])
             summary = " ".join(doc.summaries[a] for a in ASPECTS)
-            summaries.append({"text": abstract, "summary": summary, "split": split})
+            summaries.append({"text": abstract, "summary": summary, "split": split, "paper": doc.id})
             sentences = doc.get_all_sentences()
             marks = {a: doc.get_all_highlights(a) for a in ASPECTS}
             for k, sentence in enumerate(sentences):
                 aspects = [a for a in ASPECTS if marks[a][k] == 1]
                 if len(aspects) == 1:
-                    highlights.append({"text": detokenize(sentence), "label": aspects[0], "split": split})
+                    highlights.append({"text": detokenize(sentence), "label": aspects[0], "split": split,
+                                       "paper": doc.id})
     write_manifest(SAMPLE / "acl_summaries", summaries)
     write_manifest(SAMPLE / "acl_highlights", highlights)
     subprocess.run([sys.executable, "-m", "omnivec", "tokenizer", "train", "--input", str(SAMPLE / "acl_summaries"),

@@ -1,6 +1,7 @@
 """Video action-recognition sample: a handwritten digit (scikit-learn digits) moving on a 32x32
 canvas for 16 frames, H.264 MP4 (PyAV). Nine actions, which no single frame can tell apart:
-left, right, up, down, rotate_cw, rotate_ccw, grow, shrink, stay.
+left, right, up, down, rotate_cw, rotate_ccw, grow, shrink, stay. Each clip moves a different
+digit image, taken from the `digits` split of the clip's own split (no image in two splits).
 
     python data/prepare_video.py   # writes data/sample/moving_digits/
 """
@@ -50,15 +51,18 @@ def write_mp4(path, frames: np.ndarray) -> None:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    digits = load_digits().images
+    digits = load_digits()
+    digit_splits = assign_splits([str(t) for t in digits.target])  # the digits set's splits (prepare_digits.py)
+    pools = {s: list(rng.permutation([i for i, d in enumerate(digit_splits) if d == s])) for s in ("train", "val", "test")}
     out = SAMPLE / "moving_digits"
     (out / "clips").mkdir(parents=True, exist_ok=True)
     items = [a for a in ACTIONS for _ in range(PER_CLASS)]
     rows = []
     for i, (action, split) in enumerate(zip(items, assign_splits(items))):
+        source = int(pools[split].pop())  # each digit image in one clip at most
         path = f"clips/{i:03d}_{action}.mp4"
-        write_mp4(out / path, render(digits[rng.integers(len(digits))], action, rng))
-        rows.append({"path": path, "label": action, "split": split})
+        write_mp4(out / path, render(digits.images[source], action, rng))
+        rows.append({"path": path, "label": action, "split": split, "source": f"digits/images/{source:04d}.png"})
     write_manifest(out, rows)
 
 

@@ -66,11 +66,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .config import load_recipe_config
     from .evaluation import evaluate_saved
+    from .protocols import ProtocolSettings, evaluate_protocol
     from .tasks import FinetuneConfig
 
     cfg = load_recipe_config(FinetuneConfig, args.config, args.overrides)
-    evaluate_saved(args.model, cfg, args.split or cfg.eval_split, Path(args.output or Path(args.model) / "eval"),
-                   args.device)
+    split, output = args.split or cfg.eval_split, Path(args.output or Path(args.model) / "eval")
+    if args.protocol == "finetune":
+        evaluate_saved(args.model, cfg, split, output, args.device)
+    else:
+        settings = ProtocolSettings(k=args.k, temperature=args.temperature, epochs=args.epochs, lr=args.lr)
+        evaluate_protocol(args.model, cfg, args.protocol, split, output, args.device, settings)
     return 0
 
 
@@ -152,10 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. init=none output_dir=runs/x")
     p.set_defaults(func=cmd_finetune)
     p = sub.add_parser("evaluate", help="evaluate a saved model on the tasks of a fine-tuning config")
-    p.add_argument("--model", required=True, help="a saved model folder (with the tasks' heads)")
+    p.add_argument("--model", required=True, help="a saved model folder (finetune: with the tasks' heads)")
     p.add_argument("--config", required=True, help="the fine-tuning config naming the tasks and their data")
+    p.add_argument("--protocol", choices=["finetune", "knn", "linear"], default="finetune",
+                   help="finetune: the model's own heads; knn / linear: weighted k-NN or a linear probe on the "
+                        "frozen embeddings, fitted on the train split (any saved model, no heads needed)")
     p.add_argument("--split", help="train, val or test (default: the config's eval_split)")
-    p.add_argument("--output", help="folder for metrics.json and the confusion matrices (default: MODEL/eval)")
+    p.add_argument("--output", help="folder for metrics.json (finetune, with confusion matrices) or "
+                                     "knn.json / linear.json (default: MODEL/eval)")
+    p.add_argument("-k", type=int, default=20, help="knn: neighbours (default 20, DINO)")
+    p.add_argument("--temperature", type=float, default=0.07, help="knn: vote temperature (default 0.07, DINO)")
+    p.add_argument("--epochs", type=int, default=90, help="linear: probe epochs on cached features (default 90, MAE)")
+    p.add_argument("--lr", type=float, default=0.1, help="linear: SGD learning rate, cosine schedule (default 0.1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p.set_defaults(func=cmd_evaluate)

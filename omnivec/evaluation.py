@@ -81,12 +81,13 @@ def public(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def embed_split(model: OmniVecModel, datasets: list[TaskData], split: str, device: torch.device,
-                batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """`model.embed` of every sample of `split` -> (embeddings [N, D] on the CPU, targets [N])."""
+                batch_size: int = 64, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model.embed` of every sample of `split` -> (embeddings [N, D] on the CPU, targets [N] or
+    [N, C]), with a progress bar when `desc` is given."""
     modality = datasets[0].modality
     parts, labels = [], []
     with evaluating(model):
-        for x, batch in eval_batches(task_loader(model, datasets, split, batch_size, 0, train=False), device):
+        for x, batch in eval_batches(task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc):
             parts.append(model.embed({modality: x})[modality].float().cpu())
             labels.append(batch["target"])
     return torch.cat(parts), torch.cat(labels)

@@ -150,3 +150,42 @@ def plot_projection(embeddings: torch.Tensor, modalities: list[str], labels: lis
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def plot_label_efficiency(summary: list[Mapping[str, Any]], png: str | Path) -> None:
+    """One panel per task: fine-tuning's main metric against the share of training labels (mean ±
+    standard deviation over seeds) from the pretrained backbone, from scratch and from the
+    target-modality-only backbone; k-NN of the frozen pretrained and random backbones as lines."""
+    from .reports import cell_lookup
+
+    cells = cell_lookup(summary)
+    tasks = list(dict.fromkeys(c["task"] for c in summary))
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    styles = {"pretrained": ("C0", "o-"), "scratch": ("C1", "s-"), "target_only": ("C2", "D")}
+    for ax, task in zip(axes.flat, tasks):
+        runs = [c for c in summary if c["task"] == task and c["protocol"] == "finetune"]
+        for init, (color, style) in styles.items():
+            line = sorted((c for c in runs if c["init"] == init), key=lambda c: c["fraction"])
+            if line:
+                ax.errorbar([c["fraction"] for c in line], [c["mean"] for c in line], [c["std"] for c in line],
+                            fmt=style, color=color, capsize=3, label=f"fine-tuned: {init.replace('_', ' ')}")
+        for init, color in (("pretrained", "C0"), ("random", "C7")):
+            knn = cells.get((task, "knn", init, 1.0, "top1"))
+            if knn:
+                ax.axhline(knn["mean"], color=color, linestyle=":", label=f"k-NN, frozen {init}")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        fractions = sorted({c["fraction"] for c in runs})
+        ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("training labels")
+        ax.set_ylabel(runs[0]["metric"] if runs else "")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

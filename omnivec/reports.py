@@ -1,6 +1,8 @@
-"""Markdown tables shared by fine-tuning (eval.md), `omnivec evaluate` and the demo report."""
+"""Markdown tables shared by fine-tuning (eval.md), `omnivec evaluate`, the demo report and the
+label-efficiency recipe."""
 from __future__ import annotations
 
+import statistics
 from typing import Any, Mapping
 
 
@@ -62,4 +64,66 @@ def format_report(report: Mapping[str, Any]) -> str:
     if report.get("retrieval"):
         lines += ["", "Cross-modal retrieval (queries of one task, neighbours among the other's samples):", "",
                   *retrieval_table(report["retrieval"], "query -> neighbours")]
+    return "\n".join(lines) + "\n"
+
+
+def summarize_runs(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records {task, protocol, init, fraction, seed, metric, value} -> one cell per (task, protocol,
+    init, fraction, metric): mean, sample standard deviation (0 for one run) and run count."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["protocol"], r["init"], r["fraction"], r["metric"]), []).append(r["value"])
+    return [{"task": t, "protocol": p, "init": i, "fraction": f, "metric": m, "mean": statistics.fmean(v),
+             "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+            for (t, p, i, f, m), v in groups.items()]
+
+
+def cell_lookup(summary: list[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
+    """{(task, protocol, init, fraction, metric): cell} for a `summarize_runs` result."""
+    return {(c["task"], c["protocol"], c["init"], c["fraction"], c["metric"]): c for c in summary}
+
+
+def label_efficiency_report(summary: list[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """label_efficiency.md: fine-tuning pretrained vs scratch per fraction of the training labels
+    (and target-modality-only pretraining), then k-NN / linear probes of the frozen backbones."""
+    cells = cell_lookup(summary)
+
+    def show(key: tuple) -> str:
+        c = cells.get(key)
+        return f"{c['mean']:.3f} ± {c['std']:.3f}" if c else ""
+
+    tasks = list(dict.fromkeys(c["task"] for c in summary))
+    seeds = len(meta["seeds"])
+    lines = [f"# Label efficiency{' (quick: a smoke-test budget, numbers mean nothing)' if meta.get('quick') else ''}", "",
+             f"Pretrained backbone: {meta['pretrained']} ({meta['pretrain_steps']} pretraining steps); {seeds} seeds; "
+             f"{meta['minutes']} minutes. Test split; mean ± sample standard deviation over the seeds.", "",
+             "## Fine-tuning: pretrained backbone vs scratch", "",
+             "Each seed draws its own stratified subsample of the training labels and its own head initialisation. "
+             "*target only*: the backbone pretrained for the same steps on the task's modality alone (at the smallest "
+             "fraction). *> 2 sd*: pretrained minus scratch exceeds twice the larger standard deviation.", "",
+             "| task | metric | labels | pretrained | scratch | pretrained - scratch | > 2 sd | target only |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for c in sorted((c for c in summary if c["task"] == task and c["protocol"] == "finetune" and c["init"] == "pretrained"),
+                        key=lambda c: c["fraction"]):
+            f, m = c["fraction"], c["metric"]
+            scratch = cells.get((task, "finetune", "scratch", f, m))
+            gap = (c["mean"] - scratch["mean"]) if scratch else None
+            beats = "yes" if scratch and gap > 2 * max(c["std"], scratch["std"]) else "no"
+            lines.append(f"| {task} | {m} | {f:.0%} | {show((task, 'finetune', 'pretrained', f, m))} | "
+                         f"{show((task, 'finetune', 'scratch', f, m))} | {'' if gap is None else f'{gap:+.3f}'} | "
+                         f"{beats if scratch else ''} | {show((task, 'finetune', 'target_only', f, m))} |")
+    lines += ["", "## Frozen backbones: k-NN and linear probe", "",
+              "Fitted on all the training labels: weighted k-NN (k=20, temperature 0.07, DINO) and a linear probe "
+              "(BatchNorm + linear, SGD, MAE) on the L2-normalised embeddings. *random*: a randomly initialised "
+              "backbone, one per seed; a pretrained backbone is one model, so its k-NN spread is 0 and its linear "
+              "probe's comes from the probe's seed. k-NN has no multi-label variant.", "",
+              "| task | metric | k-NN pretrained | k-NN target only | k-NN random | linear pretrained | linear target only "
+              "| linear random |", "|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        metric = next((c["metric"] for c in summary if c["task"] == task and c["protocol"] == "linear"
+                       and c["metric"] in ("top1", "mAP")), None)
+        if metric:
+            lines.append(f"| {task} | {metric} | " + " | ".join(show((task, p, i, 1.0, metric)) for p in ("knn", "linear")
+                                                               for i in ("pretrained", "target_only", "random")) + " |")
     return "\n".join(lines) + "\n"

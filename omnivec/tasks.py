@@ -3,6 +3,7 @@ data, checked against its head before anything trains."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -26,9 +27,12 @@ class TaskSpec:
     head_args: dict = field(default_factory=dict)
     batch_size: int | None = None  # None: the config's batch_size
     label_map: dict[str, str] = field(default_factory=dict)  # rename labels (e.g. zero: "0") to share a label space
+    train_fraction: float = 1.0  # share of the train split used: stratified by class, drawn by the config's seed
 
     def validate(self, prefix: str) -> None:
         require(self.head in HEADS, join_key(prefix, "head"), f"one of {HEADS.names()}", self.head)
+        require(0 < self.train_fraction <= 1, join_key(prefix, "train_fraction"), "a number in (0, 1]",
+                self.train_fraction)
         require_positive(self, prefix, "batch_size")
         require(bool(self.data), join_key(prefix, "data"), "at least one dataset path", self.data)
 
@@ -120,7 +124,8 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
     the target column its head learns, and rows in each of `splits` (default: train and eval_split)."""
     out = {}
     for name, spec in cfg.tasks.items():
-        datasets = [relabel(t, spec.label_map, f"tasks.{name}.label_map") for path in spec.data for t in find_tasks(path)]
+        datasets = [subsample_train(relabel(t, spec.label_map, f"tasks.{name}.label_map"), spec.train_fraction, cfg.seed)
+                    for path in spec.data for t in find_tasks(path)]
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
         for split in dict.fromkeys(splits or ("train", cfg.eval_split)):  # fail now, not after training
@@ -156,6 +161,20 @@ def relabel(task: TaskData, label_map: Mapping[str, str], key: str) -> TaskData:
     classes = sorted({label_map.get(c, c) for c in task.classes})
     stream = task.stream.relabel(label_map) if task.stream is not None else None
     return dataclasses.replace(task, rows=[relabel_row(r, label_map) for r in task.rows], classes=classes, stream=stream)
+
+
+def subsample_train(task: TaskData, fraction: float, seed: int) -> TaskData:
+    """`task` with a `fraction` of its train rows, stratified by class (by the first label of a
+    multi-label row; at least one row per class) and drawn by `seed`; the other splits whole."""
+    if fraction >= 1:
+        return task
+    by_class: dict[str, list[int]] = {}
+    for i, row in enumerate(task.rows):
+        if row.get("split") == "train":
+            by_class.setdefault(row.get("label") or min(row.get("labels") or [""]), []).append(i)
+    rng = random.Random(seed)
+    keep = {i for c in sorted(by_class) for i in rng.sample(by_class[c], max(1, round(len(by_class[c]) * fraction)))}
+    return dataclasses.replace(task, rows=[r for i, r in enumerate(task.rows) if r.get("split") != "train" or i in keep])
 
 
 def head_config(name: str, spec: TaskSpec, data: list[TaskData], model_config: Any,

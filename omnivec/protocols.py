@@ -1,0 +1,215 @@
+"""SSL evaluation protocols on a frozen model: weighted k-NN (DINO) and a linear probe (MAE) on the
+embeddings of every classification task, fitted on the train split and scored on the test split.
+Fine-tuning (`omnivec finetune` then `omnivec evaluate`) is the third protocol.
+
+    omnivec evaluate --protocol knn --model runs/pretrain-tiny/model --config configs/finetune/sample_sequential.yaml
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import join_key, require, require_positive
+from .datasets import TaskData
+from .errors import ConfigError
+from .evaluation import baselines, embed_split
+from .metrics import mean_average_precision, topk_accuracy
+from .model import OmniVecModel
+
+
+@dataclass
+class Features:
+    """Frozen embeddings of one task: train [N, D] and test [M, D] (L2-normalised, from
+    `model.embed`), their targets (class ids [N], or multi-hot [N, C]) and the class count."""
+
+    train: torch.Tensor
+    train_y: torch.Tensor
+    test: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def multi_label(self) -> bool:
+        return self.train_y.ndim == 2
+
+
+def task_features(model: OmniVecModel, datasets: list[TaskData], device: str | torch.device | None = None,
+                  train_split: str = "train", test_split: str = "test", batch_size: int = 64) -> Features:
+    """Embed `train_split` and `test_split` of a classification task (`datasets`) with the frozen model."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    name = datasets[0].name
+    train, train_y = embed_split(model, datasets, train_split, device, batch_size, desc=f"embed {name} {train_split}")
+    test, test_y = embed_split(model, datasets, test_split, device, batch_size, desc=f"embed {name} {test_split}")
+    return Features(train, train_y, test, test_y, len(datasets[0].classes))
+
+
+def classification_metrics(scores: torch.Tensor, features: Features) -> dict[str, float]:
+    """scores [M, C] on the test split -> top-1 / top-5 (single-label) or mAP (multi-label)."""
+    if features.multi_label:
+        return {"mAP": mean_average_precision(scores, features.test_y)}
+    return {"top1": topk_accuracy(scores, features.test_y, 1), "top5": topk_accuracy(scores, features.test_y, 5)}
+
+
+def knn_scores(features: Features, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """DINO's weighted k-NN: each test sample's k most similar train samples (cosine) vote for their
+    class with weight exp(similarity / temperature) -> class scores [M, C]."""
+    k = min(k, len(features.train))
+    scores = []
+    for queries in features.test.split(chunk):
+        sims, idx = (queries @ features.train.T).topk(k, dim=1)  # [m, k]
+        votes = torch.zeros(len(queries), features.num_classes)
+        scores.append(votes.scatter_add_(1, features.train_y[idx], (sims / temperature).exp()))  # [m, C]
+    return torch.cat(scores)
+
+
+def knn_evaluate(features: Features, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """Weighted k-NN top-1 / top-5 on the test split (single-label tasks only)."""
+    if features.multi_label:
+        raise ConfigError("knn: a multi-label task has no k-NN protocol here (use --protocol linear, which reports mAP)")
+    return classification_metrics(knn_scores(features, k, temperature), features)
+
+
+def linear_probe(features: Features, epochs: int = 90, lr: float = 0.1, weight_decay: float = 0.0,
+                 batch_size: int = 256, seed: int = 0) -> nn.Module:
+    """MAE's linear probe on cached features: BatchNorm without affine parameters, then a linear
+    layer (weights N(0, 0.01)), trained with SGD (momentum 0.9; MAE's LARS only matters at its 16k
+    batch) at `lr` with a cosine schedule, no weight decay, for `epochs`; cross-entropy, or binary
+    cross-entropy for multi-label targets. Deterministic for a `seed`; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = nn.Sequential(nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6),
+                              nn.Linear(features.train.shape[1], features.num_classes))
+        nn.init.trunc_normal_(probe[1].weight, std=0.01)
+        nn.init.zeros_(probe[1].bias)
+        order = torch.Generator().manual_seed(seed)
+        n = len(features.train)
+        steps_per_epoch = -(-n // batch_size)
+        optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+        loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
+        probe.train()
+        for _ in tqdm(range(epochs), desc="linear probe", leave=False):
+            for idx in torch.randperm(n, generator=order).split(batch_size):
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                loss = loss_fn(probe(features.train[idx]), features.train_y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return probe.eval()
+
+
+def linear_evaluate(features: Features, epochs: int = 90, lr: float = 0.1, weight_decay: float = 0.0,
+                    batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+    """`linear_probe` fitted on the train features, scored on the test split."""
+    probe = linear_probe(features, epochs, lr, weight_decay, batch_size, seed)
+    with torch.no_grad():
+        return classification_metrics(probe(features.test), features)
+
+
+@dataclass
+class ProtocolSettings:
+    """k-NN: `k` neighbours, softmax `temperature` (DINO: 20, 0.07). Linear probe: `epochs`, `lr`,
+    `weight_decay`, `batch_size`, `seed` (see `linear_probe`)."""
+
+    k: int = 20
+    temperature: float = 0.07
+    epochs: int = 90
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    seed: int = 0
+
+    def validate(self, prefix: str = "") -> None:
+        require_positive(self, prefix, "k", "temperature", "epochs", "lr", "batch_size")
+        require(self.weight_decay >= 0, join_key(prefix, "weight_decay"), "a number >= 0", self.weight_decay)
+
+
+PROTOCOLS: dict[str, Callable[[Features, ProtocolSettings], dict[str, float]]] = {
+    "knn": lambda f, s: knn_evaluate(f, s.k, s.temperature),
+    "linear": lambda f, s: linear_evaluate(f, s.epochs, s.lr, s.weight_decay, s.batch_size, s.seed),
+}
+
+
+def knn_protocol(model: OmniVecModel, datasets: list[TaskData], k: int = 20, temperature: float = 0.07,
+                 device: str | torch.device | None = None, test_split: str = "test") -> dict[str, float]:
+    """Weighted k-NN of a frozen model on one task: {"top1", "top5"} on `test_split`."""
+    return knn_evaluate(task_features(model, datasets, device, test_split=test_split), k, temperature)
+
+
+def linear_protocol(model: OmniVecModel, datasets: list[TaskData], device: str | torch.device | None = None,
+                    test_split: str = "test", **settings: Any) -> dict[str, float]:
+    """Linear probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `test_split`;
+    `settings`: `linear_probe`'s epochs, lr, weight_decay, batch_size, seed."""
+    return linear_evaluate(task_features(model, datasets, device, test_split=test_split), **settings)
+
+
+def unsupported(model: OmniVecModel, protocol: str, datasets: list[TaskData]) -> str | None:
+    """Why `protocol` cannot score this task (None when it can)."""
+    modality = datasets[0].modality
+    if modality not in model.encoders:
+        return f"the model has no {modality} encoder"
+    if datasets[0].target not in ("label", "labels"):
+        return f"not a classification task (target {datasets[0].target!r})"
+    if protocol == "knn" and datasets[0].target == "labels":
+        return "multi-label: no k-NN protocol (the linear probe reports mAP)"
+    return None
+
+
+def run_protocols(model: OmniVecModel, data: Mapping[str, list[TaskData]], protocols: list[str],
+                  settings: ProtocolSettings | None = None, device: str | torch.device | None = None,
+                  test_split: str = "test") -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
+    """Each protocol on each task, embedding every task once -> ({protocol: {task: metrics}},
+    {"protocol/task": why it was skipped})."""
+    settings = settings or ProtocolSettings()
+    results: dict[str, dict[str, dict]] = {p: {} for p in protocols}
+    skipped: dict[str, str] = {}
+    for task, datasets in data.items():
+        wanted = [p for p in protocols if not unsupported(model, p, datasets)]
+        skipped.update({f"{p}/{task}": unsupported(model, p, datasets) for p in protocols if p not in wanted})
+        if wanted:
+            features = task_features(model, datasets, device, test_split=test_split)
+            for p in wanted:
+                results[p][task] = {**PROTOCOLS[p](features, settings), "samples": len(features.test)}
+    return results, skipped
+
+
+def evaluate_protocol(model_dir: str | Path, cfg: Any, protocol: str, split: str, output: Path,
+                      device: str = "auto", settings: ProtocolSettings | None = None) -> dict[str, Any]:
+    """`omnivec evaluate --protocol knn|linear`: the frozen model on every classification task of the
+    fine-tuning config `cfg` (train split to fit, `split` to score); prints a table and writes
+    `OUTPUT/PROTOCOL.json`."""
+    from .reports import metrics_lines
+    from .tasks import load_task_data
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: expected finetune or one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    settings = settings or ProtocolSettings()
+    settings.validate()
+    model = OmniVecModel.from_pretrained(model_dir)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    data = load_task_data(cfg, ["train", split])
+    results, skipped = run_protocols(model, data, [protocol], settings, dev, split)
+    metrics = results[protocol]
+    if not metrics:
+        raise ConfigError(f"{model_dir}: no task of the config can be scored by {protocol} ({'; '.join(skipped.values())})")
+    report = {"model": str(model_dir), "protocol": protocol, "split": split, "fit_split": "train",
+              "settings": asdict(settings), "metrics": metrics,
+              "baselines": baselines({t: data[t] for t in metrics}, {t: cfg.tasks[t].head for t in metrics}, split),
+              "skipped": {k.split("/", 1)[1]: why for k, why in skipped.items()}}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{protocol}.json").write_text(json.dumps(report, indent=2))
+    lines = metrics_lines(metrics, report["baselines"])
+    lines += [f"(skipped {task}: {why})" for task, why in report["skipped"].items()]
+    main = ", ".join(f"{t} {next(iter(m))}={next(iter(m.values())):.3f}" for t, m in metrics.items())
+    print("\n".join(lines) + f"\n{protocol} on {split}: {main}; written to {output / f'{protocol}.json'}")
+    return report

@@ -1,0 +1,182 @@
+"""Label efficiency: what masked pretraining buys when labels are scarce (issue 16).
+
+For each classification task of the sample set:
+  1. fine-tune from the pretrained backbone and from scratch on 5%, 25% and 100% of the training
+     labels (a stratified subsample drawn by the seed: `tasks.NAME.train_fraction`), 3 seeds each;
+  2. k-NN and linear probe (omnivec/protocols.py) of the frozen pretrained backbone against a
+     randomly initialised one (one per seed);
+  3. pretraining on all five modalities against pretraining on the task's modality alone (same
+     steps): probes, and fine-tuning at the smallest fraction.
+Every run appends a line to OUTPUT/results.jsonl (a rerun skips what is there); at the end come
+summary.json (mean and standard deviation per cell), label_efficiency.md and label_efficiency.png.
+Run from the repository root (the configs' paths are relative to it):
+
+    python recipes/label_efficiency.py --output runs/label-efficiency            # pretrains first
+    python recipes/label_efficiency.py --pretrained runs/pretrain-tiny/model --output runs/le
+    python recipes/label_efficiency.py --quick --tasks digits --seeds 0 --output /tmp/le   # a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from omnivec.config import load_recipe_config
+from omnivec.finetuning import finetune
+from omnivec.model import OmniVecModel, load_model
+from omnivec.plots import plot_label_efficiency
+from omnivec.pretraining import PretrainConfig, pretrain
+from omnivec.protocols import PROTOCOLS, ProtocolSettings, task_features, unsupported
+from omnivec.registry import HEADS
+from omnivec.reports import label_efficiency_report, summarize_runs
+from omnivec.tasks import FinetuneConfig, StageSpec, load_task_data
+
+TASKS = ["digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "acl_highlights"]
+# --quick: a few steps of everything, to check that the recipe runs end to end
+QUICK = {"pretrain": ["max_steps=3", "eval_batches=1", "plot_samples=1"], "finetune_steps": 3, "probe_epochs": 2,
+         "eval_max_batches": 1}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output", required=True, help="run folder")
+    p.add_argument("--pretrained", help="a saved pretrained model (else one is pretrained with --pretrain-config)")
+    p.add_argument("--pretrain-config", default="configs/pretrain/tiny.yaml")
+    p.add_argument("--pretrain-steps", type=int, help="pretraining steps (default: the pretrain config's; with "
+                   "--pretrained, the steps its run recorded), also for the target-modality-only backbones")
+    p.add_argument("--finetune-config", default="configs/finetune/sample_sequential.yaml",
+                   help="the tasks, their data and loop settings; each task trains for its stage's steps")
+    p.add_argument("--tasks", nargs="+", default=TASKS, help=f"default: {' '.join(TASKS)}")
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.25, 1.0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--quick", action="store_true", help="a tiny budget (a few steps each) to check it runs")
+    p.add_argument("--device", default="auto", help="auto or cpu")
+    return p.parse_args(argv)
+
+
+def pretrained_backbone(args: argparse.Namespace, out: Path, modalities: list[str] | None = None) -> Path:
+    """A backbone pretrained on `modalities` (default: all of the pretrain config's), reused if the folder has one."""
+    model_dir = out / "model"
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    overrides = [f"output_dir={out}", f"device={args.device}", "overwrite=true", "save_every=0", "eval_every=0"]
+    overrides += [f"max_steps={args.pretrain_steps}"] if args.pretrain_steps else []
+    overrides += QUICK["pretrain"] if args.quick else []
+    cfg = load_recipe_config(PretrainConfig, args.pretrain_config, overrides)
+    if modalities:
+        cfg.data = {m: cfg.data[m] for m in modalities}
+    pretrain(cfg)
+    return model_dir
+
+
+def recorded_steps(model_dir: Path) -> int | None:
+    """The max_steps a `pretrain` run recorded beside its model folder, if any."""
+    record = model_dir.parent / "pretrain_config.json"
+    return json.loads(record.read_text())["max_steps"] if record.is_file() else None
+
+
+class Results:
+    """results.jsonl: one record per (task, protocol, init, fraction, seed); finished runs are skipped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        self.done = {self.key(r) for r in self.records}
+
+    @staticmethod
+    def key(r: dict) -> tuple:
+        return r["task"], r["protocol"], r["init"], r["fraction"], r["seed"]
+
+    def add(self, **record) -> None:
+        self.records.append(record)
+        self.done.add(self.key(record))
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cfg = load_recipe_config(FinetuneConfig, args.finetune_config, [f"device={args.device}", "save_every=0",
+                                                                     "overwrite=true"])
+    unknown = sorted(set(args.tasks) - set(cfg.tasks))
+    if unknown:
+        raise SystemExit(f"--tasks: {unknown} are not tasks of {args.finetune_config} ({sorted(cfg.tasks)})")
+    cfg.tasks = {t: cfg.tasks[t] for t in args.tasks}
+    cfg.stages = [StageSpec(tasks=[t], steps=next(s.steps for s in cfg.stages if t in s.tasks)) for t in args.tasks]
+    if args.quick:
+        cfg.stages = [dataclasses.replace(s, steps=QUICK["finetune_steps"]) for s in cfg.stages]
+        cfg.eval_max_batches = QUICK["eval_max_batches"]
+    data = load_task_data(cfg, ["train", "test"])
+    modality = {t: data[t][0].modality for t in args.tasks}
+
+    backbones = {"pretrained": Path(args.pretrained) if args.pretrained else pretrained_backbone(args, out / "pretrain-all")}
+    args.pretrain_steps = args.pretrain_steps or recorded_steps(backbones["pretrained"])
+    for m in dict.fromkeys(modality.values()):
+        backbones[f"target_only:{m}"] = pretrained_backbone(args, out / f"pretrain-{m}", [m])
+    results = Results(out / "results.jsonl")
+    settings = ProtocolSettings(epochs=QUICK["probe_epochs"]) if args.quick else ProtocolSettings()
+
+    # Frozen backbones: k-NN and linear probe on every task (a random backbone per seed).
+    device = torch.device("cpu") if args.device == "cpu" else None
+    for task in tqdm(args.tasks, desc="probes"):
+        for init in ("pretrained", "target_only", "random"):
+            features = None
+            for seed in args.seeds:
+                if (task, "linear", init, 1.0, seed) in results.done:
+                    continue
+                if init == "random":
+                    torch.manual_seed(seed)
+                    model = load_model(None, cfg.model, cfg.model_overrides)
+                else:
+                    model = OmniVecModel.from_pretrained(backbones[init if init == "pretrained" else f"target_only:{modality[task]}"])
+                if features is None or init == "random":  # the other backbones do not change with the seed
+                    features = task_features(model, data[task], device)
+                for protocol in [p for p in PROTOCOLS if not unsupported(model, p, data[task])]:
+                    scores = PROTOCOLS[protocol](features, dataclasses.replace(settings, seed=seed))
+                    for metric, value in scores.items():
+                        results.add(task=task, protocol=protocol, init=init, fraction=1.0, seed=seed, metric=metric, value=value)
+                    tqdm.write(f"{task} {protocol} {init} seed {seed}: {json.dumps(scores)}")
+
+    # Fine-tuning: pretrained vs scratch per fraction; target-modality-only pretraining at the smallest.
+    runs = [(task, init, fraction, seed) for task in args.tasks for seed in args.seeds for fraction in args.fractions
+            for init in ("pretrained", "scratch")]
+    runs += [(task, "target_only", min(args.fractions), seed) for task in args.tasks for seed in args.seeds]
+    for task, init, fraction, seed in tqdm(runs, desc="fine-tuning runs"):
+        if (task, "finetune", init, fraction, seed) in results.done:
+            continue
+        backbone = {"pretrained": backbones["pretrained"], "scratch": None}.get(init, backbones.get(f"target_only:{modality[task]}"))
+        run_dir = out / "finetune" / f"{task}-{init}-{fraction:g}-seed{seed}"
+        run_cfg = dataclasses.replace(
+            cfg, init=str(backbone) if backbone else None, seed=seed, output_dir=str(run_dir),
+            tasks={task: dataclasses.replace(cfg.tasks[task], train_fraction=fraction)},
+            stages=[s for s in cfg.stages if s.tasks == [task]])
+        final = finetune(run_cfg)["final"][task]
+        metric = HEADS.get(cfg.tasks[task].head).main_metric
+        results.add(task=task, protocol="finetune", init=init, fraction=fraction, seed=seed, metric=metric, value=final[metric])
+        for folder in ("model", "stages"):  # over a hundred runs: keep the records, not the weights
+            shutil.rmtree(run_dir / folder)
+        tqdm.write(f"{task} {init} {fraction:.0%} labels seed {seed}: {metric}={final[metric]:.3f}")
+
+    summary = summarize_runs(results.records)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    minutes = (time.perf_counter() - started) / 60
+    (out / "label_efficiency.md").write_text(label_efficiency_report(summary, {
+        "seeds": args.seeds, "fractions": args.fractions, "pretrain_steps": args.pretrain_steps,
+        "pretrained": str(backbones["pretrained"]), "minutes": round(minutes, 1), "quick": args.quick}))
+    plot_label_efficiency(summary, out / "label_efficiency.png")
+    print(f"label efficiency: {len(results.records)} results in {minutes:.1f} min -> {out / 'label_efficiency.md'}, "
+          f"{out / 'label_efficiency.png'}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

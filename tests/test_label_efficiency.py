@@ -1,0 +1,37 @@
+"""recipes/label_efficiency.py end to end on a smoke-test budget: its table and plot."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+def test_label_efficiency_quick(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs' paths are relative to the repository root
+    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "recipes" / "label_efficiency.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = tmp_path / "le"
+    args = ["--quick", "--tasks", "shapes", "spoken_mix", "--seeds", "0", "1", "--fractions", "0.25", "1",
+            "--device", "cpu", "--output", str(out)]
+    recipe.main(args)
+    table = (out / "label_efficiency.md").read_text()
+    assert (out / "label_efficiency.png").stat().st_size > 0
+    rows = [line for line in table.splitlines() if line.startswith(("| shapes", "| spoken_mix"))]
+    assert [r.split(" | ")[:3] for r in rows[:4]] == [  # fine-tuning: task, metric, share of the labels
+        ["| shapes", "top1", "25%"], ["| shapes", "top1", "100%"],
+        ["| spoken_mix", "mAP", "25%"], ["| spoken_mix", "mAP", "100%"]]
+    assert [r.split(" | ")[:2] for r in rows[4:]] == [["| shapes", "top1"], ["| spoken_mix", "mAP"]]  # probes
+    assert rows[0].count("±") == 3 and rows[1].count("±") == 2  # target-only pretraining at the smallest fraction
+    assert rows[4].count("±") == 6 and rows[5].count("±") == 3  # no k-NN for multi-label
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    finetunes = [r for r in records if r["protocol"] == "finetune"]
+    assert len(finetunes) == 2 * 2 * (2 * 2 + 1)  # tasks x seeds x (fractions x inits + target only)
+    assert {r["init"] for r in records} == {"pretrained", "scratch", "target_only", "random"}
+    assert {p.name for p in out.iterdir() if p.name.startswith("pretrain-")} == {
+        "pretrain-all", "pretrain-point_cloud", "pretrain-audio"}
+    recipe.main(args)  # a rerun finds every result done and only rewrites the report
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(records)
