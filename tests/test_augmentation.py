@@ -105,6 +105,26 @@ def test_anchor_defaults_change_every_modality_and_pretraining_has_none(tiny_con
     assert cfg.augment["image"].rand_augment == "rand-m9-mstd0.5-inc1"
 
 
+def test_image_rand_augment_at_full_magnitude_posterizes_to_black_instead_of_failing(tiny_config):
+    """MAE's rand-m9-mstd0.5-inc1 reaches magnitude 10 now and then: posterize to 0 bits, which
+    Pillow 13 refuses; every op at magnitude 10 must run (posterize giving black, as before)."""
+    from PIL import Image
+
+    from omnivec.modalities.image import ImageAugment, ImageTransform
+
+    cfg = tiny_config.modalities["image"]
+    transform = ImageTransform(cfg, train=True, augment=ImageAugment(rand_augment="rand-m10-n1-mstd0-inc1", crop_scale=(1, 1),
+                                                                      hflip=0, random_erasing=0))
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 255, (8, 8, 3), dtype=np.uint8))
+    ops = [o for t in transform.pipeline.transforms if hasattr(t, "ops") for o in t.ops]
+    assert "PosterizeIncreasing" in [o.name for o in ops]
+    for op in ops:
+        op.prob = 1.0
+        assert op(image).size == (8, 8), op.name
+    posterize = next(o for o in ops if o.name == "PosterizeIncreasing")
+    assert np.asarray(posterize(image)).max() == 0
+
+
 def test_seeded_restores_the_global_generators():
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
     expected = (random.random(), np.random.rand(), torch.rand(()).item())
