@@ -123,10 +123,12 @@ class MaskedPretrainer(nn.Module):
         loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
         return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
 
-    def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
-        """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens}."""
-        device = next(self.parameters()).device
-        generator = self.mask_generator(device, step)
+    def forward(self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
+        """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens};
+        the masks are the step's (`mask_generator`) unless `generator` is given."""
+        if generator is None:
+            generator = self.mask_generator(next(self.parameters()).device, step)
         if not self.pack:
             return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
         encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
@@ -134,9 +136,6 @@ class MaskedPretrainer(nn.Module):
                                  {m: out.padding_mask for m, (_, out) in encoded.items()})  # {m: [B, K, D]}
         return {m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
                 for m, (masking, out) in encoded.items()}
-
-    def save_model(self, directory: str | Path) -> None:
-        self.model.save_pretrained(directory)
 
 
 @dataclass
@@ -187,14 +186,16 @@ def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
     return model
 
 
-def evaluate_reconstruction(pretrainer: MaskedPretrainer, loaders: Mapping[str, Any], device: torch.device,
+def evaluate_reconstruction(pretrainer: nn.Module, loaders: Mapping[str, Any], device: torch.device,
                             max_batches: int) -> dict[str, float]:
-    """Mean reconstruction loss per modality on fixed validation batches with fixed masks."""
+    """Mean reconstruction loss per modality on fixed validation batches with fixed masks.
+    `pretrainer` is a `MaskedPretrainer`, or one prepared by accelerate: only its forward gathers
+    the weights FSDP shards."""
     results = {}
     with evaluating(pretrainer):
         for modality, loader in loaders.items():
             generator = torch.Generator(device).manual_seed(12345)
-            losses = [pretrainer.reconstruct(modality, x, generator)["loss"].item()
+            losses = [pretrainer({modality: {"input": x}}, generator=generator)[modality].item()
                       for x, _ in eval_batches(loader, device, max_batches)]
             results[modality] = sum(losses) / max(len(losses), 1)
     return results
@@ -224,16 +225,21 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     batches = MultiModalLoader(train, cfg.schedule, cfg.weights if cfg.schedule == "weighted" else None, cfg.seed)
 
     def evaluate() -> dict[str, float]:
-        return evaluate_reconstruction(trainer.unwrapped, val, trainer.device, cfg.eval_batches)
+        return evaluate_reconstruction(trainer.module, val, trainer.device, cfg.eval_batches)
 
     trainer.fit(batches, evaluate, loss_weights=cfg.weights if cfg.schedule == "all" else None)
+    state = acc.get_state_dict(trainer.module)  # every process takes part; whole tensors on the main one
     summary = {}
-    if trainer.is_main:
-        model.save_pretrained(out / "model")
+    if trainer.is_main:  # a copy with whole weights (under FSDP each process holds shards) to save and plot
+        whole = MaskedPretrainer(OmniVecModel(model.config, load_library_weights=False), cfg.decoder, cfg.seed,
+                                 cfg.pack)
+        whole.load_state_dict(state)
+        whole.to(trainer.device)
+        whole.model.save_pretrained(out / "model")
         summary = summarize(out / "metrics.jsonl", list(cfg.data), time.perf_counter() - started, trainer.skipped)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_losses(out / "metrics.jsonl", out / "loss.png")
-        plot_reconstructions(trainer.unwrapped, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
+        plot_reconstructions(whole, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
         tqdm.write(format_summary(summary, out))
     batches = train = val = None  # drop the last references to the loaders
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next
