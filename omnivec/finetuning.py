@@ -79,9 +79,6 @@ class FinetuneModule(nn.Module):
             losses["align"] = self.align_weight * cross_modal_alignment(embeddings, self.align_temperature)
         return losses
 
-    def save_model(self, directory: str | Path) -> None:
-        self.model.save_pretrained(directory)
-
 
 ENCODER_BLOCK = re.compile(r"^encoders\.[^.]+\.(?:library\.)?(?:blocks|layers|encoder\.layer)\.(\d+)\.")
 ENCODER_TOP = re.compile(r"^encoders\.[^.]+\.(?:norm|proj)\.")  # after the modality's blocks
@@ -171,9 +168,10 @@ def stage_folder(cfg: FinetuneConfig, i: int) -> Path:
 
 def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[str, list[TaskData]],
               seen: list[str]) -> tuple[OmniVecModel, dict[str, Any] | None]:
-    """Stage `i` (1-based): add its heads, train, then (main process) evaluate every task in `seen`
-    and save the model and `done.json` in its folder. Returns the model and what the stage records
-    (None on the other processes); a finished stage is taken from its folder under `resume`."""
+    """Stage `i` (1-based): add its heads, train, save the model in its folder, then (main process)
+    evaluate every task in `seen` and write `done.json` there. Returns the saved model (loaded by
+    every process) and what the stage records (None on the other processes); a finished stage is
+    taken from its folder under `resume`."""
     stage, stage_dir = cfg.stages[i - 1], stage_folder(cfg, i)
     done_file = stage_dir / "done.json"
     if cfg.resume and done_file.is_file():  # finished before: take its model and results
@@ -204,7 +202,11 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
     trainer.close()
     del loaders, current, replay
     gc.collect()  # stop this stage's DataLoader workers here, not in the next stage's forked workers
-    model, ema = trainer.unwrapped.model, trainer.unwrapped.ema
+    ema = trainer.unwrapped.ema
+    trainer.save_model(stage_dir / "model")
+    acc.wait_for_everyone()
+    # Every process goes on with the saved model: whole weights, where under FSDP the trained module holds shards.
+    model = OmniVecModel.from_pretrained(stage_dir / "model").to(trainer.device)
     done = None
     if trainer.is_main:
         def evaluate(m: OmniVecModel) -> dict[str, dict[str, Any]]:
@@ -220,7 +222,6 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
         row = {t: results[t][model.heads[t].main_metric] for t in seen}
         info = {"stage": i, "tasks": stage.tasks, "steps": stage.steps, "freeze": stage.freeze, "replay": stage.replay,
                 "seconds": round(time.perf_counter() - started, 1), "skipped_samples": trainer.skipped}
-        model.save_pretrained(stage_dir / "model")
         done = {"row": row, "stage": info, "results": results}
         done_file.write_text(json.dumps(done))
         tqdm.write("  " + ", ".join(f"{t} {model.heads[t].main_metric}={v:.3f}" for t, v in row.items()))

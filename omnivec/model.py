@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import SharedBackbone
@@ -154,10 +154,12 @@ class OmniVecModel(nn.Module):
             out[m] = build(cfg, train, augment[m]) if train and augment and m in augment else build(cfg, train)
         return out
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike,
+                        state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write `config.json`, `model.safetensors`, each modality's assets (a tokenizer, unless
         built in) and a model card `README.md` to `directory`; each is written aside and renamed into
-        place, so a crash never leaves half a file."""
+        place, so a crash never leaves half a file. `state_dict` replaces the model's own weights
+        (the full tensors gathered from FSDP shards: `Trainer.save_model`)."""
         from .card import model_card
 
         directory = Path(directory)
@@ -165,7 +167,8 @@ class OmniVecModel(nn.Module):
         with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
             tmp = Path(tmp)
             self.config.save(tmp / CONFIG_NAME)
-            save_model(self, str(tmp / WEIGHTS_NAME))
+            weights = self.state_dict() if state_dict is None else state_dict
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS_NAME))
             for modality, cfg in self.config.modalities.items():
                 for name in MODALITIES.get(modality).save_assets(cfg, tmp):
                     if (directory / name).is_dir():

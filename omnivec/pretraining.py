@@ -102,9 +102,11 @@ class MaskedPretrainer(nn.Module):
 
     pack: one backbone pass over the kept tokens of every modality of a batch (omnivec/packing.py)
     instead of one per modality; the same losses. A model whose trunk was just read from a checkpoint
-    with an MAE decoder (`decoder.from_trunk`) starts its image decoder from that one, at its size."""
+    with an MAE decoder (`decoder.from_trunk`) starts its image decoder from that one, at its size;
+    `decoder_configs` records each modality's decoder settings (pass them to build the same shapes)."""
 
-    def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0, pack: bool = False):
+    def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0, pack: bool = False,
+                 decoder_configs: Mapping[str, DecoderConfig] | None = None):
         super().__init__()
         if pack and model.config.backbone.drop_path > 0:
             raise ConfigError("pack: needs backbone.drop_path = 0 (stochastic depth would drop a packed row, "
@@ -112,15 +114,16 @@ class MaskedPretrainer(nn.Module):
         self.model, self.seed, self.pack = model, seed, pack
         dim, num_prefix = model.config.backbone.dim, model.backbone.num_prefix_tokens
         trunk = None
-        if decoder.from_trunk and "backbone" in model.load_reports:  # the trunk was read in this process
+        if decoder_configs is None and decoder.from_trunk and "backbone" in model.load_reports:  # read just now
             from .encoders.trunk import IMAGE, load_mae_decoder
 
             trunk = load_mae_decoder(model)
-        configs = {m: decoder for m in model.encoders}
+        self.decoder_configs = dict(decoder_configs or {m: decoder for m in model.encoders})
         if trunk is not None:
-            configs[IMAGE] = dataclasses.replace(decoder, **trunk[0])
+            self.decoder_configs[IMAGE] = dataclasses.replace(decoder, **trunk[0])
         self.decoders = nn.ModuleDict({
-            m: MaskedDecoder(configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim, num_prefix)
+            m: MaskedDecoder(self.decoder_configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim,
+                             num_prefix)
             for m, enc in model.encoders.items()
         })
         if trunk is not None:
@@ -156,10 +159,12 @@ class MaskedPretrainer(nn.Module):
         loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
         return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
 
-    def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
-        """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens}."""
-        device = next(self.parameters()).device
-        generator = self.mask_generator(device, step)
+    def forward(self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
+        """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens};
+        the masks are the step's (`mask_generator`) unless `generator` is given."""
+        if generator is None:
+            generator = self.mask_generator(next(self.parameters()).device, step)
         if not self.pack:
             return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
         encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
@@ -168,9 +173,6 @@ class MaskedPretrainer(nn.Module):
                                  keep_prefix=True)  # {m: [B, n + K, D]}
         return {m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
                 for m, (masking, out) in encoded.items()}
-
-    def save_model(self, directory: str | Path) -> None:
-        self.model.save_pretrained(directory)
 
 
 @dataclass
@@ -226,14 +228,16 @@ def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
     return model
 
 
-def evaluate_reconstruction(pretrainer: MaskedPretrainer, loaders: Mapping[str, Any], device: torch.device,
+def evaluate_reconstruction(pretrainer: nn.Module, loaders: Mapping[str, Any], device: torch.device,
                             max_batches: int) -> dict[str, float]:
-    """Mean reconstruction loss per modality on fixed validation batches with fixed masks."""
+    """Mean reconstruction loss per modality on fixed validation batches with fixed masks.
+    `pretrainer` is a `MaskedPretrainer`, or one prepared by accelerate: only its forward gathers
+    the weights FSDP shards."""
     results = {}
     with evaluating(pretrainer):
         for modality, loader in loaders.items():
             generator = torch.Generator(device).manual_seed(12345)
-            losses = [pretrainer.reconstruct(modality, x, generator)["loss"].item()
+            losses = [pretrainer({modality: {"input": x}}, generator=generator)[modality].item()
                       for x, _ in eval_batches(loader, device, max_batches)]
             results[modality] = sum(losses) / max(len(losses), 1)
     return results
@@ -263,16 +267,21 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     batches = MultiModalLoader(train, cfg.schedule, cfg.weights if cfg.schedule == "weighted" else None, cfg.seed)
 
     def evaluate() -> dict[str, float]:
-        return evaluate_reconstruction(trainer.unwrapped, val, trainer.device, cfg.eval_batches)
+        return evaluate_reconstruction(trainer.module, val, trainer.device, cfg.eval_batches)
 
     trainer.fit(batches, evaluate, loss_weights=cfg.weights if cfg.schedule == "all" else None)
+    state = acc.get_state_dict(trainer.module)  # every process takes part; whole tensors on the main one
     summary = {}
-    if trainer.is_main:
-        model.save_pretrained(out / "model")
+    if trainer.is_main:  # a copy with whole weights (under FSDP each process holds shards) to save and plot
+        whole = MaskedPretrainer(OmniVecModel(model.config, load_library_weights=False), cfg.decoder, cfg.seed,
+                                 cfg.pack, pretrainer.decoder_configs)
+        whole.load_state_dict(state)
+        whole.to(trainer.device)
+        whole.model.save_pretrained(out / "model")
         summary = summarize(out / "metrics.jsonl", list(cfg.data), time.perf_counter() - started, trainer.skipped)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_losses(out / "metrics.jsonl", out / "loss.png")
-        plot_reconstructions(trainer.unwrapped, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
+        plot_reconstructions(whole, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
         tqdm.write(format_summary(summary, out))
     batches = train = val = None  # drop the last references to the loaders
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next

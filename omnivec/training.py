@@ -250,10 +250,10 @@ class Trainer:
     where `batch` is `{key: {"input": ..., "target": ...}}` on the training device.
 
     `batches` yields `{key: collated batch}` (see `MultiModalLoader`) and has `state_dict()` /
-    `load_state_dict()` for its position, saved with every checkpoint. `module.save_model(dir)`
-    writes the model a checkpoint carries for users (`OmniVecModel.save_pretrained`);
-    `module.after_step(step)`, when it has one, runs after every optimizer step (weight EMA).
-    Records go to `metrics.jsonl` and, with `log_with`, to accelerate's tracker (`close` ends it).
+    `load_state_dict()` for its position, saved with every checkpoint. `module.model` is the
+    `OmniVecModel` a checkpoint carries for users (`save_model`); `module.after_step(step)`, when it
+    has one, runs after every optimizer step (weight EMA). Records go to `metrics.jsonl` and, with
+    `log_with`, to accelerate's tracker (`close` ends it).
     """
 
     def __init__(self, cfg: TrainConfig, module: nn.Module):
@@ -315,7 +315,7 @@ class Trainer:
             return
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
-        self.check_compatible(path / "state" / "model.safetensors")
+        self.check_compatible(path)
         self.accelerator.load_state(str(path / "state"))
         state = json.loads((path / STATE_FILE).read_text())
         self.step = state["step"]
@@ -326,19 +326,24 @@ class Trainer:
         if self.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
-    def check_compatible(self, weights: Path) -> None:
+    def check_compatible(self, checkpoint: Path) -> None:
         """Fail with the differing tensor names, before loading anything, when a checkpoint was
-        written for another configuration (reads only the safetensors header)."""
+        written for another configuration. Reads only a safetensors header: accelerate's state, or
+        under FSDP (whose state is in its own format) the checkpoint's model folder."""
         from safetensors import safe_open
+        from torch.distributed.tensor import DTensor
 
-        from .model import state_dict_mismatch
+        from .model import WEIGHTS_NAME, state_dict_mismatch
 
+        weights, prefix = checkpoint / "state" / "model.safetensors", ""
+        if not weights.is_file():
+            weights, prefix = checkpoint / "model" / WEIGHTS_NAME, "model."
         with safe_open(str(weights), "pt") as f:
-            found = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-        expected = self.unwrapped.state_dict()
+            found = {prefix + k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        expected = {k: v for k, v in self.unwrapped.state_dict().items() if k.startswith(prefix)}
         shared: dict[int, list[str]] = {}  # tied tensors are saved once
         for k, v in expected.items():
-            shared.setdefault(v.data_ptr(), []).append(k)
+            shared.setdefault((v.to_local() if isinstance(v, DTensor) else v).data_ptr(), []).append(k)
         for names in shared.values():
             if len(names) > 1 and any(n in found for n in names):
                 for n in names:
@@ -408,8 +413,10 @@ class Trainer:
 
     def check_weights(self) -> None:
         """`TrainingError` naming the tensors, before a checkpoint is written, when any weight is
-        NaN or infinite (one host sync)."""
-        params = list(self.unwrapped.named_parameters())
+        NaN or infinite (one host sync). Under FSDP each process checks its shards."""
+        from torch.distributed.tensor import DTensor
+
+        params = [(n, p.to_local() if isinstance(p, DTensor) else p) for n, p in self.unwrapped.named_parameters()]
         finite = torch.stack([torch.isfinite(p).all() for _, p in params]).all()
         if self.accelerator.reduce((~finite).float(), "sum").item() == 0:
             return
@@ -417,6 +424,15 @@ class Trainer:
         listing = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise TrainingError(f"step {self.step}: the weights hold NaN or Inf ({listing or 'on another process'}); "
                             f"training stopped there. {self.kept_checkpoint()} Lower lr or clip gradients (clip_grad).")
+
+    def save_model(self, directory: Path) -> None:
+        """Write `module.model` to `directory` (`OmniVecModel.save_pretrained`) with full weights.
+        Every process calls this: under FSDP each holds shards, which `get_state_dict` gathers;
+        the main process writes."""
+        state = self.accelerator.get_state_dict(self.module)  # {name: full tensor} on the main process
+        if self.is_main:
+            self.unwrapped.model.save_pretrained(directory, {name.removeprefix("model."): tensor for name, tensor
+                                                             in state.items() if name.startswith("model.")})
 
     def save_checkpoint(self, batches: Any) -> Path:
         """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete
@@ -434,8 +450,9 @@ class Trainer:
             from accelerate.utils import gather_object
 
             data = gather_object(data)
+        self.save_model(tmp / "model")
+        self.accelerator.wait_for_everyone()  # every process's part of the state is written before it moves
         if self.is_main:
-            self.unwrapped.save_model(tmp / "model")
             state = {"step": self.step, "data": data[0], "data_ranks": data, "skipped": self.skipped}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)

@@ -84,15 +84,15 @@ KILL_DURING_SAVE = """
 import os, signal, sys
 import omnivec.model
 calls = []
-real = omnivec.model.save_model
-def dying_save(model, filename, *args, **kwargs):
+real = omnivec.model.save_file
+def dying_save(tensors, filename, *args, **kwargs):
     calls.append(filename)
     if len(calls) == 2:  # the second checkpoint: write part of the file, then die
         with open(filename, "wb") as f:
             f.write(b"half a checkpoint")
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(model, filename, *args, **kwargs)
-omnivec.model.save_model = dying_save
+    return real(tensors, filename, *args, **kwargs)
+omnivec.model.save_file = dying_save
 from omnivec.cli import main
 sys.exit(main(["pretrain", sys.argv[1]]))
 """
@@ -304,8 +304,8 @@ def nan_image_loss_at(step_index: int):
 
     real = MaskedPretrainer.forward
 
-    def forward(self, batch, step=0):
-        losses = real(self, batch, step)
+    def forward(self, batch, step=0, **kwargs):
+        losses = real(self, batch, step, **kwargs)
         if step == step_index:
             losses["image"] = losses["image"] * float("nan")
         return losses
@@ -345,8 +345,8 @@ def test_each_modality_s_logged_loss_is_its_mean_over_the_steps_that_had_it(tmp_
     from omnivec.pretraining import MaskedPretrainer
 
     real = MaskedPretrainer.forward
-    monkeypatch.setattr(MaskedPretrainer, "forward", lambda self, batch, step=0: {
-        m: v * 0 + {"image": 1.0, "point_cloud": 3.0}[m] for m, v in real(self, batch, step).items()})
+    monkeypatch.setattr(MaskedPretrainer, "forward", lambda self, batch, step=0, generator=None: {
+        m: v * 0 + {"image": 1.0, "point_cloud": 3.0}[m] for m, v in real(self, batch, step, generator).items()})
     cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=4, log_every=4, save_every=0,
                                                            schedule=schedule))
     pretrain(cfg)
@@ -376,11 +376,11 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
 
     real = MaskedPretrainer.forward
 
-    def forward(self, batch, step=0):
+    def forward(self, batch, step=0, **kwargs):
         if step == 2:
             with torch.no_grad():
                 self.decoders["text"].pred.weight[0, 0] = float("inf")
-        return real(self, batch, step)
+        return real(self, batch, step, **kwargs)
 
     monkeypatch.setattr(MaskedPretrainer, "forward", forward)
     cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=6, log_every=1))
