@@ -1,9 +1,10 @@
 """`omnivec demo`: the whole pipeline on data/sample with omnivec_tiny, and a report.
 
 1. masked pretraining on all five modalities; 2. sequential fine-tuning of every sample task from
-the pretrained backbone; 3. the same from scratch; 4. evaluation on the test splits (confusion
-matrices); 5. embeddings of test samples, a 2-D projection and a retrieval example; 6. report.md
-and report.html (images inline)."""
+the pretrained backbone; 3. the same from scratch; 4. few labels: each classification task
+fine-tuned on 5% of its training labels from the pretrained backbone and from scratch, 3 seeds;
+5. evaluation on the test splits (confusion matrices); 6. embeddings of test samples, a 2-D
+projection and a retrieval example; 7. report.md and report.html (images inline)."""
 from __future__ import annotations
 
 import base64
@@ -28,6 +29,9 @@ def _root() -> Path:
 
 
 FINETUNE_SCALE = {False: 0.3, True: 0.03}  # share of the fine-tuning config's steps the demo runs (key: --quick)
+# The few-label comparison: this share of each classification task's training labels, these seeds,
+# and the steps per run (key: --quick).
+LOW_LABEL = {"fraction": 0.05, "seeds": {False: (0, 1, 2), True: (0, 1)}, "steps": {False: 40, True: 2}}
 
 
 def _scaled_stages(stages: list, scale: float) -> list:
@@ -46,7 +50,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     out.mkdir(parents=True, exist_ok=True)
     dev = "cpu" if device == "cpu" else "auto"
     timings: dict[str, float] = {}
-    steps = 6
+    steps = 7
 
     def stage(i: int, name: str) -> float:
         tqdm.write(f"[{i}/{steps}] {name}")
@@ -74,19 +78,45 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
         finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
         timings[f"fine-tuning ({name})"] = time.perf_counter() - t
 
-    t = stage(4, f"evaluation on the {ft_cfg.eval_split} split (confusion matrices)")
+    t = stage(4, f"few labels: {LOW_LABEL['fraction']:.0%} of each classification task's training labels, "
+                 f"pretrained vs scratch, {len(LOW_LABEL['seeds'][quick])} seeds")
+    low_label_comparison(ft_cfg, out / "pretrain" / "model", out / "low-label", LOW_LABEL["steps"][quick],
+                         LOW_LABEL["seeds"][quick])
+    timings["few-label fine-tuning"] = time.perf_counter() - t
+
+    t = stage(5, f"evaluation on the {ft_cfg.eval_split} split (confusion matrices)")
     evaluate_saved(out / "finetune-pretrained" / "model", ft_cfg, ft_cfg.eval_split, out / "eval", device)
     timings["evaluation"] = time.perf_counter() - t
 
-    t = stage(5, "embeddings of test samples, projection and retrieval")
+    t = stage(6, "embeddings of test samples, projection and retrieval")
     embed_and_project(out / "finetune-pretrained" / "model", ft_cfg, out, per_task=15 if quick else 40)
     timings["embedding and retrieval"] = time.perf_counter() - t
 
-    stage(6, "report")
+    stage(7, "report")
     (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     html = write_report(out, quick)
     tqdm.write(f"demo done in {sum(timings.values()) / 60:.1f} min: {out / 'report.md'} and {html}")
     return html
+
+
+def low_label_comparison(cfg: Any, pretrained: Path, out: Path, steps: int, seeds: tuple[int, ...]
+                         ) -> list[dict[str, Any]]:
+    """Every classification task of the fine-tuning config `cfg` fine-tuned alone for `steps` steps
+    on `LOW_LABEL["fraction"]` of its training labels, from `pretrained` and from scratch, once per
+    seed -> the records (also in `out/results.jsonl`)."""
+    from .protocols import finetune_protocol
+    from .registry import HEADS
+
+    tasks = [t for t, spec in cfg.tasks.items() if HEADS.get(spec.head).target in ("label", "labels")]
+    runs = [(t, init, seed) for t in tasks for seed in seeds for init in ("pretrained", "scratch")]
+    records = []
+    for task, init, seed in tqdm(runs, desc="few-label runs"):
+        value = finetune_protocol(cfg, task, pretrained if init == "pretrained" else None, LOW_LABEL["fraction"],
+                                  seed, out / f"{task}-{init}-seed{seed}", steps)
+        records.append({"task": task, "protocol": "finetune", "init": init, "fraction": LOW_LABEL["fraction"],
+                        "seed": seed, "metric": HEADS.get(cfg.tasks[task].head).main_metric, "value": value})
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def _absolute_tokenizer(cfg: Any, root: Path) -> None:
@@ -155,18 +185,31 @@ def write_report(out: Path, quick: bool = False) -> Path:
     """report.md (images linked) and report.html (images inline) with every section, from what the
     demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
     from .plots import plot_losses
-    from .reports import forgetting_matrix_table, metrics_table, retrieval_table
+    from .reports import finetune_comparison_table, forgetting_matrix_table, metrics_table, retrieval_table, summarize_runs
 
     pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
     timings = json.loads((out / "timings.json").read_text())
     retrieval = retrieval_summary(out)
     summary = json.loads((out / "pretrain" / "summary.json").read_text())
+    low_label = summarize_runs([json.loads(line) for line in (out / "low-label" / "results.jsonl").read_text().splitlines()])
+    voices = {n: r["final"]["spoken_digits"]["top1"] for n, r in (("pretrained", pre), ("scratch", scr))
+              if "spoken_digits" in r["final"]}
     lines = [f"# omnivec demo{' (quick)' if quick else ''}", "",
              f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.", "",
              "## Results", "", f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
              f"of the abstract for summarization. The demo trains briefly ({FINETUNE_SCALE[quick]:.0%} of the steps "
              "of configs/finetune/sample_sequential.yaml; see the README for that config's results).", "",
              *metrics_table({"pretrained": pre["final"], "scratch": scr["final"]}, pre["baselines"]),
+             "", "spoken_digits and spoken_mix are split by voice (data/README.md): their test clips are spoken by "
+             "voices of two accents never heard in training, so those rows measure new speakers"
+             + (f" (spoken_digits top-1: {voices['pretrained']:.3f} from the pretrained backbone, {voices['scratch']:.3f} "
+                "from scratch)." if len(voices) == 2 else "."),
+             "", "## Few labels: pretrained vs scratch", "",
+             f"Each classification task fine-tuned alone on {LOW_LABEL['fraction']:.0%} of its training labels (a "
+             f"stratified draw per seed, at least one per class) for {LOW_LABEL['steps'][quick]} steps, from the "
+             f"pretrained backbone and from scratch; mean ± standard deviation over seeds {list(LOW_LABEL['seeds'][quick])}, "
+             f"on the {pre['split']} split. recipes/label_efficiency.py runs the full grid (5 / 25 / 100%, probes).", "",
+             *finetune_comparison_table(low_label),
              "", "## Forgetting matrix (from the pretrained backbone)", "",
              "Row: after stage i; column: a task's main metric; blank before the task is trained.", "",
              *forgetting_matrix_table(pre["forgetting_matrix"])]

@@ -213,3 +213,26 @@ def evaluate_protocol(model_dir: str | Path, cfg: Any, protocol: str, split: str
     main = ", ".join(f"{t} {next(iter(m))}={next(iter(m.values())):.3f}" for t, m in metrics.items())
     print("\n".join(lines) + f"\n{protocol} on {split}: {main}; written to {output / f'{protocol}.json'}")
     return report
+
+
+def finetune_protocol(cfg: Any, task: str, init: str | Path | None, fraction: float, seed: int, run_dir: Path,
+                      steps: int) -> float:
+    """Fine-tune `init` (a saved model; None: from scratch) on `fraction` of `task`'s training
+    labels (stratified, drawn by `seed`) for `steps` steps, with the fine-tuning config `cfg`'s
+    settings -> the task's main metric on `cfg.eval_split`. Only the run's records stay in
+    `run_dir` (the weights are removed: label-efficiency grids make a hundred of them)."""
+    import dataclasses
+    import shutil
+
+    from .finetuning import finetune
+    from .registry import HEADS
+    from .tasks import StageSpec
+
+    run_cfg = dataclasses.replace(
+        cfg, init=str(init) if init else None, seed=seed, output_dir=str(run_dir), overwrite=True, save_every=0,
+        tasks={task: dataclasses.replace(cfg.tasks[task], train_fraction=fraction)},
+        stages=[StageSpec(tasks=[task], steps=steps)])
+    final = finetune(run_cfg)["final"][task]
+    for folder in ("model", "model_ema", "stages"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+    return final[HEADS.get(cfg.tasks[task].head).main_metric]

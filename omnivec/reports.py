@@ -83,36 +83,50 @@ def cell_lookup(summary: list[Mapping[str, Any]]) -> dict[tuple, Mapping[str, An
     return {(c["task"], c["protocol"], c["init"], c["fraction"], c["metric"]): c for c in summary}
 
 
-def label_efficiency_report(summary: list[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """label_efficiency.md: fine-tuning pretrained vs scratch per fraction of the training labels
-    (and target-modality-only pretraining), then k-NN / linear probes of the frozen backbones."""
+def cell_text(cells: Mapping[tuple, Mapping[str, Any]], key: tuple) -> str:
+    """A summary cell as "mean ± std" ("" when it was not run)."""
+    c = cells.get(key)
+    return f"{c['mean']:.3f} ± {c['std']:.3f}" if c else ""
+
+
+def finetune_comparison_table(summary: list[Mapping[str, Any]]) -> list[str]:
+    """Fine-tuning from the pretrained backbone vs from scratch per task and label fraction (mean ±
+    standard deviation over seeds, their difference, whether it exceeds twice the larger standard
+    deviation), and the target-modality-only backbone where it was run."""
     cells = cell_lookup(summary)
 
-    def show(key: tuple) -> str:
-        c = cells.get(key)
-        return f"{c['mean']:.3f} ± {c['std']:.3f}" if c else ""
-
-    tasks = list(dict.fromkeys(c["task"] for c in summary))
-    seeds = len(meta["seeds"])
-    lines = [f"# Label efficiency{' (quick: a smoke-test budget, numbers mean nothing)' if meta.get('quick') else ''}", "",
-             f"Pretrained backbone: {meta['pretrained']} ({meta['pretrain_steps']} pretraining steps); {seeds} seeds; "
-             f"{meta['minutes']} minutes. Test split; mean ± sample standard deviation over the seeds.", "",
-             "## Fine-tuning: pretrained backbone vs scratch", "",
-             "Each seed draws its own stratified subsample of the training labels and its own head initialisation. "
-             "*target only*: the backbone pretrained for the same steps on the task's modality alone (at the smallest "
-             "fraction). *> 2 sd*: pretrained minus scratch exceeds twice the larger standard deviation.", "",
-             "| task | metric | labels | pretrained | scratch | pretrained - scratch | > 2 sd | target only |",
+    lines = ["| task | metric | labels | pretrained | scratch | pretrained - scratch | > 2 sd | target only |",
              "|---|---|---|---|---|---|---|---|"]
-    for task in tasks:
+    for task in dict.fromkeys(c["task"] for c in summary):
         for c in sorted((c for c in summary if c["task"] == task and c["protocol"] == "finetune" and c["init"] == "pretrained"),
                         key=lambda c: c["fraction"]):
             f, m = c["fraction"], c["metric"]
             scratch = cells.get((task, "finetune", "scratch", f, m))
             gap = (c["mean"] - scratch["mean"]) if scratch else None
             beats = "yes" if scratch and gap > 2 * max(c["std"], scratch["std"]) else "no"
-            lines.append(f"| {task} | {m} | {f:.0%} | {show((task, 'finetune', 'pretrained', f, m))} | "
-                         f"{show((task, 'finetune', 'scratch', f, m))} | {'' if gap is None else f'{gap:+.3f}'} | "
-                         f"{beats if scratch else ''} | {show((task, 'finetune', 'target_only', f, m))} |")
+            lines.append(f"| {task} | {m} | {f:.0%} | {cell_text(cells, (task, 'finetune', 'pretrained', f, m))} | "
+                         f"{cell_text(cells, (task, 'finetune', 'scratch', f, m))} | {'' if gap is None else f'{gap:+.3f}'} | "
+                         f"{beats if scratch else ''} | {cell_text(cells, (task, 'finetune', 'target_only', f, m))} |")
+    return lines
+
+
+def label_efficiency_report(summary: list[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """label_efficiency.md: fine-tuning pretrained vs scratch per fraction of the training labels
+    (and target-modality-only pretraining), then k-NN / linear probes of the frozen backbones."""
+    cells = cell_lookup(summary)
+
+    tasks = list(dict.fromkeys(c["task"] for c in summary))
+    seeds = len(meta["seeds"])
+    lines = [f"# Label efficiency{' (quick: a smoke-test budget, numbers mean nothing)' if meta.get('quick') else ''}", "",
+             f"Pretrained backbone: {meta['pretrained']} ({meta['pretrain_steps']} pretraining steps); {seeds} seeds; "
+             f"{meta['minutes']} minutes. Test split; mean ± sample standard deviation over the seeds."
+             + (f" Fine-tuning steps per run: {', '.join(f'{t} {n}' for t, n in meta['steps'].items())}."
+                if meta.get("steps") else ""), "",
+             "## Fine-tuning: pretrained backbone vs scratch", "",
+             "Each seed draws its own stratified subsample of the training labels and its own head initialisation. "
+             "*target only*: the backbone pretrained for the same steps on the task's modality alone (at the smallest "
+             "fraction). *> 2 sd*: pretrained minus scratch exceeds twice the larger standard deviation.", "",
+             *finetune_comparison_table(summary)]
     lines += ["", "## Frozen backbones: k-NN and linear probe", "",
               "Fitted on all the training labels: weighted k-NN (k=20, temperature 0.07, DINO) and a linear probe "
               "(BatchNorm + linear, SGD, MAE) on the L2-normalised embeddings. *random*: a randomly initialised "
@@ -124,6 +138,6 @@ def label_efficiency_report(summary: list[Mapping[str, Any]], meta: Mapping[str,
         metric = next((c["metric"] for c in summary if c["task"] == task and c["protocol"] == "linear"
                        and c["metric"] in ("top1", "mAP")), None)
         if metric:
-            lines.append(f"| {task} | {metric} | " + " | ".join(show((task, p, i, 1.0, metric)) for p in ("knn", "linear")
+            lines.append(f"| {task} | {metric} | " + " | ".join(cell_text(cells, (task, p, i, 1.0, metric)) for p in ("knn", "linear")
                                                                for i in ("pretrained", "target_only", "random")) + " |")
     return "\n".join(lines) + "\n"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -28,11 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from omnivec.config import load_recipe_config
-from omnivec.finetuning import finetune
 from omnivec.model import OmniVecModel, load_model
 from omnivec.plots import plot_label_efficiency
 from omnivec.pretraining import PretrainConfig, pretrain
-from omnivec.protocols import PROTOCOLS, ProtocolSettings, task_features, unsupported
+from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, task_features, unsupported
 from omnivec.registry import HEADS
 from omnivec.reports import label_efficiency_report, summarize_runs
 from omnivec.tasks import FinetuneConfig, StageSpec, load_task_data
@@ -55,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=TASKS, help=f"default: {' '.join(TASKS)}")
     p.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.25, 1.0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps-scale", type=float, default=1.0,
+                   help="share of each task's fine-tuning steps in the config to run (the demo runs 0.3)")
     p.add_argument("--quick", action="store_true", help="a tiny budget (a few steps each) to check it runs")
     p.add_argument("--device", default="auto", help="auto or cpu")
     return p.parse_args(argv)
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> Path:
     if unknown:
         raise SystemExit(f"--tasks: {unknown} are not tasks of {args.finetune_config} ({sorted(cfg.tasks)})")
     cfg.tasks = {t: cfg.tasks[t] for t in args.tasks}
-    cfg.stages = [StageSpec(tasks=[t], steps=next(s.steps for s in cfg.stages if t in s.tasks)) for t in args.tasks]
+    cfg.stages = [StageSpec(tasks=[t], steps=max(2, round(args.steps_scale * next(s.steps for s in cfg.stages
+                                                                            if t in s.tasks)))) for t in args.tasks]
     if args.quick:
         cfg.stages = [dataclasses.replace(s, steps=QUICK["finetune_steps"]) for s in cfg.stages]
         cfg.eval_max_batches = QUICK["eval_max_batches"]
@@ -150,27 +151,23 @@ def main(argv: list[str] | None = None) -> Path:
     runs = [(task, init, fraction, seed) for task in args.tasks for seed in args.seeds for fraction in args.fractions
             for init in ("pretrained", "scratch")]
     runs += [(task, "target_only", min(args.fractions), seed) for task in args.tasks for seed in args.seeds]
+    steps = {s.tasks[0]: s.steps for s in cfg.stages}
     for task, init, fraction, seed in tqdm(runs, desc="fine-tuning runs"):
         if (task, "finetune", init, fraction, seed) in results.done:
             continue
         backbone = {"pretrained": backbones["pretrained"], "scratch": None}.get(init, backbones.get(f"target_only:{modality[task]}"))
-        run_dir = out / "finetune" / f"{task}-{init}-{fraction:g}-seed{seed}"
-        run_cfg = dataclasses.replace(
-            cfg, init=str(backbone) if backbone else None, seed=seed, output_dir=str(run_dir),
-            tasks={task: dataclasses.replace(cfg.tasks[task], train_fraction=fraction)},
-            stages=[s for s in cfg.stages if s.tasks == [task]])
-        final = finetune(run_cfg)["final"][task]
+        value = finetune_protocol(cfg, task, backbone, fraction, seed, out / "finetune" / f"{task}-{init}-{fraction:g}-seed{seed}",
+                                  steps[task])
         metric = HEADS.get(cfg.tasks[task].head).main_metric
-        results.add(task=task, protocol="finetune", init=init, fraction=fraction, seed=seed, metric=metric, value=final[metric])
-        for folder in ("model", "stages"):  # over a hundred runs: keep the records, not the weights
-            shutil.rmtree(run_dir / folder)
-        tqdm.write(f"{task} {init} {fraction:.0%} labels seed {seed}: {metric}={final[metric]:.3f}")
+        results.add(task=task, protocol="finetune", init=init, fraction=fraction, seed=seed, metric=metric, value=value)
+        tqdm.write(f"{task} {init} {fraction:.0%} labels seed {seed}: {metric}={value:.3f}")
 
     summary = summarize_runs(results.records)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     minutes = (time.perf_counter() - started) / 60
     (out / "label_efficiency.md").write_text(label_efficiency_report(summary, {
         "seeds": args.seeds, "fractions": args.fractions, "pretrain_steps": args.pretrain_steps,
+        "steps": {t: s.steps for t, s in ((s.tasks[0], s) for s in cfg.stages)},
         "pretrained": str(backbones["pretrained"]), "minutes": round(minutes, 1), "quick": args.quick}))
     plot_label_efficiency(summary, out / "label_efficiency.png")
     print(f"label efficiency: {len(results.records)} results in {minutes:.1f} min -> {out / 'label_efficiency.md'}, "

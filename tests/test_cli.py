@@ -26,14 +26,18 @@ def test_quick_demo_writes_the_report(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for section in ("## Results", "## Forgetting matrix", "## Pretraining", "## Fine-tuning loss curves",
-                    "## Confusion matrices", "## Embeddings", "## Time per stage"):
+    for section in ("## Results", "## Few labels: pretrained vs scratch", "## Forgetting matrix", "## Pretraining",
+                    "## Fine-tuning loss curves", "## Confusion matrices", "## Embeddings", "## Time per stage"):
         assert section in report, section
+    few = report[report.index("## Few labels"):report.index("## Forgetting matrix")]
+    for task in ("digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "acl_highlights"):
+        assert re.search(rf"^\| {task} \| \w+ \| 5% \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|", few, re.M), task
+    assert "acl_summaries" not in few and "voices of two accents never heard in training" in report
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
         assert (out / image).is_file(), image
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8 and "<table>" in html
-    assert "[6/6] report" in result.stdout + result.stderr
+    assert "[7/7] report" in result.stdout + result.stderr
 
 
 @pytest.mark.integration
