@@ -6,6 +6,7 @@ same run, peak memory (CUDA) and the ratio omnivec / reference.
     python bench/run.py --device cpu              # small shapes: a few minutes on 2 CPU cores
     python bench/run.py --device cuda             # the full shapes (ViT-B, 224 px, 16 frames, ...)
     python bench/run.py --device cpu --record     # also append the table to bench/RESULTS.md
+    python bench/run.py --device cuda --out DIR --profile   # table.md and a torch.profiler kernel summary per case in DIR
 
 Cases: masked image pretraining (vs transformers ViTMAEForPreTraining), masked video pretraining
 (vs VideoMAEForPreTraining), audio classification fine-tuning (vs ASTForAudioClassification), a
@@ -256,6 +257,23 @@ def measure(cases: tuple[Case, ...], training: bool, s: dict, device: torch.devi
     return results
 
 
+def profile(cases: tuple[Case, ...], training: bool, name: str, device: torch.device, autocast, out: Path) -> None:
+    """`torch.profiler` over a few calls of each case -> OUT/NAME--IMPL.txt: the operators and
+    kernels by self time (CUDA time on a GPU), the top 30."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    grad = torch.enable_grad if training else torch.inference_mode
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for case in cases:
+        with autocast, grad(), torch_profile(activities=activities) as prof:
+            for _ in range(3):
+                case.run()
+            sync(device)
+        slug = f"{name}--{case.name}".replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "")
+        (out / f"{slug}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=30))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -263,7 +281,13 @@ def main() -> None:
                         help="default: bf16 autocast on cuda, fp32 on cpu")
     parser.add_argument("--only", nargs="*", help="run only these benchmarks (names as printed)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--out", type=Path, help="also write the table to OUT/table.md (and profiles there)")
+    parser.add_argument("--profile", action="store_true", help="write a torch.profiler summary per case to --out")
     args = parser.parse_args()
+    if args.profile and not args.out:
+        parser.error("--profile writes to --out DIR")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     s = SHAPES[args.device]
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
@@ -287,6 +311,8 @@ def main() -> None:
         cases = build(s, device)
         autocast = torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16")
         results = measure(cases, training, s, device, autocast)
+        if args.profile:
+            profile(cases, training, name, device, autocast, args.out)
         compiled = next((r for r in results if r["impl"] == "omnivec (torch.compile)"), results[0])
         for r in results:
             ours = compiled if "torch.compile" in r["impl"] else results[0]  # like for like
@@ -299,6 +325,8 @@ def main() -> None:
         del cases
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.out:
+        (args.out / "table.md").write_text("\n".join(header + lines) + "\n")
     if args.record:
         path = Path(__file__).parent / "RESULTS.md"
         text = path.read_text() if path.is_file() else "# Benchmark results\n\nAppended by `python bench/run.py --record`.\n"

@@ -188,6 +188,9 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
                             mixers(cfg, model, stage.tasks + stage.replay), cfg.ema_decay)
     trainer = Trainer(stage_cfg, module)
     acc = trainer.accelerator
+    if cfg.ema_decay and acc.distributed_type == "FSDP":  # the EMA copy would be sharded with the model
+        raise ConfigError("ema_decay: not supported under FSDP yet (the EMA copy of the weights is sharded with "
+                          "the model, and evaluating it on one process would hang); set ema_decay=0")
     if trainer.is_main:
         tqdm.write(f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
                    + (f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "")

@@ -168,6 +168,9 @@ def subsample_train(task: TaskData, fraction: float, seed: int) -> TaskData:
     multi-label row; at least one row per class) and drawn by `seed`; the other splits whole."""
     if fraction >= 1:
         return task
+    if task.stream is not None:
+        raise ConfigError(f"train_fraction: {task.source} is streamed (shards or hf:), which cannot be subsampled "
+                          "by class here; write a subsample with omnivec data shard from a manifest instead")
     by_class: dict[str, list[int]] = {}
     for i, row in enumerate(task.rows):
         if row.get("split") == "train":

@@ -71,6 +71,7 @@ def pretrained_backbone(args: argparse.Namespace, out: Path, modalities: list[st
     cfg = load_recipe_config(PretrainConfig, args.pretrain_config, overrides)
     if modalities:
         cfg.data = {m: cfg.data[m] for m in modalities}
+        cfg.weights = {m: w for m, w in cfg.weights.items() if m in modalities}
     pretrain(cfg)
     return model_dir
 

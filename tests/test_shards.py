@@ -316,3 +316,32 @@ def test_an_epoch_over_torchrun_processes_and_workers_reads_every_sample_once(tm
     flat = [i for rank in shard_ranks for i in rank]
     assert len(flat) == len(set(flat))  # no sample twice, within or across processes
     assert set(flat) == {i for rank in manifest_ranks for i in rank} == set(range(len(flat)))
+
+
+def test_review_fixes_member_choice_unlabelled_rows_fractions_and_foreign_splits(tmp_path, shards, model):
+    """A WebDataset sample with audio and its transcript is audio; an hf row labelled -1 is named;
+    a streamed task refuses train_fraction; shards read without their index train on train samples only."""
+    import datasets
+
+    from omnivec.datasets.shards import sample_row
+    from omnivec.tasks import subsample_train
+
+    row = sample_row("x.tar", {"__key__": "k", "wav": b"RIFF", "txt": b"hello"}, "train")
+    assert str(row["path"]).endswith(".wav")
+    images, labels = digit_images(4)
+    features = datasets.Features({"img": datasets.Image(), "digit": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    datasets.Dataset.from_dict({"img": [{"bytes": b, "path": None} for b in images], "digit": [0, 1, -1, 2]},
+                               features=features).save_to_disk(str(tmp_path / "hf"))
+    task, = find_tasks(f"hf:{tmp_path / 'hf'}?image=img&label=digit")
+    with pytest.raises(DataError, match=r"\[2\]: digit is -1 \(-1 marks an unlabelled row"):
+        list(task_loader(model, [task], "train", 4, 0, train=False))
+    with pytest.raises(omnivec.ConfigError, match="train_fraction: .* is streamed"):
+        subsample_train(digits_train(shards)[0], 0.05, 0)
+    pattern = f"{tmp_path / 'copy'}/{{{','.join(p.stem for p in sorted(shards.glob('*-image-*.tar')))}}}.tar"
+    (tmp_path / "copy").mkdir()
+    for p in shards.glob("*-image-*.tar"):
+        (tmp_path / "copy" / p.name).write_bytes(p.read_bytes())  # no index.json beside them
+    task, = find_tasks(pattern)
+    seen = [i for b in task_loader(model, [task], "train", 16, 0, train=False) for i in b["index"].tolist()]
+    expected = len(find_tasks(SAMPLE / "digits")[0].split("train"))
+    assert len(seen) == expected

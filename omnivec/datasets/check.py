@@ -1,11 +1,11 @@
 """`omnivec data check`: read every sample of every dataset under a path and report what is wrong."""
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -75,10 +75,22 @@ def check_stream(task: TaskData, workers: int = 4) -> TaskReport:
 
     total = task.stream.count(None)
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda row: check_row(task, row), map(count, rows()))
+        results = bounded_map(pool, lambda row: check_row(task, row), map(count, rows()), 4 * workers)
         report.bad = [r for r in tqdm(results, total=total, desc=f"check {task.name}", leave=False) if r]
     report.bad += bad_shards
     return report
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[Any]:
+    """`pool.map(fn, items)` in order, with at most `window` items in flight (`Executor.map` takes
+    every item up front: a stream of shards would be held in memory at once)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def format_report(reports: list[TaskReport]) -> str:

@@ -134,6 +134,9 @@ def read_rows(where: str, ds: Any, split: str, modality: str, column: str, kind:
             row.update(sample_cell(f"{where}[{i}]", cell, modality, root))
             if kind is not None:
                 value = chunk[target_column][k]
+                if names is not None and any(v < 0 for v in (value if kind == "labels" else [value])):
+                    raise DataError(f"{where}[{i}]: {target_column} is {value} (-1 marks an unlabelled row, as in "
+                                    "the hub's test splits); use a split with labels, or no target column")
                 row[kind] = target_value(value, kind, names)
             yield str(i), row
 

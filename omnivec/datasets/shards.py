@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from .manifest import TARGETS, TaskData, find_tasks
-from .readers import Blob, known_suffixes, modality_of
+from .readers import Blob, extensions, known_suffixes, modality_of
 from .streams import Shard, Stream
 
 INDEX = "index.json"
@@ -45,8 +45,16 @@ def parse_size(text: str | int) -> int:
 def is_shard_spec(spec: str | os.PathLike) -> bool:
     """A folder holding `index.json`, a `.tar` file, a brace pattern, a URL or a `pipe:` command."""
     text = str(spec)
-    return (text.startswith("pipe:") or "://" in text or bool(re.search(r"\{[^}]*\.\.[^}]*\}", text))
-            or text.endswith((".tar", ".tar.gz", ".tgz")) or "::" in text or (Path(text) / INDEX).is_file())
+    return (text.startswith("pipe:") or "://" in text or bool(re.search(r"\{[^}]*(\.\.|,)[^}]*\}", text))
+            or text.endswith((".tar", ".tar.gz", ".tgz")) or "::" in text or has_index(Path(text)))
+
+
+def has_index(folder: Path) -> bool:
+    """`folder/index.json` exists (False, not an error, for a pattern too long to be a path)."""
+    try:
+        return (folder / INDEX).is_file()
+    except OSError:
+        return False
 
 
 def open_url(url: str):
@@ -85,14 +93,16 @@ def read_tar(url: str, split: str | None) -> Iterator[tuple[str, dict[str, Any]]
 def sample_row(url: str, sample: dict[str, Any], split: str | None) -> dict[str, Any]:
     """A tar sample (`{"__key__", "json", "png", ...}`) -> a manifest-like row holding a `Blob`."""
     where = f"{url}:{sample['__key__']}"
-    suffixes = known_suffixes()
-    member = next((k for k in sorted(sample) if f".{k}" in suffixes), None)
-    if member is None:
-        raise DataError(f"{where}: no member of a known file type (has {sorted(k for k in sample if k[0] != '_')})")
     try:
         meta = json.loads(sample["json"]) if "json" in sample else {}
     except ValueError as e:
         raise DataError(f"{where}.json: not valid JSON ({e})") from e
+    # the sample's member: of its modality's types when its JSON names one, else any but a transcript (txt)
+    suffixes = set(extensions().get(meta.get("modality"), ())) or known_suffixes()
+    members = [k for k in sorted(sample) if f".{k}" in suffixes]
+    member = next((k for k in members if k != "txt"), members[0] if members else None)
+    if member is None:
+        raise DataError(f"{where}: no member of a known file type (has {sorted(k for k in sample if k[0] != '_')})")
     if "cls" in sample and "label" not in meta:  # webdataset's usual class member
         meta["label"] = sample["cls"].decode().strip()
     row = {"path": Blob(f"{where}.{member}", sample[member]), "where": where, "split": meta.get("split", split)}
@@ -107,13 +117,13 @@ def load_shard_tasks(spec: str | os.PathLike) -> list[TaskData]:
     `index.json` takes splits, sizes, targets and label sets from it; other shards are training
     data of the modality of their first sample, without targets."""
     folder = Path(str(spec))
-    if (folder / INDEX).is_file():
+    if has_index(folder):
         return tasks_from_index(folder, None)
     from webdataset.shardlists import expand_urls
 
     urls = expand_urls(str(spec))
     local = Path(urls[0]).parent if urlparse(urls[0]).scheme in ("", "file") else None
-    if local is not None and (local / INDEX).is_file():
+    if local is not None and has_index(local):
         return tasks_from_index(local, {Path(u).name for u in urls}, str(spec))
     first = next(read_tar(urls[0], "train"), None)
     if first is None:
@@ -232,6 +242,7 @@ def remove_old_shards(out: Path) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{out / INDEX}: not a shard index written by omnivec data shard ({e}); "
                         "choose another --output") from e
+    (out / INDEX).unlink()  # first: an index never lists shards that are gone
     for entry in old:
         (out / Path(entry["file"]).name).unlink(missing_ok=True)
 

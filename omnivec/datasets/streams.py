@@ -121,6 +121,8 @@ class StreamDataset(IterableDataset):
                     index = (self.offsets[k] + n if self.offsets[k] is not None
                              else zlib.crc32(f"{shard.name}:{key}".encode()))
                     n += 1
+                    if row.get("split") and shard.split and row["split"] != shard.split:
+                        continue  # e.g. a val sample in shards read without an index: never trained on
                     yield index, row
             except DataError as e:
                 if not self.skip_bad:
@@ -148,11 +150,16 @@ class StreamDataset(IterableDataset):
             return {"index": index, "error": row["error"]}
         try:
             x = seeded_load(lambda: load_sample(row, self.task.modality, self.transform), self.seed, self.epoch, index)
+            try:
+                target = encode_target(row, self.target_kind, self.class_index)
+            except (KeyError, TypeError) as e:
+                raise DataError(f"{row.get('where')}: no usable {self.target_kind} ({e!r}; classes: "
+                                f"{sorted(self.class_index)[:10]})") from e
         except DataError as e:
             if not self.skip_bad:
                 raise
             return {"index": index, "error": str(e)}
-        return {"index": index, "input": x, "target": encode_target(row, self.target_kind, self.class_index)}
+        return {"index": index, "input": x, "target": target}
 
 
 def relabel_row(row: dict[str, Any], label_map: Mapping[str, str]) -> dict[str, Any]:
