@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> Path:
              f"{minutes:.1f} minutes on this machine.", "",
              "| setting | overrides | final val loss | k-NN top-1 | linear top-1 |", "|---|---|---:|---:|---:|"]
     for name, r in results.items():
-        knn, linear = r.get("knn", {}), r.get("linear", {})
-        lines.append(f"| {name} | {' '.join(r.get('overrides', [])) or '-'} | "
-                     f"{r['val_loss']:.3f} | " if "val_loss" in r else f"| {name} | - | - | ")
-        lines[-1] += f"{knn.get('top1', float('nan')):.3f} | {linear.get('top1', linear.get('mAP', float('nan'))):.3f} |"
+        overrides = " ".join(r.get("overrides", [])) or "-"
+        loss = f"{r['val_loss']:.3f}" if "val_loss" in r else "-"
+        knn, linear = r["knn"].get("top1", float("nan")), r["linear"].get("top1", r["linear"].get("mAP", float("nan")))
+        lines.append(f"| {name} | {overrides} | {loss} | {knn:.3f} | {linear:.3f} |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
