@@ -138,6 +138,15 @@ class ModalityConfig:
 
 
 @dataclass
+class PatchConfig(ModalityConfig):
+    """Settings of a modality cut into patches of raw values (images, video, spectrograms)."""
+
+    # Masked pretraining target: each hidden patch standardised over its own values (MAE's
+    # norm_pix_loss); false: the model-ready values themselves (MAE's released visualisation models)
+    norm_pix_loss: bool = True
+
+
+@dataclass
 class AugmentConfig:
     """Training augmentation of one modality: `augment.MODALITY` of a recipe config. Each modality
     file subclasses it with its switches (0, "" or an empty range switches one off); a modality

@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from omnivec.cli import main
-from omnivec.config import HeadConfig, ModalityConfig, require
+from omnivec.config import HeadConfig, PatchConfig, require
 from omnivec.errors import DataError
 from omnivec.heads import TaskHead, masked_mean, register_head
 from omnivec.metrics import topk_accuracy
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 @dataclass
-class DepthConfig(ModalityConfig):
+class DepthConfig(PatchConfig):
     image_size: int = 8
     patch_size: int = 2
 

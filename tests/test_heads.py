@@ -64,6 +64,10 @@ def test_multi_label_head_loss_and_map():
     x, target = torch.randn(2, 4, 8), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     assert torch.allclose(head.loss(x, None, target), F.binary_cross_entropy_with_logits(head(x), target))
     assert head.metrics(target * 4 - 2, target) == {"mAP": 1.0}  # perfect ranking
+    smooth = MultiLabelHead(MultiLabelHeadConfig(modality="audio", num_classes=3, label_smoothing=0.3), 8)
+    smooth.load_state_dict(head.state_dict())
+    soft = torch.tensor([[0.8, 0.1, 0.8], [0.1, 0.8, 0.1]])  # 1 - 0.3 + 0.1 and 0.3 / 3
+    assert torch.allclose(smooth.loss(x, None, target), F.binary_cross_entropy_with_logits(head(x), soft))
 
 
 def test_action_head_attends_over_space_time_tokens():

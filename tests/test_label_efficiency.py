@@ -1,4 +1,4 @@
-"""recipes/label_efficiency.py end to end on a smoke-test budget: its table and plot."""
+"""recipes/label_efficiency.py and recipes/pretrain_ablation.py end to end on a smoke-test budget."""
 import importlib.util
 import json
 from pathlib import Path
@@ -8,12 +8,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
 @pytest.mark.integration
 def test_label_efficiency_quick(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the configs' paths are relative to the repository root
-    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "recipes" / "label_efficiency.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("label_efficiency")
     out = tmp_path / "le"
     args = ["--quick", "--tasks", "shapes", "spoken_mix", "--seeds", "0", "1", "--fractions", "0.25", "1",
             "--device", "cpu", "--output", str(out)]
@@ -35,3 +40,24 @@ def test_label_efficiency_quick(tmp_path, monkeypatch):
         "pretrain-all", "pretrain-point_cloud", "pretrain-audio"}
     recipe.main(args)  # a rerun finds every result done and only rewrites the report
     assert len((out / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+@pytest.mark.integration
+def test_pretrain_ablation_quick(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe("pretrain_ablation")
+    out = tmp_path / "ablation"
+    args = ["--quick", "--task", "shapes", "--variants", "baseline", "mask 0.5", "--blocks", "1", "--output", str(out)]
+    recipe.main(args)
+    results = json.loads((out / "ablation.json").read_text())
+    assert list(results) == ["baseline", "mask 0.5", "random init", "random init, block 1", "baseline, block 1",
+                             "mask 0.5, block 1"]
+    assert results["mask 0.5"]["overrides"] == ["model_overrides.modalities.point_cloud.mask_ratio=0.5"]
+    saved = {name: json.loads((out / name / "model" / "config.json").read_text()) for name in ("baseline", "mask_0.5")}
+    assert [saved[n]["modalities"]["point_cloud"]["mask_ratio"] for n in saved] == [0.6, 0.5]
+    for name, r in results.items():
+        assert 0 <= r["knn"]["top1"] <= 1 and 0 <= r["linear"]["top1"] <= 1, name
+    table = (out / "ablation.md").read_text()
+    assert table.count("\n| ") == len(results) + 1  # header and one row per setting
+    recipe.main(args)  # a rerun reuses the pretrained models
+    assert json.loads((out / "ablation.json").read_text()).keys() == results.keys()

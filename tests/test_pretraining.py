@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import omnivec
+from conftest import TINY
 from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from omnivec.config import from_dict
+from omnivec.modalities.base import fill_hidden
 from omnivec.modalities.point_cloud import chamfer_l2
 from omnivec.pretraining import MaskedPretrainer, PretrainConfig, pretrain
 
@@ -45,6 +47,20 @@ def test_audio_target_is_frequency_major(tiny_model):
     assert target.shape == (1, 6, 256)
     values = torch.arange(256.0)
     torch.testing.assert_close(target[0, 1], (values - values.mean()) / (values.var() + 1e-6).sqrt())
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio"])
+def test_norm_pix_loss_false_targets_the_raw_patches(modality):
+    cfg = omnivec.model_config("omnivec_tiny", **TINY, **{f"modalities.{modality}.norm_pix_loss": False})
+    enc = omnivec.OmniVecModel(cfg).encoders[modality]
+    x = omnivec.example_inputs(cfg, 2)[modality]
+    raw = enc.patchify(x)  # [B, L, P]
+    torch.testing.assert_close(enc.tokenize(x, with_target=True).target, raw)
+    mask = torch.zeros(raw.shape[:2], dtype=torch.bool)
+    mask[:, ::2] = True
+    pred = torch.randn(int(mask.sum()), raw.shape[-1])
+    assert torch.equal(fill_hidden(raw, pred, mask, standardised=False)[1][mask], pred)  # figures show it as is
+    assert not torch.allclose(fill_hidden(raw, pred, mask)[1][mask], pred)  # rescaled by each patch's statistics
 
 
 def test_point_target_is_groups_around_their_centres(tiny_model):

@@ -26,7 +26,11 @@ class MultiLabelHead(ClassificationHead):
     main_metric = "mAP"
 
     def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(self(x, padding_mask).float(), target.float())
+        """target: [B, num_classes] multi-hot, smoothed by `label_smoothing` as timm smooths one-hot
+        targets (1 -> 1 - eps + eps / C, 0 -> eps / C) -> binary cross-entropy."""
+        eps = self.cfg.label_smoothing
+        target = target.float() * (1 - eps) + eps / self.cfg.num_classes  # [B, C]
+        return F.binary_cross_entropy_with_logits(self(x, padding_mask).float(), target)
 
     def metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"mAP": mean_average_precision(predictions.sigmoid(), targets)}

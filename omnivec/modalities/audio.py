@@ -10,14 +10,14 @@ import torchaudio
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..config import AugmentConfig, PatchConfig, require, require_positive
 from ..datasets.readers import Blob, opened
 from ..errors import DataError, InputError
 from .base import ModalityEncoder, Tokens, register_modality
 
 
 @dataclass
-class AudioConfig(ModalityConfig):
+class AudioConfig(PatchConfig):
     sample_rate: int = 16000
     num_mel_bins: int = 128
     target_frames: int = 1024  # fbank frames per clip (10 ms each): longer clips are cropped, shorter padded

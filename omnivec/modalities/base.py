@@ -25,13 +25,16 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.layer_norm(patches, (P,), eps=eps * unbias) * unbias**0.5
 
 
-def fill_hidden(raw: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """raw: [n, L, P] true patches, pred: [N, P] standardised predictions of the N hidden ones ->
-    (patches with the hidden ones blank (NaN), patches with the hidden ones predicted); the
-    per-patch standardisation is undone with the true patch's statistics, as in MAE's figures."""
+def fill_hidden(raw: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, standardised: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """raw: [n, L, P] true patches, pred: [N, P] predictions of the N hidden ones -> (patches with the
+    hidden ones blank (NaN), patches with the hidden ones predicted); `standardised` predictions
+    (norm_pix_loss) are rescaled with the true patch's statistics, as in MAE's figures."""
     hidden = raw[mask]
     recon = raw.clone()
-    recon[mask] = pred * (hidden.var(-1, keepdim=True) + 1e-6).sqrt() + hidden.mean(-1, keepdim=True)
+    if standardised:
+        pred = pred * (hidden.var(-1, keepdim=True) + 1e-6).sqrt() + hidden.mean(-1, keepdim=True)
+    recon[mask] = pred
     blank = raw.clone()
     blank[mask] = float("nan")
     return blank, recon
@@ -176,9 +179,13 @@ class ModalityEncoder(nn.Module):
         raise NotImplementedError
 
     def patch_target(self, x: Any) -> torch.Tensor:
-        """[B, L, P] the reconstruction target: each token's raw values standardised (MAE's
-        normalised pixels)."""
-        return normalize_patches(self.patchify(x))
+        """[B, L, P] the reconstruction target of a patch modality (`PatchConfig`): `target_of` its patches."""
+        return self.target_of(self.patchify(x))
+
+    def target_of(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, L, P] raw patches -> the reconstruction target: each standardised over its P values
+        (MAE's norm_pix_loss) unless the modality's `norm_pix_loss` is false."""
+        return normalize_patches(patches) if self.cfg.norm_pix_loss else patches
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, L, P] -> the batch's layout again (inverse of `patchify`)."""
@@ -192,7 +199,7 @@ class ModalityEncoder(nn.Module):
         """(input, what the encoder saw (hidden tokens blank), reconstruction) for `display`, from a
         `MaskedPretrainer.reconstruct` result (pred [N, P] of the hidden tokens, mask [n, L])."""
         raw = self.patchify(x)  # [n, L, P]
-        blank, recon = fill_hidden(raw, result["pred"], result["mask"])
+        blank, recon = fill_hidden(raw, result["pred"], result["mask"], self.cfg.norm_pix_loss)
         return [self.display(self.unpatchify(p)) for p in (raw, blank, recon)]
 
     @classmethod

@@ -13,14 +13,14 @@ from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 from torchvision.transforms import v2
 
-from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..config import AugmentConfig, PatchConfig, require, require_positive
 from ..datasets.readers import Blob, opened
 from ..errors import DataError
-from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
+from .base import ModalityEncoder, Tokens, register_modality
 
 
 @dataclass
-class ImageConfig(ModalityConfig):
+class ImageConfig(PatchConfig):
     image_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
@@ -175,7 +175,7 @@ class ImageEncoder(ModalityEncoder):
         patches = patchify(x, self.cfg.patch_size)  # [B, L, C*p*p]
         proj = self.patch_embed.proj
         tokens = self.patch_embed.norm(F.linear(patches, proj.weight.flatten(1), proj.bias)) + self.pos_embed
-        return Tokens(tokens, target=normalize_patches(patches) if with_target else None)  # tokens [B, L, width]
+        return Tokens(tokens, target=self.target_of(patches) if with_target else None)  # tokens [B, L, width]
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, L, C*p*p] the pixels of each patch, row-major like the tokens."""

@@ -13,16 +13,16 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..config import AugmentConfig, PatchConfig, require, require_positive
 from ..datasets.readers import opened
 from ..errors import DataError, InputError
 from ..masking import Masking, tube_masking
-from .base import ModalityEncoder, Tokens, normalize_patches, register_modality
+from .base import ModalityEncoder, Tokens, register_modality
 from .image import ImageEncoder, denormalize, read_image
 
 
 @dataclass
-class VideoConfig(ModalityConfig):
+class VideoConfig(PatchConfig):
     num_frames: int = 16
     image_size: int = 224
     patch_size: int = 16
@@ -202,7 +202,7 @@ class VideoEncoder(ModalityEncoder):
         tubes = self.patchify(x)  # [B, L, tt*C*p*p]
         weight = self.patch_embed.weight.transpose(1, 2).flatten(1)  # [width, C, tt, p, p] -> [width, tt*C*p*p]
         tokens = nn.functional.linear(tubes, weight, self.patch_embed.bias) + self.pos_embed  # [B, L, width]
-        return Tokens(tokens, target=normalize_patches(tubes) if with_target else None)
+        return Tokens(tokens, target=self.target_of(tubes) if with_target else None)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, C, H, W] -> [B, L, tt*C*p*p] the pixels of each tubelet, time-major as the tokens."""
