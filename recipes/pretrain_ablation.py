@@ -3,7 +3,7 @@ under a few settings and judge each frozen backbone by k-NN and a linear probe o
 beside a randomly initialised backbone. One seed per setting: a screen, not a finding.
 
     python recipes/pretrain_ablation.py --task digits --output runs/pretrain-ablation
-    python recipes/pretrain_ablation.py --task shapes --variants baseline "1000 steps" --blocks 2
+    python recipes/pretrain_ablation.py --task shapes --variants baseline "200 steps" --blocks 2
 
 Writes OUTPUT/ablation.md and OUTPUT/ablation.json. Run from the repository root.
 """
