@@ -121,7 +121,9 @@ def label_efficiency_report(summary: list[Mapping[str, Any]], meta: Mapping[str,
              f"Pretrained backbone: {meta['pretrained']} ({meta['pretrain_steps']} pretraining steps); {seeds} seeds; "
              f"{meta['minutes']} minutes. Test split; mean ± sample standard deviation over the seeds."
              + (f" Fine-tuning steps per run: {', '.join(f'{t} {n}' for t, n in meta['steps'].items())}."
-                if meta.get("steps") else ""), "",
+                if meta.get("steps") else "")
+             + "".join(f" {what.capitalize()} overrides: `{' '.join(keys)}`." for what, keys in meta.get("overrides", {}).items()
+                       if keys), "",
              "## Fine-tuning: pretrained backbone vs scratch", "",
              "Each seed draws its own stratified subsample of the training labels and its own head initialisation. "
              "*target only*: the backbone pretrained for the same steps on the task's modality alone (at the smallest "

@@ -245,6 +245,24 @@ def to_device(x: Any, device: torch.device) -> Any:
     return x
 
 
+def fill_optimizer_state(optimizer: torch.optim.AdamW) -> None:
+    """Give every trainable parameter AdamW state, as AdamW creates it before a parameter's first
+    update (step 0, zero moments: numerically the same as none). Parameters that have had no
+    gradient yet (a modality the data lacks, or whose turn has not come) have none, and torch's
+    FSDP optimizer loading refuses a checkpoint that misses any."""
+    for group in optimizer.param_groups:
+        on_device = group["fused"] or group["capturable"]
+        for p in group["params"]:
+            if p.requires_grad and not optimizer.state[p]:
+                optimizer.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device) if on_device else torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    **({"max_exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                       if group["amsgrad"] else {}),
+                }
+
+
 class Trainer:
     """Runs `module(batch, step) -> {name: loss}` for `cfg.max_steps` optimizer steps over `batches`,
     where `batch` is `{key: {"input": ..., "target": ...}}` on the training device.
@@ -437,6 +455,8 @@ class Trainer:
     def save_checkpoint(self, batches: Any) -> Path:
         """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete
         (never weights holding NaN or Inf: `check_weights`)."""
+        from accelerate.utils import gather_object
+
         self.check_weights()
         folder = self.output_dir / CHECKPOINTS
         final, tmp = folder / f"step_{self.step:08d}", folder / f".tmp-step_{self.step:08d}"
@@ -444,11 +464,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
+        if self.accelerator.distributed_type == "FSDP":
+            fill_optimizer_state(self.optimizer.optimizer)
         self.accelerator.save_state(str(tmp / "state"), safe_serialization=True)
         data = [batches.state_dict()]
         if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
             data = gather_object(data)
         self.save_model(tmp / "model")
         self.accelerator.wait_for_everyone()  # every process's part of the state is written before it moves

@@ -291,3 +291,38 @@ def test_video_augmentation_treats_every_frame_of_a_clip_alike(tiny_config):
         with seeded(seed):
             clip = fn(frame.expand(6, -1, -1, -1))  # [T, C, S, S], T frames of one image
         assert all(torch.equal(clip[0], f) for f in clip) and not torch.equal(clip, plain(frame.expand(6, -1, -1, -1)))
+
+
+def test_point_cloud_augmentation_keeps_normals_normal_to_the_surface(tiny_config):
+    """With `normals`, columns 3:6 rotate with xyz and follow a per-axis scale by its inverse, so a
+    plane's points and its normals stay perpendicular; colours after them are left alone."""
+    from omnivec.modalities.point_cloud import PointCloudAugment
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 2 - 1
+    plane = torch.cat([xy, (0.5 * xy[:, :1] - 0.3 * xy[:, 1:])], dim=1)  # z = 0.5 x - 0.3 y
+    normal = torch.nn.functional.normalize(torch.tensor([-0.5, 0.3, 1.0]), dim=0).expand(200, 3)
+    colours = torch.rand(200, 3, generator=g)
+    points = torch.cat([plane, normal, colours], dim=1)  # [200, 9]
+    augment = PointCloudAugment(rotation=180.0, scale=(0.5, 2.0), anisotropic=True, translate=0.2, jitter=0.0,
+                                point_dropout=0.0)
+    with seeded(0):
+        out = augment(points.clone(), normals=True)
+    xyz, n = out[:, :3], out[:, 3:6]
+    assert torch.allclose(n.norm(dim=1), torch.ones(200), atol=1e-5)
+    assert ((xyz - xyz[:1]) @ n[0]).abs().max() < 1e-4  # every point still on the plane normal to n
+    assert not torch.allclose(n, normal, atol=1e-2) and torch.equal(out[:, 6:], colours)
+    with seeded(0):
+        plain = augment(points.clone())  # without normals, only xyz moves
+    assert torch.allclose(plain[:, :3], xyz) and torch.equal(plain[:, 3:], points[:, 3:])
+    cfg = tiny_config.modalities["point_cloud"]
+    with pytest.raises(omnivec.ConfigError, match="in_chans: expected at least 6 with normals=true"):
+        type(cfg)(normals=True, in_chans=3).validate("modalities.point_cloud")
+    from dataclasses import replace
+
+    from omnivec.modalities.point_cloud import PointCloudTransform
+
+    with seeded(0):
+        sampled = PointCloudTransform(replace(cfg, in_chans=6, normals=True), train=True, augment=augment)(points)
+    assert sampled.shape == (cfg.num_points, 6) and torch.allclose(sampled[:, 3:].norm(dim=1), torch.ones(cfg.num_points))
+    assert ((sampled[:, :3] - sampled[:1, :3]) @ sampled[0, 3:]).abs().max() < 1e-4  # the transform passed `normals`

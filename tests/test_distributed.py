@@ -126,3 +126,22 @@ def test_fsdp2_bf16_pretraining_saves_fp32_master_weights(tmp_path):
         trained = weights["backbone.blocks.0.mlp.fc1.weight"]
         assert not torch.equal(trained, trained.bfloat16().float()), folder  # fp32 values, not bf16 ones widened
     omnivec.OmniVecModel.from_pretrained(run_dir / "model")
+
+
+def test_fsdp2_pretraining_resumes_where_it_stopped(tmp_path):
+    """The model has three modalities and the data two, so the point-cloud encoder never gets a
+    gradient: the checkpoint still holds optimizer state for it (torch's FSDP loader refuses one
+    without), and the resumed steps are the uninterrupted run's."""
+    straight = pretrain_config(tmp_path, "straight", max_steps=6)
+    run(["pretrain", str(straight)], processes=2, fsdp=True)
+    checkpoint = tmp_path / "straight" / "checkpoints" / "step_00000004"
+    result = run(["pretrain", str(straight)], processes=2, fsdp=True, output_dir=tmp_path / "resumed",
+                 resume=checkpoint)
+    assert "resumed from" in result.stdout + result.stderr
+    records = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("straight", "resumed")}
+    losses = {name: {(r["step"], k): v for r in rs if "lr" in r for k, v in r.items() if k.startswith("loss/")}
+              for name, rs in records.items()}
+    assert sorted(losses["resumed"]) == [(5, "loss/image"), (5, "loss/text"), (6, "loss/image"), (6, "loss/text")]
+    for key, value in losses["resumed"].items():
+        assert value == pytest.approx(losses["straight"][key], abs=1e-5), key

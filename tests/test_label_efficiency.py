@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import omnivec
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,6 +42,37 @@ def test_label_efficiency_quick(tmp_path, monkeypatch):
         "pretrain-all", "pretrain-point_cloud", "pretrain-audio"}
     recipe.main(args)  # a rerun finds every result done and only rewrites the report
     assert len((out / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+@pytest.mark.integration
+def test_label_efficiency_overrides_and_no_target_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe("label_efficiency")
+    out = tmp_path / "le"
+    args = ["--quick", "--tasks", "shapes", "--seeds", "0", "--fractions", "0.5", "--no-target-only", "--device", "cpu",
+            "--output", str(out), "--pretrain-set", "model_overrides.modalities.point_cloud.mask_ratio=0.5"]
+    recipe.main(args + ["--set", "lr=1e-3", "--set", "tasks.shapes.head_args.dropout=0.2"])
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["init"] for r in records} == {"pretrained", "scratch", "random"}
+    assert {p.name for p in out.iterdir() if p.name.startswith("pretrain-")} == {"pretrain-all"}
+    pretrained = json.loads((out / "pretrain-all" / "model" / "config.json").read_text())
+    assert pretrained["modalities"]["point_cloud"]["mask_ratio"] == 0.5
+    finetuned = json.loads((out / "finetune" / "shapes-scratch-0.5-seed0" / "run_config.json").read_text())["config"]
+    assert finetuned["lr"] == 1e-3 and finetuned["tasks"]["shapes"]["head_args"] == {"dropout": 0.2}
+    assert "Fine-tuning overrides: `lr=1e-3 tasks.shapes.head_args.dropout=0.2`" in (out / "label_efficiency.md").read_text()
+    # the same settings spelled otherwise extend the folder; other settings are refused before any work
+    recipe.main(args + ["--seeds", "1", "--set", "tasks.shapes.head_args.dropout=0.2", "lr=0.001"])
+    assert len((out / "results.jsonl").read_text().splitlines()) > len(records)
+    with pytest.raises(SystemExit, match=r"fine-tuning.lr: 0.001 there, 0.002 now"):
+        recipe.main(args + ["--seeds", "2", "--set", "lr=2e-3", "tasks.shapes.head_args.dropout=0.2"])
+    with pytest.raises(SystemExit, match=r"pretraining.model_overrides.modalities.point_cloud.mask_ratio"):
+        recipe.main(args[:-1] + ["model_overrides.modalities.point_cloud.mask_ratio=0.7", "--set", "lr=1e-3",
+                                 "tasks.shapes.head_args.dropout=0.2"])
+    with pytest.raises(SystemExit, match="the recipe sets init, seed"):
+        recipe.main(["--quick", "--output", str(tmp_path / "bad"), "--set", "seed=3"])
+    with pytest.raises(omnivec.ConfigError, match="nonsense"):  # a bad key fails before any work
+        recipe.main(["--quick", "--tasks", "shapes", "--output", str(tmp_path / "bad"), "--pretrain-set", "nonsense=1"])
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.integration

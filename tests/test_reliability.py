@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 from safetensors.torch import load_file
 
 import omnivec
@@ -111,6 +112,38 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
     cfg = load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=4"])
     summary = pretrain(cfg)  # resumes from step 2, replaces the half-written step 4
     assert summary["steps"] == 4 and not list(checkpoints.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_filled_optimizer_state_is_the_state_adamw_would_create(fused):
+    """`fill_optimizer_state` (before FSDP checkpoints) gives a parameter that has had no gradient
+    the state AdamW creates at its first update, so training goes on bitwise as without it."""
+    from omnivec.training import fill_optimizer_state
+
+    def train(fill: bool) -> tuple[nn.Module, torch.optim.AdamW]:
+        torch.manual_seed(0)
+        model = nn.ModuleDict({"used": nn.Linear(4, 4), "idle": nn.Linear(4, 4)})
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.05, fused=fused)
+        for step in range(4):
+            model["used"](torch.randn(2, 4)).square().sum().backward()
+            if step >= 2:  # the idle module's turn comes after the fill
+                model["idle"](torch.randn(2, 4)).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step == 0 and fill:
+                assert not optimizer.state[model["idle"].weight]
+                fill_optimizer_state(optimizer)
+                state = optimizer.state[model["idle"].weight]
+                assert float(state["step"]) == 0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+        return model, optimizer
+
+    (filled, filled_opt), (plain, plain_opt) = train(True), train(False)
+    for (name, a), b in zip(filled.named_parameters(), plain.parameters()):
+        assert torch.equal(a, b), name
+    for a, b in zip(filled.parameters(), plain.parameters()):
+        for key, value in plain_opt.state[b].items():
+            assert filled_opt.state[a][key].dtype == value.dtype and filled_opt.state[a][key].device == value.device
+            assert torch.equal(filled_opt.state[a][key], value), key
 
 
 @pytest.mark.integration

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import AugmentConfig, ModalityConfig, require, require_positive
@@ -22,6 +23,7 @@ class PointCloudConfig(ModalityConfig):
     num_groups: int = 64
     group_size: int = 32
     in_chans: int = 3  # xyz, plus any extra channels (normals, colours)
+    normals: bool = False  # columns 3:6 are unit normals: augmentation rotates and rescales them with xyz
     pointnet_dims: tuple[int, ...] = (128, 256, 512)  # hidden widths of the group encoder (Point-MAE's)
     mask_ratio: float = 0.6  # Point-MAE
 
@@ -29,6 +31,8 @@ class PointCloudConfig(ModalityConfig):
         super().validate(prefix)
         require_positive(self, prefix, "num_points", "num_groups", "group_size")
         require(self.in_chans >= 3, f"{prefix}.in_chans", "at least 3 (xyz first)", self.in_chans)
+        require(not self.normals or self.in_chans >= 6, f"{prefix}.in_chans", "at least 6 with normals=true "
+                "(xyz, then normals)", self.in_chans)
         require(len(self.pointnet_dims) == 3 and min(self.pointnet_dims) > 0, f"{prefix}.pointnet_dims",
                 "three positive widths", self.pointnet_dims)
         for key in ("num_groups", "group_size"):
@@ -206,21 +210,28 @@ class PointCloudAugment(AugmentConfig):
             require(getattr(self, key) >= 0, f"{prefix}.{key}", "a number >= 0 (0: off)", getattr(self, key))
         require(0 <= self.point_dropout < 1, f"{prefix}.point_dropout", "a share in [0, 1)", self.point_dropout)
 
-    def __call__(self, points: torch.Tensor) -> torch.Tensor:
-        """points [N, C] (xyz first) -> [N, C]: xyz rotated, scaled, shifted and jittered, points dropped."""
+    def __call__(self, points: torch.Tensor, normals: bool = False) -> torch.Tensor:
+        """points [N, C] (xyz first) -> [N, C]: xyz rotated, scaled, shifted and jittered, points dropped.
+        With `normals`, columns 3:6 are unit normals: rotated with xyz, and under a per-axis scale
+        transformed by its inverse (the inverse transpose of a diagonal map) and renormalised."""
         xyz = points[:, :3]  # [N, 3]
+        normal = points[:, 3:6] if normals else None  # [N, 3]
         if self.rotation:
             angle = math.radians(float(torch.empty(()).uniform_(-self.rotation, self.rotation)))
             c, s = math.cos(angle), math.sin(angle)
-            xyz = xyz @ torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T
+            rotation = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            xyz = xyz @ rotation.T
+            normal = None if normal is None else normal @ rotation.T
         if self.scale:
-            xyz = xyz * torch.empty(3 if self.anisotropic else 1).uniform_(*self.scale)
+            scale = torch.empty(3 if self.anisotropic else 1).uniform_(*self.scale)  # [3] or [1]
+            xyz = xyz * scale
+            normal = None if normal is None else F.normalize(normal / scale, dim=1)
         if self.translate:
             xyz = xyz + torch.empty(3).uniform_(-self.translate, self.translate)
         if self.jitter:
             noise = self.jitter * torch.randn_like(xyz)
             xyz = xyz + (noise.clamp(-self.jitter_clip, self.jitter_clip) if self.jitter_clip else noise)
-        points = torch.cat([xyz, points[:, 3:]], dim=1)
+        points = torch.cat([xyz, points[:, 3:]] if normal is None else [xyz, normal, points[:, 6:]], dim=1)
         if self.point_dropout:
             dropped = torch.rand(len(points)) < float(torch.rand(())) * self.point_dropout  # [N]
             points[dropped] = points[0].clone()
@@ -239,7 +250,7 @@ class PointCloudTransform:
     """
 
     def __init__(self, cfg: PointCloudConfig, train: bool = False, augment: PointCloudAugment | None = None):
-        self.num_points, self.in_chans, self.train = cfg.num_points, cfg.in_chans, train
+        self.num_points, self.in_chans, self.normals, self.train = cfg.num_points, cfg.in_chans, cfg.normals, train
         self.augment = (augment or TRAIN_AUGMENT) if train else None
 
     def __call__(self, points) -> torch.Tensor:
@@ -257,7 +268,7 @@ class PointCloudTransform:
         points = points[idx].clone()  # [num_points, C]
         xyz = points[:, :3] - points[:, :3].mean(0)
         points[:, :3] = xyz / xyz.norm(dim=1).max().clamp(min=1e-8)
-        return self.augment(points) if self.augment else points
+        return self.augment(points, self.normals) if self.augment else points
 
 
 @register_modality("point_cloud")
