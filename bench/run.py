@@ -6,7 +6,8 @@ same run, peak memory (CUDA) and the ratio omnivec / reference.
     python bench/run.py --device cpu              # small shapes: a few minutes on 2 CPU cores
     python bench/run.py --device cuda             # the full shapes (ViT-B, 224 px, 16 frames, ...)
     python bench/run.py --device cpu --record     # also append the table to bench/RESULTS.md
-    python bench/run.py --device cuda --out DIR --profile   # table.md and a torch.profiler kernel summary per case in DIR
+    python bench/run.py --device cuda --out DIR --profile   # DIR/table.md, and DIR/profiles.txt: a torch.profiler kernel summary per case
+    python bench/run.py --device cpu --shapes cuda --smoke  # the full shapes at batch 2, once: no device time lost to a crash
 
 Cases: masked image pretraining (vs transformers ViTMAEForPreTraining), masked video pretraining
 (vs VideoMAEForPreTraining), audio classification fine-tuning (vs ASTForAudioClassification), a
@@ -258,8 +259,9 @@ def measure(cases: tuple[Case, ...], training: bool, s: dict, device: torch.devi
 
 
 def profile(cases: tuple[Case, ...], training: bool, name: str, device: torch.device, autocast, out: Path) -> None:
-    """`torch.profiler` over a few calls of each case -> OUT/NAME--IMPL.txt: the operators and
-    kernels by self time (CUDA time on a GPU), the top 30."""
+    """`torch.profiler` over a few calls of each case, appended to OUT/profiles.txt (one file: the
+    device tool brings back a few files only): the operators and kernels by self time (CUDA time
+    on a GPU), the top 30 per case."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -270,8 +272,9 @@ def profile(cases: tuple[Case, ...], training: bool, name: str, device: torch.de
             for _ in range(3):
                 case.run()
             sync(device)
-        slug = f"{name}--{case.name}".replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "")
-        (out / f"{slug}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=30))
+        table = prof.key_averages().table(sort_by=sort, row_limit=30)
+        with open(out / "profiles.txt", "a") as f:
+            f.write(f"## {name}: {case.name} (3 calls)\n\n{table}\n\n")
 
 
 def main() -> None:
@@ -282,14 +285,22 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these benchmarks (names as printed)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--out", type=Path, help="also write the table to OUT/table.md (and profiles there)")
-    parser.add_argument("--profile", action="store_true", help="write a torch.profiler summary per case to --out")
+    parser.add_argument("--profile", action="store_true", help="write a torch.profiler summary per case to --out/profiles.txt")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), help="the shape set (default: --device's)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every batch 2, one round of one step: checks that each case runs (times mean nothing)")
     args = parser.parse_args()
     if args.profile and not args.out:
         parser.error("--profile writes to --out DIR")
+    if args.smoke and args.record:
+        parser.error("--smoke times nothing worth recording")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "profiles.txt").unlink(missing_ok=True)
     device = torch.device(args.device)
-    s = SHAPES[args.device]
+    s = dict(SHAPES[args.shapes or args.device])
+    if args.smoke:
+        s.update({k: 2 for k in s if k.startswith("batch_")}, steps=1, rounds=1)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
@@ -298,7 +309,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     peak = matmul_peak(device, dtype)
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    header = [f"## {datetime.date.today()}: `python bench/run.py --device {args.device}`" + (f" --precision {precision}" if args.precision else ""),
+    options = "".join(f" --{k} {v}" for k, v in (("precision", args.precision), ("shapes", args.shapes)) if v)
+    header = [f"## {datetime.date.today()}: `python bench/run.py --device {args.device}{options}`" + (" --smoke" if args.smoke else ""),
               "", f"{machine}; torch {torch.__version__}, transformers {transformers.__version__}, timm {timm.__version__}; "
               f"{precision}; shapes: {s}; {precision} matmul peak measured {peak:.2f} TFLOP/s.", "",
               "| benchmark | implementation | step ms | samples/s | TFLOP/s | MFU | peak GiB | omnivec / this |",
