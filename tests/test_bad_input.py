@@ -230,3 +230,28 @@ def test_search_takes_a_model_when_the_index_outlived_its_folder(tmp_path, tiny_
     assert main(["search", "--index", str(tmp_path / "index"), "--query", str(query), "-k", "1",
                  "--model", str(tmp_path / "moved")]) == 0
     assert str(query.resolve()) in capsys.readouterr().out
+
+
+def test_point_cloud_normals_setting_refuses_a_file_whose_columns_are_colours(tmp_path, tiny_config):
+    """normals=true reads columns 3:6 as normals: a coloured cloud without normals has its colours
+    there, and is named instead of trained on with colours rotated as if they were normals."""
+    import open3d as o3d
+    from dataclasses import replace
+
+    from omnivec.datasets.readers import load_sample
+    from omnivec.modalities.point_cloud import PointCloudTransform
+
+    rng = np.random.default_rng(0)
+    xyz, colours = rng.normal(size=(64, 3)), rng.uniform(size=(64, 3))
+    plain, with_normals = tmp_path / "coloured.ply", tmp_path / "normals.ply"
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+    cloud.colors = o3d.utility.Vector3dVector(colours)
+    o3d.io.write_point_cloud(str(plain), cloud)
+    cloud.normals = o3d.utility.Vector3dVector(xyz / np.linalg.norm(xyz, axis=1, keepdims=True))
+    o3d.io.write_point_cloud(str(with_normals), cloud)
+    transform = PointCloudTransform(replace(tiny_config.modalities["point_cloud"], in_chans=6, normals=True))
+    with pytest.raises(DataError, match=rf"{plain}: .*normals=true expects unit normals in columns 3:6.*colours"):
+        load_sample({"path": plain}, "point_cloud", transform)
+    points = load_sample({"path": with_normals}, "point_cloud", transform)  # [num_points, 6]
+    assert torch.allclose(points[:, 3:].norm(dim=1), torch.ones(len(points)), atol=1e-5)
+    assert transform(np.zeros((5, 6), np.float32)).shape[1] == 6  # zero normals: points without one

@@ -243,6 +243,19 @@ class PointCloudAugment(AugmentConfig):
 TRAIN_AUGMENT = PointCloudAugment(scale=(0.8, 1.2), anisotropic=False, translate=0.0, jitter_clip=0.0, point_dropout=0.0)
 
 
+def check_normals(normals: torch.Tensor) -> None:
+    """`InputError` unless every row of normals [N, 3] is a unit vector (or zero: a point with no
+    normal). A file without normals puts its colours right after x, y, z, where they would pass
+    for normals unnoticed."""
+    length = normals.norm(dim=1)  # [N]
+    bad = ((length - 1).abs() > 0.02) & (length > 0)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise InputError(f"point_cloud: modalities.point_cloud.normals=true expects unit normals in columns 3:6, got "
+                         f"{[round(v, 3) for v in normals[i].tolist()]} (length {length[i]:.3f}) at point {i}; "
+                         "a file without normals has its colours there")
+
+
 class PointCloudTransform:
     """points [N, C] (array or tensor) -> [num_points, C]: resampled, centred, scaled to the unit sphere.
 
@@ -259,6 +272,8 @@ class PointCloudTransform:
             raise InputError(f"point_cloud: expected points [N >= 1, {self.in_chans}] (x, y, z first; "
                              f"modalities.point_cloud.in_chans), got shape {list(points.shape)}")
         points = points[:, : self.in_chans]  # extra columns (normals, colours) beyond in_chans are dropped
+        if self.normals:
+            check_normals(points[:, 3:6])
         n = points.shape[0]
         generator = None if self.train else torch.Generator().manual_seed(0)
         if n >= self.num_points:
