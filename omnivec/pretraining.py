@@ -256,10 +256,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     model = build_model_for(cfg)
     pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack)
     trainer = Trainer(cfg, pretrainer)
-    out = Path(cfg.output_dir)
-    if trainer.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    out = Path(cfg.output_dir)  # prepare_output_dir recorded the config there (run_config.json)
     acc = trainer.accelerator
     train = build_loaders(cfg.data, model, "train", cfg, train=True, rank=acc.process_index,
                           world_size=acc.num_processes)

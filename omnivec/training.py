@@ -122,7 +122,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-# What runs write in their output_dir; `overwrite=true` removes these, and only these.
+# What runs write in their output_dir; `overwrite=true` removes these, and only these (pretrain_config.json:
+# older runs recorded their config there too).
 RUN_OUTPUTS = ("model", "model_ema", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "eval.md", "summary.json",
                "loss.png", "reconstructions.png", "pretrain_config.json", RUN_CONFIG, TENSORBOARD)
 RUN_MARKERS = ("model", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "summary.json")  # a folder holds a run

@@ -37,7 +37,7 @@ from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, ta
 from omnivec.registry import HEADS
 from omnivec.reports import label_efficiency_report, summarize_runs
 from omnivec.tasks import FinetuneConfig, StageSpec, load_task_data
-from omnivec.training import RESUME_MAY_CHANGE, as_json, config_changes
+from omnivec.training import RESUME_MAY_CHANGE, RUN_CONFIG, as_json, config_changes
 
 TASKS = ["digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "acl_highlights"]
 # set per run or per backbone by the recipe, so not overridable
@@ -113,8 +113,9 @@ def pretrained_backbone(cfg: PretrainConfig, out: Path, modalities: list[str] | 
 
 def recorded_steps(model_dir: Path) -> int | None:
     """The max_steps a `pretrain` run recorded beside its model folder, if any."""
-    record = model_dir.parent / "pretrain_config.json"
-    return json.loads(record.read_text())["max_steps"] if record.is_file() else None
+    record = model_dir.parent / RUN_CONFIG
+    run = json.loads(record.read_text()) if record.is_file() else {}
+    return run["config"]["max_steps"] if run.get("recipe") == "pretrain" else None
 
 
 class Results:

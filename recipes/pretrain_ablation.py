@@ -28,6 +28,8 @@ VARIANTS = {
     "baseline": [],
     "200 steps": ["max_steps=200"],
     "mask 0.5": ["model_overrides.modalities.MODALITY.mask_ratio=0.5"],
+    "mask 0.75": ["model_overrides.modalities.MODALITY.mask_ratio=0.75"],
+    "patch 4": ["model_overrides.modalities.MODALITY.patch_size=4"],  # 4x the tokens (image, video, audio)
     "lr 1.5e-3": ["lr=1.5e-3"],
     "decoder 64 x 1": ["decoder.dim=64", "decoder.depth=1"],
     "pixel target": ["model_overrides.modalities.MODALITY.norm_pix_loss=false"],

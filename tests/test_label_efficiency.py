@@ -94,3 +94,15 @@ def test_pretrain_ablation_quick(tmp_path, monkeypatch):
     assert table.count("\n| ") == len(results) + 1  # header and one row per setting
     recipe.main(args)  # a rerun reuses the pretrained models
     assert json.loads((out / "ablation.json").read_text()).keys() == results.keys()
+
+
+def test_a_given_pretrained_model_reports_the_steps_its_pretraining_run_recorded(tmp_path):
+    recipe = load_recipe("label_efficiency")
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    assert recipe.recorded_steps(model_dir) is None  # no record beside it
+    record = tmp_path / "run" / "run_config.json"
+    record.write_text(json.dumps({"recipe": "pretrain", "config": {"max_steps": 3000}}))
+    assert recipe.recorded_steps(model_dir) == 3000
+    record.write_text(json.dumps({"recipe": "finetune", "config": {"max_steps": 150}}))
+    assert recipe.recorded_steps(model_dir) is None  # a fine-tuned model: not pretraining steps

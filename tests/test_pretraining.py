@@ -127,8 +127,9 @@ def test_two_step_run_writes_a_loadable_checkpoint(tmp_path):
     summary = pretrain(_config(tmp_path, max_steps=2))
     run = tmp_path / "run"
     assert summary["steps"] == 2 and set(summary["modalities"]) == {"image", "text", "point_cloud"}
-    for name in ("metrics.jsonl", "summary.json", "loss.png", "reconstructions.png", "pretrain_config.json"):
+    for name in ("metrics.jsonl", "summary.json", "loss.png", "reconstructions.png", "run_config.json"):
         assert (run / name).is_file(), name
+    assert json.loads((run / "run_config.json").read_text())["config"]["max_steps"] == 2
     checkpoint = run / "checkpoints" / "step_00000002"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 2
     loaded = omnivec.OmniVecModel.from_pretrained(checkpoint / "model")
