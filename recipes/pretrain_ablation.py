@@ -46,6 +46,10 @@ def first_blocks(model: OmniVecModel, depth: int) -> OmniVecModel:
     return model
 
 
+def shapes(model: OmniVecModel) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="digits", help="a classification task of --finetune-config")
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--output", default="runs/pretrain-ablation")
     p.add_argument("--pretrain-config", default="configs/pretrain/tiny.yaml")
     p.add_argument("--finetune-config", default="configs/finetune/sample_sequential.yaml")
+    p.add_argument("--seed", type=int, help="the pretraining seed (default: the pretrain config's)")
     p.add_argument("--quick", action="store_true", help="3 pretraining steps and 2 probe epochs, to check it runs")
     args = p.parse_args(argv)
     out = Path(args.output)
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
         overrides = [o.replace("MODALITY", modality) for o in VARIANTS[name]]
         cfg = load_recipe_config(PretrainConfig, args.pretrain_config, [
             f"output_dir={folder}", "device=cpu", "overwrite=true", "save_every=0", "eval_every=0", *overrides,
+            *([f"seed={args.seed}"] if args.seed is not None else []),
             *(["max_steps=3", "eval_batches=1", "plot_samples=1"] if args.quick else [])])
         cfg.data = {modality: cfg.data[modality]}
         cfg.weights = {m: w for m, w in cfg.weights.items() if m == modality}
@@ -80,6 +86,9 @@ def main(argv: list[str] | None = None) -> Path:
         summary = json.loads((folder / "summary.json").read_text())
         results[name] = {"overrides": overrides, "val_loss": summary["modalities"][modality]["val_end"]}
         models[name] = load_model(str(folder / "model"), cfg.model)
+        if shapes(models[name]) != shapes(models["random init"]):  # e.g. another patch size: its own random twin
+            torch.manual_seed(0)
+            models[f"random init, {name}"] = load_model(None, cfg.model, cfg.model_overrides)
     for name, model in list(models.items()):
         for depth in args.blocks:
             models[f"{name}, block {depth}"] = first_blocks(model, depth)
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "ablation.json").write_text(json.dumps(results, indent=2))
     lines = [f"# Pretraining ablation on {args.task} ({modality})", "",
              f"omnivec_tiny pretrained on {modality} alone from {args.pretrain_config} ({steps} steps unless "
-             f"said), one seed; frozen backbone judged on the test split: weighted k-NN (k=20) and a linear probe. "
+             f"said), one seed{'' if args.seed is None else f' ({args.seed})'}; frozen backbone judged on the test split: weighted k-NN (k=20) and a linear probe. "
              f"{minutes:.1f} minutes on this machine.", "",
              "| setting | overrides | final val loss | k-NN top-1 | linear top-1 |", "|---|---|---:|---:|---:|"]
     for name, r in results.items():

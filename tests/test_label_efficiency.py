@@ -96,6 +96,19 @@ def test_pretrain_ablation_quick(tmp_path, monkeypatch):
     assert json.loads((out / "ablation.json").read_text()).keys() == results.keys()
 
 
+@pytest.mark.integration
+def test_pretrain_ablation_compares_another_architecture_with_its_own_random_twin(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe("pretrain_ablation")
+    out = tmp_path / "ablation"
+    recipe.main(["--quick", "--task", "moving_digits", "--variants", "patch 4", "--seed", "3", "--output", str(out)])
+    results = json.loads((out / "ablation.json").read_text())
+    assert list(results) == ["patch 4", "random init", "random init, patch 4"]
+    run = json.loads((out / "patch_4" / "run_config.json").read_text())["config"]
+    assert run["seed"] == 3 and run["model_overrides"]["modalities"]["video"]["patch_size"] == 4
+    assert "one seed (3)" in (out / "ablation.md").read_text()
+
+
 def test_a_given_pretrained_model_reports_the_steps_its_pretraining_run_recorded(tmp_path):
     recipe = load_recipe("label_efficiency")
     model_dir = tmp_path / "run" / "model"
