@@ -310,7 +310,8 @@ def main() -> None:
     peak = matmul_peak(device, dtype)
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     options = "".join(f" --{k} {v}" for k, v in (("precision", args.precision), ("shapes", args.shapes)) if v)
-    header = [f"## {datetime.date.today()}: `python bench/run.py --device {args.device}{options}`" + (" --smoke" if args.smoke else ""),
+    options += " --smoke" if args.smoke else ""
+    header = [f"## {datetime.date.today()}: `python bench/run.py --device {args.device}{options}`",
               "", f"{machine}; torch {torch.__version__}, transformers {transformers.__version__}, timm {timm.__version__}; "
               f"{precision}; shapes: {s}; {precision} matmul peak measured {peak:.2f} TFLOP/s.", "",
               "| benchmark | implementation | step ms | samples/s | TFLOP/s | MFU | peak GiB | omnivec / this |",

@@ -47,6 +47,7 @@ def first_blocks(model: OmniVecModel, depth: int) -> OmniVecModel:
 
 
 def shapes(model: OmniVecModel) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape}: two models of one architecture have the same."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
