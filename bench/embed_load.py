@@ -7,6 +7,7 @@ file has exactly one row, in input order, and none failed.
 
 Without --model a random omnivec_tiny is saved and used (load, not accuracy, is measured).
 """
+
 import argparse
 import json
 import os
@@ -25,7 +26,9 @@ MIX = {"png": 0.6, "txt": 0.2, "flac": 0.1, "ply": 0.05, "mp4": 0.05}  # share o
 def make_files(root: Path, n: int) -> list[Path]:
     """`n` files under `root`, cycling over the sample files of each kind."""
     sources = {ext: sorted(SAMPLE.rglob(f"*.{ext}")) for ext in MIX if ext != "txt"}
-    texts = [json.loads(line)["text"] for line in (SAMPLE / "acl_highlights" / "manifest.jsonl").read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"] for line in (SAMPLE / "acl_highlights" / "manifest.jsonl").read_text().splitlines()
+    ]
     paths = []
     for ext, share in MIX.items():
         folder = root / ext
@@ -42,8 +45,22 @@ def make_files(root: Path, n: int) -> list[Path]:
 
 def run_embed(model: str, inputs: Path, output: Path, workers: int) -> dict:
     """Run the CLI and sample the resident memory of its process tree."""
-    command = [sys.executable, "-m", "omnivec", "embed", "--model", model, "--input", str(inputs),
-               "--output", str(output), "--num-workers", str(workers), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "omnivec",
+        "embed",
+        "--model",
+        model,
+        "--input",
+        str(inputs),
+        "--output",
+        str(output),
+        "--num-workers",
+        str(workers),
+        "--device",
+        "cpu",
+    ]
     start = time.perf_counter()
     process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_main = peak_tree = 0
@@ -58,8 +75,12 @@ def run_embed(model: str, inputs: Path, output: Path, workers: int) -> dict:
     log = process.stdout.read()
     if process.returncode:
         raise SystemExit(f"omnivec embed failed:\n{log[-3000:]}")
-    return {"seconds": time.perf_counter() - start, "peak_rss_main_mib": peak_main / 2**20,
-            "peak_rss_with_workers_mib": peak_tree / 2**20, "last_line": log.strip().splitlines()[-1]}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_rss_main_mib": peak_main / 2**20,
+        "peak_rss_with_workers_mib": peak_tree / 2**20,
+        "last_line": log.strip().splitlines()[-1],
+    }
 
 
 def check_rows(output: Path, paths: list[Path]) -> dict:

@@ -6,6 +6,7 @@
 Uses random model-ready batches (`omnivec.example_inputs`), so no file decoders are needed.
 Prints one line per check; exits non-zero when a loss is not finite or bf16 disagrees with fp32.
 """
+
 import argparse
 import json
 import tempfile
@@ -19,7 +20,6 @@ from omnivec.heads.summarization import SummarizationHead, SummarizationHeadConf
 from omnivec.pretraining import DecoderConfig, MaskedPretrainer
 from omnivec.training import TrainConfig, Trainer, to_device
 
-
 OFFLINE = {"modalities.text.tokenizer": "bytes"}  # the vocabulary size stays; no hub access needed
 
 
@@ -28,8 +28,10 @@ class RandomBatches:
 
     def __init__(self, config, batch_size: int, modalities):
         inputs = omnivec.example_inputs(config, batch_size)
-        self.batch = {m: {"input": inputs[m], "target": None, "index": torch.arange(batch_size), "skipped": []}
-                      for m in modalities}
+        self.batch = {
+            m: {"input": inputs[m], "target": None, "index": torch.arange(batch_size), "skipped": []}
+            for m in modalities
+        }
 
     def __iter__(self):
         return self
@@ -57,13 +59,23 @@ def peak_memory(device: torch.device) -> str:
     return f"{peak:.1f} GiB"
 
 
-def pretrain_throughput(variant: str, modalities, batch_size: int, steps: int, decoder: DecoderConfig,
-                        device: torch.device) -> float:
+def pretrain_throughput(
+    variant: str, modalities, batch_size: int, steps: int, decoder: DecoderConfig, device: torch.device
+) -> float:
     torch.manual_seed(0)
     model = omnivec.build_model(variant, **OFFLINE)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(output_dir=tmp, max_steps=steps, batch_size=batch_size, precision="bf16", log_every=steps,
-                          save_every=0, warmup_steps=2, num_workers=0, device="auto" if device.type == "cuda" else "cpu")
+        cfg = TrainConfig(
+            output_dir=tmp,
+            max_steps=steps,
+            batch_size=batch_size,
+            precision="bf16",
+            log_every=steps,
+            save_every=0,
+            warmup_steps=2,
+            num_workers=0,
+            device="auto" if device.type == "cuda" else "cpu",
+        )
         trainer = Trainer(cfg, MaskedPretrainer(model, decoder))
         batches = RandomBatches(model.config, batch_size, modalities)
         warm = {m: {"input": to_device(b["input"], trainer.device), "target": None} for m, b in batches.batch.items()}
@@ -79,9 +91,11 @@ def pretrain_throughput(variant: str, modalities, batch_size: int, steps: int, d
     losses = {k: v for k, v in last.items() if k.startswith("loss/")}
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
     rate = steps * batch_size / elapsed
-    print(f"pretrain {variant} {'+'.join(modalities)} batch {batch_size}: {rate:.0f} samples/s per modality, "
-          f"{elapsed / steps * 1000:.0f} ms/step, peak {peak_memory(device)}, "
-          f"last losses {({k[5:]: round(v, 3) for k, v in losses.items()})}")
+    print(
+        f"pretrain {variant} {'+'.join(modalities)} batch {batch_size}: {rate:.0f} samples/s per modality, "
+        f"{elapsed / steps * 1000:.0f} ms/step, peak {peak_memory(device)}, "
+        f"last losses { ({k[5:]: round(v, 3) for k, v in losses.items()}) }"
+    )
     return rate
 
 
@@ -101,8 +115,9 @@ def main() -> None:
     dec = DecoderConfig(dim=512, depth=8, num_heads=16)
     pretrain_throughput(args.variant, ["image"], batch["image"], args.steps, dec, device)
     pretrain_throughput(args.variant, ["video"], batch["video"], args.steps, dec, device)
-    pretrain_throughput(args.variant, ["image", "video", "audio", "text", "point_cloud"], batch["mixed"], args.steps,
-                        dec, device)
+    pretrain_throughput(
+        args.variant, ["image", "video", "audio", "text", "point_cloud"], batch["mixed"], args.steps, dec, device
+    )
 
     # embeddings: bf16 agrees with fp32
     torch.manual_seed(0)
@@ -128,7 +143,9 @@ def main() -> None:
     print(f"embed image batch {batch['embed']} bf16: {10 * batch['embed'] / (time.perf_counter() - start):.0f} img/s")
 
     # summarization head: teacher forcing and generation on the device
-    head = SummarizationHead(SummarizationHeadConfig(modality="text", dim=256, depth=2, max_new_tokens=32), 768).to(device)
+    head = SummarizationHead(SummarizationHeadConfig(modality="text", dim=256, depth=2, max_new_tokens=32), 768).to(
+        device
+    )
     hidden = torch.randn(batch["summary"], 64, 768, device=device)
     loss = head.loss(hidden, None, ["a short summary"] * batch["summary"])
     loss.backward()

@@ -9,6 +9,7 @@ machine cannot reach a model hub): the table then compares architectures trained
 downloaded (`pretrained: timm:NAME`, no checkpoint) and the numbers measure transfer.
 Writes results.json and results.md to --output.
 """
+
 import argparse
 import json
 import tempfile
@@ -32,22 +33,33 @@ DIGITS = Path(__file__).parents[1] / "data" / "sample" / "digits"
 ENCODERS = {
     "omnivec ViT (own patch encoder)": {"patch_size": 4},
     "timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": {
-        "pretrained": "timm:vit_tiny_patch16_224", "patch_size": 4,
-        "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2}},
+        "pretrained": "timm:vit_tiny_patch16_224",
+        "patch_size": 4,
+        "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2},
+    },
     # the same ViT as the shared trunk (its blocks and CLS token; the image modality its patch embedding
     # and positions) instead of an image encoder stacked on omnivec_tiny's random trunk (the row above)
     "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": {
-        "trunk": "timm:vit_tiny_patch16_224", "patch_size": 4,
-        "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2}},
+        "trunk": "timm:vit_tiny_patch16_224",
+        "patch_size": 4,
+        "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2},
+    },
     "timm EfficientNet-B0": {"pretrained": "timm:efficientnet_b0"},
     "timm CSPDarknet53": {"pretrained": "timm:cspdarknet53"},
 }
 
 
 # --hub: the published architecture (whose weights exist) instead of the small one
-HUB = {"timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": ("timm ViT (vit_tiny as published, patch 16)", {"patch_size": 16}),
-       "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": ("trunk from ViT (vit_tiny as published, patch 16)",
-                                                                  {"patch_size": 16})}
+HUB = {
+    "timm ViT (vit_tiny, 4 layers, 128 wide, patch 4)": (
+        "timm ViT (vit_tiny as published, patch 16)",
+        {"patch_size": 16},
+    ),
+    "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": (
+        "trunk from ViT (vit_tiny as published, patch 16)",
+        {"patch_size": 16},
+    ),
+}
 
 
 def random_checkpoint(image_cfg: dict, image_size: int, directory: Path, key: str = "pretrained") -> dict:
@@ -106,16 +118,34 @@ def main() -> None:
                 if "vit" in backbone["pretrained"] and not args.hub:
                     backbone["library_config"]["img_size"] = args.image_size
             run_dir = out / label.split(" (")[0].replace(" ", "_")
-            cfg = from_dict(FinetuneConfig, {
-                "model": "omnivec_base_vit" if backbone else "omnivec_tiny",
-                "model_overrides": {"backbone": backbone,
-                                    "modalities": {"video": None, "audio": None, "text": None, "point_cloud": None,
-                                                   "image": {"image_size": args.image_size, **image_cfg}}},
-                "tasks": {"digits": {"head": "classification", "data": [str(DIGITS)]}},
-                "stages": [{"tasks": ["digits"], "steps": args.steps}],
-                "batch_size": 32, "lr": 1e-3, "warmup_steps": 20, "weight_decay": 0.05, "num_workers": 1,
-                "log_every": 50, "save_every": 0, "output_dir": str(run_dir), "overwrite": True,
-            }, "")
+            cfg = from_dict(
+                FinetuneConfig,
+                {
+                    "model": "omnivec_base_vit" if backbone else "omnivec_tiny",
+                    "model_overrides": {
+                        "backbone": backbone,
+                        "modalities": {
+                            "video": None,
+                            "audio": None,
+                            "text": None,
+                            "point_cloud": None,
+                            "image": {"image_size": args.image_size, **image_cfg},
+                        },
+                    },
+                    "tasks": {"digits": {"head": "classification", "data": [str(DIGITS)]}},
+                    "stages": [{"tasks": ["digits"], "steps": args.steps}],
+                    "batch_size": 32,
+                    "lr": 1e-3,
+                    "warmup_steps": 20,
+                    "weight_decay": 0.05,
+                    "num_workers": 1,
+                    "log_every": 50,
+                    "save_every": 0,
+                    "output_dir": str(run_dir),
+                    "overwrite": True,
+                },
+                "",
+            )
             started = time.perf_counter()
             result = finetune(cfg)
             train_seconds = time.perf_counter() - started
@@ -123,19 +153,35 @@ def main() -> None:
             transform = model.transforms()["image"]
             images = torch.stack([transform(read_image(row["path"])) for row in test.rows[:64]])
             final = result["final"]["digits"]
-            rows.append({
-                "encoder": label, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-                "encoder_params_M": sum(p.numel() for p in model.encoders["image"].parameters()) / 1e6,
-                "top1": final["top1"], "top5": final["top5"], "test_samples": final["samples"],
-                "img_per_s": images_per_second(model, images), "train_seconds": train_seconds,
-            })
-    header = (f"Digits (sample data, {args.image_size} px, {args.steps} steps, "
-              f"{'hub weights' if args.hub else 'random init'}), omnivec_tiny backbone (128 x 4) unless the ViT is the trunk, "
-              f"{torch.get_num_threads()} CPU threads, fp32, batch 64 inference")
-    lines = [header, "", "| encoder | params (M, whole model) | image encoder (M) | top-1 | top-5 | img/s | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['encoder']} | {r['params_M']:.2f} | {r['encoder_params_M']:.2f} | {r['top1']:.3f} | "
-              f"{r['top5']:.3f} | {r['img_per_s']:.0f} | {r['train_seconds']:.0f} |" for r in rows]
+            rows.append(
+                {
+                    "encoder": label,
+                    "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                    "encoder_params_M": sum(p.numel() for p in model.encoders["image"].parameters()) / 1e6,
+                    "top1": final["top1"],
+                    "top5": final["top5"],
+                    "test_samples": final["samples"],
+                    "img_per_s": images_per_second(model, images),
+                    "train_seconds": train_seconds,
+                }
+            )
+    header = (
+        f"Digits (sample data, {args.image_size} px, {args.steps} steps, "
+        f"{'hub weights' if args.hub else 'random init'}), "
+        "omnivec_tiny backbone (128 x 4) unless the ViT is the trunk, "
+        f"{torch.get_num_threads()} CPU threads, fp32, batch 64 inference"
+    )
+    lines = [
+        header,
+        "",
+        "| encoder | params (M, whole model) | image encoder (M) | top-1 | top-5 | img/s | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['encoder']} | {r['params_M']:.2f} | {r['encoder_params_M']:.2f} | {r['top1']:.3f} | "
+        f"{r['top5']:.3f} | {r['img_per_s']:.0f} | {r['train_seconds']:.0f} |"
+        for r in rows
+    ]
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -8,6 +8,7 @@ One worker's rate is measured in the main process (num_workers=0: the work one w
 The default GPU throughput is the README's H200 figure for `omnivec_base` masked image
 pretraining in bf16 (1,180 images/s at batch 256); pass others per modality.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ from omnivec.datasets.loaders import task_loader
 from omnivec.datasets.shards import write_shards
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
-DATASETS = {"image": "digits", "audio": "spoken_digits", "video": "moving_digits", "point_cloud": "shapes",
-            "text": "acl_summaries"}
+DATASETS = {
+    "image": "digits",
+    "audio": "spoken_digits",
+    "video": "moving_digits",
+    "point_cloud": "shapes",
+    "text": "acl_summaries",
+}
 GPU_SAMPLES_PER_S = {"image": 1180.0}  # README: omnivec_base masked image pretraining, one H200, bf16
 
 
@@ -60,7 +66,9 @@ def main() -> None:
             files = find_tasks(SAMPLE / name)
             write_shards([SAMPLE / name], Path(tmp) / name, "50MB")
             shards = find_tasks(Path(tmp) / name)
-            rates = [rate(task_loader(model, tasks, "train", 8, 0, train=True), args.samples) for tasks in (files, shards)]
+            rates = [
+                rate(task_loader(model, tasks, "train", 8, 0, train=True), args.samples) for tasks in (files, shards)
+            ]
             need = f"{math.ceil(gpu[modality] / min(rates))}" if modality in gpu else "n/a"
             print(f"| {modality} | {rates[0]:.0f} | {rates[1]:.0f} | {gpu.get(modality, 'n/a')} | {need} |", flush=True)
 

@@ -6,8 +6,8 @@ same run, peak memory (CUDA) and the ratio omnivec / reference.
     python bench/run.py --device cpu              # small shapes: a few minutes on 2 CPU cores
     python bench/run.py --device cuda             # the full shapes (ViT-B, 224 px, 16 frames, ...)
     python bench/run.py --device cpu --record     # also append the table to bench/RESULTS.md
-    python bench/run.py --device cuda --out DIR --profile   # DIR/table.md, and DIR/profiles.txt: a torch.profiler kernel summary per case
-    python bench/run.py --device cpu --shapes cuda --smoke  # the full shapes at batch 2, once: no device time lost to a crash
+    python bench/run.py --device cuda --out DIR --profile   # DIR/table.md, DIR/profiles.txt (kernels per case)
+    python bench/run.py --device cpu --shapes cuda --smoke  # full shapes, batch 2, once (a crash costs no device time)
 
 Cases: masked image pretraining (vs transformers ViTMAEForPreTraining), masked video pretraining
 (vs VideoMAEForPreTraining), audio classification fine-tuning (vs ASTForAudioClassification), a
@@ -16,15 +16,16 @@ image embedding (vs timm ViT eager and compiled, transformers ViTModel) and text
 BertModel). Inputs are random model-ready tensors, so
 data loading is not measured.
 """
+
 import argparse
 import copy
 import datetime
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
@@ -39,14 +40,56 @@ from omnivec.training import compile_blocks, to_device
 
 SHAPES = {
     # width, depth, heads of the encoder/backbone; decoder; inputs; batches
-    "cpu": dict(dim=192, depth=4, heads=3, dec_dim=128, dec_depth=2, dec_heads=4, image=112, patch=16,
-                frames=8, video_image=64, mel=64, audio_frames=256, audio_stride=16, text_len=64,
-                batch_image=32, batch_video=8, batch_audio=16, batch_embed=64, batch_text=64, mixed_variant="omnivec_tiny",
-                batch_mixed=16, steps=3, rounds=9),
-    "cuda": dict(dim=768, depth=12, heads=12, dec_dim=512, dec_depth=8, dec_heads=16, image=224, patch=16,
-                 frames=16, video_image=224, mel=128, audio_frames=1024, audio_stride=10, text_len=128,
-                 batch_image=256, batch_video=32, batch_audio=128, batch_embed=512, batch_text=512,
-                 mixed_variant="omnivec_base", batch_mixed=32, steps=10, rounds=5),
+    "cpu": dict(
+        dim=192,
+        depth=4,
+        heads=3,
+        dec_dim=128,
+        dec_depth=2,
+        dec_heads=4,
+        image=112,
+        patch=16,
+        frames=8,
+        video_image=64,
+        mel=64,
+        audio_frames=256,
+        audio_stride=16,
+        text_len=64,
+        batch_image=32,
+        batch_video=8,
+        batch_audio=16,
+        batch_embed=64,
+        batch_text=64,
+        mixed_variant="omnivec_tiny",
+        batch_mixed=16,
+        steps=3,
+        rounds=9,
+    ),
+    "cuda": dict(
+        dim=768,
+        depth=12,
+        heads=12,
+        dec_dim=512,
+        dec_depth=8,
+        dec_heads=16,
+        image=224,
+        patch=16,
+        frames=16,
+        video_image=224,
+        mel=128,
+        audio_frames=1024,
+        audio_stride=10,
+        text_len=128,
+        batch_image=256,
+        batch_video=32,
+        batch_audio=128,
+        batch_embed=512,
+        batch_text=512,
+        mixed_variant="omnivec_base",
+        batch_mixed=32,
+        steps=10,
+        rounds=5,
+    ),
 }
 
 
@@ -78,7 +121,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / min(times) / 1e12
 
 
-def train_step(module: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], None]:
+def train_step(
+    module: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], device: torch.device
+) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True)  # the same optimizer for every case
 
     def step() -> None:
@@ -90,8 +135,13 @@ def train_step(module: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], dev
 
 
 def omnivec_model(modalities: dict, s: dict, heads: dict | None = None) -> OmniVecModel:
-    cfg = OmniVecConfig.from_dict({"backbone": {"dim": s["dim"], "depth": s["depth"], "num_heads": s["heads"]},
-                                   "modalities": modalities, "heads": heads or {}})
+    cfg = OmniVecConfig.from_dict(
+        {
+            "backbone": {"dim": s["dim"], "depth": s["depth"], "num_heads": s["heads"]},
+            "modalities": modalities,
+            "heads": heads or {},
+        }
+    )
     return OmniVecModel(cfg)
 
 
@@ -99,32 +149,68 @@ def image_pretraining(s: dict, device: torch.device) -> tuple[Case, Case]:
     B = s["batch_image"]
     x = torch.randn(B, 3, s["image"], s["image"], device=device)
     decoder = DecoderConfig(dim=s["dec_dim"], depth=s["dec_depth"], num_heads=s["dec_heads"])
-    ours = MaskedPretrainer(omnivec_model({"image": {"image_size": s["image"], "patch_size": s["patch"],
-                                                     "mask_ratio": 0.75}}, s), decoder).to(device).train()
+    ours = (
+        MaskedPretrainer(
+            omnivec_model({"image": {"image_size": s["image"], "patch_size": s["patch"], "mask_ratio": 0.75}}, s),
+            decoder,
+        )
+        .to(device)
+        .train()
+    )
     config = transformers.ViTMAEConfig(
-        hidden_size=s["dim"], num_hidden_layers=s["depth"], num_attention_heads=s["heads"], intermediate_size=4 * s["dim"],
-        image_size=s["image"], patch_size=s["patch"], mask_ratio=0.75, norm_pix_loss=True,
-        decoder_hidden_size=s["dec_dim"], decoder_num_hidden_layers=s["dec_depth"],
-        decoder_num_attention_heads=s["dec_heads"], decoder_intermediate_size=4 * s["dec_dim"],
-        attn_implementation="sdpa")
+        hidden_size=s["dim"],
+        num_hidden_layers=s["depth"],
+        num_attention_heads=s["heads"],
+        intermediate_size=4 * s["dim"],
+        image_size=s["image"],
+        patch_size=s["patch"],
+        mask_ratio=0.75,
+        norm_pix_loss=True,
+        decoder_hidden_size=s["dec_dim"],
+        decoder_num_hidden_layers=s["dec_depth"],
+        decoder_num_attention_heads=s["dec_heads"],
+        decoder_intermediate_size=4 * s["dec_dim"],
+        attn_implementation="sdpa",
+    )
     ref = transformers.ViTMAEForPreTraining(config).to(device).train()
     step = iter(range(10**9))
-    return (Case("omnivec", B, train_step(ours, lambda: ours({"image": {"input": x}}, next(step))["image"], device)),
-            Case("transformers ViTMAEForPreTraining", B, train_step(ref, lambda: ref(pixel_values=x).loss, device)))
+    return (
+        Case("omnivec", B, train_step(ours, lambda: ours({"image": {"input": x}}, next(step))["image"], device)),
+        Case("transformers ViTMAEForPreTraining", B, train_step(ref, lambda: ref(pixel_values=x).loss, device)),
+    )
 
 
 def video_pretraining(s: dict, device: torch.device) -> tuple[Case, Case]:
     B, T, S, p, t = s["batch_video"], s["frames"], s["video_image"], s["patch"], 2
     x = torch.randn(B, T, 3, S, S, device=device)
     decoder = DecoderConfig(dim=s["dec_dim"], depth=s["dec_depth"], num_heads=s["dec_heads"])
-    ours = MaskedPretrainer(omnivec_model({"video": {"num_frames": T, "image_size": S, "patch_size": p,
-                                                     "tubelet_size": t, "mask_ratio": 0.9}}, s), decoder).to(device).train()
+    ours = (
+        MaskedPretrainer(
+            omnivec_model(
+                {"video": {"num_frames": T, "image_size": S, "patch_size": p, "tubelet_size": t, "mask_ratio": 0.9}}, s
+            ),
+            decoder,
+        )
+        .to(device)
+        .train()
+    )
     config = transformers.VideoMAEConfig(
-        hidden_size=s["dim"], num_hidden_layers=s["depth"], num_attention_heads=s["heads"], intermediate_size=4 * s["dim"],
-        image_size=S, patch_size=p, num_frames=T, tubelet_size=t, norm_pix_loss=True, use_mean_pooling=False,
-        decoder_hidden_size=s["dec_dim"], decoder_num_hidden_layers=s["dec_depth"],
-        decoder_num_attention_heads=s["dec_heads"], decoder_intermediate_size=4 * s["dec_dim"],
-        attn_implementation="sdpa")
+        hidden_size=s["dim"],
+        num_hidden_layers=s["depth"],
+        num_attention_heads=s["heads"],
+        intermediate_size=4 * s["dim"],
+        image_size=S,
+        patch_size=p,
+        num_frames=T,
+        tubelet_size=t,
+        norm_pix_loss=True,
+        use_mean_pooling=False,
+        decoder_hidden_size=s["dec_dim"],
+        decoder_num_hidden_layers=s["dec_depth"],
+        decoder_num_attention_heads=s["dec_heads"],
+        decoder_intermediate_size=4 * s["dec_dim"],
+        attn_implementation="sdpa",
+    )
     ref = transformers.VideoMAEForPreTraining(config).to(device).train()
     spatial, frames = (S // p) ** 2, T // t
     hidden = int(0.9 * spatial)
@@ -136,26 +222,58 @@ def video_pretraining(s: dict, device: torch.device) -> tuple[Case, Case]:
         return mask.repeat(1, frames)  # [B, frames * spatial]
 
     step = iter(range(10**9))
-    return (Case("omnivec", B, train_step(ours, lambda: ours({"video": {"input": x}}, next(step))["video"], device)),
-            Case("transformers VideoMAEForPreTraining", B,
-                 train_step(ref, lambda: ref(pixel_values=x, bool_masked_pos=tube_mask()).loss, device)))
+    return (
+        Case("omnivec", B, train_step(ours, lambda: ours({"video": {"input": x}}, next(step))["video"], device)),
+        Case(
+            "transformers VideoMAEForPreTraining",
+            B,
+            train_step(ref, lambda: ref(pixel_values=x, bool_masked_pos=tube_mask()).loss, device),
+        ),
+    )
 
 
 def audio_finetuning(s: dict, device: torch.device) -> tuple[Case, Case]:
     B, stride = s["batch_audio"], s["audio_stride"]
     x = torch.randn(B, s["audio_frames"], s["mel"], device=device)
     y = torch.randint(10, (B,), device=device)
-    ours = omnivec_model({"audio": {"num_mel_bins": s["mel"], "target_frames": s["audio_frames"], "patch_size": 16,
-                                    "patch_stride": stride}}, s,
-                         heads={"clips": {"type": "classification", "modality": "audio", "num_classes": 10}}).to(device).train()
+    ours = (
+        omnivec_model(
+            {
+                "audio": {
+                    "num_mel_bins": s["mel"],
+                    "target_frames": s["audio_frames"],
+                    "patch_size": 16,
+                    "patch_stride": stride,
+                }
+            },
+            s,
+            heads={"clips": {"type": "classification", "modality": "audio", "num_classes": 10}},
+        )
+        .to(device)
+        .train()
+    )
     config = transformers.ASTConfig(
-        hidden_size=s["dim"], num_hidden_layers=s["depth"], num_attention_heads=s["heads"], intermediate_size=4 * s["dim"],
-        num_mel_bins=s["mel"], max_length=s["audio_frames"], patch_size=16, frequency_stride=stride, time_stride=stride,
-        num_labels=10, attn_implementation="sdpa")
+        hidden_size=s["dim"],
+        num_hidden_layers=s["depth"],
+        num_attention_heads=s["heads"],
+        intermediate_size=4 * s["dim"],
+        num_mel_bins=s["mel"],
+        max_length=s["audio_frames"],
+        patch_size=16,
+        frequency_stride=stride,
+        time_stride=stride,
+        num_labels=10,
+        attn_implementation="sdpa",
+    )
     ref = transformers.ASTForAudioClassification(config).to(device).train()
-    return (Case("omnivec", B, train_step(ours, lambda: F.cross_entropy(ours({"audio": x}).logits["clips"], y), device)),
-            Case("transformers ASTForAudioClassification", B,
-                 train_step(ref, lambda: ref(input_values=x, labels=y).loss, device)))
+    return (
+        Case("omnivec", B, train_step(ours, lambda: F.cross_entropy(ours({"audio": x}).logits["clips"], y), device)),
+        Case(
+            "transformers ASTForAudioClassification",
+            B,
+            train_step(ref, lambda: ref(input_values=x, labels=y).loss, device),
+        ),
+    )
 
 
 def mixed_pretraining(s: dict, device: torch.device) -> tuple[Case, Case]:
@@ -165,14 +283,21 @@ def mixed_pretraining(s: dict, device: torch.device) -> tuple[Case, Case]:
     ours = ours.to(device).train()
     packed = copy.deepcopy(ours)
     packed.pack = True  # one backbone pass over the five modalities (omnivec/packing.py)
-    inputs = {m: {"input": to_device(x, device)}
-              for m, x in omnivec.example_inputs(config, s["batch_mixed"]).items()}
+    inputs = {m: {"input": to_device(x, device)} for m, x in omnivec.example_inputs(config, s["batch_mixed"]).items()}
     steps = iter(range(10**9)), iter(range(10**9))  # the same masks, step by step, for both
     samples = s["batch_mixed"] * len(inputs)
-    return (Case(f"omnivec ({s['mixed_variant']}, 5 modalities)", samples,
-                 train_step(ours, lambda: sum(ours(inputs, next(steps[0])).values()), device)),
-            Case(f"omnivec packed ({s['mixed_variant']}, 5 modalities)", samples,
-                 train_step(packed, lambda: sum(packed(inputs, next(steps[1])).values()), device)))
+    return (
+        Case(
+            f"omnivec ({s['mixed_variant']}, 5 modalities)",
+            samples,
+            train_step(ours, lambda: sum(ours(inputs, next(steps[0])).values()), device),
+        ),
+        Case(
+            f"omnivec packed ({s['mixed_variant']}, 5 modalities)",
+            samples,
+            train_step(packed, lambda: sum(packed(inputs, next(steps[1])).values()), device),
+        ),
+    )
 
 
 def image_embedding(s: dict, device: torch.device) -> tuple[Case, ...]:
@@ -181,18 +306,39 @@ def image_embedding(s: dict, device: torch.device) -> tuple[Case, ...]:
     ours = omnivec_model({"image": {"image_size": s["image"], "patch_size": s["patch"]}}, s).to(device).eval()
     ours_compiled = omnivec_model({"image": {"image_size": s["image"], "patch_size": s["patch"]}}, s).to(device).eval()
     compile_blocks(ours_compiled)
-    vit = dict(img_size=s["image"], patch_size=s["patch"], embed_dim=s["dim"], depth=s["depth"], num_heads=s["heads"],
-               num_classes=0)
+    vit = dict(
+        img_size=s["image"],
+        patch_size=s["patch"],
+        embed_dim=s["dim"],
+        depth=s["depth"],
+        num_heads=s["heads"],
+        num_classes=0,
+    )
     timm_eager = timm.create_model("vit_base_patch16_224", **vit).to(device).eval()
     timm_compiled = torch.compile(timm.create_model("vit_base_patch16_224", **vit).to(device).eval())
-    hf = transformers.ViTModel(transformers.ViTConfig(
-        hidden_size=s["dim"], num_hidden_layers=s["depth"], num_attention_heads=s["heads"], intermediate_size=4 * s["dim"],
-        image_size=s["image"], patch_size=s["patch"], attn_implementation="sdpa"), add_pooling_layer=False).to(device).eval()
-    return (Case("omnivec", B, lambda: ours.embed({"image": x})),
-            Case("omnivec (torch.compile)", B, lambda: ours_compiled.embed({"image": x})),
-            Case("timm ViT (eager)", B, lambda: timm_eager(x)),
-            Case("timm ViT (torch.compile)", B, lambda: timm_compiled(x)),
-            Case("transformers ViTModel", B, lambda: hf(pixel_values=x).last_hidden_state))
+    hf = (
+        transformers.ViTModel(
+            transformers.ViTConfig(
+                hidden_size=s["dim"],
+                num_hidden_layers=s["depth"],
+                num_attention_heads=s["heads"],
+                intermediate_size=4 * s["dim"],
+                image_size=s["image"],
+                patch_size=s["patch"],
+                attn_implementation="sdpa",
+            ),
+            add_pooling_layer=False,
+        )
+        .to(device)
+        .eval()
+    )
+    return (
+        Case("omnivec", B, lambda: ours.embed({"image": x})),
+        Case("omnivec (torch.compile)", B, lambda: ours_compiled.embed({"image": x})),
+        Case("timm ViT (eager)", B, lambda: timm_eager(x)),
+        Case("timm ViT (torch.compile)", B, lambda: timm_compiled(x)),
+        Case("transformers ViTModel", B, lambda: hf(pixel_values=x).last_hidden_state),
+    )
 
 
 def text_embedding(s: dict, device: torch.device) -> tuple[Case, Case]:
@@ -200,11 +346,25 @@ def text_embedding(s: dict, device: torch.device) -> tuple[Case, Case]:
     ids = torch.randint(5, 30522, (B, L), device=device)
     mask = torch.ones(B, L, dtype=torch.long, device=device)
     ours = omnivec_model({"text": {"vocab_size": 30522, "max_length": L}}, s).to(device).eval()
-    bert = transformers.BertModel(transformers.BertConfig(
-        hidden_size=s["dim"], num_hidden_layers=s["depth"], num_attention_heads=s["heads"], intermediate_size=4 * s["dim"],
-        max_position_embeddings=max(512, L), attn_implementation="sdpa"), add_pooling_layer=False).to(device).eval()
-    return (Case("omnivec", B, lambda: ours.embed({"text": {"input_ids": ids, "attention_mask": mask}})),
-            Case("transformers BertModel", B, lambda: bert(input_ids=ids, attention_mask=mask).last_hidden_state))
+    bert = (
+        transformers.BertModel(
+            transformers.BertConfig(
+                hidden_size=s["dim"],
+                num_hidden_layers=s["depth"],
+                num_attention_heads=s["heads"],
+                intermediate_size=4 * s["dim"],
+                max_position_embeddings=max(512, L),
+                attn_implementation="sdpa",
+            ),
+            add_pooling_layer=False,
+        )
+        .to(device)
+        .eval()
+    )
+    return (
+        Case("omnivec", B, lambda: ours.embed({"text": {"input_ids": ids, "attention_mask": mask}})),
+        Case("transformers BertModel", B, lambda: bert(input_ids=ids, attention_mask=mask).last_hidden_state),
+    )
 
 
 BENCHMARKS = {
@@ -253,8 +413,15 @@ def measure(cases: tuple[Case, ...], training: bool, s: dict, device: torch.devi
                     peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated())
     for case, t, f, peak in zip(cases, times, flops, peaks):
         median = statistics.median(t)
-        results.append({"impl": case.name, "step_ms": median * 1e3, "samples_per_s": case.samples / median,
-                        "tflops": f / median / 1e12, "peak_gib": peak / 2**30 if device.type == "cuda" else None})
+        results.append(
+            {
+                "impl": case.name,
+                "step_ms": median * 1e3,
+                "samples_per_s": case.samples / median,
+                "tflops": f / median / 1e12,
+                "peak_gib": peak / 2**30 if device.type == "cuda" else None,
+            }
+        )
     return results
 
 
@@ -262,7 +429,8 @@ def profile(cases: tuple[Case, ...], training: bool, name: str, device: torch.de
     """`torch.profiler` over a few calls of each case, appended to OUT/profiles.txt (one file: the
     device tool brings back a few files only): the operators and kernels by self time (CUDA time
     on a GPU), the top 30 per case."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     grad = torch.enable_grad if training else torch.inference_mode
@@ -280,15 +448,21 @@ def profile(cases: tuple[Case, ...], training: bool, name: str, device: torch.de
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default=None, choices=["fp32", "bf16"],
-                        help="default: bf16 autocast on cuda, fp32 on cpu")
+    parser.add_argument(
+        "--precision", default=None, choices=["fp32", "bf16"], help="default: bf16 autocast on cuda, fp32 on cpu"
+    )
     parser.add_argument("--only", nargs="*", help="run only these benchmarks (names as printed)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--out", type=Path, help="also write the table to OUT/table.md (and profiles there)")
-    parser.add_argument("--profile", action="store_true", help="write a torch.profiler summary per case to --out/profiles.txt")
+    parser.add_argument(
+        "--profile", action="store_true", help="write a torch.profiler summary per case to --out/profiles.txt"
+    )
     parser.add_argument("--shapes", choices=sorted(SHAPES), help="the shape set (default: --device's)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="every batch 2, one round of one step: checks that each case runs (times mean nothing)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every batch 2, one round of one step: checks that each case runs (times mean nothing)",
+    )
     args = parser.parse_args()
     if args.profile and not args.out:
         parser.error("--profile writes to --out DIR")
@@ -308,14 +482,22 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     peak = matmul_peak(device, dtype)
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     options = "".join(f" --{k} {v}" for k, v in (("precision", args.precision), ("shapes", args.shapes)) if v)
     options += " --smoke" if args.smoke else ""
-    header = [f"## {datetime.date.today()}: `python bench/run.py --device {args.device}{options}`",
-              "", f"{machine}; torch {torch.__version__}, transformers {transformers.__version__}, timm {timm.__version__}; "
-              f"{precision}; shapes: {s}; {precision} matmul peak measured {peak:.2f} TFLOP/s.", "",
-              "| benchmark | implementation | step ms | samples/s | TFLOP/s | MFU | peak GiB | omnivec / this |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = [
+        f"## {datetime.date.today()}: `python bench/run.py --device {args.device}{options}`",
+        "",
+        f"{machine}; torch {torch.__version__}, transformers {transformers.__version__}, timm {timm.__version__}; "
+        f"{precision}; shapes: {s}; {precision} matmul peak measured {peak:.2f} TFLOP/s.",
+        "",
+        "| benchmark | implementation | step ms | samples/s | TFLOP/s | MFU | peak GiB | omnivec / this |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     print("\n".join(header), flush=True)
     lines = []
     for name, (build, training) in BENCHMARKS.items():
@@ -331,8 +513,10 @@ def main() -> None:
             ours = compiled if "torch.compile" in r["impl"] else results[0]  # like for like
             ratio = "" if r["impl"].startswith("omnivec") else f"{ours['samples_per_s'] / r['samples_per_s']:.2f}x"
             peak_gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
-            line = (f"| {name} | {r['impl']} | {r['step_ms']:.1f} | {r['samples_per_s']:.1f} | {r['tflops']:.3f} | "
-                    f"{100 * r['tflops'] / peak:.1f}% | {peak_gib} | {ratio} |")
+            line = (
+                f"| {name} | {r['impl']} | {r['step_ms']:.1f} | {r['samples_per_s']:.1f} | {r['tflops']:.3f} | "
+                f"{100 * r['tflops'] / peak:.1f}% | {peak_gib} | {ratio} |"
+            )
             lines.append(line)
             print(line, flush=True)
         del cases
@@ -342,7 +526,11 @@ def main() -> None:
         (args.out / "table.md").write_text("\n".join(header + lines) + "\n")
     if args.record:
         path = Path(__file__).parent / "RESULTS.md"
-        text = path.read_text() if path.is_file() else "# Benchmark results\n\nAppended by `python bench/run.py --record`.\n"
+        text = (
+            path.read_text()
+            if path.is_file()
+            else "# Benchmark results\n\nAppended by `python bench/run.py --record`.\n"
+        )
         path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(header + lines) + "\n")
 
 

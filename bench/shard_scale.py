@@ -8,6 +8,7 @@ Reports the shard writing rate, the epoch's samples/s, the resident memory of th
 processes (main + workers) sampled every second (it should stay flat, not grow with the dataset),
 and whether every sample came exactly once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,20 @@ from omnivec.datasets.loaders import task_loader
 from omnivec.datasets.shards import write_shards
 
 MODALITIES = ("image", "audio", "text", "point_cloud")
-MODEL = {"backbone": {"dim": 32, "depth": 1, "num_heads": 2},
-         "modalities": {"video": None, "image": {"image_size": 32, "patch_size": 8},
-                        "audio": {"num_mel_bins": 32, "target_frames": 32, "patch_size": 8, "patch_stride": 8},
-                        "text": {"tokenizer": str(Path(__file__).parents[1] / "data" / "sample" / "tokenizer"),
-                                 "vocab_size": 4000, "max_length": 16},
-                        "point_cloud": {"num_points": 32, "num_groups": 4, "group_size": 8,
-                                        "pointnet_dims": [16, 32, 32]}}}
+MODEL = {
+    "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
+    "modalities": {
+        "video": None,
+        "image": {"image_size": 32, "patch_size": 8},
+        "audio": {"num_mel_bins": 32, "target_frames": 32, "patch_size": 8, "patch_stride": 8},
+        "text": {
+            "tokenizer": str(Path(__file__).parents[1] / "data" / "sample" / "tokenizer"),
+            "vocab_size": 4000,
+            "max_length": 16,
+        },
+        "point_cloud": {"num_points": 32, "num_groups": 4, "group_size": 8, "pointnet_dims": [16, 32, 32]},
+    },
+}
 
 
 def encoded(modality: str, i: int, rng: np.random.Generator) -> tuple[str, bytes]:
@@ -66,8 +74,9 @@ def write_files(root: Path, n: int) -> None:
             for i in range(n // len(MODALITIES)):
                 suffix, data = encoded(modality, i, rng)
                 (folder / "files" / f"{i:07d}{suffix}").write_bytes(data)
-                manifest.write(json.dumps({"path": f"files/{i:07d}{suffix}", "label": str(i % 10),
-                                           "split": "train"}) + "\n")
+                manifest.write(
+                    json.dumps({"path": f"files/{i:07d}{suffix}", "label": str(i % 10), "split": "train"}) + "\n"
+                )
 
 
 class MemorySampler(threading.Thread):
@@ -107,8 +116,11 @@ def main() -> None:
     index = write_shards([out / "files" / m for m in MODALITIES], out / "shards", "4MB")
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in (out / "shards").glob("*.tar")) / 2**20
-    print(f"sharded into {len(index['shards'])} shards ({size:.0f} MiB) in {seconds:.0f}s "
-          f"({args.samples / seconds:.0f} samples/s)", flush=True)
+    print(
+        f"sharded into {len(index['shards'])} shards ({size:.0f} MiB) in {seconds:.0f}s "
+        f"({args.samples / seconds:.0f} samples/s)",
+        flush=True,
+    )
 
     torch.set_num_threads(1)
     model = omnivec.build_model("omnivec_tiny", **MODEL)
@@ -128,11 +140,13 @@ def main() -> None:
     rss = [m for _, m in memory.samples]
     tenths = [rss[min(len(rss) - 1, int(len(rss) * q / 10))] for q in range(1, 11)]
     exact = all(sorted(v) == list(range(tasks[m].stream.count("train"))) for m, v in seen.items())
-    print(f"epoch: {total} samples in {seconds:.0f}s = {total / seconds:.0f} samples/s with {args.workers} workers "
-          f"per modality; resident memory (main + workers) MiB at each tenth of the epoch: "
-          f"{', '.join(f'{m:.0f}' for m in tenths)} (peak {max(rss):.0f}); "
-          f"every sample exactly once: {exact} (lost {args.samples - len({(m, i) for m, v in seen.items() for i in v})}, "
-          f"duplicated {total - len({(m, i) for m, v in seen.items() for i in v})})")
+    print(
+        f"epoch: {total} samples in {seconds:.0f}s = {total / seconds:.0f} samples/s with {args.workers} workers "
+        f"per modality; resident memory (main + workers) MiB at each tenth of the epoch: "
+        f"{', '.join(f'{m:.0f}' for m in tenths)} (peak {max(rss):.0f}); "
+        f"every sample exactly once: {exact} (lost {args.samples - len({(m, i) for m, v in seen.items() for i in v})}, "
+        f"duplicated {total - len({(m, i) for m, v in seen.items() for i in v})})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared by the prepare_*.py scripts: stratified seeded splits and manifest writing."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@
 
     python data/prepare_audio.py   # writes data/sample/spoken_digits/ and data/sample/spoken_mix/
 """
+
 import io
 import random
 import subprocess
@@ -15,7 +16,6 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-
 from common import SAMPLE, write_manifest
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -35,12 +35,15 @@ def voice_split(accent: str, variant: str) -> str:
 
 def speak(word: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     """espeak-ng -> float32 mono waveform at 16 kHz, leading/trailing silence trimmed."""
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word],
-                         check=True, capture_output=True).stdout
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word],
+        check=True,
+        capture_output=True,
+    ).stdout
     data, rate = sf.read(io.BytesIO(wav), dtype="float32")
     data = torchaudio.functional.resample(torch.from_numpy(data), rate, RATE).numpy()
     loud = np.flatnonzero(np.abs(data) > 0.01)
-    return data[max(loud[0] - 800, 0): loud[-1] + 800]
+    return data[max(loud[0] - 800, 0) : loud[-1] + 800]
 
 
 def main() -> None:
@@ -71,12 +74,18 @@ def main() -> None:
         for audio, *_ in chosen:
             audio = audio[: len(mix)]
             start = rng.randint(0, len(mix) - len(audio))
-            mix[start:start + len(audio)] += audio
+            mix[start : start + len(audio)] += audio
         mix /= max(1.0, float(np.abs(mix).max()) / 0.9)
         path = f"clips/{i:03d}.flac"
         sf.write(out / path, mix, RATE, subtype="PCM_16")
-        rows.append({"path": path, "labels": sorted(c[1] for c in chosen), "split": split,
-                     "voices": sorted({c[3] for c in chosen})})
+        rows.append(
+            {
+                "path": path,
+                "labels": sorted(c[1] for c in chosen),
+                "split": split,
+                "voices": sorted({c[3] for c in chosen}),
+            }
+        )
     write_manifest(out, rows)
 
 

@@ -1,12 +1,12 @@
 """Image classification sample: scikit-learn's bundled handwritten digits (1797 images, 8x8, 10 classes).
 
-    python data/prepare_digits.py   # writes data/sample/digits/
+python data/prepare_digits.py   # writes data/sample/digits/
 """
+
 import numpy as np
+from common import SAMPLE, assign_splits, write_manifest
 from PIL import Image
 from sklearn.datasets import load_digits
-
-from common import SAMPLE, assign_splits, write_manifest
 
 
 def main() -> None:

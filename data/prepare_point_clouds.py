@@ -3,9 +3,9 @@ sampled to 1024 noisy surface points (binary PLY).
 
     python data/prepare_point_clouds.py   # writes data/sample/shapes/
 """
+
 import numpy as np
 import open3d as o3d
-
 from common import SAMPLE, assign_splits, write_manifest
 
 SHAPES = {

@@ -4,6 +4,7 @@ Needs the `data` extra (`pip install -e ".[data]"`: scikit-learn, aclsum) and De
 
     python data/prepare_sample.py
 """
+
 import prepare_audio
 import prepare_digits
 import prepare_point_clouds

@@ -9,11 +9,11 @@
 
     python data/prepare_text.py   # writes data/sample/acl_summaries/, acl_highlights/, tokenizer/
 """
+
 import subprocess
 import sys
 
 from aclsum import ACLSum
-
 from common import SAMPLE, write_manifest
 
 ASPECTS = ["challenge", "approach", "outcome"]
@@ -38,13 +38,28 @@ def main() -> None:
             for k, sentence in enumerate(sentences):
                 aspects = [a for a in ASPECTS if marks[a][k] == 1]
                 if len(aspects) == 1:
-                    highlights.append({"text": detokenize(sentence), "label": aspects[0], "split": split,
-                                       "paper": doc.id})
+                    highlights.append(
+                        {"text": detokenize(sentence), "label": aspects[0], "split": split, "paper": doc.id}
+                    )
     write_manifest(SAMPLE / "acl_summaries", summaries)
     write_manifest(SAMPLE / "acl_highlights", highlights)
-    subprocess.run([sys.executable, "-m", "omnivec", "tokenizer", "train", "--input", str(SAMPLE / "acl_summaries"),
-                    str(SAMPLE / "acl_highlights"), "--vocab-size", "4000", "--output", str(SAMPLE / "tokenizer")],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omnivec",
+            "tokenizer",
+            "train",
+            "--input",
+            str(SAMPLE / "acl_summaries"),
+            str(SAMPLE / "acl_highlights"),
+            "--vocab-size",
+            "4000",
+            "--output",
+            str(SAMPLE / "tokenizer"),
+        ],
+        check=True,
+    )
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ digit image, taken from the `digits` split of the clip's own split (no image in 
 
     python data/prepare_video.py   # writes data/sample/moving_digits/
 """
+
 import av
 import numpy as np
+from common import SAMPLE, assign_splits, write_manifest
 from PIL import Image
 from sklearn.datasets import load_digits
-
-from common import SAMPLE, assign_splits, write_manifest
 
 ACTIONS = ["left", "right", "up", "down", "rotate_cw", "rotate_ccw", "grow", "shrink", "stay"]
 PER_CLASS, FRAMES, SIZE, FPS = 20, 16, 32, 8
@@ -53,7 +53,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     digits = load_digits()
     digit_splits = assign_splits([str(t) for t in digits.target])  # the digits set's splits (prepare_digits.py)
-    pools = {s: list(rng.permutation([i for i, d in enumerate(digit_splits) if d == s])) for s in ("train", "val", "test")}
+    pools = {
+        s: list(rng.permutation([i for i, d in enumerate(digit_splits) if d == s])) for s in ("train", "val", "test")
+    }
     out = SAMPLE / "moving_digits"
     (out / "clips").mkdir(parents=True, exist_ok=True)
     items = [a for a in ACTIONS for _ in range(PER_CLASS)]

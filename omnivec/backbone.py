@@ -1,4 +1,5 @@
 """The shared OmniVec trunk: a pre-LN transformer (timm `Block`, fused SDPA) over any modality's tokens."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,14 +20,30 @@ def attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
 ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
-def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                       drop_path: float = 0.0, init_values: float | None = None, norm_eps: float = 1e-5,
-                       act: str = "gelu") -> nn.ModuleList:
+def transformer_blocks(
+    dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    drop_path: float = 0.0,
+    init_values: float | None = None,
+    norm_eps: float = 1e-5,
+    act: str = "gelu",
+) -> nn.ModuleList:
     """`depth` pre-LN blocks (timm's ViT `Block`) with a linearly increasing stochastic depth rate;
     `init_values` adds LayerScale (DINOv2)."""
     return nn.ModuleList(
-        Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values, drop_path=r,
-              norm_layer=partial(nn.LayerNorm, eps=norm_eps), act_layer=ACTIVATIONS[act])
+        Block(
+            dim,
+            num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            init_values=init_values,
+            drop_path=r,
+            norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            act_layer=ACTIVATIONS[act],
+        )
         for r in drop_path_rates(drop_path, depth)
     )
 
@@ -60,8 +77,17 @@ class SharedBackbone(nn.Module):
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, cfg.dim)) for m in modalities})
         self.prefix = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, cfg.dim)) if cfg.num_prefix_tokens else None
         self.norm_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
-        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_path,
-                                         cfg.init_values, cfg.norm_eps, cfg.act)
+        self.blocks = transformer_blocks(
+            cfg.dim,
+            cfg.depth,
+            cfg.num_heads,
+            cfg.mlp_ratio,
+            cfg.qkv_bias,
+            cfg.drop_path,
+            cfg.init_values,
+            cfg.norm_eps,
+            cfg.act,
+        )
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         if not cfg.pretrained:  # a pretrained trunk starts as the ViT it was: modality embeddings zero
             for p in self.modality_embed.values():
@@ -73,8 +99,9 @@ class SharedBackbone(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.prefix is None else self.prefix.shape[1]
 
-    def forward(self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None,
-                keep_prefix: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None, keep_prefix: bool = False
+    ) -> torch.Tensor:
         """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]
         (`keep_prefix`: [B, n + L, D], the n prefix tokens' outputs first, as an MAE decoder takes them)."""
         x = x + self.modality_embed[modality]  # [B, L, D]

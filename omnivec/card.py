@@ -1,4 +1,5 @@
 """The model card: a README.md beside the weights, as a Hugging Face model folder has one."""
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,34 @@ def model_card(config: Any, directory: Path, parameters: int) -> str:
 
     backbone = config.backbone
     trunk = f"`{backbone.pretrained}`" if backbone.pretrained else "random initialisation"
-    lines = ["---", "library_name: omnivec", "tags: [multimodal, " + ", ".join(config.modalities) + "]", "---", "",
-             f"# {directory.resolve().parent.name}/{directory.name}", "",
-             f"An omnivec model ({parameters / 1e6:.2f}M parameters): per-modality encoders feeding one shared "
-             f"transformer trunk ({backbone.dim} wide, {backbone.depth} blocks, {backbone.num_heads} heads, "
-             f"started from {trunk}), built from variant `{config.variant or 'custom'}` with omnivec {__version__}.",
-             "", "```python", "import omnivec", "",
-             f'model = omnivec.OmniVecModel.from_pretrained("{directory}")',
-             "embeddings = model.embed(batch)  # {modality: [B, D]}", "```", "",
-             "## Modalities", "", "| modality | encoder | mask ratio (pretraining) |", "|---|---|---|"]
-    lines += [f"| {m} | {f'`{c.pretrained}`' if c.pretrained else 'omnivec'} | {c.mask_ratio} |"
-              for m, c in config.modalities.items()]
+    lines = [
+        "---",
+        "library_name: omnivec",
+        "tags: [multimodal, " + ", ".join(config.modalities) + "]",
+        "---",
+        "",
+        f"# {directory.resolve().parent.name}/{directory.name}",
+        "",
+        f"An omnivec model ({parameters / 1e6:.2f}M parameters): per-modality encoders feeding one shared "
+        f"transformer trunk ({backbone.dim} wide, {backbone.depth} blocks, {backbone.num_heads} heads, "
+        f"started from {trunk}), built from variant `{config.variant or 'custom'}` with omnivec {__version__}.",
+        "",
+        "```python",
+        "import omnivec",
+        "",
+        f'model = omnivec.OmniVecModel.from_pretrained("{directory}")',
+        "embeddings = model.embed(batch)  # {modality: [B, D]}",
+        "```",
+        "",
+        "## Modalities",
+        "",
+        "| modality | encoder | mask ratio (pretraining) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {m} | {f'`{c.pretrained}`' if c.pretrained else 'omnivec'} | {c.mask_ratio} |"
+        for m, c in config.modalities.items()
+    ]
     if config.heads:
         lines += ["", "## Heads", "", "| head | type | modality | labels |", "|---|---|---|---|"]
         for name, h in config.heads.items():
@@ -37,8 +55,19 @@ def model_card(config: Any, directory: Path, parameters: int) -> str:
     report = directory.parent / "eval.json"
     if report.is_file():
         run = json.loads(report.read_text())
-        lines += ["", f"## Metrics ({run['split']} split, from {report.parent.name}/eval.json)", "",
-                  *metrics_table({"value": run["final"]}, run.get("baselines", {}))]
-    lines += ["", "## Made by", "", "```bash", " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "```", ""]
+        lines += [
+            "",
+            f"## Metrics ({run['split']} split, from {report.parent.name}/eval.json)",
+            "",
+            *metrics_table({"value": run["final"]}, run.get("baselines", {})),
+        ]
+    lines += [
+        "",
+        "## Made by",
+        "",
+        "```bash",
+        " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "```",
+        "",
+    ]
     return "\n".join(lines)

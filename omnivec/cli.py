@@ -1,4 +1,5 @@
 """The `omnivec` command: `omnivec models`, `omnivec demo`, ... (`omnivec --help`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from .embedding import embed_command
 
-    embed_command(args.model, args.input, args.output, args.batch_size, args.num_workers,
-                  None if args.device == "auto" else args.device, args.precision, args.skip_bad, args.format)
+    embed_command(
+        args.model,
+        args.input,
+        args.output,
+        args.batch_size,
+        args.num_workers,
+        None if args.device == "auto" else args.device,
+        args.precision,
+        args.skip_bad,
+        args.format,
+    )
     return 0
 
 
@@ -110,8 +120,10 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
     index = write_shards(args.input, args.output, args.shard_size, args.split, args.allow_outside_root)
     splits = ", ".join(f"{s} {n}" for s, n in index["splits"].items())
-    print(f"wrote {len(index['shards'])} shards ({splits} samples; {', '.join(index['modalities'])}) "
-          f"-> {args.output}/index.json")
+    print(
+        f"wrote {len(index['shards'])} shards ({splits} samples; {', '.join(index['modalities'])}) "
+        f"-> {args.output}/index.json"
+    )
     return 0
 
 
@@ -159,12 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a saved model on the tasks of a fine-tuning config")
     p.add_argument("--model", required=True, help="a saved model folder (finetune: with the tasks' heads)")
     p.add_argument("--config", required=True, help="the fine-tuning config naming the tasks and their data")
-    p.add_argument("--protocol", choices=["finetune", "knn", "linear"], default="finetune",
-                   help="finetune: the model's own heads; knn / linear: weighted k-NN or a linear probe on the "
-                        "frozen embeddings, fitted on the train split (any saved model, no heads needed)")
+    p.add_argument(
+        "--protocol",
+        choices=["finetune", "knn", "linear"],
+        default="finetune",
+        help="finetune: the model's own heads; knn / linear: weighted k-NN or a linear probe on the "
+        "frozen embeddings, fitted on the train split (any saved model, no heads needed)",
+    )
     p.add_argument("--split", help="train, val or test (default: the config's eval_split)")
-    p.add_argument("--output", help="folder for metrics.json (finetune, with confusion matrices) or "
-                                     "knn.json / linear.json (default: MODEL/eval)")
+    p.add_argument(
+        "--output",
+        help="folder for metrics.json (finetune, with confusion matrices) or "
+        "knn.json / linear.json (default: MODEL/eval)",
+    )
     p.add_argument("-k", type=int, default=20, help="knn: neighbours (default 20, DINO)")
     p.add_argument("--temperature", type=float, default=0.07, help="knn: vote temperature (default 0.07, DINO)")
     p.add_argument("--epochs", type=int, default=90, help="linear: probe epochs on cached features (default 90, MAE)")
@@ -175,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed files, folders or manifests of any modality")
     p.add_argument("--model", required=True, help="a saved model folder or hub id")
     p.add_argument("--input", nargs="+", required=True, help="files, folders or manifests")
-    p.add_argument("--output", required=True, help="OUT: writes OUT.npy (or .safetensors/.parquet), OUT.jsonl, OUT.json")
+    p.add_argument(
+        "--output", required=True, help="OUT: writes OUT.npy (or .safetensors/.parquet), OUT.jsonl, OUT.json"
+    )
     p.add_argument("--format", choices=["npy", "safetensors", "parquet"], help="default: from OUT's suffix, else npy")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=64)

@@ -3,6 +3,7 @@
 Every config is built through `from_dict`, which rejects unknown keys, wrong types and impossible
 values with a `ConfigError` naming the full key (e.g. `modalities.image.patch_size`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,10 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .registry import ENCODERS, HEADS, MODALITIES, TRUNKS
@@ -127,12 +129,18 @@ class ModalityConfig:
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "width", "num_heads")
         family, sep, source = self.pretrained.partition(":")
-        require(not self.pretrained or (sep and family and source), f"{prefix}.pretrained",
-                "'' or FAMILY:SOURCE such as 'timm:vit_base_patch16_224' or 'hf:google/vit-base-patch16-224'",
-                self.pretrained)
-        require(not self.checkpoint or family == "timm", f"{prefix}.checkpoint",
-                "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
-                self.checkpoint)
+        require(
+            not self.pretrained or (sep and family and source),
+            f"{prefix}.pretrained",
+            "'' or FAMILY:SOURCE such as 'timm:vit_base_patch16_224' or 'hf:google/vit-base-patch16-224'",
+            self.pretrained,
+        )
+        require(
+            not self.checkpoint or family == "timm",
+            f"{prefix}.checkpoint",
+            "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
+            self.checkpoint,
+        )
         require(self.depth >= 0, f"{prefix}.depth", "an int >= 0", self.depth)
         require(0.0 <= self.mask_ratio < 1.0, f"{prefix}.mask_ratio", "a float in [0, 1)", self.mask_ratio)
 
@@ -199,17 +207,28 @@ class BackboneConfig:
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "init_values")
-        require(self.pretrained or self.dim % self.num_heads == 0, f"{prefix}.num_heads", f"a divisor of dim={self.dim}",
-                self.num_heads)  # (a pretrained trunk's sizes come from its checkpoint)
+        require(
+            self.pretrained or self.dim % self.num_heads == 0,
+            f"{prefix}.num_heads",
+            f"a divisor of dim={self.dim}",
+            self.num_heads,
+        )  # (a pretrained trunk's sizes come from its checkpoint)
         require(0.0 <= self.drop_path < 1.0, f"{prefix}.drop_path", "a float in [0, 1)", self.drop_path)
         require(self.act in ("gelu", "quick_gelu"), f"{prefix}.act", "gelu or quick_gelu", self.act)
         require(self.num_prefix_tokens >= 0, f"{prefix}.num_prefix_tokens", "an int >= 0", self.num_prefix_tokens)
         family, sep, source = self.pretrained.partition(":")
-        require(not self.pretrained or (family in ("timm", "hf") and source), f"{prefix}.pretrained",
-                "'' or timm:MODEL_NAME or hf:HUB_ID_OR_DIR", self.pretrained)
-        require(not self.checkpoint or family == "timm", f"{prefix}.checkpoint",
-                "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
-                self.checkpoint)
+        require(
+            not self.pretrained or (family in ("timm", "hf") and source),
+            f"{prefix}.pretrained",
+            "'' or timm:MODEL_NAME or hf:HUB_ID_OR_DIR",
+            self.pretrained,
+        )
+        require(
+            not self.checkpoint or family == "timm",
+            f"{prefix}.checkpoint",
+            "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
+            self.checkpoint,
+        )
 
 
 @dataclass
@@ -233,7 +252,7 @@ class OmniVecConfig:
     variant: str | None = None  # registered variant this config came from, for information
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "OmniVecConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> OmniVecConfig:
         """Build and validate a config; every error names its key."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
@@ -243,7 +262,11 @@ class OmniVecConfig:
             raise ConfigError(f"{sorted(unknown)[0]}: unknown key; expected backbone, modalities, heads, variant")
         variant = _coerce(str | None, data.get("variant"), "variant")
         backbone = from_dict(BackboneConfig, data.get("backbone"), "backbone")
-        trunk = take_trunk_architecture(backbone, _mapping(data.get("backbone"), "backbone")) if backbone.pretrained else None
+        trunk = (
+            take_trunk_architecture(backbone, _mapping(data.get("backbone"), "backbone"))
+            if backbone.pretrained
+            else None
+        )
         modalities = {}
         for name, sub in _mapping(data.get("modalities"), "modalities").items():
             if name not in MODALITIES:
@@ -280,7 +303,7 @@ class OmniVecConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "OmniVecConfig":
+    def load(cls, path: str | Path) -> OmniVecConfig:
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:
@@ -296,14 +319,26 @@ def take_trunk_architecture(cfg: BackboneConfig, given: Mapping[str, Any]) -> An
     arch = trunk.arch
     for key in TRUNK_KEYS:
         if key in given and getattr(cfg, key) != arch[key]:
-            raise ConfigError(f"backbone.{key}: expected {arch[key]!r} (as in {cfg.pretrained}), got {getattr(cfg, key)!r}")
+            raise ConfigError(
+                f"backbone.{key}: expected {arch[key]!r} (as in {cfg.pretrained}), got {getattr(cfg, key)!r}"
+            )
         setattr(cfg, key, arch[key])
     cfg.validate("backbone")
     return trunk
 
 
-TRUNK_KEYS = ("dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "init_values", "norm_eps", "pre_norm", "act",
-              "num_prefix_tokens")  # what a pretrained trunk's checkpoint decides
+TRUNK_KEYS = (
+    "dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "init_values",
+    "norm_eps",
+    "pre_norm",
+    "act",
+    "num_prefix_tokens",
+)  # what a pretrained trunk's checkpoint decides
 
 
 def check_pretrained(modality: str, cfg: ModalityConfig) -> None:
@@ -311,8 +346,10 @@ def check_pretrained(modality: str, cfg: ModalityConfig) -> None:
     family = cfg.pretrained.partition(":")[0]
     if cfg.pretrained and f"{modality}/{family}" not in ENCODERS:
         available = [name.split("/")[1] + ":" for name in ENCODERS.names() if name.startswith(modality + "/")]
-        raise ConfigError(f"modalities.{modality}.pretrained: expected one of {available or ['(none)']} "
-                          f"followed by a model name or path, got {cfg.pretrained!r}")
+        raise ConfigError(
+            f"modalities.{modality}.pretrained: expected one of {available or ['(none)']} "
+            f"followed by a model name or path, got {cfg.pretrained!r}"
+        )
 
 
 def _mapping(value: Any, key: str) -> dict:
@@ -410,8 +447,10 @@ def check_config_size(data: Any, where: str) -> int:
     except RecursionError as e:
         raise ConfigError(f"{where}: nested too deeply to be a config") from e
     if total > MAX_CONFIG_VALUES:
-        raise ConfigError(f"{where}: expands to {total:,} values, more than the {MAX_CONFIG_VALUES:,} a config may "
-                          "hold (YAML aliases repeating a block?)")
+        raise ConfigError(
+            f"{where}: expands to {total:,} values, more than the {MAX_CONFIG_VALUES:,} a config may "
+            "hold (YAML aliases repeating a block?)"
+        )
     return total
 
 

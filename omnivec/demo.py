@@ -5,6 +5,7 @@ the pretrained backbone; 3. the same from scratch; 4. few labels: each classific
 fine-tuned on 5% of its training labels from the pretrained backbone and from scratch, 3 seeds;
 5. evaluation on the test splits (confusion matrices); 6. embeddings of test samples, a 2-D
 projection and a retrieval example; 7. report.md and report.html (images inline)."""
+
 from __future__ import annotations
 
 import base64
@@ -58,16 +59,25 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
         return time.perf_counter()
 
     t = stage(1, "masked pretraining on all five modalities")
-    overrides = [f"max_steps={PRETRAIN_STEPS[quick]}", *(["eval_batches=2", "eval_every=0"] if quick else ["eval_every=100"])]
-    pre_cfg = load_recipe_config(PretrainConfig, root / "configs/pretrain/tiny.yaml",
-                                 [f"output_dir={out / 'pretrain'}", f"device={dev}", "save_every=0", "overwrite=true", *overrides])
+    overrides = [
+        f"max_steps={PRETRAIN_STEPS[quick]}",
+        *(["eval_batches=2", "eval_every=0"] if quick else ["eval_every=100"]),
+    ]
+    pre_cfg = load_recipe_config(
+        PretrainConfig,
+        root / "configs/pretrain/tiny.yaml",
+        [f"output_dir={out / 'pretrain'}", f"device={dev}", "save_every=0", "overwrite=true", *overrides],
+    )
     pre_cfg.data = {m: [str(root / p) for p in paths] for m, paths in pre_cfg.data.items()}
     _absolute_tokenizer(pre_cfg, root)
     pretrain(pre_cfg)
     timings["pretraining"] = time.perf_counter() - t
 
-    ft_cfg = load_recipe_config(FinetuneConfig, root / "configs/finetune/sample_sequential.yaml",
-                                [f"device={dev}", "save_every=0", "overwrite=true"])
+    ft_cfg = load_recipe_config(
+        FinetuneConfig,
+        root / "configs/finetune/sample_sequential.yaml",
+        [f"device={dev}", "save_every=0", "overwrite=true"],
+    )
     ft_cfg.tasks = {n: dataclasses.replace(s, data=[str(root / p) for p in s.data]) for n, s in ft_cfg.tasks.items()}
     _absolute_tokenizer(ft_cfg, root)
     ft_cfg.stages = _scaled_stages(ft_cfg.stages, FINETUNE_SCALE[quick])
@@ -79,10 +89,14 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
         finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
         timings[f"fine-tuning ({name})"] = time.perf_counter() - t
 
-    t = stage(4, f"few labels: {LOW_LABEL['fraction']:.0%} of each classification task's training labels, "
-                 f"pretrained vs scratch, {len(LOW_LABEL['seeds'][quick])} seeds")
-    low_label_comparison(ft_cfg, out / "pretrain" / "model", out / "low-label", LOW_LABEL["steps"][quick],
-                         LOW_LABEL["seeds"][quick])
+    t = stage(
+        4,
+        f"few labels: {LOW_LABEL['fraction']:.0%} of each classification task's training labels, "
+        f"pretrained vs scratch, {len(LOW_LABEL['seeds'][quick])} seeds",
+    )
+    low_label_comparison(
+        ft_cfg, out / "pretrain" / "model", out / "low-label", LOW_LABEL["steps"][quick], LOW_LABEL["seeds"][quick]
+    )
     timings["few-label fine-tuning"] = time.perf_counter() - t
 
     t = stage(5, f"evaluation on the {ft_cfg.eval_split} split (confusion matrices)")
@@ -100,8 +114,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     return html
 
 
-def low_label_comparison(cfg: Any, pretrained: Path, out: Path, steps: int, seeds: tuple[int, ...]
-                         ) -> list[dict[str, Any]]:
+def low_label_comparison(
+    cfg: Any, pretrained: Path, out: Path, steps: int, seeds: tuple[int, ...]
+) -> list[dict[str, Any]]:
     """Every classification task of the fine-tuning config `cfg` fine-tuned alone for `steps` steps
     on `LOW_LABEL["fraction"]` of its training labels, from `pretrained` and from scratch, once per
     seed -> the records (also in `out/results.jsonl`)."""
@@ -112,10 +127,26 @@ def low_label_comparison(cfg: Any, pretrained: Path, out: Path, steps: int, seed
     runs = [(t, init, seed) for t in tasks for seed in seeds for init in ("pretrained", "scratch")]
     records = []
     for task, init, seed in tqdm(runs, desc="few-label runs"):
-        value = finetune_protocol(cfg, task, pretrained if init == "pretrained" else None, LOW_LABEL["fraction"],
-                                  seed, out / f"{task}-{init}-seed{seed}", steps)
-        records.append({"task": task, "protocol": "finetune", "init": init, "fraction": LOW_LABEL["fraction"],
-                        "seed": seed, "metric": HEADS.get(cfg.tasks[task].head).main_metric, "value": value})
+        value = finetune_protocol(
+            cfg,
+            task,
+            pretrained if init == "pretrained" else None,
+            LOW_LABEL["fraction"],
+            seed,
+            out / f"{task}-{init}-seed{seed}",
+            steps,
+        )
+        records.append(
+            {
+                "task": task,
+                "protocol": "finetune",
+                "init": init,
+                "fraction": LOW_LABEL["fraction"],
+                "seed": seed,
+                "metric": HEADS.get(cfg.tasks[task].head).main_metric,
+                "value": value,
+            }
+        )
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
@@ -146,8 +177,16 @@ def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> No
             items.append({**item, "modality": datasets[0].modality})
             labels.append(f"{task}:{r['label']}")
     emb, errors = embed_items(model, items, batch_size=64, num_workers=0)
-    records = [{"path": it["path"], "modality": it["modality"], "index": i, "label": labels[i],
-                "status": "ok" if i not in errors else f"failed: {errors[i]}"} for i, it in enumerate(items)]
+    records = [
+        {
+            "path": it["path"],
+            "modality": it["modality"],
+            "index": i,
+            "label": labels[i],
+            "status": "ok" if i not in errors else f"failed: {errors[i]}",
+        }
+        for i, it in enumerate(items)
+    ]
     write_embeddings(out / "embeddings", emb, records, {"model": str(model_dir), "dim": int(emb.shape[1])})
     plot_projection(torch.from_numpy(emb), [r["modality"] for r in records], labels, out / "embeddings.png")
 
@@ -168,9 +207,13 @@ def retrieval_summary(out: Path, k: int = 5) -> dict[str, Any]:
         rows[modality] = precision_at_k(sims[idx][:, idx], labels[idx], labels[idx], k, same_set=True)
         q = int(idx[0])
         order = [int(j) for j in torch.argsort(sims[q], descending=True) if int(j) != q]
-        examples.append({"query": records[q],
-                         "same": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] == modality][:k],
-                         "other": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] != modality][:3]})
+        examples.append(
+            {
+                "query": records[q],
+                "same": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] == modality][:k],
+                "other": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] != modality][:3],
+            }
+        )
     return {"count": len(records), "k": k, "rows": rows, "examples": examples}
 
 
@@ -178,7 +221,8 @@ def _img(path: Path, html: bool, alt: str) -> str:
     if not path.is_file():
         return f"({alt}: not produced)"
     if html:
-        return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" style="max-width:100%">'
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="max-width:100%">'
     return f"![{alt}]({path.name if path.parent.name == '' else path.as_posix()})"
 
 
@@ -186,68 +230,141 @@ def write_report(out: Path, quick: bool = False) -> Path:
     """report.md (images linked) and report.html (images inline) with every section, from what the
     demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
     from .plots import plot_losses
-    from .reports import finetune_comparison_table, forgetting_matrix_table, metrics_table, retrieval_table, summarize_runs
+    from .reports import (
+        finetune_comparison_table,
+        forgetting_matrix_table,
+        metrics_table,
+        retrieval_table,
+        summarize_runs,
+    )
 
     pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
     timings = json.loads((out / "timings.json").read_text())
     retrieval = retrieval_summary(out)
     summary = json.loads((out / "pretrain" / "summary.json").read_text())
-    low_label = summarize_runs([json.loads(line) for line in (out / "low-label" / "results.jsonl").read_text().splitlines()])
-    voices = {n: r["final"]["spoken_digits"]["top1"] for n, r in (("pretrained", pre), ("scratch", scr))
-              if "spoken_digits" in r["final"]}
-    lines = [f"# omnivec demo{' (quick)' if quick else ''}", "",
-             f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.", "",
-             "## Results", "", f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
-             f"of the abstract for summarization. The demo trains briefly ({FINETUNE_SCALE[quick]:.0%} of the steps "
-             "of configs/finetune/sample_sequential.yaml; see the README for that config's results).", "",
-             *metrics_table({"pretrained": pre["final"], "scratch": scr["final"]}, pre["baselines"]),
-             "", "spoken_digits and spoken_mix are split by voice (data/README.md): their test clips are spoken by "
-             "voices of two accents never heard in training, so those rows measure new speakers"
-             + (f" (spoken_digits top-1: {voices['pretrained']:.3f} from the pretrained backbone, {voices['scratch']:.3f} "
-                "from scratch)." if len(voices) == 2 else "."),
-             "", "## Few labels: pretrained vs scratch", "",
-             f"Each classification task fine-tuned alone on {LOW_LABEL['fraction']:.0%} of its training labels (a "
-             f"stratified draw per seed, at least one per class) for {LOW_LABEL['steps'][quick]} steps, from the "
-             f"pretrained backbone and from scratch; mean ± standard deviation over seeds {list(LOW_LABEL['seeds'][quick])}, "
-             f"on the {pre['split']} split. recipes/label_efficiency.py runs the full grid (5 / 25 / 100%, probes). "
-             f"The demo pretrains for {PRETRAIN_STEPS[quick]} steps only: on digits, frozen features overtook a random "
-             "backbone's only after about 1000 (README, \"What pretraining buys\").", "",
-             *finetune_comparison_table(low_label),
-             "", "## Forgetting matrix (from the pretrained backbone)", "",
-             "Row: after stage i; column: a task's main metric; blank before the task is trained.", "",
-             *forgetting_matrix_table(pre["forgetting_matrix"])]
-    lines += ["", "## Pretraining", "", "Mean reconstruction loss of the first and last 20 steps, and on validation "
-              "data at the start and the end:", "", "| modality | first 20 | last 20 | val start | val end |",
-              "|---|---|---|---|---|"]
+    low_label = summarize_runs(
+        [json.loads(line) for line in (out / "low-label" / "results.jsonl").read_text().splitlines()]
+    )
+    voices = {
+        n: r["final"]["spoken_digits"]["top1"]
+        for n, r in (("pretrained", pre), ("scratch", scr))
+        if "spoken_digits" in r["final"]
+    }
+    lines = [
+        f"# omnivec demo{' (quick)' if quick else ''}",
+        "",
+        f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.",
+        "",
+        "## Results",
+        "",
+        f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
+        f"of the abstract for summarization. The demo trains briefly ({FINETUNE_SCALE[quick]:.0%} of the steps "
+        "of configs/finetune/sample_sequential.yaml; see the README for that config's results).",
+        "",
+        *metrics_table({"pretrained": pre["final"], "scratch": scr["final"]}, pre["baselines"]),
+        "",
+        "spoken_digits and spoken_mix are split by voice (data/README.md): their test clips are spoken by "
+        "voices of two accents never heard in training, so those rows measure new speakers"
+        + (
+            f" (spoken_digits top-1: {voices['pretrained']:.3f} from the pretrained backbone, {voices['scratch']:.3f} "
+            "from scratch)."
+            if len(voices) == 2
+            else "."
+        ),
+        "",
+        "## Few labels: pretrained vs scratch",
+        "",
+        f"Each classification task fine-tuned alone on {LOW_LABEL['fraction']:.0%} of its training labels (a "
+        f"stratified draw per seed, at least one per class) for {LOW_LABEL['steps'][quick]} steps, from the "
+        f"pretrained backbone and from scratch; mean ± standard deviation over seeds "
+        f"{list(LOW_LABEL['seeds'][quick])}, "
+        f"on the {pre['split']} split. recipes/label_efficiency.py runs the full grid (5 / 25 / 100%, probes). "
+        f"The demo pretrains for {PRETRAIN_STEPS[quick]} steps only: on digits, frozen features overtook a random "
+        'backbone\'s only after about 1000 (README, "What pretraining buys").',
+        "",
+        *finetune_comparison_table(low_label),
+        "",
+        "## Forgetting matrix (from the pretrained backbone)",
+        "",
+        "Row: after stage i; column: a task's main metric; blank before the task is trained.",
+        "",
+        *forgetting_matrix_table(pre["forgetting_matrix"]),
+    ]
+    lines += [
+        "",
+        "## Pretraining",
+        "",
+        "Mean reconstruction loss of the first and last 20 steps, and on validation data at the start and the end:",
+        "",
+        "| modality | first 20 | last 20 | val start | val end |",
+        "|---|---|---|---|---|",
+    ]
     for m, s in summary["modalities"].items():
-        lines.append(f"| {m} | {s['train_first20']:.4f} | {s['train_last20']:.4f} | {s['val_start']:.4f} | {s['val_end']:.4f} |")
-    lines += ["", "@@pretrain/loss.png|loss curves@@", "", "What the model reconstructs of hidden tokens (validation "
-              "samples): input, what the encoder saw, reconstruction.", "", "@@pretrain/reconstructions.png|reconstructions@@",
-              "", "## Fine-tuning loss curves", ""]
+        lines.append(
+            f"| {m} | {s['train_first20']:.4f} | {s['train_last20']:.4f} | {s['val_start']:.4f} | {s['val_end']:.4f} |"
+        )
+    lines += [
+        "",
+        "@@pretrain/loss.png|loss curves@@",
+        "",
+        "What the model reconstructs of hidden tokens (validation "
+        "samples): input, what the encoder saw, reconstruction.",
+        "",
+        "@@pretrain/reconstructions.png|reconstructions@@",
+        "",
+        "## Fine-tuning loss curves",
+        "",
+    ]
     for stage_dir in sorted((out / "finetune-pretrained" / "stages").iterdir()):
         plot_losses(stage_dir / "metrics.jsonl", stage_dir / "loss.png")
-        lines += [f"Stage {stage_dir.name}:", "", f"@@finetune-pretrained/stages/{stage_dir.name}/loss.png|{stage_dir.name}@@", ""]
+        lines += [
+            f"Stage {stage_dir.name}:",
+            "",
+            f"@@finetune-pretrained/stages/{stage_dir.name}/loss.png|{stage_dir.name}@@",
+            "",
+        ]
     lines += ["## Confusion matrices (fine-tuned from the pretrained backbone)", ""]
     lines += [f"@@eval/{p.name}|{p.stem}@@" for p in sorted((out / "eval").glob("confusion_*.png"))]
-    lines += ["", "## Embeddings", "", f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, "
-              "marker = modality.", "", "@@embeddings.png|embedding projection@@", "",
-              f"Retrieval within a modality: the share of each sample's {retrieval['k']} nearest neighbours (cosine) "
-              "that have its class.", "", *retrieval_table(retrieval["rows"], "modality", retrieval["k"])]
+    lines += [
+        "",
+        "## Embeddings",
+        "",
+        f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, marker = modality.",
+        "",
+        "@@embeddings.png|embedding projection@@",
+        "",
+        f"Retrieval within a modality: the share of each sample's {retrieval['k']} nearest neighbours (cosine) "
+        "that have its class.",
+        "",
+        *retrieval_table(retrieval["rows"], "modality", retrieval["k"]),
+    ]
     lines += ["", "One query per modality:", ""]
     for q in retrieval["examples"]:
         same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same"])
         other = ", ".join(f"{r['label']} [{r['modality']}] ({s:.2f})" for r, s in q["other"])
-        lines.append(f"- {q['query']['label']} [{q['query']['modality']}]: same modality: {same}; other modalities: {other}")
-    lines += ["", "No objective aligns the modalities (the sample data has no pairs), so neighbours across "
-              "modalities carry no meaning.", "",
-              "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines.append(
+            f"- {q['query']['label']} [{q['query']['modality']}]: same modality: {same}; other modalities: {other}"
+        )
+    lines += [
+        "",
+        "No objective aligns the modalities (the sample data has no pairs), so neighbours across "
+        "modalities carry no meaning.",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += [f"| all | {sum(timings.values()):.0f} |"]
     text = "\n".join(lines) + "\n"
 
     def render(html: bool) -> str:
-        return re.sub(r"@@([^|]+)\|([^@]+)@@", lambda m: _img(out / m.group(1), html, m.group(2)) if html
-                      else f"![{m.group(2)}]({m.group(1)})", text)
+        return re.sub(
+            r"@@([^|]+)\|([^@]+)@@",
+            lambda m: _img(out / m.group(1), html, m.group(2)) if html else f"![{m.group(2)}]({m.group(1)})",
+            text,
+        )
 
     (out / "report.md").write_text(render(False))
     html_path = out / "report.html"
@@ -281,7 +398,11 @@ def _markdown_to_html(md: str) -> str:
         elif line.strip():
             body.append(f"<p>{line}</p>")
     flush_table()
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>omnivec demo</title><style>{style}</style></head><body>" \
-           + "\n".join(body) + "</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>omnivec demo</title>"
+        f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )

@@ -1,12 +1,14 @@
 """Embedding extraction for files, folders and manifests of any modality, and cosine search."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +39,11 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
             for task in streamed:
                 for shard in task.stream.shards:
                     for _, row in shard.read():
-                        items.append({"text": row["text"], "modality": "text", "path": row["where"]} if "text" in row
-                                     else {"path": row["path"], "modality": task.modality})
+                        items.append(
+                            {"text": row["text"], "modality": "text", "path": row["where"]}
+                            if "text" in row
+                            else {"path": row["path"], "modality": task.modality}
+                        )
             continue
         source = Path(spec)
         if not source.exists():
@@ -83,9 +88,15 @@ class EmbedDataset(Dataset):
 
 
 @torch.inference_mode()
-def embed_items(model: OmniVecModel, items: list[dict[str, Any]], batch_size: int = 64, num_workers: int = 2,
-                device: str | torch.device | None = None, precision: str = "fp32",
-                indices: Sequence[int] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+def embed_items(
+    model: OmniVecModel,
+    items: list[dict[str, Any]],
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    indices: Sequence[int] | None = None,
+) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings [len(items), D] (rows of `indices` only, the rest zero) and {index: error} for
     the samples that could not be read; transforms run in `num_workers` DataLoader workers."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -105,9 +116,13 @@ def embed_items(model: OmniVecModel, items: list[dict[str, Any]], batch_size: in
             errors.update({i: f"{items[i]['path']}: the model has no {modality} encoder" for i in idx})
             bar.update(len(idx))
             continue
-        loader = DataLoader(EmbedDataset(items, idx, transforms[modality]), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=collate_for(model, modality),
-                            pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            EmbedDataset(items, idx, transforms[modality]),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_for(model, modality),
+            pin_memory=device.type == "cuda",
+        )
         for batch in loader:
             errors.update(zip(batch["skipped_index"], batch["skipped"]))
             if batch["input"] is not None:
@@ -123,9 +138,15 @@ def embed_items(model: OmniVecModel, items: list[dict[str, Any]], batch_size: in
     return out, errors
 
 
-def embed_files(model: OmniVecModel, paths: Sequence[str | os.PathLike], batch_size: int = 64,
-                num_workers: int = 2, device: str | None = None, precision: str = "fp32",
-                skip_bad: bool = False) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def embed_files(
+    model: OmniVecModel,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str | None = None,
+    precision: str = "fp32",
+    skip_bad: bool = False,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Embed every sample of `paths` (files, folders, manifests; the modality from each file's
     extension) -> (embeddings [N, D] in input order, one record per sample: path, modality, index,
     status). An unreadable sample raises `DataError` naming it unless `skip_bad`."""
@@ -137,10 +158,19 @@ def embed_files(model: OmniVecModel, paths: Sequence[str | os.PathLike], batch_s
 def records_for(items: list[dict[str, Any]], errors: dict[int, str], skip_bad: bool) -> list[dict[str, Any]]:
     if errors and not skip_bad:
         listing = "\n  ".join(errors[i] for i in sorted(errors))
-        raise DataError(f"{len(errors)} of {len(items)} samples could not be embedded (nothing written; "
-                        f"--skip-bad records them as failed and goes on):\n  {listing}")
-    return [{"path": str(item["path"]), "modality": item["modality"], "index": i,
-             "status": f"failed: {errors[i]}" if i in errors else "ok"} for i, item in enumerate(items)]
+        raise DataError(
+            f"{len(errors)} of {len(items)} samples could not be embedded (nothing written; "
+            f"--skip-bad records them as failed and goes on):\n  {listing}"
+        )
+    return [
+        {
+            "path": str(item["path"]),
+            "modality": item["modality"],
+            "index": i,
+            "status": f"failed: {errors[i]}" if i in errors else "ok",
+        }
+        for i, item in enumerate(items)
+    ]
 
 
 def output_paths(output: str | os.PathLike, fmt: str | None = None) -> tuple[Path, str]:
@@ -162,8 +192,9 @@ def check_output(output: str | os.PathLike, fmt: str | None = None) -> None:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ConfigError(f"{output}: writing parquet needs pyarrow (pip install pyarrow), or use "
-                              "--format npy / safetensors") from None
+            raise ConfigError(
+                f"{output}: writing parquet needs pyarrow (pip install pyarrow), or use --format npy / safetensors"
+            ) from None
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=base.parent, prefix=".omnivec-write-test-"):
@@ -172,8 +203,13 @@ def check_output(output: str | os.PathLike, fmt: str | None = None) -> None:
         raise ConfigError(f"{base.parent}: cannot write the embeddings there ({e.strerror or e})") from e
 
 
-def write_embeddings(output: str | os.PathLike, embeddings: np.ndarray, records: list[dict[str, Any]],
-                     meta: dict[str, Any], fmt: str | None = None) -> list[Path]:
+def write_embeddings(
+    output: str | os.PathLike,
+    embeddings: np.ndarray,
+    records: list[dict[str, Any]],
+    meta: dict[str, Any],
+    fmt: str | None = None,
+) -> list[Path]:
     """Write the embeddings (`.npy`, `.safetensors` or `.parquet`), one manifest row per sample
     (`.jsonl`: path, modality, index, status) and `.json` metadata; each file is written aside
     and renamed into place."""
@@ -188,6 +224,7 @@ def write_embeddings(output: str | os.PathLike, embeddings: np.ndarray, records:
         written.append(path)
 
     if fmt == "npy":
+
         def save_npy(path: Path) -> None:
             with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the ".tmp" name
                 np.save(f, embeddings)
@@ -201,15 +238,23 @@ def write_embeddings(output: str | os.PathLike, embeddings: np.ndarray, records:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table({"path": [r["path"] for r in records], "modality": [r["modality"] for r in records],
-                          "index": [r["index"] for r in records], "status": [r["status"] for r in records],
-                          "embedding": list(embeddings)})
+        table = pa.table(
+            {
+                "path": [r["path"] for r in records],
+                "modality": [r["modality"] for r in records],
+                "index": [r["index"] for r in records],
+                "status": [r["status"] for r in records],
+                "embedding": list(embeddings),
+            }
+        )
         place(base.with_suffix(".parquet"), lambda p: pq.write_table(table, p))
     else:
         raise ValueError(f"format: expected npy, safetensors or parquet, got {fmt!r}")
     place(base.with_suffix(".jsonl"), lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
-    place(base.with_suffix(".json"), lambda p: p.write_text(json.dumps({**meta, "format": fmt, "count": len(records)},
-                                                                      indent=2)))
+    place(
+        base.with_suffix(".json"),
+        lambda p: p.write_text(json.dumps({**meta, "format": fmt, "count": len(records)}, indent=2)),
+    )
     return written
 
 
@@ -232,9 +277,17 @@ def load_index(output: str | os.PathLike) -> tuple[np.ndarray, list[dict[str, An
     return np.asarray(embeddings, dtype=np.float32), records, meta
 
 
-def embed_command(model_path: str, inputs: Sequence[str], output: str, batch_size: int = 64, num_workers: int = 2,
-                  device: str | None = None, precision: str = "fp32", skip_bad: bool = False,
-                  fmt: str | None = None) -> list[dict[str, Any]]:
+def embed_command(
+    model_path: str,
+    inputs: Sequence[str],
+    output: str,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str | None = None,
+    precision: str = "fp32",
+    skip_bad: bool = False,
+    fmt: str | None = None,
+) -> list[dict[str, Any]]:
     """`omnivec embed`: under `accelerate launch` each process embeds its shard of the samples and
     the main process merges them in input order and writes the output."""
     from accelerate import PartialState
@@ -254,7 +307,11 @@ def embed_command(model_path: str, inputs: Sequence[str], output: str, batch_siz
             errors.update(errs)
     records = records_for(items, errors, skip_bad)  # raises before anything is written
     if state.is_main_process:
-        meta = {"model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else str(model_path), "dim": int(embeddings.shape[1]), "precision": precision}
+        meta = {
+            "model": str(Path(model_path).resolve()) if Path(model_path).is_dir() else str(model_path),
+            "dim": int(embeddings.shape[1]),
+            "precision": precision,
+        }
         for path in write_embeddings(output, embeddings, records, meta, fmt):
             print(f"wrote {path}")
         failed = sum(r["status"] != "ok" for r in records)
@@ -263,8 +320,9 @@ def embed_command(model_path: str, inputs: Sequence[str], output: str, batch_siz
     return records
 
 
-def search(output: str | os.PathLike, query: str, k: int = 5, model: OmniVecModel | None = None,
-           modality: str | None = None) -> list[dict[str, Any]]:
+def search(
+    output: str | os.PathLike, query: str, k: int = 5, model: OmniVecModel | None = None, modality: str | None = None
+) -> list[dict[str, Any]]:
     """The `k` nearest samples (cosine) to `query` (a file of any modality, or a text) in a saved
     index, optionally only of one modality."""
     embeddings, records, meta = load_index(output)

@@ -1,12 +1,14 @@
 """Evaluation: the eval-mode loop over a loader, every task's head metrics and baselines, cross-modal
 retrieval, and `omnivec evaluate` on a saved model."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +35,9 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def eval_batches(loader: Any, device: torch.device, max_batches: int = 0, desc: str | None = None
-                 ) -> Iterator[tuple[Any, dict[str, Any]]]:
+def eval_batches(
+    loader: Any, device: torch.device, max_batches: int = 0, desc: str | None = None
+) -> Iterator[tuple[Any, dict[str, Any]]]:
     """(input on `device`, batch) for each batch of `loader` that has samples, at most `max_batches`
     (0: all), with a progress bar when `desc` is given."""
     for i, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=desc is None)):
@@ -44,8 +47,15 @@ def eval_batches(loader: Any, device: torch.device, max_batches: int = 0, desc: 
             yield to_device(batch["input"], device), batch
 
 
-def evaluate_tasks(model: OmniVecModel, data: Mapping[str, list[TaskData]], split: str, batch_size: int,
-                   device: torch.device, num_workers: int = 0, max_batches: int = 0) -> dict[str, dict[str, Any]]:
+def evaluate_tasks(
+    model: OmniVecModel,
+    data: Mapping[str, list[TaskData]],
+    split: str,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    max_batches: int = 0,
+) -> dict[str, dict[str, Any]]:
     """Each task's head metrics on `split`, plus the head's `details` (keys starting with "_" are
     for figures, e.g. classification's predicted and true classes) and the sample count."""
     results = {}
@@ -58,8 +68,11 @@ def evaluate_tasks(model: OmniVecModel, data: Mapping[str, list[TaskData]], spli
                 predictions.append(head.predict(*model.forward_features(modality, x)))
                 targets.append(batch["target"])
             predictions, targets = head.gather(predictions), head.gather(targets)
-            results[task] = {**head.metrics(predictions, targets), **head.details(predictions, targets),
-                             "samples": len(targets)}
+            results[task] = {
+                **head.metrics(predictions, targets),
+                **head.details(predictions, targets),
+                "samples": len(targets),
+            }
     return results
 
 
@@ -80,27 +93,45 @@ def public(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not k.startswith("_")}
 
 
-def embed_split(model: OmniVecModel, datasets: list[TaskData], split: str, device: torch.device,
-                batch_size: int = 64, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_split(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    split: str,
+    device: torch.device,
+    batch_size: int = 64,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`model.embed` of every sample of `split` -> (embeddings [N, D] on the CPU, targets [N] or
     [N, C]), with a progress bar when `desc` is given."""
     modality = datasets[0].modality
     parts, labels = [], []
     with evaluating(model):
-        for x, batch in eval_batches(task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc):
+        for x, batch in eval_batches(
+            task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
+        ):
             parts.append(model.embed({modality: x})[modality].float().cpu())
             labels.append(batch["target"])
     return torch.cat(parts), torch.cat(labels)
 
 
-def cross_modal_retrieval(model: OmniVecModel, data: Mapping[str, list[TaskData]], split: str, device: torch.device,
-                          k: int = 5, batch_size: int = 64) -> dict[str, dict[str, float]]:
+def cross_modal_retrieval(
+    model: OmniVecModel,
+    data: Mapping[str, list[TaskData]],
+    split: str,
+    device: torch.device,
+    k: int = 5,
+    batch_size: int = 64,
+) -> dict[str, dict[str, float]]:
     """For each ordered pair of tasks (one label space): the share of a query's k nearest
     neighbours (cosine of `model.embed`) among the other task's samples that have its class,
     against chance."""
     embedded = {task: embed_split(model, datasets, split, device, batch_size) for task, datasets in data.items()}
-    return {f"{a}->{b}": precision_at_k(emb_a @ emb_b.T, y_a, y_b, k)
-            for a, (emb_a, y_a) in embedded.items() for b, (emb_b, y_b) in embedded.items() if a != b}
+    return {
+        f"{a}->{b}": precision_at_k(emb_a @ emb_b.T, y_a, y_b, k)
+        for a, (emb_a, y_a) in embedded.items()
+        for b, (emb_b, y_b) in embedded.items()
+        if a != b
+    }
 
 
 def align_classes(task: str, datasets: list[TaskData], head: Any) -> list[TaskData]:
@@ -113,9 +144,11 @@ def align_classes(task: str, datasets: list[TaskData], head: Any) -> list[TaskDa
         unknown = sorted(set(d.classes) - set(labels))
         if unknown:
             row = next((r for r in d.rows if unknown[0] in (r.get("labels") or [r.get("label")])), {})
-            raise DataError(f"{row.get('where', d.source)}: label {unknown[0]!r} is not one of the {len(labels)} labels the "
-                            f"{task!r} head was trained on ({', '.join(map(str, labels[:12]))}"
-                            f"{', ...' if len(labels) > 12 else ''})")
+            raise DataError(
+                f"{row.get('where', d.source)}: label {unknown[0]!r} is not one of the {len(labels)} labels the "
+                f"{task!r} head was trained on ({', '.join(map(str, labels[:12]))}"
+                f"{', ...' if len(labels) > 12 else ''})"
+            )
     return [dataclasses.replace(d, classes=labels) for d in datasets]
 
 
@@ -132,18 +165,31 @@ def evaluate_saved(model_dir: str | Path, cfg: Any, split: str, output: Path, de
     tasks = [t for t in cfg.tasks if t in model.heads]
     if not tasks:
         raise ConfigError(f"{model_dir}: the model has none of the config's task heads {sorted(cfg.tasks)}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
     model.to(dev)
-    data = {t: align_classes(t, d, model.config.heads[t]) for t, d in load_task_data(cfg, [split]).items() if t in tasks}
+    data = {
+        t: align_classes(t, d, model.config.heads[t]) for t, d in load_task_data(cfg, [split]).items() if t in tasks
+    }
     results = evaluate_tasks(model, data, split, cfg.eval_batch_size, dev, max_batches=cfg.eval_max_batches)
     output.mkdir(parents=True, exist_ok=True)
     for task, metrics in results.items():
         if "_pred" in metrics:
-            plot_confusion(metrics["_pred"], metrics["_true"], model.config.heads[task].labels,
-                           output / f"confusion_{task}.png", title=f"{task} ({split})")
-    report = {"model": str(model_dir), "split": split, "metrics": {t: public(m) for t, m in results.items()},
-              "baselines": baselines(data, {t: model.config.heads[t].type for t in data}, split),
-              "not_in_model": missing}
+            plot_confusion(
+                metrics["_pred"],
+                metrics["_true"],
+                model.config.heads[task].labels,
+                output / f"confusion_{task}.png",
+                title=f"{task} ({split})",
+            )
+    report = {
+        "model": str(model_dir),
+        "split": split,
+        "metrics": {t: public(m) for t, m in results.items()},
+        "baselines": baselines(data, {t: model.config.heads[t].type for t in data}, split),
+        "not_in_model": missing,
+    }
     (output / "metrics.json").write_text(json.dumps(report, indent=2))
     lines = metrics_lines(report["metrics"], report["baselines"])
     if missing:

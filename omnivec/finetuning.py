@@ -1,6 +1,7 @@
 """Sequential fine-tuning: a list of stages, each training some tasks' heads (and, unless frozen,
 the shared backbone and encoders); after every stage every task trained so far is evaluated (the
 forgetting matrix) and a checkpoint is saved. `finetune` reads as a loop over `run_stage`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,9 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +22,12 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
+from .backbone import set_drop_path
 from .datasets import TaskData
 from .datasets.loaders import task_loader
 from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError
 from .evaluation import baselines, cross_modal_retrieval, evaluate_tasks, public
-from .backbone import set_drop_path
 from .heads import masked_mean
 from .model import OmniVecModel, load_model
 from .reports import format_report
@@ -39,8 +41,15 @@ class FinetuneModule(nn.Module):
     `mixers`: {task: timm `Mixup`} mixes those tasks' batches and labels (soft targets);
     `ema_decay` > 0 keeps `ema`, a timm `ModelEmaV3` of the model, updated after every step."""
 
-    def __init__(self, model: OmniVecModel, backbone_lr_scale: float = 1.0, stage: StageSpec | None = None,
-                 layer_decay: float = 1.0, mixers: Mapping[str, Mixup] | None = None, ema_decay: float = 0.0):
+    def __init__(
+        self,
+        model: OmniVecModel,
+        backbone_lr_scale: float = 1.0,
+        stage: StageSpec | None = None,
+        layer_decay: float = 1.0,
+        mixers: Mapping[str, Mixup] | None = None,
+        ema_decay: float = 0.0,
+    ):
         super().__init__()
         self.model, self.backbone_lr_scale, self.layer_decay = model, backbone_lr_scale, layer_decay
         self.align = list(stage.align) if stage else []
@@ -64,8 +73,10 @@ class FinetuneModule(nn.Module):
     def lr_scales(self) -> dict[str, float]:
         """Learning-rate multipliers by parameter name: `backbone_lr_scale` on the encoders and the
         trunk, times `layer_decay ** (layers above)` (BEiT / MAE fine-tuning); heads get 1."""
-        return {f"model.{name}": self.backbone_lr_scale * scale
-                for name, scale in layer_decay_scales(self.model, self.layer_decay).items()}
+        return {
+            f"model.{name}": self.backbone_lr_scale * scale
+            for name, scale in layer_decay_scales(self.model, self.layer_decay).items()
+        }
 
     def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
         losses, embeddings = {}, {}
@@ -105,7 +116,9 @@ def layer_decay_scales(model: OmniVecModel, decay: float) -> dict[str, float]:
     return {name: decay ** (top - layer(name)) for name in names}
 
 
-def cross_modal_alignment(embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], temperature: float) -> torch.Tensor:
+def cross_modal_alignment(
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], temperature: float
+) -> torch.Tensor:
     """Supervised contrastive loss across tasks: {task: ([B, D] unit embeddings, [B] class ids of
     one shared label space)} -> for every anchor of one task and every other task, -log of the
     softmax mass (over that task's batch) on the samples of the anchor's class; averaged over the
@@ -166,8 +179,9 @@ def stage_folder(cfg: FinetuneConfig, i: int) -> Path:
     return Path(cfg.output_dir) / "stages" / f"{i}_{'+'.join(cfg.stages[i - 1].tasks)}"
 
 
-def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[str, list[TaskData]],
-              seen: list[str]) -> tuple[OmniVecModel, dict[str, Any] | None]:
+def run_stage(
+    cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[str, list[TaskData]], seen: list[str]
+) -> tuple[OmniVecModel, dict[str, Any] | None]:
     """Stage `i` (1-based): add its heads, train, save the model in its folder, then (main process)
     evaluate every task in `seen` and write `done.json` there. Returns the saved model (loaded by
     every process) and what the stage records (None on the other processes); a finished stage is
@@ -182,23 +196,52 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
         for task in stage.tasks:
             model.add_head(task, head_config(task, cfg.tasks[task], data[task], model.config, cfg.label_smoothing))
     set_frozen(model, stage.freeze)
-    stage_cfg = dataclasses.replace(cfg, max_steps=stage.steps, lr=stage.lr or cfg.lr, output_dir=str(stage_dir),
-                                    warmup_steps=min(cfg.warmup_steps, stage.steps // 5))
-    module = FinetuneModule(model, cfg.backbone_lr_scale, stage, cfg.layer_decay,
-                            mixers(cfg, model, stage.tasks + stage.replay), cfg.ema_decay)
+    stage_cfg = dataclasses.replace(
+        cfg,
+        max_steps=stage.steps,
+        lr=stage.lr or cfg.lr,
+        output_dir=str(stage_dir),
+        warmup_steps=min(cfg.warmup_steps, stage.steps // 5),
+    )
+    module = FinetuneModule(
+        model,
+        cfg.backbone_lr_scale,
+        stage,
+        cfg.layer_decay,
+        mixers(cfg, model, stage.tasks + stage.replay),
+        cfg.ema_decay,
+    )
     trainer = Trainer(stage_cfg, module)
     acc = trainer.accelerator
     if cfg.ema_decay and acc.distributed_type == "FSDP":  # the EMA copy would be sharded with the model
-        raise ConfigError("ema_decay: not supported under FSDP yet (the EMA copy of the weights is sharded with "
-                          "the model, and evaluating it on one process would hang); set ema_decay=0")
+        raise ConfigError(
+            "ema_decay: not supported under FSDP yet (the EMA copy of the weights is sharded with "
+            "the model, and evaluating it on one process would hang); set ema_decay=0"
+        )
     if trainer.is_main:
-        tqdm.write(f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
-                   + (f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "")
-                   + (f", rehearsing: {', '.join(stage.replay)}" if stage.replay else "") + ")")
-    loaders = {t: task_loader(model, data[t], "train", cfg.tasks[t].batch_size or cfg.batch_size, cfg.num_workers,
-                              train=True, seed=cfg.seed, skip_bad=cfg.skip_bad, rank=acc.process_index,
-                              world_size=acc.num_processes, shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment)
-               for t in stage.tasks + stage.replay}
+        tqdm.write(
+            f"stage {i}/{len(cfg.stages)}: {', '.join(stage.tasks)} ({stage.steps} steps"
+            + (f", frozen: {', '.join(stage.freeze)}" if stage.freeze else "")
+            + (f", rehearsing: {', '.join(stage.replay)}" if stage.replay else "")
+            + ")"
+        )
+    loaders = {
+        t: task_loader(
+            model,
+            data[t],
+            "train",
+            cfg.tasks[t].batch_size or cfg.batch_size,
+            cfg.num_workers,
+            train=True,
+            seed=cfg.seed,
+            skip_bad=cfg.skip_bad,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            shuffle_buffer=cfg.shuffle_buffer,
+            augment=cfg.augment,
+        )
+        for t in stage.tasks + stage.replay
+    }
     current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
     replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None
     trainer.fit(ReplayLoader(current, replay))
@@ -212,10 +255,19 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
     model = OmniVecModel.from_pretrained(stage_dir / "model").to(trainer.device)
     done = None
     if trainer.is_main:
+
         def evaluate(m: OmniVecModel) -> dict[str, dict[str, Any]]:
-            return {t: public(r) for t, r in evaluate_tasks(
-                m, {t: data[t] for t in seen}, cfg.eval_split, cfg.eval_batch_size, trainer.device,
-                max_batches=cfg.eval_max_batches).items()}
+            return {
+                t: public(r)
+                for t, r in evaluate_tasks(
+                    m,
+                    {t: data[t] for t in seen},
+                    cfg.eval_split,
+                    cfg.eval_batch_size,
+                    trainer.device,
+                    max_batches=cfg.eval_max_batches,
+                ).items()
+            }
 
         results = evaluate(model)
         if ema is not None:  # the EMA weights' metrics beside the raw ones, as "ema:METRIC"
@@ -223,8 +275,15 @@ def run_stage(cfg: FinetuneConfig, i: int, model: OmniVecModel, data: Mapping[st
                 results[t].update({f"ema:{k}": v for k, v in r.items() if isinstance(v, float)})
             ema.module.save_pretrained(stage_dir / "model_ema")
         row = {t: results[t][model.heads[t].main_metric] for t in seen}
-        info = {"stage": i, "tasks": stage.tasks, "steps": stage.steps, "freeze": stage.freeze, "replay": stage.replay,
-                "seconds": round(time.perf_counter() - started, 1), "skipped_samples": trainer.skipped}
+        info = {
+            "stage": i,
+            "tasks": stage.tasks,
+            "steps": stage.steps,
+            "freeze": stage.freeze,
+            "replay": stage.replay,
+            "seconds": round(time.perf_counter() - started, 1),
+            "skipped_samples": trainer.skipped,
+        }
         done = {"row": row, "stage": info, "results": results}
         done_file.write_text(json.dumps(done))
         tqdm.write("  " + ", ".join(f"{t} {model.heads[t].main_metric}={v:.3f}" for t, v in row.items()))
@@ -266,8 +325,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return report
 
 
-def final_report(cfg: FinetuneConfig, model: OmniVecModel, data: Mapping[str, list[TaskData]], seen: list[str],
-                 done: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def final_report(
+    cfg: FinetuneConfig,
+    model: OmniVecModel,
+    data: Mapping[str, list[TaskData]],
+    seen: list[str],
+    done: list[dict[str, Any]],
+    seconds: float,
+) -> dict[str, Any]:
     """eval.json: the final metrics, the forgetting matrix, baselines and cross-modal retrieval."""
     results = done[-1]["results"]
     return {
@@ -275,11 +340,20 @@ def final_report(cfg: FinetuneConfig, model: OmniVecModel, data: Mapping[str, li
         "init": cfg.init,
         "seconds": round(seconds, 1),
         "stages": [d["stage"] for d in done],
-        "forgetting_matrix": {"tasks": seen, "metric": {t: model.heads[t].main_metric for t in seen},
-                              "rows": [[d["row"].get(t) for t in seen] for d in done]},
+        "forgetting_matrix": {
+            "tasks": seen,
+            "metric": {t: model.heads[t].main_metric for t in seen},
+            "rows": [[d["row"].get(t) for t in seen] for d in done],
+        },
         "final": {t: {k: v for k, v in m.items() if k != "examples"} for t, m in results.items()},
         "examples": {t: m["examples"] for t, m in results.items() if "examples" in m},
         "baselines": baselines({t: data[t] for t in seen}, {t: cfg.tasks[t].head for t in seen}, cfg.eval_split),
-        "retrieval": {pair: r for stage in cfg.stages if stage.align for pair, r in cross_modal_retrieval(
-            model, {t: data[t] for t in stage.align}, cfg.eval_split, next(model.parameters()).device).items()},
+        "retrieval": {
+            pair: r
+            for stage in cfg.stages
+            if stage.align
+            for pair, r in cross_modal_retrieval(
+                model, {t: data[t] for t in stage.align}, cfg.eval_split, next(model.parameters()).device
+            ).items()
+        },
     }

@@ -3,6 +3,7 @@
 Only the kept tokens go through the modality blocks and the backbone; the decoder puts mask tokens
 back at the hidden positions. Samples with padding (text) mask a fraction of their own real tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,9 +44,15 @@ def keep_count(n_real: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.minimum(torch.clamp(n_real - torch.round(n_real * ratio).long(), min=1), n_real)
 
 
-def random_masking(batch_size: int, length: int, ratio: float, padding_mask: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None) -> Masking:
+def random_masking(
+    batch_size: int,
+    length: int,
+    ratio: float,
+    padding_mask: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Masking:
     """Hide round(n * ratio) of each sample's n real tokens, chosen uniformly (MAE).
 
     noise: [B, L] in [0, 1) to fix the choice (tests); else drawn from `generator`.
@@ -68,8 +75,14 @@ def random_masking(batch_size: int, length: int, ratio: float, padding_mask: tor
     return Masking(ids_shuffle[:, :max_keep], keep_valid, mask, ids_restore, num_hidden)  # ids_keep [B, K]
 
 
-def tube_masking(batch_size: int, grid: tuple[int, int, int], ratio: float, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Masking:
+def tube_masking(
+    batch_size: int,
+    grid: tuple[int, int, int],
+    ratio: float,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Masking:
     """VideoMAE tube masking: the same spatial patches are hidden in every time step.
 
     grid: (T', H', W') tokens in time-major order; noise: [B, H'*W'] to fix the choice.
@@ -79,6 +92,6 @@ def tube_masking(batch_size: int, grid: tuple[int, int, int], ratio: float, nois
     offsets = torch.arange(t, device=spatial.ids_keep.device)[None, :, None] * (h * w)  # [1, T', 1]
     ids_keep = (offsets + spatial.ids_keep[:, None, :]).flatten(1)  # [B, T' * K]
     mask = spatial.mask.repeat(1, t)  # [B, T' * H' * W']
-    hidden = (offsets + torch.argsort(spatial.ids_restore, 1)[:, None, ids_keep.shape[1] // t:]).flatten(1)
+    hidden = (offsets + torch.argsort(spatial.ids_restore, 1)[:, None, ids_keep.shape[1] // t :]).flatten(1)
     ids_restore = torch.argsort(torch.cat([ids_keep, hidden], 1), dim=1)
     return Masking(ids_keep, None, mask, ids_restore, t * spatial.num_hidden)

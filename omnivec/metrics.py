@@ -1,4 +1,5 @@
 """Metric functions: top-k accuracy, mean average precision (multi-label), ROUGE-1/2/L, confusion matrices."""
+
 from __future__ import annotations
 
 import torch
@@ -40,11 +41,14 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[C, C] counts: row = true class, column = predicted class."""
-    return torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
-def precision_at_k(sims: torch.Tensor, query_labels: torch.Tensor, key_labels: torch.Tensor, k: int = 5,
-                   same_set: bool = False) -> dict[str, float]:
+def precision_at_k(
+    sims: torch.Tensor, query_labels: torch.Tensor, key_labels: torch.Tensor, k: int = 5, same_set: bool = False
+) -> dict[str, float]:
     """sims: [Nq, Nk] similarities, labels: [Nq] and [Nk] class ids -> {"precision@k": the share of
     each query's k most similar keys that have its class, "chance": that share for keys drawn at
     random}. `same_set`: the queries are the keys, and a query is never its own neighbour."""

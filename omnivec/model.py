@@ -1,5 +1,6 @@
 """`OmniVecModel`: per-modality encoders -> one shared backbone -> task heads / embeddings,
 plus the registered variants (`omnivec_tiny`, `omnivec_small`, `omnivec_base`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,8 +85,9 @@ class OmniVecModel(nn.Module):
         if modality not in self.encoders:
             raise InputError(f"unknown modality {modality!r}: this model has {self.modalities}")
 
-    def forward_features(self, modality: str, x: Any, ids_keep: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_features(
+        self, modality: str, x: Any, ids_keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One modality's batch -> backbone tokens [B, L, D] and padding mask [B, L] (or None).
 
         `ids_keep` [B, K] keeps only those token positions: the dropped tokens never enter the
@@ -106,10 +109,12 @@ class OmniVecModel(nn.Module):
             out.pooled[modality] = masked_mean(hidden, mask)
         for name, cfg in self.config.heads.items():
             if cfg.modality in out.hidden_states and self.heads[name].output == "logits":
-                out.logits[name] = self.forward_head(name, out.hidden_states[cfg.modality], out.padding_mask[cfg.modality])
+                out.logits[name] = self.forward_head(
+                    name, out.hidden_states[cfg.modality], out.padding_mask[cfg.modality]
+                )
         return out
 
-    def add_head(self, name: str, cfg: "HeadConfig") -> nn.Module:
+    def add_head(self, name: str, cfg: HeadConfig) -> nn.Module:
         """Add (or replace) task head `name`; its config joins `config.heads` and is saved with the model."""
         from .config import OmniVecConfig
 
@@ -138,14 +143,19 @@ class OmniVecModel(nn.Module):
             if not torch.isfinite(out[modality]).all():
                 broken = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
                 if broken:
-                    raise ModelError(f"the model's weights hold NaN or Inf ({', '.join(broken[:4])}"
-                                     f"{' ...' if len(broken) > 4 else ''}): its embeddings are not finite")
-                raise InputError(f"{modality}: expected model-ready values such as its transform gives; the "
-                                 f"embedding overflowed (inputs up to {float(x.abs().max()):.3g})")
+                    raise ModelError(
+                        f"the model's weights hold NaN or Inf ({', '.join(broken[:4])}"
+                        f"{' ...' if len(broken) > 4 else ''}): its embeddings are not finite"
+                    )
+                raise InputError(
+                    f"{modality}: expected model-ready values such as its transform gives; the "
+                    f"embedding overflowed (inputs up to {float(x.abs().max()):.3g})"
+                )
         return out
 
-    def transforms(self, train: bool = False, augment: Mapping[str, AugmentConfig] | None = None
-                   ) -> dict[str, Callable[..., Any]]:
+    def transforms(
+        self, train: bool = False, augment: Mapping[str, AugmentConfig] | None = None
+    ) -> dict[str, Callable[..., Any]]:
         """The per-sample transform of every modality (decoded file -> model-ready tensor), with the
         training augmentation `augment` gives a modality (only when `train`)."""
         out = {}
@@ -154,8 +164,9 @@ class OmniVecModel(nn.Module):
             out[m] = build(cfg, train, augment[m]) if train and augment and m in augment else build(cfg, train)
         return out
 
-    def save_pretrained(self, directory: str | os.PathLike,
-                        state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+    def save_pretrained(
+        self, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         """Write `config.json`, `model.safetensors`, each modality's assets (a tokenizer, unless
         built in) and a model card `README.md` to `directory`; each is written aside and renamed into
         place, so a crash never leaves half a file. `state_dict` replaces the model's own weights
@@ -180,7 +191,7 @@ class OmniVecModel(nn.Module):
             os.replace(tmp / CONFIG_NAME, directory / CONFIG_NAME)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> "OmniVecModel":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> OmniVecModel:
         """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id;
         `ModelError` names the folder or file that cannot be used, or the tensor holding NaN or Inf."""
         directory = resolve_model_dir(name_or_path, revision)
@@ -194,16 +205,20 @@ class OmniVecModel(nn.Module):
         try:
             state = load_file(directory / WEIGHTS_NAME)
         except Exception as e:  # safetensors: truncated, empty, or another format under that name
-            raise ModelError(f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({e}); save_pretrained "
-                             "writes one (pickled PyTorch files are never loaded)") from e
+            raise ModelError(
+                f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({e}); save_pretrained "
+                "writes one (pickled PyTorch files are never loaded)"
+            ) from e
         problems = state_dict_mismatch(model.state_dict(), state)
         if problems:
             raise ModelError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise ModelError(f"{directory / WEIGHTS_NAME}: tensor {bad[0]}{more} holds NaN or Inf values "
-                             "(saved from a diverged run?); refusing to load it")
+            raise ModelError(
+                f"{directory / WEIGHTS_NAME}: tensor {bad[0]}{more} holds NaN or Inf values "
+                "(saved from a diverged run?); refusing to load it"
+            )
         model.load_state_dict(state)
         return model
 
@@ -228,11 +243,13 @@ def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = No
     except HFValidationError:
         raise ModelFileMissing(f"{name_or_path}: no such model folder (and not a hub id)") from None
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision,
-                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*/*"]))  # + assets
+        return Path(
+            snapshot_download(str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*/*"])
+        )  # + assets
     except Exception as e:  # offline, unknown repository, no access
-        raise ModelFileMissing(f"{name_or_path}: not a local folder, and the hub has no such model "
-                               f"({type(e).__name__}: {e})") from e
+        raise ModelFileMissing(
+            f"{name_or_path}: not a local folder, and the hub has no such model ({type(e).__name__}: {e})"
+        ) from e
 
 
 def check_finite(modality: str, x: Any) -> None:
@@ -241,7 +258,9 @@ def check_finite(modality: str, x: Any) -> None:
         return  # a sum is finite only if every value is (one reduction instead of a mask)
     bad = (~torch.isfinite(x)).nonzero()
     if len(bad):  # (else the sum overflowed: large but finite values)
-        raise InputError(f"{modality}: expected finite values, got {x[tuple(bad[0])].item()} at index {bad[0].tolist()}")
+        raise InputError(
+            f"{modality}: expected finite values, got {x[tuple(bad[0])].item()} at index {bad[0].tolist()}"
+        )
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
@@ -254,10 +273,14 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str
     unexpected = sorted(set(found) - set(expected))
     shapes = sorted(
         f"{k} (expected {list(expected[k].shape)}, found {list(found[k].shape)})"
-        for k in set(expected) & set(found) if expected[k].shape != found[k].shape
+        for k in set(expected) & set(found)
+        if expected[k].shape != found[k].shape
     )
-    parts = [f"{what}: {listing(names)}" for what, names in
-             (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", shapes)) if names]
+    parts = [
+        f"{what}: {listing(names)}"
+        for what, names in (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", shapes))
+        if names
+    ]
     return "; ".join(parts)
 
 

@@ -12,9 +12,10 @@ The backbone's own blocks (timm `Block`, SDPA) run the rows with a dense boolean
 jagged tensors runs a per-sequence math fallback there (after a host sync); rows as long as the
 longest sample keep the mask's wasted work small.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +48,12 @@ def unpack(rows: torch.Tensor, batch_size: int, num_tokens: int) -> torch.Tensor
     return rows[:, : n * num_tokens].reshape(R * n, num_tokens, D)[:batch_size]
 
 
-def packed_backbone(backbone: SharedBackbone, tokens: Mapping[str, torch.Tensor],
-                    padding_masks: Mapping[str, torch.Tensor | None],
-                    keep_prefix: bool = False) -> dict[str, torch.Tensor]:
+def packed_backbone(
+    backbone: SharedBackbone,
+    tokens: Mapping[str, torch.Tensor],
+    padding_masks: Mapping[str, torch.Tensor | None],
+    keep_prefix: bool = False,
+) -> dict[str, torch.Tensor]:
     """{modality: tokens [B_m, K_m, D]} with their padding masks [B_m, K_m] (or None) -> what
     `backbone(tokens, modality, padding_mask, keep_prefix)` gives for each, from one pass over all of
     them in rows as long as the longest sample (rounded up to 8 tokens)."""

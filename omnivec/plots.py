@@ -1,9 +1,11 @@
 """Figures written to run folders: loss curves and masked-reconstruction examples."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import matplotlib
 
@@ -23,7 +25,7 @@ def plot_losses(metrics_file: str | Path, png: str | Path) -> None:
         values = torch.tensor([r[key] for r in records if key in r])
         k = max(1, len(values) // 20)
         smooth = F.avg_pool1d(values[None, None], k, stride=1).flatten() if k > 1 else values
-        ax.plot(steps[k - 1:], smooth.tolist(), label=key[5:], color=f"C{i}")
+        ax.plot(steps[k - 1 :], smooth.tolist(), label=key[5:], color=f"C{i}")
         val = [(r["step"], r[f"val/{key[5:]}"]) for r in records if f"val/{key[5:]}" in r]
         if val:
             ax.plot(*zip(*val), "o--", color=f"C{i}", markersize=4, linewidth=0.8)
@@ -47,8 +49,13 @@ def _draw_image(ax, panel: torch.Tensor):
 
 def _draw_spectrogram(ax, panel: torch.Tensor):
     """[mel, frames], NaN where hidden (drawn as the lowest value)."""
-    ax.imshow(panel.nan_to_num(float(panel.nan_to_num(0).min())).numpy(), origin="lower", aspect="auto",
-              cmap="magma", interpolation="nearest")
+    ax.imshow(
+        panel.nan_to_num(float(panel.nan_to_num(0).min())).numpy(),
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
@@ -67,8 +74,9 @@ DRAW = {"image": _draw_image, "spectrogram": _draw_spectrogram, "points": _draw_
 
 
 @torch.no_grad()
-def plot_reconstructions(pretrainer, loaders: Mapping[str, Any], samples: int, png: str | Path,
-                         device: torch.device) -> None:
+def plot_reconstructions(
+    pretrainer, loaders: Mapping[str, Any], samples: int, png: str | Path, device: torch.device
+) -> None:
     """For a few validation samples of each modality: the input, what the encoder saw (hidden
     tokens blank) and the decoder's reconstruction of the hidden tokens."""
     from .training import to_device
@@ -84,7 +92,10 @@ def plot_reconstructions(pretrainer, loaders: Mapping[str, Any], samples: int, p
             continue
         x = to_device(batch["input"], device)[:samples]
         r = pretrainer.reconstruct(modality, x, torch.Generator(device).manual_seed(0))
-        r = {k: (v.float() if v.is_floating_point() else v).cpu() if isinstance(v, torch.Tensor) else v for k, v in r.items()}
+        r = {
+            k: (v.float() if v.is_floating_point() else v).cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in r.items()
+        }
         panels = encoder.reconstruction_panels(x.float().cpu(), r)
         rows += [(encoder.plot_style, modality, [p[i] for p in panels]) for i in range(len(x))]
     if not rows:
@@ -92,20 +103,23 @@ def plot_reconstructions(pretrainer, loaders: Mapping[str, Any], samples: int, p
     fig = plt.figure(figsize=(9, 2.2 * len(rows)))
     for i, (style, modality, panels) in enumerate(rows):
         for j, (panel, title) in enumerate(zip(panels, ("input", "masked (encoder input)", "reconstruction"))):
-            ax = DRAW[style](fig.add_subplot(len(rows), 3, 3 * i + j + 1, projection="3d" if style == "points" else None),
-                             panel)
+            ax = DRAW[style](
+                fig.add_subplot(len(rows), 3, 3 * i + j + 1, projection="3d" if style == "points" else None), panel
+            )
             if i == 0:
                 ax.set_title(title, fontsize=9)
             if j == 0:
-                ax.text2D(-0.1, 0.5, modality, transform=ax.transAxes, rotation=90, va="center") \
-                    if style == "points" else ax.set_ylabel(modality)
+                ax.text2D(
+                    -0.1, 0.5, modality, transform=ax.transAxes, rotation=90, va="center"
+                ) if style == "points" else ax.set_ylabel(modality)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
 
 
-def plot_confusion(predictions: list[int], targets: list[int], labels: tuple[str, ...], png: str | Path,
-                   title: str = "") -> None:
+def plot_confusion(
+    predictions: list[int], targets: list[int], labels: tuple[str, ...], png: str | Path, title: str = ""
+) -> None:
     """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
     from .metrics import confusion_matrix
 
@@ -119,8 +133,15 @@ def plot_confusion(predictions: list[int], targets: list[int], labels: tuple[str
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     accuracy = cm.trace() / max(cm.sum(), 1)
@@ -169,8 +190,15 @@ def plot_label_efficiency(summary: list[Mapping[str, Any]], png: str | Path) -> 
         for init, (color, style) in styles.items():
             line = sorted((c for c in runs if c["init"] == init), key=lambda c: c["fraction"])
             if line:
-                ax.errorbar([c["fraction"] for c in line], [c["mean"] for c in line], [c["std"] for c in line],
-                            fmt=style, color=color, capsize=3, label=f"fine-tuned: {init.replace('_', ' ')}")
+                ax.errorbar(
+                    [c["fraction"] for c in line],
+                    [c["mean"] for c in line],
+                    [c["std"] for c in line],
+                    fmt=style,
+                    color=color,
+                    capsize=3,
+                    label=f"fine-tuned: {init.replace('_', ' ')}",
+                )
         for init, color in (("pretrained", "C0"), ("random", "C7")):
             knn = cells.get((task, "knn", init, 1.0, "top1"))
             if knn:
@@ -183,7 +211,7 @@ def plot_label_efficiency(summary: list[Mapping[str, Any]], png: str | Path) -> 
         ax.set_xlabel("training labels")
         ax.set_ylabel(runs[0]["metric"] if runs else "")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()

@@ -3,6 +3,7 @@
 Each modality hides most of its tokens (its own `sample_mask`), the encoder and backbone see only
 the kept ones, and a light per-modality decoder predicts the hidden tokens' targets (normalised
 pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,10 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
@@ -47,8 +49,12 @@ class DecoderConfig:
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
-        require(self.dim % self.num_heads == 0, join_key(prefix, "num_heads"), f"a divisor of dim={self.dim}",
-                self.num_heads)
+        require(
+            self.dim % self.num_heads == 0,
+            join_key(prefix, "num_heads"),
+            f"a divisor of dim={self.dim}",
+            self.num_heads,
+        )
 
 
 class MaskedDecoder(nn.Module):
@@ -57,8 +63,15 @@ class MaskedDecoder(nn.Module):
     With `num_prefix` the backbone's prefix tokens (a pretrained ViT's CLS) lead the sequence with
     positions of their own, as in MAE's decoder, and are dropped before the prediction."""
 
-    def __init__(self, cfg: DecoderConfig, in_dim: int, num_tokens: int, target_dim: int, position_dim: int = 0,
-                 num_prefix: int = 0):
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        in_dim: int,
+        num_tokens: int,
+        target_dim: int,
+        position_dim: int = 0,
+        num_prefix: int = 0,
+    ):
         super().__init__()
         self.num_prefix = num_prefix
         self.embed = nn.Linear(in_dim, cfg.dim)
@@ -77,8 +90,13 @@ class MaskedDecoder(nn.Module):
             trunc_normal_(self.prefix_pos, std=0.02)
         self.apply(_init_weights)
 
-    def forward(self, visible: torch.Tensor, masking: Masking, padding_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        visible: torch.Tensor,
+        masking: Masking,
+        padding_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """visible: [B, n + K, D] backbone tokens: the n prefix tokens, then those at `masking.ids_keep`;
         padding_mask: [B, L] of the full sequence; positions: [B, L, c] token coordinates (point groups)
         -> predictions [N, P] for the N hidden tokens (`masking.mask`), the only ones any loss looks at."""
@@ -105,12 +123,19 @@ class MaskedPretrainer(nn.Module):
     with an MAE decoder (`decoder.from_trunk`) starts its image decoder from that one, at its size;
     `decoder_configs` records each modality's decoder settings (pass them to build the same shapes)."""
 
-    def __init__(self, model: OmniVecModel, decoder: DecoderConfig, seed: int = 0, pack: bool = False,
-                 decoder_configs: Mapping[str, DecoderConfig] | None = None):
+    def __init__(
+        self,
+        model: OmniVecModel,
+        decoder: DecoderConfig,
+        seed: int = 0,
+        pack: bool = False,
+        decoder_configs: Mapping[str, DecoderConfig] | None = None,
+    ):
         super().__init__()
         if pack and model.config.backbone.drop_path > 0:
-            raise ConfigError("pack: needs backbone.drop_path = 0 (stochastic depth would drop a packed row, "
-                              "several samples at once)")
+            raise ConfigError(
+                "pack: needs backbone.drop_path = 0 (stochastic depth would drop a packed row, several samples at once)"
+            )
         self.model, self.seed, self.pack = model, seed, pack
         dim, num_prefix = model.config.backbone.dim, model.backbone.num_prefix_tokens
         trunk = None
@@ -121,11 +146,14 @@ class MaskedPretrainer(nn.Module):
         self.decoder_configs = dict(decoder_configs or {m: decoder for m in model.encoders})
         if trunk is not None:
             self.decoder_configs[IMAGE] = dataclasses.replace(decoder, **trunk[0])
-        self.decoders = nn.ModuleDict({
-            m: MaskedDecoder(self.decoder_configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim,
-                             num_prefix)
-            for m, enc in model.encoders.items()
-        })
+        self.decoders = nn.ModuleDict(
+            {
+                m: MaskedDecoder(
+                    self.decoder_configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim, num_prefix
+                )
+                for m, enc in model.encoders.items()
+            }
+        )
         if trunk is not None:
             self.decoders[IMAGE].load_state_dict(trunk[1])
             trunk[2].source = f"{model.config.backbone.pretrained}'s MAE decoder ({trunk[0]})"
@@ -136,16 +164,18 @@ class MaskedPretrainer(nn.Module):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         return torch.Generator(device).manual_seed((self.seed * 1_000_003 + step) * 1009 + rank)
 
-    def reconstruct(self, modality: str, x: Any, generator: torch.Generator | None = None,
-                    masking: Masking | None = None) -> dict[str, Any]:
+    def reconstruct(
+        self, modality: str, x: Any, generator: torch.Generator | None = None, masking: Masking | None = None
+    ) -> dict[str, Any]:
         """Mask (or take `masking`), encode the kept tokens, decode all -> loss, prediction, target,
         mask (and positions)."""
         masking, out = self.encode(modality, x, generator, masking)
         hidden = self.model.backbone(out.tokens, modality, out.padding_mask, keep_prefix=True)  # [B, n + K, D]
         return self.decode(modality, x, masking, out, hidden)
 
-    def encode(self, modality: str, x: Any, generator: torch.Generator | None = None,
-               masking: Masking | None = None) -> tuple[Masking, Tokens]:
+    def encode(
+        self, modality: str, x: Any, generator: torch.Generator | None = None, masking: Masking | None = None
+    ) -> tuple[Masking, Tokens]:
         """Sample the mask (unless given) and encode the kept tokens -> the masking and the encoder's
         `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
         enc = self.model.encoders[modality]
@@ -159,8 +189,9 @@ class MaskedPretrainer(nn.Module):
         loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
         return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
 
-    def forward(self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens};
         the masks are the step's (`mask_generator`) unless `generator` is given."""
         if generator is None:
@@ -168,11 +199,16 @@ class MaskedPretrainer(nn.Module):
         if not self.pack:
             return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
         encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
-        hidden = packed_backbone(self.model.backbone, {m: out.tokens for m, (_, out) in encoded.items()},
-                                 {m: out.padding_mask for m, (_, out) in encoded.items()},
-                                 keep_prefix=True)  # {m: [B, n + K, D]}
-        return {m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
-                for m, (masking, out) in encoded.items()}
+        hidden = packed_backbone(
+            self.model.backbone,
+            {m: out.tokens for m, (_, out) in encoded.items()},
+            {m: out.padding_mask for m, (_, out) in encoded.items()},
+            keep_prefix=True,
+        )  # {m: [B, n + K, D]}
+        return {
+            m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
+            for m, (masking, out) in encoded.items()
+        }
 
 
 @dataclass
@@ -196,23 +232,40 @@ class PretrainConfig(TrainConfig):
         require(bool(self.data), join_key(prefix, "data"), "at least one modality: dataset path", self.data)
         for modality, paths in self.data.items():
             require(bool(paths), join_key(prefix, f"data.{modality}"), "at least one dataset path", paths)
-        require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
-                "all, round_robin or weighted", self.schedule)
+        require(
+            self.schedule in ("all", "round_robin", "weighted"),
+            join_key(prefix, "schedule"),
+            "all, round_robin or weighted",
+            self.schedule,
+        )
         require_positive(self, prefix, "eval_batches")
-        require(not self.weights or self.schedule != "round_robin", join_key(prefix, "weights"),
-                "no weights with schedule=round_robin (it ignores them; use all or weighted)", self.weights)
+        require(
+            not self.weights or self.schedule != "round_robin",
+            join_key(prefix, "weights"),
+            "no weights with schedule=round_robin (it ignores them; use all or weighted)",
+            self.weights,
+        )
         for modality, weight in self.weights.items():
             key = join_key(prefix, f"weights.{modality}")
-            require(modality in self.data, key, f"a weight for one of the modalities in data {sorted(self.data)}",
-                    modality)
+            require(
+                modality in self.data, key, f"a weight for one of the modalities in data {sorted(self.data)}", modality
+            )
             require(weight >= 0, key, "a number >= 0 (the losses of 'all', or sampling odds of 'weighted')", weight)
-        require(sum(self.weights.get(m, 1.0) for m in self.data) > 0, join_key(prefix, "weights"),
-                "a positive weight for at least one modality in data", self.weights)
+        require(
+            sum(self.weights.get(m, 1.0) for m in self.data) > 0,
+            join_key(prefix, "weights"),
+            "a positive weight for at least one modality in data",
+            self.weights,
+        )
         for modality, augment in self.augment.items():  # (none by default: masked pretraining's own recipe)
             key = join_key(prefix, f"augment.{modality}")
             require(modality in self.data, key, f"one of the modalities in data {sorted(self.data)}", modality)
-            require(not augment.batch_mix(), key, "no label mixing in pretraining (mixup: 0, cutmix: 0)",
-                    augment.batch_mix())
+            require(
+                not augment.batch_mix(),
+                key,
+                "no label mixing in pretraining (mixup: 0, cutmix: 0)",
+                augment.batch_mix(),
+            )
 
 
 def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
@@ -222,14 +275,17 @@ def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
         if modality not in model.encoders:
             raise ConfigError(f"data.{modality}: the model has no {modality!r} encoder; it has {model.modalities}")
         if not model.encoders[modality].masked_pretraining:
-            raise ConfigError(f"data.{modality}: the {modality} encoder ({model.config.modalities[modality].pretrained}) "
-                              "cannot hide tokens for masked pretraining; pretrain the other modalities and "
-                              "fine-tune this one, or use a ViT")
+            raise ConfigError(
+                f"data.{modality}: the {modality} encoder ({model.config.modalities[modality].pretrained}) "
+                "cannot hide tokens for masked pretraining; pretrain the other modalities and "
+                "fine-tune this one, or use a ViT"
+            )
     return model
 
 
-def evaluate_reconstruction(pretrainer: nn.Module, loaders: Mapping[str, Any], device: torch.device,
-                            max_batches: int) -> dict[str, float]:
+def evaluate_reconstruction(
+    pretrainer: nn.Module, loaders: Mapping[str, Any], device: torch.device, max_batches: int
+) -> dict[str, float]:
     """Mean reconstruction loss per modality on fixed validation batches with fixed masks.
     `pretrainer` is a `MaskedPretrainer`, or one prepared by accelerate: only its forward gathers
     the weights FSDP shards."""
@@ -237,8 +293,10 @@ def evaluate_reconstruction(pretrainer: nn.Module, loaders: Mapping[str, Any], d
     with evaluating(pretrainer):
         for modality, loader in loaders.items():
             generator = torch.Generator(device).manual_seed(12345)
-            losses = [pretrainer({modality: {"input": x}}, generator=generator)[modality].item()
-                      for x, _ in eval_batches(loader, device, max_batches)]
+            losses = [
+                pretrainer({modality: {"input": x}}, generator=generator)[modality].item()
+                for x, _ in eval_batches(loader, device, max_batches)
+            ]
             results[modality] = sum(losses) / max(len(losses), 1)
     return results
 
@@ -258,8 +316,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainer = Trainer(cfg, pretrainer)
     out = Path(cfg.output_dir)  # prepare_output_dir recorded the config there (run_config.json)
     acc = trainer.accelerator
-    train = build_loaders(cfg.data, model, "train", cfg, train=True, rank=acc.process_index,
-                          world_size=acc.num_processes)
+    train = build_loaders(
+        cfg.data, model, "train", cfg, train=True, rank=acc.process_index, world_size=acc.num_processes
+    )
     val = build_loaders(cfg.data, model, "val", cfg, train=False)
     batches = MultiModalLoader(train, cfg.schedule, cfg.weights if cfg.schedule == "weighted" else None, cfg.seed)
 
@@ -270,8 +329,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     state = acc.get_state_dict(trainer.module)  # every process takes part; whole tensors on the main one
     summary = {}
     if trainer.is_main:  # a copy with whole weights (under FSDP each process holds shards) to save and plot
-        whole = MaskedPretrainer(OmniVecModel(model.config, load_library_weights=False), cfg.decoder, cfg.seed,
-                                 cfg.pack, pretrainer.decoder_configs)
+        whole = MaskedPretrainer(
+            OmniVecModel(model.config, load_library_weights=False),
+            cfg.decoder,
+            cfg.seed,
+            cfg.pack,
+            pretrainer.decoder_configs,
+        )
         whole.load_state_dict(state)
         whole.to(trainer.device)
         whole.model.save_pretrained(out / "model")
@@ -293,8 +357,12 @@ def summarize(metrics_file: Path, modalities: list[str], seconds: float, skipped
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     train = [r for r in records if any(k.startswith("loss/") for k in r)]
     val = [r for r in records if any(k.startswith("val/") for k in r)]
-    out: dict[str, Any] = {"steps": train[-1]["step"] if train else 0, "seconds": round(seconds, 1),
-                           "skipped_samples": skipped, "modalities": {}}
+    out: dict[str, Any] = {
+        "steps": train[-1]["step"] if train else 0,
+        "seconds": round(seconds, 1),
+        "skipped_samples": skipped,
+        "modalities": {},
+    }
     last_step = out["steps"]
     for m in modalities:
         logged = [(r["step"], r[f"loss/{m}"]) for r in train if f"loss/{m}" in r]  # each: mean since the last log
@@ -311,8 +379,13 @@ def summarize(metrics_file: Path, modalities: list[str], seconds: float, skipped
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
-    parts = [f"{m} {s['train_first20']:.3f}->{s['train_last20']:.3f} (val {s['val_start']:.3f}->{s['val_end']:.3f})"
-             for m, s in summary["modalities"].items()]
+    parts = [
+        f"{m} {s['train_first20']:.3f}->{s['train_last20']:.3f} (val {s['val_start']:.3f}->{s['val_end']:.3f})"
+        for m, s in summary["modalities"].items()
+    ]
     skipped = f", {len(summary['skipped_samples'])} bad samples skipped" if summary["skipped_samples"] else ""
-    return (f"pretrained {summary['steps']} steps in {summary['seconds']:.0f}s{skipped}; loss first->last 20 steps: "
-            + "; ".join(parts) + f". Model: {out / 'model'}")
+    return (
+        f"pretrained {summary['steps']} steps in {summary['seconds']:.0f}s{skipped}; loss first->last 20 steps: "
+        + "; ".join(parts)
+        + f". Model: {out / 'model'}"
+    )

@@ -4,12 +4,14 @@ Fine-tuning (`omnivec finetune` then `omnivec evaluate`) is the third protocol.
 
     omnivec evaluate --protocol knn --model runs/pretrain-tiny/model --config configs/finetune/sample_sequential.yaml
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +42,14 @@ class Features:
         return self.train_y.ndim == 2
 
 
-def task_features(model: OmniVecModel, datasets: list[TaskData], device: str | torch.device | None = None,
-                  train_split: str = "train", test_split: str = "test", batch_size: int = 64) -> Features:
+def task_features(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    batch_size: int = 64,
+) -> Features:
     """Embed `train_split` and `test_split` of a classification task (`datasets`) with the frozen model."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
@@ -73,20 +81,30 @@ def knn_scores(features: Features, k: int = 20, temperature: float = 0.07, chunk
 def knn_evaluate(features: Features, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
     """Weighted k-NN top-1 / top-5 on the test split (single-label tasks only)."""
     if features.multi_label:
-        raise ConfigError("knn: a multi-label task has no k-NN protocol here (use --protocol linear, which reports mAP)")
+        raise ConfigError(
+            "knn: a multi-label task has no k-NN protocol here (use --protocol linear, which reports mAP)"
+        )
     return classification_metrics(knn_scores(features, k, temperature), features)
 
 
-def linear_probe(features: Features, epochs: int = 90, lr: float = 0.1, weight_decay: float = 0.0,
-                 batch_size: int = 256, seed: int = 0) -> nn.Module:
+def linear_probe(
+    features: Features,
+    epochs: int = 90,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> nn.Module:
     """MAE's linear probe on cached features: BatchNorm without affine parameters, then a linear
     layer (weights N(0, 0.01)), trained with SGD (momentum 0.9; MAE's LARS only matters at its 16k
     batch) at `lr` with a cosine schedule, no weight decay, for `epochs`; cross-entropy, or binary
     cross-entropy for multi-label targets. Deterministic for a `seed`; the global RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = nn.Sequential(nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6),
-                              nn.Linear(features.train.shape[1], features.num_classes))
+        probe = nn.Sequential(
+            nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6),
+            nn.Linear(features.train.shape[1], features.num_classes),
+        )
         nn.init.trunc_normal_(probe[1].weight, std=0.01)
         nn.init.zeros_(probe[1].bias)
         order = torch.Generator().manual_seed(seed)
@@ -108,8 +126,14 @@ def linear_probe(features: Features, epochs: int = 90, lr: float = 0.1, weight_d
     return probe.eval()
 
 
-def linear_evaluate(features: Features, epochs: int = 90, lr: float = 0.1, weight_decay: float = 0.0,
-                    batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+def linear_evaluate(
+    features: Features,
+    epochs: int = 90,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
     """`linear_probe` fitted on the train features, scored on the test split."""
     probe = linear_probe(features, epochs, lr, weight_decay, batch_size, seed)
     with torch.no_grad():
@@ -140,14 +164,25 @@ PROTOCOLS: dict[str, Callable[[Features, ProtocolSettings], dict[str, float]]] =
 }
 
 
-def knn_protocol(model: OmniVecModel, datasets: list[TaskData], k: int = 20, temperature: float = 0.07,
-                 device: str | torch.device | None = None, test_split: str = "test") -> dict[str, float]:
+def knn_protocol(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    k: int = 20,
+    temperature: float = 0.07,
+    device: str | torch.device | None = None,
+    test_split: str = "test",
+) -> dict[str, float]:
     """Weighted k-NN of a frozen model on one task: {"top1", "top5"} on `test_split`."""
     return knn_evaluate(task_features(model, datasets, device, test_split=test_split), k, temperature)
 
 
-def linear_protocol(model: OmniVecModel, datasets: list[TaskData], device: str | torch.device | None = None,
-                    test_split: str = "test", **settings: Any) -> dict[str, float]:
+def linear_protocol(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    test_split: str = "test",
+    **settings: Any,
+) -> dict[str, float]:
     """Linear probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `test_split`;
     `settings`: `linear_probe`'s epochs, lr, weight_decay, batch_size, seed."""
     return linear_evaluate(task_features(model, datasets, device, test_split=test_split), **settings)
@@ -165,9 +200,14 @@ def unsupported(model: OmniVecModel, protocol: str, datasets: list[TaskData]) ->
     return None
 
 
-def run_protocols(model: OmniVecModel, data: Mapping[str, list[TaskData]], protocols: list[str],
-                  settings: ProtocolSettings | None = None, device: str | torch.device | None = None,
-                  test_split: str = "test") -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
+def run_protocols(
+    model: OmniVecModel,
+    data: Mapping[str, list[TaskData]],
+    protocols: list[str],
+    settings: ProtocolSettings | None = None,
+    device: str | torch.device | None = None,
+    test_split: str = "test",
+) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
     """Each protocol on each task, embedding every task once -> ({protocol: {task: metrics}},
     {"protocol/task": why it was skipped})."""
     settings = settings or ProtocolSettings()
@@ -183,8 +223,15 @@ def run_protocols(model: OmniVecModel, data: Mapping[str, list[TaskData]], proto
     return results, skipped
 
 
-def evaluate_protocol(model_dir: str | Path, cfg: Any, protocol: str, split: str, output: Path,
-                      device: str = "auto", settings: ProtocolSettings | None = None) -> dict[str, Any]:
+def evaluate_protocol(
+    model_dir: str | Path,
+    cfg: Any,
+    protocol: str,
+    split: str,
+    output: Path,
+    device: str = "auto",
+    settings: ProtocolSettings | None = None,
+) -> dict[str, Any]:
     """`omnivec evaluate --protocol knn|linear`: the frozen model on every classification task of the
     fine-tuning config `cfg` (train split to fit, `split` to score); prints a table and writes
     `OUTPUT/PROTOCOL.json`."""
@@ -196,16 +243,26 @@ def evaluate_protocol(model_dir: str | Path, cfg: Any, protocol: str, split: str
     settings = settings or ProtocolSettings()
     settings.validate()
     model = OmniVecModel.from_pretrained(model_dir)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
     data = load_task_data(cfg, ["train", split])
     results, skipped = run_protocols(model, data, [protocol], settings, dev, split)
     metrics = results[protocol]
     if not metrics:
-        raise ConfigError(f"{model_dir}: no task of the config can be scored by {protocol} ({'; '.join(skipped.values())})")
-    report = {"model": str(model_dir), "protocol": protocol, "split": split, "fit_split": "train",
-              "settings": asdict(settings), "metrics": metrics,
-              "baselines": baselines({t: data[t] for t in metrics}, {t: cfg.tasks[t].head for t in metrics}, split),
-              "skipped": {k.split("/", 1)[1]: why for k, why in skipped.items()}}
+        raise ConfigError(
+            f"{model_dir}: no task of the config can be scored by {protocol} ({'; '.join(skipped.values())})"
+        )
+    report = {
+        "model": str(model_dir),
+        "protocol": protocol,
+        "split": split,
+        "fit_split": "train",
+        "settings": asdict(settings),
+        "metrics": metrics,
+        "baselines": baselines({t: data[t] for t in metrics}, {t: cfg.tasks[t].head for t in metrics}, split),
+        "skipped": {k.split("/", 1)[1]: why for k, why in skipped.items()},
+    }
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{protocol}.json").write_text(json.dumps(report, indent=2))
     lines = metrics_lines(metrics, report["baselines"])
@@ -215,8 +272,9 @@ def evaluate_protocol(model_dir: str | Path, cfg: Any, protocol: str, split: str
     return report
 
 
-def finetune_protocol(cfg: Any, task: str, init: str | Path | None, fraction: float, seed: int, run_dir: Path,
-                      steps: int) -> float:
+def finetune_protocol(
+    cfg: Any, task: str, init: str | Path | None, fraction: float, seed: int, run_dir: Path, steps: int
+) -> float:
     """Fine-tune `init` (a saved model; None: from scratch) on `fraction` of `task`'s training
     labels (stratified, drawn by `seed`) for `steps` steps, with the fine-tuning config `cfg`'s
     settings -> the task's main metric on `cfg.eval_split`. Only the run's records stay in
@@ -229,9 +287,15 @@ def finetune_protocol(cfg: Any, task: str, init: str | Path | None, fraction: fl
     from .tasks import StageSpec
 
     run_cfg = dataclasses.replace(
-        cfg, init=str(init) if init else None, seed=seed, output_dir=str(run_dir), overwrite=True, save_every=0,
+        cfg,
+        init=str(init) if init else None,
+        seed=seed,
+        output_dir=str(run_dir),
+        overwrite=True,
+        save_every=0,
         tasks={task: dataclasses.replace(cfg.tasks[task], train_fraction=fraction)},
-        stages=[StageSpec(tasks=[task], steps=steps)])
+        stages=[StageSpec(tasks=[task], steps=steps)],
+    )
     final = finetune(run_cfg)["final"][task]
     for folder in ("model", "model_ema", "stages"):
         shutil.rmtree(run_dir / folder, ignore_errors=True)

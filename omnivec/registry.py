@@ -1,8 +1,10 @@
 """Name -> class registries: the one place models, modalities and heads are looked up."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -1,11 +1,13 @@
 """What a fine-tuning run is made of: its config (tasks, stages, loop settings) and each task's
 data, checked against its head before anything trains."""
+
 from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .config import HeadConfig, join_key, require, require_positive
 from .datasets import TaskData, find_tasks
@@ -31,8 +33,9 @@ class TaskSpec:
 
     def validate(self, prefix: str) -> None:
         require(self.head in HEADS, join_key(prefix, "head"), f"one of {HEADS.names()}", self.head)
-        require(0 < self.train_fraction <= 1, join_key(prefix, "train_fraction"), "a number in (0, 1]",
-                self.train_fraction)
+        require(
+            0 < self.train_fraction <= 1, join_key(prefix, "train_fraction"), "a number in (0, 1]", self.train_fraction
+        )
         require_positive(self, prefix, "batch_size")
         require(bool(self.data), join_key(prefix, "data"), "at least one dataset path", self.data)
 
@@ -55,14 +58,26 @@ class StageSpec:
     def validate(self, prefix: str) -> None:
         require(bool(self.tasks), join_key(prefix, "tasks"), "at least one task name", self.tasks)
         require_positive(self, prefix, "steps", "lr", "align_temperature")
-        require(self.align_weight >= 0, join_key(prefix, "align_weight"), "a number >= 0 (0: measure only)",
-                self.align_weight)
-        require(not self.align or (len(self.align) >= 2 and set(self.align) <= set(self.tasks)),
-                join_key(prefix, "align"), "two or more of this stage's tasks", self.align)
+        require(
+            self.align_weight >= 0,
+            join_key(prefix, "align_weight"),
+            "a number >= 0 (0: measure only)",
+            self.align_weight,
+        )
+        require(
+            not self.align or (len(self.align) >= 2 and set(self.align) <= set(self.tasks)),
+            join_key(prefix, "align"),
+            "two or more of this stage's tasks",
+            self.align,
+        )
         bad = [f for f in self.freeze if f not in FREEZABLE]
         require(not bad, join_key(prefix, "freeze"), f"a list of {list(FREEZABLE)}", self.freeze)
-        require(not set(self.replay) & set(self.tasks), join_key(prefix, "replay"),
-                "earlier tasks, not this stage's own", self.replay)
+        require(
+            not set(self.replay) & set(self.tasks),
+            join_key(prefix, "replay"),
+            "earlier tasks, not this stage's own",
+            self.replay,
+        )
 
 
 @dataclass
@@ -97,26 +112,52 @@ class FinetuneConfig(TrainConfig):
         require(self.model in MODELS, join_key(prefix, "model"), f"a registered variant {MODELS.names()}", self.model)
         require(bool(self.stages), join_key(prefix, "stages"), "at least one stage", self.stages)
         require_positive(self, prefix, "backbone_lr_scale", "eval_batch_size")
-        require(0 < self.layer_decay <= 1, join_key(prefix, "layer_decay"), "a number in (0, 1] (1: off)", self.layer_decay)
-        require(self.drop_path is None or 0 <= self.drop_path < 1, join_key(prefix, "drop_path"),
-                "none or a float in [0, 1)", self.drop_path)
-        require(0 <= self.label_smoothing < 1, join_key(prefix, "label_smoothing"), "a float in [0, 1)",
-                self.label_smoothing)
+        require(
+            0 < self.layer_decay <= 1, join_key(prefix, "layer_decay"), "a number in (0, 1] (1: off)", self.layer_decay
+        )
+        require(
+            self.drop_path is None or 0 <= self.drop_path < 1,
+            join_key(prefix, "drop_path"),
+            "none or a float in [0, 1)",
+            self.drop_path,
+        )
+        require(
+            0 <= self.label_smoothing < 1,
+            join_key(prefix, "label_smoothing"),
+            "a float in [0, 1)",
+            self.label_smoothing,
+        )
         require(0 <= self.ema_decay < 1, join_key(prefix, "ema_decay"), "a float in [0, 1) (0: off)", self.ema_decay)
         require(self.eval_max_batches >= 0, join_key(prefix, "eval_max_batches"), "an int >= 0", self.eval_max_batches)
         earlier: set[str] = set()
         for i, stage in enumerate(self.stages):
             for task in stage.tasks:
-                require(task in self.tasks, join_key(prefix, f"stages[{i}].tasks"),
-                        f"names from tasks {sorted(self.tasks)}", task)
+                require(
+                    task in self.tasks,
+                    join_key(prefix, f"stages[{i}].tasks"),
+                    f"names from tasks {sorted(self.tasks)}",
+                    task,
+                )
             for task in stage.replay:
-                require(task in earlier, join_key(prefix, f"stages[{i}].replay"),
-                        f"tasks of earlier stages {sorted(earlier)}", task)
+                require(
+                    task in earlier,
+                    join_key(prefix, f"stages[{i}].replay"),
+                    f"tasks of earlier stages {sorted(earlier)}",
+                    task,
+                )
             earlier.update(stage.tasks)
-        require(self.schedule in ("all", "round_robin", "weighted"), join_key(prefix, "schedule"),
-                "all, round_robin or weighted", self.schedule)
-        require(self.eval_split in ("train", "val", "test"), join_key(prefix, "eval_split"), "train, val or test",
-                self.eval_split)
+        require(
+            self.schedule in ("all", "round_robin", "weighted"),
+            join_key(prefix, "schedule"),
+            "all, round_robin or weighted",
+            self.schedule,
+        )
+        require(
+            self.eval_split in ("train", "val", "test"),
+            join_key(prefix, "eval_split"),
+            "train, val or test",
+            self.eval_split,
+        )
 
 
 def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> dict[str, list[TaskData]]:
@@ -124,29 +165,45 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
     the target column its head learns, and rows in each of `splits` (default: train and eval_split)."""
     out = {}
     for name, spec in cfg.tasks.items():
-        datasets = [subsample_train(relabel(t, spec.label_map, f"tasks.{name}.label_map"), spec.train_fraction, cfg.seed)
-                    for path in spec.data for t in find_tasks(path)]
+        datasets = [
+            subsample_train(relabel(t, spec.label_map, f"tasks.{name}.label_map"), spec.train_fraction, cfg.seed)
+            for path in spec.data
+            for t in find_tasks(path)
+        ]
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
         for split in dict.fromkeys(splits or ("train", cfg.eval_split)):  # fail now, not after training
             if not any(d.has_split(split) for d in datasets):
-                raise ConfigError(f"tasks.{name}.data: no {split!r} rows in {', '.join(str(d.source) for d in datasets)}")
+                raise ConfigError(
+                    f"tasks.{name}.data: no {split!r} rows in {', '.join(str(d.source) for d in datasets)}"
+                )
         wanted = HEADS.get(spec.head).target
         if datasets[0].target != wanted:
-            raise ConfigError(f"tasks.{name}.data: a {spec.head} head learns the {wanted!r} column, "
-                              f"{datasets[0].source} has {datasets[0].target or 'no target'!r}")
+            raise ConfigError(
+                f"tasks.{name}.data: a {spec.head} head learns the {wanted!r} column, "
+                f"{datasets[0].source} has {datasets[0].target or 'no target'!r}"
+            )
         out[name] = datasets
     for i, stage in enumerate(cfg.stages):
-        mixed = [t for t in stage.align if out[t][0].modality in cfg.augment
-                 and cfg.augment[out[t][0].modality].batch_mix()]
+        mixed = [
+            t for t in stage.align if out[t][0].modality in cfg.augment and cfg.augment[out[t][0].modality].batch_mix()
+        ]
         if mixed:
             modality = out[mixed[0]][0].modality
-            raise ConfigError(f"stages[{i}].align: task {mixed[0]!r} would be mixed (augment.{modality}: mixup / "
-                              "cutmix), and the alignment loss pairs samples by class: set them to 0")
+            raise ConfigError(
+                f"stages[{i}].align: task {mixed[0]!r} would be mixed (augment.{modality}: mixup / "
+                "cutmix), and the alignment loss pairs samples by class: set them to 0"
+            )
         spaces = {tuple(out[t][0].classes) for t in stage.align}
-        if len(spaces) > 1 or not all(spaces) or any(HEADS.get(cfg.tasks[t].head).target != "label" for t in stage.align):
-            raise ConfigError(f"stages[{i}].align: expected classification tasks with one label space (use "
-                              f"tasks.NAME.label_map), got {({t: out[t][0].classes[:5] for t in stage.align})}")
+        if (
+            len(spaces) > 1
+            or not all(spaces)
+            or any(HEADS.get(cfg.tasks[t].head).target != "label" for t in stage.align)
+        ):
+            raise ConfigError(
+                f"stages[{i}].align: expected classification tasks with one label space (use "
+                f"tasks.NAME.label_map), got { ({t: out[t][0].classes[:5] for t in stage.align}) }"
+            )
     return out
 
 
@@ -160,7 +217,9 @@ def relabel(task: TaskData, label_map: Mapping[str, str], key: str) -> TaskData:
 
     classes = sorted({label_map.get(c, c) for c in task.classes})
     stream = task.stream.relabel(label_map) if task.stream is not None else None
-    return dataclasses.replace(task, rows=[relabel_row(r, label_map) for r in task.rows], classes=classes, stream=stream)
+    return dataclasses.replace(
+        task, rows=[relabel_row(r, label_map) for r in task.rows], classes=classes, stream=stream
+    )
 
 
 def subsample_train(task: TaskData, fraction: float, seed: int) -> TaskData:
@@ -169,19 +228,24 @@ def subsample_train(task: TaskData, fraction: float, seed: int) -> TaskData:
     if fraction >= 1:
         return task
     if task.stream is not None:
-        raise ConfigError(f"train_fraction: {task.source} is streamed (shards or hf:), which cannot be subsampled "
-                          "by class here; write a subsample with omnivec data shard from a manifest instead")
+        raise ConfigError(
+            f"train_fraction: {task.source} is streamed (shards or hf:), which cannot be subsampled "
+            "by class here; write a subsample with omnivec data shard from a manifest instead"
+        )
     by_class: dict[str, list[int]] = {}
     for i, row in enumerate(task.rows):
         if row.get("split") == "train":
             by_class.setdefault(row.get("label") or min(row.get("labels") or [""]), []).append(i)
     rng = random.Random(seed)
     keep = {i for c in sorted(by_class) for i in rng.sample(by_class[c], max(1, round(len(by_class[c]) * fraction)))}
-    return dataclasses.replace(task, rows=[r for i, r in enumerate(task.rows) if r.get("split") != "train" or i in keep])
+    return dataclasses.replace(
+        task, rows=[r for i, r in enumerate(task.rows) if r.get("split") != "train" or i in keep]
+    )
 
 
-def head_config(name: str, spec: TaskSpec, data: list[TaskData], model_config: Any,
-                label_smoothing: float = 0.0) -> HeadConfig:
+def head_config(
+    name: str, spec: TaskSpec, data: list[TaskData], model_config: Any, label_smoothing: float = 0.0
+) -> HeadConfig:
     """The head config of task `name`, completed by its head from the data (classes) and the model;
     a head that takes soft targets gets `label_smoothing` unless its `head_args` set it."""
     head = HEADS.get(spec.head)

@@ -3,6 +3,7 @@ AdamW with warmup + cosine; gradient accumulation and clipping; progress bar, `m
 atomic checkpoints every N steps and `resume=auto|PATH` that continues exactly where a run stopped;
 `prepare_output_dir` guards the run folder before any work, and a NaN or infinite loss stops the
 run naming its step, before any checkpoint holds its weights."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,10 +13,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,30 +67,48 @@ class TrainConfig:
         for key, value in non_finite_numbers(self, prefix):  # every number of a training config, nested ones too
             require(False, key, "a finite number", value)
         require_positive(self, prefix, "max_steps", "batch_size", "lr", "grad_accum", "log_every", "keep_checkpoints")
-        for name in ("min_lr", "weight_decay", "warmup_steps", "clip_grad", "num_workers", "eval_every", "save_every",
-                     "shuffle_buffer"):
+        for name in (
+            "min_lr",
+            "weight_decay",
+            "warmup_steps",
+            "clip_grad",
+            "num_workers",
+            "eval_every",
+            "save_every",
+            "shuffle_buffer",
+        ):
             require(getattr(self, name) >= 0, join_key(prefix, name), "a number >= 0", getattr(self, name))
-        require(self.precision in ("no", "bf16", "fp16"), join_key(prefix, "precision"), "no, bf16 or fp16", self.precision)
+        require(
+            self.precision in ("no", "bf16", "fp16"), join_key(prefix, "precision"), "no, bf16 or fp16", self.precision
+        )
         require(self.device in ("auto", "cpu"), join_key(prefix, "device"), "auto or cpu", self.device)
         require(len(self.betas) == 2, join_key(prefix, "betas"), "two values", self.betas)
         require(all(0 <= b < 1 for b in self.betas), join_key(prefix, "betas"), "two values in [0, 1)", self.betas)
         require(0 <= self.seed < 2**32, join_key(prefix, "seed"), "an int in [0, 2**32)", self.seed)
         require(bool(self.output_dir), join_key(prefix, "output_dir"), "a folder", self.output_dir)
-        require(not (self.overwrite and self.resume), join_key(prefix, "overwrite"),
-                "false when resume is set (resume continues the run in output_dir, overwrite replaces it)",
-                self.overwrite)
+        require(
+            not (self.overwrite and self.resume),
+            join_key(prefix, "overwrite"),
+            "false when resume is set (resume continues the run in output_dir, overwrite replaces it)",
+            self.overwrite,
+        )
         self.augment = augment_configs(self.augment, join_key(prefix, "augment"))
-        require(self.log_with in (None, "tensorboard"), join_key(prefix, "log_with"), "none or tensorboard", self.log_with)
+        require(
+            self.log_with in (None, "tensorboard"), join_key(prefix, "log_with"), "none or tensorboard", self.log_with
+        )
         if self.log_with == "tensorboard":
             from accelerate.utils import is_tensorboard_available
 
             if not is_tensorboard_available():
-                raise ConfigError(f"{join_key(prefix, 'log_with')}: tensorboard is not installed: pip install "
-                                  "tensorboard (or omnivec[dev]), or log_with=none")
+                raise ConfigError(
+                    f"{join_key(prefix, 'log_with')}: tensorboard is not installed: pip install "
+                    "tensorboard (or omnivec[dev]), or log_with=none"
+                )
 
 
-def param_groups(module: nn.Module, weight_decay: float, lr: float,
-                 lr_scales: Mapping[str, float] | None = None) -> list[dict]:
+def param_groups(
+    module: nn.Module, weight_decay: float, lr: float, lr_scales: Mapping[str, float] | None = None
+) -> list[dict]:
     """Weight decay on matrices only (biases, norms, position embeddings and learned tokens go
     without); `lr_scales` maps a parameter-name prefix to a learning-rate multiplier."""
     groups: dict[tuple[bool, float], list] = {}
@@ -98,8 +118,10 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float,
         decay = p.ndim >= 2 and "pos_embed" not in name and "token" not in name
         scale = next((s for prefix, s in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
         groups.setdefault((decay, scale), []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
-            for (decay, scale), ps in groups.items()]
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+        for (decay, scale), ps in groups.items()
+    ]
 
 
 def warmup_cosine(cfg: TrainConfig) -> Callable[[int], float]:
@@ -124,12 +146,38 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 # What runs write in their output_dir; `overwrite=true` removes these, and only these (pretrain_config.json:
 # older runs recorded their config there too).
-RUN_OUTPUTS = ("model", "model_ema", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "eval.md", "summary.json",
-               "loss.png", "reconstructions.png", "pretrain_config.json", RUN_CONFIG, TENSORBOARD)
+RUN_OUTPUTS = (
+    "model",
+    "model_ema",
+    CHECKPOINTS,
+    "stages",
+    "metrics.jsonl",
+    "eval.json",
+    "eval.md",
+    "summary.json",
+    "loss.png",
+    "reconstructions.png",
+    "pretrain_config.json",
+    RUN_CONFIG,
+    TENSORBOARD,
+)
 RUN_MARKERS = ("model", CHECKPOINTS, "stages", "metrics.jsonl", "eval.json", "summary.json")  # a folder holds a run
 # Config keys a resumed run may change: how long to train on, where, and how often to log and save.
-RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "max_steps", "device", "num_workers", "compile",
-                     "log_every", "eval_every", "save_every", "keep_checkpoints", "skip_bad", "log_with")
+RESUME_MAY_CHANGE = (
+    "output_dir",
+    "resume",
+    "overwrite",
+    "max_steps",
+    "device",
+    "num_workers",
+    "compile",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "skip_bad",
+    "log_with",
+)
 
 
 def prepare_output_dir(cfg: TrainConfig, recipe: str) -> Path:
@@ -183,13 +231,17 @@ def check_resumable(cfg: TrainConfig, recipe: str, out: Path, held: list[str]) -
     resumes that one: `resume` set and the same recipe and config (`RESUME_MAY_CHANGE` aside)."""
     options = "use another output_dir, or overwrite=true to replace that run"
     if not cfg.resume:
-        raise ConfigError(f"output_dir: {out} already holds a run ({', '.join(held)}); refusing to replace it: "
-                          f"{options}, or resume=auto to continue it (same config)")
+        raise ConfigError(
+            f"output_dir: {out} already holds a run ({', '.join(held)}); refusing to replace it: "
+            f"{options}, or resume=auto to continue it (same config)"
+        )
     saved_file = out / RUN_CONFIG
     if not saved_file.is_file():
         if cfg.resume == "auto" and latest_checkpoint(out) is None:
-            raise ConfigError(f"output_dir: {out} holds a run ({', '.join(held)}) with no {RUN_CONFIG} and no "
-                              f"checkpoint to resume from; {options}")
+            raise ConfigError(
+                f"output_dir: {out} holds a run ({', '.join(held)}) with no {RUN_CONFIG} and no "
+                f"checkpoint to resume from; {options}"
+            )
         return  # an older run: its checkpoint's tensors are checked when it is loaded
     try:
         saved = json.loads(saved_file.read_text())
@@ -197,12 +249,16 @@ def check_resumable(cfg: TrainConfig, recipe: str, out: Path, held: list[str]) -
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{saved_file}: not a run config written by omnivec ({e}); {options}") from e
     if saved_recipe != recipe:
-        raise ConfigError(f"output_dir: {out} holds a {saved_recipe} run; this {recipe} run cannot resume it: {options}")
+        raise ConfigError(
+            f"output_dir: {out} holds a {saved_recipe} run; this {recipe} run cannot resume it: {options}"
+        )
     changed = config_changes(saved_config, as_json(cfg))
     if changed:
         listing = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
-        raise ConfigError(f"output_dir: {out} holds a run of another config ({listing}); resume continues the "
-                          f"same config only (it may change {', '.join(RESUME_MAY_CHANGE)}): {options}")
+        raise ConfigError(
+            f"output_dir: {out} holds a run of another config ({listing}); resume continues the "
+            f"same config only (it may change {', '.join(RESUME_MAY_CHANGE)}): {options}"
+        )
 
 
 def as_json(cfg: TrainConfig) -> dict[str, Any]:
@@ -223,8 +279,11 @@ def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
 
     a, b = flat(saved, ""), flat(now, "")
     unset = "(unset)"
-    return [f"{k}: {a.get(k, unset)!r} there, {b.get(k, unset)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k, unset) != b.get(k, unset) and k.split(".")[0].split("[")[0] not in RESUME_MAY_CHANGE]
+    return [
+        f"{k}: {a.get(k, unset)!r} there, {b.get(k, unset)!r} now"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, unset) != b.get(k, unset) and k.split(".")[0].split("[")[0] not in RESUME_MAY_CHANGE
+    ]
 
 
 def compile_blocks(module: nn.Module) -> None:
@@ -259,8 +318,11 @@ def fill_optimizer_state(optimizer: torch.optim.AdamW) -> None:
                     "step": torch.zeros((), dtype=torch.float32, device=p.device) if on_device else torch.tensor(0.0),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    **({"max_exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-                       if group["amsgrad"] else {}),
+                    **(
+                        {"max_exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                        if group["amsgrad"]
+                        else {}
+                    ),
                 }
 
 
@@ -282,18 +344,22 @@ class Trainer:
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
         self.accelerator = Accelerator(
-            cpu=cfg.device == "cpu", mixed_precision=cfg.precision, step_scheduler_with_optimizer=False,
+            cpu=cfg.device == "cpu",
+            mixed_precision=cfg.precision,
+            step_scheduler_with_optimizer=False,
             # Modalities take turns, so some parameters get no gradient in a step.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            log_with=cfg.log_with, project_dir=cfg.output_dir,
+            log_with=cfg.log_with,
+            project_dir=cfg.output_dir,
         )
         if cfg.log_with:
             self.accelerator.init_trackers(TENSORBOARD)  # output_dir/tensorboard
         set_seed(cfg.seed)
         fused = self.accelerator.device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both
         lr_scales = module.lr_scales() if hasattr(module, "lr_scales") else None
-        optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay, cfg.lr, lr_scales), lr=cfg.lr,
-                                      betas=tuple(cfg.betas), fused=fused)
+        optimizer = torch.optim.AdamW(
+            param_groups(module, cfg.weight_decay, cfg.lr, lr_scales), lr=cfg.lr, betas=tuple(cfg.betas), fused=fused
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg))
         if cfg.compile:
             compile_blocks(module)
@@ -340,8 +406,9 @@ class Trainer:
         self.step = state["step"]
         self.skipped = unique(state.get("skipped", []))
         ranks = state.get("data_ranks") or []  # each process's position (streams differ per process)
-        batches.load_state_dict(ranks[self.accelerator.process_index] if len(ranks) == self.accelerator.num_processes
-                                else state["data"])
+        batches.load_state_dict(
+            ranks[self.accelerator.process_index] if len(ranks) == self.accelerator.num_processes else state["data"]
+        )
         if self.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
@@ -370,7 +437,9 @@ class Trainer:
                         expected.pop(n)
         problems = state_dict_mismatch(expected, found)
         if problems:
-            raise ConfigError(f"{weights.parents[1]}: written for a different configuration than this run's: {problems}")
+            raise ConfigError(
+                f"{weights.parents[1]}: written for a different configuration than this run's: {problems}"
+            )
 
     def trim_metrics(self) -> None:
         """On resume, drop the records of steps after `self.step` from `metrics.jsonl` (logged by a
@@ -393,8 +462,9 @@ class Trainer:
             tmp.write_text("".join(keep))
             os.replace(tmp, path)
 
-    def interval_means(self, sums: Mapping[str, torch.Tensor], counts: Mapping[str, int],
-                       recent: list[tuple[int, str, torch.Tensor]]) -> dict[str, float]:
+    def interval_means(
+        self, sums: Mapping[str, torch.Tensor], counts: Mapping[str, int], recent: list[tuple[int, str, torch.Tensor]]
+    ) -> dict[str, float]:
         """The mean loss per name over the `counts[name]` micro-batches since the last log that had
         it, and over every process (one host sync). A mean that is not finite stops the run:
         `TrainingError` naming the first step whose loss was not finite, found in `recent` ((step,
@@ -422,13 +492,18 @@ class Trainer:
             what = f"step {step}: the {name!r} loss is {value}"
         else:  # every loss finite, their sum not: far too large
             what = f"steps {recent[0][0]}-{recent[-1][0]}: the losses overflow when averaged"
-        raise TrainingError(f"{what}; training stopped there. {self.kept_checkpoint()} Lower lr, clip "
-                            "gradients (clip_grad) or check the data.")
+        raise TrainingError(
+            f"{what}; training stopped there. {self.kept_checkpoint()} Lower lr, clip "
+            "gradients (clip_grad) or check the data."
+        )
 
     def kept_checkpoint(self) -> str:
         last = latest_checkpoint(self.output_dir)
-        return (f"Its weights are not saved; the last good checkpoint is {last}." if last else
-                f"Its weights are not saved; there is no checkpoint in {self.output_dir} yet.")
+        return (
+            f"Its weights are not saved; the last good checkpoint is {last}."
+            if last
+            else f"Its weights are not saved; there is no checkpoint in {self.output_dir} yet."
+        )
 
     def check_weights(self) -> None:
         """`TrainingError` naming the tensors, before a checkpoint is written, when any weight is
@@ -441,8 +516,10 @@ class Trainer:
             return
         names = [n for n, p in params if not torch.isfinite(p).all()]
         listing = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise TrainingError(f"step {self.step}: the weights hold NaN or Inf ({listing or 'on another process'}); "
-                            f"training stopped there. {self.kept_checkpoint()} Lower lr or clip gradients (clip_grad).")
+        raise TrainingError(
+            f"step {self.step}: the weights hold NaN or Inf ({listing or 'on another process'}); "
+            f"training stopped there. {self.kept_checkpoint()} Lower lr or clip gradients (clip_grad)."
+        )
 
     def save_model(self, directory: Path) -> None:
         """Write `module.model` to `directory` (`OmniVecModel.save_pretrained`) with full weights.
@@ -450,8 +527,10 @@ class Trainer:
         the main process writes."""
         state = self.accelerator.get_state_dict(self.module)  # {name: full tensor} on the main process
         if self.is_main:
-            self.unwrapped.model.save_pretrained(directory, {name.removeprefix("model."): tensor for name, tensor
-                                                             in state.items() if name.startswith("model.")})
+            self.unwrapped.model.save_pretrained(
+                directory,
+                {name.removeprefix("model."): tensor for name, tensor in state.items() if name.startswith("model.")},
+            )
 
     def save_checkpoint(self, batches: Any) -> Path:
         """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete
@@ -483,8 +562,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return final
 
-    def fit(self, batches: Iterator[dict[str, Any]], evaluate: Callable[[], dict[str, float]] | None = None,
-            loss_weights: Mapping[str, float] | None = None) -> None:
+    def fit(
+        self,
+        batches: Iterator[dict[str, Any]],
+        evaluate: Callable[[], dict[str, float]] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+    ) -> None:
         """Train until `cfg.max_steps`, logging, evaluating and checkpointing on the way."""
         cfg, acc = self.cfg, self.accelerator
         self.resume(batches)
@@ -504,8 +587,10 @@ class Trainer:
                     if b.get("skipped"):  # each bad sample listed once, however many epochs meet it
                         self.skipped = unique(self.skipped + b["skipped"])
                     if b["input"] is not None:  # None: every sample of the batch was bad and skipped
-                        batch[key] = {"input": to_device(b["input"], self.device),
-                                      "target": to_device(b["target"], self.device)}
+                        batch[key] = {
+                            "input": to_device(b["input"], self.device),
+                            "target": to_device(b["target"], self.device),
+                        }
                         samples += len(b["index"]) * acc.num_processes
                 sync = acc.no_sync(self.module) if micro < cfg.grad_accum - 1 else nullcontext()
                 with sync:
@@ -529,12 +614,23 @@ class Trainer:
                 # One host sync per log: the interval's mean loss over every process (stops at a NaN).
                 losses = self.interval_means(interval, counts, recent)
                 elapsed = time.perf_counter() - start
-                record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                          **{f"loss/{k}": v for k, v in losses.items()}, "samples_per_s": samples / max(elapsed, 1e-9)}
-                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{record['samples_per_s']:.0f}"})
+                record = {
+                    "step": self.step,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    **{f"loss/{k}": v for k, v in losses.items()},
+                    "samples_per_s": samples / max(elapsed, 1e-9),
+                }
+                bar.set_postfix(
+                    {k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{record['samples_per_s']:.0f}"}
+                )
                 self.log(record)
                 interval, counts, recent = {}, {}, []
-            if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+            if (
+                evaluate is not None
+                and cfg.eval_every
+                and self.step % cfg.eval_every == 0
+                and self.step < cfg.max_steps
+            ):
                 self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.interval_means(interval, counts, recent)  # losses since the last log must be finite

@@ -17,6 +17,7 @@ Run from the repository root (the configs' paths are relative to it):
     python recipes/label_efficiency.py --quick --tasks digits --seeds 0 --output /tmp/le   # a smoke test
     python recipes/label_efficiency.py --output runs/le-lr --set lr=5e-4 --fractions 0.05 --no-target-only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ TASKS = ["digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "ac
 RECIPE_FINETUNE_KEYS = ("init", "seed", "output_dir", "stages", "overwrite", "save_every")
 RECIPE_PRETRAIN_KEYS = ("output_dir", "max_steps", "overwrite")
 # --quick: a few steps of everything, to check that the recipe runs end to end
-QUICK = {"pretrain": ["max_steps=3", "eval_batches=1", "plot_samples=1"], "finetune_steps": 3, "probe_epochs": 2,
-         "eval_max_batches": 1}
+QUICK = {
+    "pretrain": ["max_steps=3", "eval_batches=1", "plot_samples=1"],
+    "finetune_steps": 3,
+    "probe_epochs": 2,
+    "eval_max_batches": 1,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,22 +58,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="run folder")
     p.add_argument("--pretrained", help="a saved pretrained model (else one is pretrained with --pretrain-config)")
     p.add_argument("--pretrain-config", default="configs/pretrain/tiny.yaml")
-    p.add_argument("--pretrain-steps", type=int, help="pretraining steps (default: the pretrain config's; with "
-                   "--pretrained, the steps its run recorded), also for the target-modality-only backbones")
-    p.add_argument("--pretrain-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="overrides of the pretrain config, for every backbone it pretrains (e.g. "
-                   "model_overrides.modalities.image.mask_ratio=0.5; steps: --pretrain-steps)")
-    p.add_argument("--finetune-config", default="configs/finetune/sample_sequential.yaml",
-                   help="the tasks, their data and loop settings; each task trains for its stage's steps")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="finetune_set",
-                   help="overrides of the fine-tuning config, for every run (e.g. lr=5e-4 layer_decay=0.75)")
-    p.add_argument("--no-target-only", dest="target_only", action="store_false",
-                   help="skip pretraining on each task's modality alone (and its probes and fine-tuning)")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        help="pretraining steps (default: the pretrain config's; with "
+        "--pretrained, the steps its run recorded), also for the target-modality-only backbones",
+    )
+    p.add_argument(
+        "--pretrain-set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the pretrain config, for every backbone it pretrains (e.g. "
+        "model_overrides.modalities.image.mask_ratio=0.5; steps: --pretrain-steps)",
+    )
+    p.add_argument(
+        "--finetune-config",
+        default="configs/finetune/sample_sequential.yaml",
+        help="the tasks, their data and loop settings; each task trains for its stage's steps",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="finetune_set",
+        help="overrides of the fine-tuning config, for every run (e.g. lr=5e-4 layer_decay=0.75)",
+    )
+    p.add_argument(
+        "--no-target-only",
+        dest="target_only",
+        action="store_false",
+        help="skip pretraining on each task's modality alone (and its probes and fine-tuning)",
+    )
     p.add_argument("--tasks", nargs="+", default=TASKS, help=f"default: {' '.join(TASKS)}")
     p.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.25, 1.0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps-scale", type=float, default=1.0,
-                   help="share of each task's fine-tuning steps in the config to run (the demo runs 0.3)")
+    p.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="share of each task's fine-tuning steps in the config to run (the demo runs 0.3)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny budget (a few steps each) to check it runs")
     p.add_argument("--device", default="auto", help="auto or cpu")
     return p.parse_args(argv)
@@ -79,12 +112,16 @@ def check_overrides(args: argparse.Namespace) -> None:
     for override in args.finetune_set:
         key = override.partition("=")[0]
         if key in RECIPE_FINETUNE_KEYS or key.endswith(".train_fraction"):
-            raise SystemExit(f"--set {override}: the recipe sets {', '.join(RECIPE_FINETUNE_KEYS)} and "
-                             "tasks.*.train_fraction itself (--fractions, --seeds, --steps-scale)")
+            raise SystemExit(
+                f"--set {override}: the recipe sets {', '.join(RECIPE_FINETUNE_KEYS)} and "
+                "tasks.*.train_fraction itself (--fractions, --seeds, --steps-scale)"
+            )
     for override in args.pretrain_set:
         if override.partition("=")[0] in RECIPE_PRETRAIN_KEYS:
-            raise SystemExit(f"--pretrain-set {override}: the recipe sets {', '.join(RECIPE_PRETRAIN_KEYS)} itself "
-                             "(steps: --pretrain-steps)")
+            raise SystemExit(
+                f"--pretrain-set {override}: the recipe sets {', '.join(RECIPE_PRETRAIN_KEYS)} itself "
+                "(steps: --pretrain-steps)"
+            )
     if args.pretrain_set and args.pretrained and not args.target_only:
         raise SystemExit("--pretrain-set: nothing is pretrained (--pretrained and --no-target-only)")
 
@@ -137,7 +174,9 @@ class Results:
             f.write(json.dumps(record) + "\n")
 
 
-def recipe_settings(args: argparse.Namespace, finetune_cfg: FinetuneConfig, pretrain_cfg: PretrainConfig | None) -> dict:
+def recipe_settings(
+    args: argparse.Namespace, finetune_cfg: FinetuneConfig, pretrain_cfg: PretrainConfig | None
+) -> dict:
     """What the folder's results depend on: the resolved configs (the keys a run may change, and
     those the recipe sets per run, aside), the fine-tuning budget and the pretrained backbone."""
 
@@ -147,11 +186,18 @@ def recipe_settings(args: argparse.Namespace, finetune_cfg: FinetuneConfig, pret
     pretrained = None
     if args.pretrained:
         model_config = Path(args.pretrained) / "config.json"
-        pretrained = {"path": str(Path(args.pretrained).resolve()),
-                      "config": json.loads(model_config.read_text()) if model_config.is_file() else None}
-    return {"fine-tuning": plain(finetune_cfg, RECIPE_FINETUNE_KEYS), "steps_scale": args.steps_scale,
-            "quick": args.quick, "pretrained": pretrained, "pretraining": pretrain_cfg and plain(pretrain_cfg, ()),
-            "pretrain_steps": pretrain_cfg and pretrain_cfg.max_steps}
+        pretrained = {
+            "path": str(Path(args.pretrained).resolve()),
+            "config": json.loads(model_config.read_text()) if model_config.is_file() else None,
+        }
+    return {
+        "fine-tuning": plain(finetune_cfg, RECIPE_FINETUNE_KEYS),
+        "steps_scale": args.steps_scale,
+        "quick": args.quick,
+        "pretrained": pretrained,
+        "pretraining": pretrain_cfg and plain(pretrain_cfg, ()),
+        "pretrain_steps": pretrain_cfg and pretrain_cfg.max_steps,
+    }
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -167,12 +213,17 @@ def check_settings(out: Path, settings: dict) -> None:
             raise SystemExit(f"{path}: not valid JSON ({e}); delete it only if you know the folder's settings") from e
         changed = config_changes(before, settings)
         if changed:
-            raise SystemExit(f"{out}: its results or backbones were made with other settings ("
-                             + "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
-                             + "); use a new --output")
+            raise SystemExit(
+                f"{out}: its results or backbones were made with other settings ("
+                + "; ".join(changed[:4])
+                + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+                + "); use a new --output"
+            )
     elif made:
-        print(f"warning: {out} has results but no settings.json (an older run of this recipe); its settings are "
-              "taken to be this run's")
+        print(
+            f"warning: {out} has results but no settings.json (an older run of this recipe); its settings are "
+            "taken to be this run's"
+        )
     path.write_text(json.dumps(settings, indent=2))
 
 
@@ -181,8 +232,11 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.output)
     started = time.perf_counter()
     check_overrides(args)
-    cfg = load_recipe_config(FinetuneConfig, args.finetune_config, [f"device={args.device}", "save_every=0",
-                                                                     "overwrite=true", *args.finetune_set])
+    cfg = load_recipe_config(
+        FinetuneConfig,
+        args.finetune_config,
+        [f"device={args.device}", "save_every=0", "overwrite=true", *args.finetune_set],
+    )
     if args.pretrained:
         args.pretrain_steps = args.pretrain_steps or recorded_steps(Path(args.pretrained))
     pretraining = pretrain_config(args, out / "pretrain-all") if not args.pretrained or args.target_only else None
@@ -192,15 +246,21 @@ def main(argv: list[str] | None = None) -> Path:
     if unknown:
         raise SystemExit(f"--tasks: {unknown} are not tasks of {args.finetune_config} ({sorted(cfg.tasks)})")
     cfg.tasks = {t: cfg.tasks[t] for t in args.tasks}
-    cfg.stages = [StageSpec(tasks=[t], steps=max(2, round(args.steps_scale * next(s.steps for s in cfg.stages
-                                                                            if t in s.tasks)))) for t in args.tasks]
+    cfg.stages = [
+        StageSpec(tasks=[t], steps=max(2, round(args.steps_scale * next(s.steps for s in cfg.stages if t in s.tasks))))
+        for t in args.tasks
+    ]
     if args.quick:
         cfg.stages = [dataclasses.replace(s, steps=QUICK["finetune_steps"]) for s in cfg.stages]
         cfg.eval_max_batches = QUICK["eval_max_batches"]
     data = load_task_data(cfg, ["train", "test"])
     modality = {t: data[t][0].modality for t in args.tasks}
 
-    backbones = {"pretrained": Path(args.pretrained) if args.pretrained else pretrained_backbone(pretraining, out / "pretrain-all")}
+    backbones = {
+        "pretrained": Path(args.pretrained)
+        if args.pretrained
+        else pretrained_backbone(pretraining, out / "pretrain-all")
+    }
     for m in dict.fromkeys(modality.values()) if args.target_only else []:
         backbones[f"target_only:{m}"] = pretrained_backbone(pretraining, out / f"pretrain-{m}", [m])
     results = Results(out / "results.jsonl")
@@ -218,27 +278,49 @@ def main(argv: list[str] | None = None) -> Path:
                     torch.manual_seed(seed)
                     model = load_model(None, cfg.model, cfg.model_overrides)
                 else:
-                    model = OmniVecModel.from_pretrained(backbones[init if init == "pretrained" else f"target_only:{modality[task]}"])
+                    model = OmniVecModel.from_pretrained(
+                        backbones[init if init == "pretrained" else f"target_only:{modality[task]}"]
+                    )
                 if features is None or init == "random":  # the other backbones do not change with the seed
                     features = task_features(model, data[task], device)
                 for protocol in [p for p in PROTOCOLS if not unsupported(model, p, data[task])]:
                     scores = PROTOCOLS[protocol](features, dataclasses.replace(settings, seed=seed))
                     for metric, value in scores.items():
-                        results.add(task=task, protocol=protocol, init=init, fraction=1.0, seed=seed, metric=metric, value=value)
+                        results.add(
+                            task=task, protocol=protocol, init=init, fraction=1.0, seed=seed, metric=metric, value=value
+                        )
                     tqdm.write(f"{task} {protocol} {init} seed {seed}: {json.dumps(scores)}")
 
     # Fine-tuning: pretrained vs scratch per fraction; target-modality-only pretraining at the smallest.
-    runs = [(task, init, fraction, seed) for task in args.tasks for seed in args.seeds for fraction in args.fractions
-            for init in ("pretrained", "scratch")]
-    runs += [(task, "target_only", min(args.fractions), seed) for task in args.tasks for seed in args.seeds
-             if args.target_only]
+    runs = [
+        (task, init, fraction, seed)
+        for task in args.tasks
+        for seed in args.seeds
+        for fraction in args.fractions
+        for init in ("pretrained", "scratch")
+    ]
+    runs += [
+        (task, "target_only", min(args.fractions), seed)
+        for task in args.tasks
+        for seed in args.seeds
+        if args.target_only
+    ]
     steps = {s.tasks[0]: s.steps for s in cfg.stages}
     for task, init, fraction, seed in tqdm(runs, desc="fine-tuning runs"):
         if (task, "finetune", init, fraction, seed) in results.done:
             continue
-        backbone = {"pretrained": backbones["pretrained"], "scratch": None}.get(init, backbones.get(f"target_only:{modality[task]}"))
-        value = finetune_protocol(cfg, task, backbone, fraction, seed, out / "finetune" / f"{task}-{init}-{fraction:g}-seed{seed}",
-                                  steps[task])
+        backbone = {"pretrained": backbones["pretrained"], "scratch": None}.get(
+            init, backbones.get(f"target_only:{modality[task]}")
+        )
+        value = finetune_protocol(
+            cfg,
+            task,
+            backbone,
+            fraction,
+            seed,
+            out / "finetune" / f"{task}-{init}-{fraction:g}-seed{seed}",
+            steps[task],
+        )
         metric = HEADS.get(cfg.tasks[task].head).main_metric
         results.add(task=task, protocol="finetune", init=init, fraction=fraction, seed=seed, metric=metric, value=value)
         tqdm.write(f"{task} {init} {fraction:.0%} labels seed {seed}: {metric}={value:.3f}")
@@ -246,15 +328,26 @@ def main(argv: list[str] | None = None) -> Path:
     summary = summarize_runs(results.records)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     minutes = (time.perf_counter() - started) / 60
-    (out / "label_efficiency.md").write_text(label_efficiency_report(summary, {
-        "seeds": args.seeds, "fractions": args.fractions,
-        "pretrain_steps": pretraining.max_steps if pretraining else args.pretrain_steps,
-        "steps": {t: s.steps for t, s in ((s.tasks[0], s) for s in cfg.stages)},
-        "pretrained": str(backbones["pretrained"]), "minutes": round(minutes, 1), "quick": args.quick,
-        "overrides": {"pretraining": args.pretrain_set, "fine-tuning": args.finetune_set}}))
+    (out / "label_efficiency.md").write_text(
+        label_efficiency_report(
+            summary,
+            {
+                "seeds": args.seeds,
+                "fractions": args.fractions,
+                "pretrain_steps": pretraining.max_steps if pretraining else args.pretrain_steps,
+                "steps": {t: s.steps for t, s in ((s.tasks[0], s) for s in cfg.stages)},
+                "pretrained": str(backbones["pretrained"]),
+                "minutes": round(minutes, 1),
+                "quick": args.quick,
+                "overrides": {"pretraining": args.pretrain_set, "fine-tuning": args.finetune_set},
+            },
+        )
+    )
     plot_label_efficiency(summary, out / "label_efficiency.png")
-    print(f"label efficiency: {len(results.records)} results in {minutes:.1f} min -> {out / 'label_efficiency.md'}, "
-          f"{out / 'label_efficiency.png'}")
+    print(
+        f"label efficiency: {len(results.records)} results in {minutes:.1f} min -> {out / 'label_efficiency.md'}, "
+        f"{out / 'label_efficiency.png'}"
+    )
     return out
 
 

@@ -7,6 +7,7 @@ beside a randomly initialised backbone. One seed per setting: a screen, not a fi
 
 Writes OUTPUT/ablation.md and OUTPUT/ablation.json. Run from the repository root.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,13 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="digits", help="a classification task of --finetune-config")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"default: all of {list(VARIANTS)}")
-    p.add_argument("--blocks", nargs="*", type=int, default=[],
-                   help="also probe each model's features after only these first backbone blocks")
+    p.add_argument(
+        "--blocks",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also probe each model's features after only these first backbone blocks",
+    )
     p.add_argument("--output", default="runs/pretrain-ablation")
     p.add_argument("--pretrain-config", default="configs/pretrain/tiny.yaml")
     p.add_argument("--finetune-config", default="configs/finetune/sample_sequential.yaml")
@@ -76,10 +82,20 @@ def main(argv: list[str] | None = None) -> Path:
     for name in args.variants:
         folder = out / name.replace(" ", "_")
         overrides = [o.replace("MODALITY", modality) for o in VARIANTS[name]]
-        cfg = load_recipe_config(PretrainConfig, args.pretrain_config, [
-            f"output_dir={folder}", "device=cpu", "overwrite=true", "save_every=0", "eval_every=0", *overrides,
-            *([f"seed={args.seed}"] if args.seed is not None else []),
-            *(["max_steps=3", "eval_batches=1", "plot_samples=1"] if args.quick else [])])
+        cfg = load_recipe_config(
+            PretrainConfig,
+            args.pretrain_config,
+            [
+                f"output_dir={folder}",
+                "device=cpu",
+                "overwrite=true",
+                "save_every=0",
+                "eval_every=0",
+                *overrides,
+                *([f"seed={args.seed}"] if args.seed is not None else []),
+                *(["max_steps=3", "eval_batches=1", "plot_samples=1"] if args.quick else []),
+            ],
+        )
         cfg.data = {modality: cfg.data[modality]}
         cfg.weights = {m: w for m, w in cfg.weights.items() if m == modality}
         if not (folder / "summary.json").is_file():  # a rerun reuses what was pretrained
@@ -99,11 +115,17 @@ def main(argv: list[str] | None = None) -> Path:
     minutes = (time.perf_counter() - started) / 60
     steps = 3 if args.quick else load_recipe_config(PretrainConfig, args.pretrain_config, []).max_steps
     (out / "ablation.json").write_text(json.dumps(results, indent=2))
-    lines = [f"# Pretraining ablation on {args.task} ({modality})", "",
-             f"omnivec_tiny pretrained on {modality} alone from {args.pretrain_config} ({steps} steps unless "
-             f"said), one seed{'' if args.seed is None else f' ({args.seed})'}; frozen backbone judged on the test split: weighted k-NN (k=20) and a linear probe. "
-             f"{minutes:.1f} minutes on this machine.", "",
-             "| setting | overrides | final val loss | k-NN top-1 | linear top-1 |", "|---|---|---:|---:|---:|"]
+    lines = [
+        f"# Pretraining ablation on {args.task} ({modality})",
+        "",
+        f"omnivec_tiny pretrained on {modality} alone from {args.pretrain_config} ({steps} steps unless "
+        f"said), one seed{'' if args.seed is None else f' ({args.seed})'}; frozen backbone judged on the test split: "
+        "weighted k-NN (k=20) and a linear probe. "
+        f"{minutes:.1f} minutes on this machine.",
+        "",
+        "| setting | overrides | final val loss | k-NN top-1 | linear top-1 |",
+        "|---|---|---:|---:|---:|",
+    ]
     for name, r in results.items():
         overrides = " ".join(r.get("overrides", [])) or "-"
         loss = f"{r['val_loss']:.3f}" if "val_loss" in r else "-"

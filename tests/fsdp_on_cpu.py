@@ -2,6 +2,7 @@
 processes (gloo). accelerate turns `ACCELERATE_USE_FSDP` on for GPU processes only; this sets the
 state it sets there, its plugin read from the same `FSDP_*` variables (`fsdp_version: 2` and the
 rest of configs/accelerate/fsdp_base.yaml)."""
+
 import sys
 
 from accelerate import FullyShardedDataParallelPlugin

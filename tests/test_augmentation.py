@@ -1,4 +1,5 @@
 """Training augmentation per modality, mixup with soft targets, EMA, drop path and TensorBoard logs."""
+
 import random
 
 import numpy as np
@@ -16,18 +17,35 @@ from omnivec.tasks import FinetuneConfig
 # Every augmentation of a modality off; each case below switches one on from here.
 OFF = {
     "image": {"hflip": 0.0, "rand_augment": "", "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0},
-    "audio": {"speed": [], "band_limit": 0.0, "time_shift": 0.0, "gain_db": 0.0, "noise_snr_db": [], "freq_mask": 0,
-              "time_mask": 0},
+    "audio": {
+        "speed": [],
+        "band_limit": 0.0,
+        "time_shift": 0.0,
+        "gain_db": 0.0,
+        "noise_snr_db": [],
+        "freq_mask": 0,
+        "time_mask": 0,
+    },
     "video": {"rand_augment_ops": 0},
     "point_cloud": {"rotation": 0.0, "scale": [], "translate": 0.0, "jitter": 0.0, "point_dropout": 0.0},
 }
 ON = [
-    ("image", "hflip", 1.0), ("image", "rand_augment", "rand-m9-mstd0.5-inc1"), ("image", "random_erasing", 1.0),
-    ("audio", "speed", [1.1]), ("audio", "band_limit", 1.0), ("audio", "time_shift", 0.1), ("audio", "gain_db", 6.0),
-    ("audio", "noise_snr_db", [10.0, 20.0]), ("audio", "freq_mask", 8), ("audio", "time_mask", 12),
+    ("image", "hflip", 1.0),
+    ("image", "rand_augment", "rand-m9-mstd0.5-inc1"),
+    ("image", "random_erasing", 1.0),
+    ("audio", "speed", [1.1]),
+    ("audio", "band_limit", 1.0),
+    ("audio", "time_shift", 0.1),
+    ("audio", "gain_db", 6.0),
+    ("audio", "noise_snr_db", [10.0, 20.0]),
+    ("audio", "freq_mask", 8),
+    ("audio", "time_mask", 12),
     ("video", "rand_augment_ops", 2),
-    ("point_cloud", "rotation", 180.0), ("point_cloud", "scale", [0.5, 2.0]), ("point_cloud", "translate", 0.2),
-    ("point_cloud", "jitter", 0.01), ("point_cloud", "point_dropout", 0.5),
+    ("point_cloud", "rotation", 180.0),
+    ("point_cloud", "scale", [0.5, 2.0]),
+    ("point_cloud", "translate", 0.2),
+    ("point_cloud", "jitter", 0.01),
+    ("point_cloud", "point_dropout", 0.5),
 ]
 
 
@@ -46,7 +64,11 @@ def raw_sample(modality: str):
 
 def transform(config, modality: str, train: bool, augment=None):
     build = MODALITIES.get(modality).build_transform
-    fn = build(config.modalities[modality], train, augment) if augment is not None else build(config.modalities[modality], train)
+    fn = (
+        build(config.modalities[modality], train, augment)
+        if augment is not None
+        else build(config.modalities[modality], train)
+    )
     raw = raw_sample(modality)
     return lambda: fn(*raw) if isinstance(raw, tuple) else fn(raw)
 
@@ -85,7 +107,9 @@ def test_evaluation_ignores_augmentation(tiny_config, modality):
         given = transform(tiny_config, modality, False, anchors[modality])()
     assert torch.equal(plain, given)
     model_transforms = omnivec.OmniVecModel(tiny_config).transforms(train=False, augment=anchors)
-    assert type(model_transforms[modality]) is type(MODALITIES.get(modality).build_transform(tiny_config.modalities[modality]))
+    assert type(model_transforms[modality]) is type(
+        MODALITIES.get(modality).build_transform(tiny_config.modalities[modality])
+    )
 
 
 def test_anchor_defaults_change_every_modality_and_pretraining_has_none(tiny_config):
@@ -113,8 +137,11 @@ def test_image_rand_augment_at_full_magnitude_posterizes_to_black_instead_of_fai
     from omnivec.modalities.image import ImageAugment, ImageTransform
 
     cfg = tiny_config.modalities["image"]
-    transform = ImageTransform(cfg, train=True, augment=ImageAugment(rand_augment="rand-m10-n1-mstd0-inc1", crop_scale=(1, 1),
-                                                                      hflip=0, random_erasing=0))
+    transform = ImageTransform(
+        cfg,
+        train=True,
+        augment=ImageAugment(rand_augment="rand-m10-n1-mstd0-inc1", crop_scale=(1, 1), hflip=0, random_erasing=0),
+    )
     image = Image.fromarray(np.random.default_rng(0).integers(1, 255, (8, 8, 3), dtype=np.uint8))
     ops = [o for t in transform.pipeline.transforms if hasattr(t, "ops") for o in t.ops]
     assert "PosterizeIncreasing" in [o.name for o in ops]
@@ -137,7 +164,9 @@ def test_seeded_restores_the_global_generators():
 def test_bad_augment_settings_name_their_key():
     with pytest.raises(omnivec.ConfigError, match=r"augment.smell: unknown modality"):
         augment_configs({"smell": {}}, "augment")  # (tests/test_extension.py registers a depth modality)
-    with pytest.raises(omnivec.ConfigError, match=r"augment.image.rand_augmnt: unknown key \(did you mean 'rand_augment'"):
+    with pytest.raises(
+        omnivec.ConfigError, match=r"augment.image.rand_augmnt: unknown key \(did you mean 'rand_augment'"
+    ):
         augment_configs({"image": {"rand_augmnt": "rand-m9"}}, "augment")
     with pytest.raises(omnivec.ConfigError, match=r"augment.image.rand_augment: expected a timm RandAugment policy"):
         augment_configs({"image": {"rand_augment": "rand-x9"}}, "augment")
@@ -153,17 +182,21 @@ def test_an_aligned_task_cannot_be_mixed(tmp_path):
 
     from omnivec.tasks import load_task_data
 
-    cfg = finetune_config(tasks={"digits": {"data": [str(SAMPLE / "digits")]},
-                                 "shapes": {"data": [str(SAMPLE / "shapes")]}},
-                          stages=[{"tasks": ["digits", "shapes"], "align": ["digits", "shapes"]}],
-                          augment={"image": {}})
+    cfg = finetune_config(
+        tasks={"digits": {"data": [str(SAMPLE / "digits")]}, "shapes": {"data": [str(SAMPLE / "shapes")]}},
+        stages=[{"tasks": ["digits", "shapes"], "align": ["digits", "shapes"]}],
+        augment={"image": {}},
+    )
     with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].align: task 'digits' would be mixed"):
         load_task_data(cfg)
 
 
 def finetune_config(**kw) -> FinetuneConfig:
-    data = {"tasks": {"digits": {"data": ["unused"]}, "tags": {"head": "multi_label", "data": ["unused"]}},
-            "stages": [{"tasks": ["digits", "tags"]}], **kw}
+    data = {
+        "tasks": {"digits": {"data": ["unused"]}, "tags": {"head": "multi_label", "data": ["unused"]}},
+        "stages": [{"tasks": ["digits", "tags"]}],
+        **kw,
+    }
     return from_dict(FinetuneConfig, data, "")
 
 
@@ -185,7 +218,8 @@ def test_mixup_targets_sum_to_one_and_the_loss_is_the_soft_target_cross_entropy(
     head = tiny_model.heads["digits"]
     hidden, mask = tiny_model.forward_features("image", mixed)
     assert head.loss(hidden, mask, target).item() == pytest.approx(
-        SoftTargetCrossEntropy()(head(hidden, mask).float(), target).item(), rel=1e-6)
+        SoftTargetCrossEntropy()(head(hidden, mask).float(), target).item(), rel=1e-6
+    )
 
 
 def test_label_smoothing_reaches_single_label_heads_unless_their_head_args_say():
@@ -256,14 +290,29 @@ def test_finetune_with_the_regularisers_logs_to_tensorboard_and_evaluates_the_em
     from omnivec.finetuning import finetune
 
     pytest.importorskip("tensorboard")
-    cfg = from_dict(FinetuneConfig, {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES,
-        "tasks": {"digits": {"data": [str(SAMPLE / "digits")]}, "shapes": {"data": [str(SAMPLE / "shapes")]}},
-        "stages": [{"tasks": ["digits", "shapes"], "steps": 3}], "batch_size": 8, "num_workers": 0, "warmup_steps": 1,
-        "log_every": 1, "save_every": 0, "eval_max_batches": 1, "output_dir": str(tmp_path / "run"), "device": "cpu",
-        "augment": {"image": {"hflip": 0}, "point_cloud": {}}, "drop_path": 0.1, "label_smoothing": 0.1,
-        "ema_decay": 0.99, "log_with": "tensorboard",
-    }, "")
+    cfg = from_dict(
+        FinetuneConfig,
+        {
+            "model": "omnivec_tiny",
+            "model_overrides": SMALL_MODEL_OVERRIDES,
+            "tasks": {"digits": {"data": [str(SAMPLE / "digits")]}, "shapes": {"data": [str(SAMPLE / "shapes")]}},
+            "stages": [{"tasks": ["digits", "shapes"], "steps": 3}],
+            "batch_size": 8,
+            "num_workers": 0,
+            "warmup_steps": 1,
+            "log_every": 1,
+            "save_every": 0,
+            "eval_max_batches": 1,
+            "output_dir": str(tmp_path / "run"),
+            "device": "cpu",
+            "augment": {"image": {"hflip": 0}, "point_cloud": {}},
+            "drop_path": 0.1,
+            "label_smoothing": 0.1,
+            "ema_decay": 0.99,
+            "log_with": "tensorboard",
+        },
+        "",
+    )
     report = finetune(cfg)
     for task in ("digits", "shapes"):
         assert {"top1", "ema:top1", "ema:top5"} <= set(report["final"][task])
@@ -284,8 +333,9 @@ def test_finetune_with_the_regularisers_logs_to_tensorboard_and_evaluates_the_em
 
 def test_video_augmentation_treats_every_frame_of_a_clip_alike(tiny_config):
     frame = (torch.rand(1, 20, 20, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    fn = MODALITIES.get("video").build_transform(tiny_config.modalities["video"], True,
-                                                 augment("video", rand_augment_ops=4, rand_augment_magnitude=9))
+    fn = MODALITIES.get("video").build_transform(
+        tiny_config.modalities["video"], True, augment("video", rand_augment_ops=4, rand_augment_magnitude=9)
+    )
     plain = MODALITIES.get("video").build_transform(tiny_config.modalities["video"], False)
     for seed in range(4):
         with seeded(seed):
@@ -304,8 +354,9 @@ def test_point_cloud_augmentation_keeps_normals_normal_to_the_surface(tiny_confi
     normal = torch.nn.functional.normalize(torch.tensor([-0.5, 0.3, 1.0]), dim=0).expand(200, 3)
     colours = torch.rand(200, 3, generator=g)
     points = torch.cat([plane, normal, colours], dim=1)  # [200, 9]
-    augment = PointCloudAugment(rotation=180.0, scale=(0.5, 2.0), anisotropic=True, translate=0.2, jitter=0.0,
-                                point_dropout=0.0)
+    augment = PointCloudAugment(
+        rotation=180.0, scale=(0.5, 2.0), anisotropic=True, translate=0.2, jitter=0.0, point_dropout=0.0
+    )
     with seeded(0):
         out = augment(points.clone(), normals=True)
     xyz, n = out[:, :3], out[:, 3:6]
@@ -324,5 +375,7 @@ def test_point_cloud_augmentation_keeps_normals_normal_to_the_surface(tiny_confi
 
     with seeded(0):
         sampled = PointCloudTransform(replace(cfg, in_chans=6, normals=True), train=True, augment=augment)(points)
-    assert sampled.shape == (cfg.num_points, 6) and torch.allclose(sampled[:, 3:].norm(dim=1), torch.ones(cfg.num_points))
+    assert sampled.shape == (cfg.num_points, 6) and torch.allclose(
+        sampled[:, 3:].norm(dim=1), torch.ones(cfg.num_points)
+    )
     assert ((sampled[:, :3] - sampled[:1, :3]) @ sampled[0, 3:]).abs().max() < 1e-4  # the transform passed `normals`

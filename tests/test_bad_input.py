@@ -1,5 +1,6 @@
 """Faults and bad inputs that used to lose work or give wrong results (issue #14): each is injected,
 then the user gets a clear error naming the file / key / folder, or the documented conversion."""
+
 import json
 import shutil
 import tracemalloc
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from PIL import Image
 
 import omnivec
@@ -18,7 +20,6 @@ from omnivec.datasets import check_path, load_task, read_file
 from omnivec.datasets.dataset import TaskDataset
 from omnivec.embedding import collect_inputs
 from omnivec.modalities.video import VideoFile
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 
 def write_mp4(path: Path, frames: int, size: tuple[int, int] = (320, 240)) -> Path:
@@ -94,9 +95,17 @@ def test_an_eval_split_without_rows_fails_before_training(tmp_path, capsys):
     rows = [{"text": f"note {i}", "label": "ab"[i % 2], "split": "train" if i < 6 else "val"} for i in range(8)]
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "ft.yaml"
-    config.write_text(yaml.safe_dump({"model_overrides": SMALL_MODEL_OVERRIDES, "tasks": {"digits": {"data": [str(root)]}},
-                                      "stages": [{"tasks": ["digits"], "steps": 2}], "output_dir": str(tmp_path / "run"),
-                                      "num_workers": 0}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_overrides": SMALL_MODEL_OVERRIDES,
+                "tasks": {"digits": {"data": [str(root)]}},
+                "stages": [{"tasks": ["digits"], "steps": 2}],
+                "output_dir": str(tmp_path / "run"),
+                "num_workers": 0,
+            }
+        )
+    )
     assert main(["finetune", str(config)]) == 2
     assert f"error: tasks.digits.data: no 'test' rows in {root / 'manifest.jsonl'}" in capsys.readouterr().err
     assert not (tmp_path / "run" / "stages").exists()
@@ -107,14 +116,38 @@ def test_embed_checks_its_output_before_any_work(tmp_path, tiny_model, capsys):
     tiny_model.save_pretrained(tmp_path / "m")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(SAMPLE / "digits"),
-                 "--output", str(blocker / "emb")]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "m"),
+                "--input",
+                str(SAMPLE / "digits"),
+                "--output",
+                str(blocker / "emb"),
+            ]
+        )
+        == 2
+    )
     assert f"error: {blocker}: cannot write the embeddings there" in capsys.readouterr().err
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(SAMPLE / "digits"),
-                     "--output", str(tmp_path / "emb.parquet")]) == 2
+        assert (
+            main(
+                [
+                    "embed",
+                    "--model",
+                    str(tmp_path / "m"),
+                    "--input",
+                    str(SAMPLE / "digits"),
+                    "--output",
+                    str(tmp_path / "emb.parquet"),
+                ]
+            )
+            == 2
+        )
         assert "writing parquet needs pyarrow" in capsys.readouterr().err
 
 
@@ -140,13 +173,21 @@ def test_bad_model_folders_and_manifests_are_one_error_line(tmp_path, tiny_model
 def test_a_moved_model_with_a_summarization_head_loads_and_writes(tmp_path):
     """Item 2: the head uses the model folder's tokenizer, wherever the folder is copied."""
     model = omnivec.build_model("omnivec_tiny", **SMALL_MODEL_OVERRIDES)
-    from omnivec.tasks import TaskSpec, head_config
     from omnivec.datasets import find_tasks
+    from omnivec.tasks import TaskSpec, head_config
 
     data = find_tasks(SAMPLE / "acl_summaries")
-    model.add_head("summaries", head_config("summaries", TaskSpec(head="summarization", data=["x"],
-                                                                  head_args={"dim": 16, "depth": 1, "num_heads": 2,
-                                                                             "max_new_tokens": 4}), data, model.config))
+    model.add_head(
+        "summaries",
+        head_config(
+            "summaries",
+            TaskSpec(
+                head="summarization", data=["x"], head_args={"dim": 16, "depth": 1, "num_heads": 2, "max_new_tokens": 4}
+            ),
+            data,
+            model.config,
+        ),
+    )
     model.save_pretrained(tmp_path / "a" / "model")
     assert json.loads((tmp_path / "a" / "model" / "config.json").read_text())["heads"]["summaries"]["tokenizer"] == ""
     shutil.copytree(tmp_path / "a" / "model", tmp_path / "b")
@@ -171,7 +212,10 @@ def test_python_api_inputs_are_converted_or_refused(tiny_model):
                 tiny_model.embed({modality: x[modality][:0]})
         with pytest.raises(InputError, match="image: expected model-ready values"):  # finite but overflowing
             tiny_model.embed({"image": torch.full_like(x["image"], 1e38)})
-        empty = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.zeros(1, 4, dtype=torch.long)}
+        empty = {
+            "input_ids": torch.zeros(1, 4, dtype=torch.long),
+            "attention_mask": torch.zeros(1, 4, dtype=torch.long),
+        }
         with pytest.raises(InputError, match="text: expected at least one real token per text"):
             tiny_model.embed({"text": empty})
     transforms = tiny_model.transforms()
@@ -185,8 +229,11 @@ def test_python_api_inputs_are_converted_or_refused(tiny_model):
     with pytest.raises(InputError, match=r"soundfile's \[samples, channels\] layout pass waveform.T"):
         audio(torch.zeros(16000, 2), 16000)
     pcm = (np.sin(np.arange(16000) / 10) * 16000).astype(np.int16)
-    assert torch.allclose(audio(torch.from_numpy(pcm)[None], 16000),
-                          audio(torch.from_numpy(pcm.astype(np.float32) / 32768)[None], 16000), atol=1e-4)
+    assert torch.allclose(
+        audio(torch.from_numpy(pcm)[None], 16000),
+        audio(torch.from_numpy(pcm.astype(np.float32) / 32768)[None], 16000),
+        atol=1e-4,
+    )
 
 
 class Payload:
@@ -199,18 +246,30 @@ def test_a_pickled_hf_checkpoint_with_code_is_refused_naming_safetensors(tmp_pat
     and the way on is safetensors (not weights_only=False)."""
     from transformers import ViTConfig, ViTModel
 
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=32, patch_size=4), add_pooling_layer=False)
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=4,
+        ),
+        add_pooling_layer=False,
+    )
     vit.save_pretrained(tmp_path / "vit")
     (tmp_path / "vit" / "model.safetensors").unlink()
     torch.save({**vit.state_dict(), "payload": Payload()}, tmp_path / "vit" / "pytorch_model.bin")
-    with pytest.raises(ConfigError, match="modalities.image.pretrained: .*refused and nothing in it ran.*safetensors") as e:
+    with pytest.raises(
+        ConfigError, match="modalities.image.pretrained: .*refused and nothing in it ran.*safetensors"
+    ) as e:
         omnivec.build_model("omnivec_tiny", **{"modalities.image.pretrained": f"hf:{tmp_path / 'vit'}"})
     assert "weights_only" not in str(e.value) and "this ran" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("override, key", [("betas=[0.9, 1.5]", "betas"), ("seed=-1", "seed"),
-                                           ("data={image: []}", "data.image")])
+@pytest.mark.parametrize(
+    "override, key", [("betas=[0.9, 1.5]", "betas"), ("seed=-1", "seed"), ("data={image: []}", "data.image")]
+)
 def test_impossible_loop_values_are_one_error_line(override, key, capsys):
     """Item 12: bad betas, seed and an empty dataset list name their key before any work."""
     assert main(["pretrain", "configs/pretrain/tiny.yaml", override]) == 2
@@ -220,23 +279,52 @@ def test_impossible_loop_values_are_one_error_line(override, key, capsys):
 def test_search_takes_a_model_when_the_index_outlived_its_folder(tmp_path, tiny_model, capsys):
     """Item 2: an index records its model's absolute folder; --model points at a moved copy."""
     tiny_model.save_pretrained(tmp_path / "m")
-    assert main(["embed", "--model", str(tmp_path / "m"), "--input", str(SAMPLE / "shapes"), "--output",
-                 str(tmp_path / "index"), "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "m"),
+                "--input",
+                str(SAMPLE / "shapes"),
+                "--output",
+                str(tmp_path / "index"),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "index.json").read_text())["model"] == str((tmp_path / "m").resolve())
     shutil.move(tmp_path / "m", tmp_path / "moved")
     query = sorted((SAMPLE / "shapes").rglob("*.ply"))[0]
     assert main(["search", "--index", str(tmp_path / "index"), "--query", str(query), "-k", "1"]) == 2
     capsys.readouterr()
-    assert main(["search", "--index", str(tmp_path / "index"), "--query", str(query), "-k", "1",
-                 "--model", str(tmp_path / "moved")]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--index",
+                str(tmp_path / "index"),
+                "--query",
+                str(query),
+                "-k",
+                "1",
+                "--model",
+                str(tmp_path / "moved"),
+            ]
+        )
+        == 0
+    )
     assert str(query.resolve()) in capsys.readouterr().out
 
 
 def test_point_cloud_normals_setting_refuses_a_file_whose_columns_are_colours(tmp_path, tiny_config):
     """normals=true reads columns 3:6 as normals: a coloured cloud without normals has its colours
     there, and is named instead of trained on with colours rotated as if they were normals."""
-    import open3d as o3d
     from dataclasses import replace
+
+    import open3d as o3d
 
     from omnivec.datasets.readers import load_sample
     from omnivec.modalities.point_cloud import PointCloudTransform

@@ -1,5 +1,6 @@
 """The benchmark scripts run: device time is short, so a crash must show here first (CPU, batch 2).
 Their numbers are not checked: benchmarks measure, tests do not."""
+
 import os
 import re
 import subprocess
@@ -9,14 +10,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["image masked pretraining step", "video masked pretraining step", "audio fine-tuning step",
-         "mixed multimodal pretraining step", "text embedding"]  # image embedding compiles: minutes on CPU
+CASES = [
+    "image masked pretraining step",
+    "video masked pretraining step",
+    "audio fine-tuning step",
+    "mixed multimodal pretraining step",
+    "text embedding",
+]  # image embedding compiles: minutes on CPU
 
 
 def run(script: str, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # as bench/device.sh runs them: omnivec from the checkout
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -24,8 +36,11 @@ def run(script: str, *args: str) -> str:
 @pytest.mark.integration
 def test_bench_run_smoke_writes_a_row_and_a_profile_per_implementation(tmp_path):
     run("run.py", "--device", "cpu", "--smoke", "--out", str(tmp_path), "--profile", "--only", *CASES)
-    rows = [line.split("|")[1:-1] for line in (tmp_path / "table.md").read_text().splitlines()
-            if line.startswith("| ") and not line.startswith("| benchmark")]
+    rows = [
+        line.split("|")[1:-1]
+        for line in (tmp_path / "table.md").read_text().splitlines()
+        if line.startswith("| ") and not line.startswith("| benchmark")
+    ]
     assert sorted({r[0].strip() for r in rows}) == sorted(CASES)
     assert len(rows) == 10  # omnivec and its reference (or its packed twin) per case
     for row in rows:

@@ -12,7 +12,7 @@ from omnivec.cli import main
 def test_models_details_prints_parameters_per_part(capsys):
     assert main(["models", "--details"]) == 0
     out = capsys.readouterr().out
-    base = out[out.index("omnivec_base"):out.index("omnivec_small")]
+    base = out[out.index("omnivec_base") : out.index("omnivec_small")]
     backbone = float(base.split("backbone ")[-1].split("M")[0])
     assert 84 < backbone < 87
     for part in ("encoder.image", "encoder.video", "encoder.audio", "encoder.text", "encoder.point_cloud", "total"):
@@ -22,14 +22,26 @@ def test_models_details_prints_parameters_per_part(capsys):
 @pytest.mark.integration
 def test_quick_demo_writes_the_report(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "omnivec", "demo", "--quick", "--out", str(out)],
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "omnivec", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for section in ("## Results", "## Few labels: pretrained vs scratch", "## Forgetting matrix", "## Pretraining",
-                    "## Fine-tuning loss curves", "## Confusion matrices", "## Embeddings", "## Time per stage"):
+    for section in (
+        "## Results",
+        "## Few labels: pretrained vs scratch",
+        "## Forgetting matrix",
+        "## Pretraining",
+        "## Fine-tuning loss curves",
+        "## Confusion matrices",
+        "## Embeddings",
+        "## Time per stage",
+    ):
         assert section in report, section
-    few = report[report.index("## Few labels"):report.index("## Forgetting matrix")]
+    few = report[report.index("## Few labels") : report.index("## Forgetting matrix")]
     for task in ("digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "acl_highlights"):
         assert re.search(rf"^\| {task} \| \w+ \| 5% \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|", few, re.M), task
     assert "acl_summaries" not in few and "voices of two accents never heard in training" in report
@@ -44,16 +56,41 @@ def test_quick_demo_writes_the_report(tmp_path):
 def test_pretrain_cli_on_the_sample_data(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "omnivec", "pretrain", "configs/pretrain/tiny.yaml", "max_steps=2", "eval_batches=1",
-         "batch_size=4", "num_workers=0", f"output_dir={run}", "backbone_typo=1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "omnivec",
+            "pretrain",
+            "configs/pretrain/tiny.yaml",
+            "max_steps=2",
+            "eval_batches=1",
+            "batch_size=4",
+            "num_workers=0",
+            f"output_dir={run}",
+            "backbone_typo=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "backbone_typo: unknown key" in result.stderr  # fails before any work
     assert not run.exists()
     result = subprocess.run(
-        [sys.executable, "-m", "omnivec", "pretrain", "configs/pretrain/tiny.yaml", "max_steps=2", "eval_batches=1",
-         "batch_size=4", "num_workers=0", f"output_dir={run}"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "omnivec",
+            "pretrain",
+            "configs/pretrain/tiny.yaml",
+            "max_steps=2",
+            "eval_batches=1",
+            "batch_size=4",
+            "num_workers=0",
+            f"output_dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "pretrained 2 steps" in result.stdout + result.stderr
@@ -66,10 +103,24 @@ def test_finetune_and_evaluate_cli_on_the_sample_data(tmp_path):
     run = tmp_path / "run"
     steps = [f"stages.{i}.steps=1" for i in range(5)]
     result = subprocess.run(
-        [sys.executable, "-m", "omnivec", "finetune", "configs/finetune/sample_sequential.yaml", "init=none",
-         f"output_dir={run}", "batch_size=4", "num_workers=0", "eval_split=val", "eval_max_batches=1",
-         "tasks.acl_summaries.head_args.max_new_tokens=4", *steps],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "omnivec",
+            "finetune",
+            "configs/finetune/sample_sequential.yaml",
+            "init=none",
+            f"output_dir={run}",
+            "batch_size=4",
+            "num_workers=0",
+            "eval_split=val",
+            "eval_max_batches=1",
+            "tasks.acl_summaries.head_args.max_new_tokens=4",
+            *steps,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "eval.json").read_text())
@@ -79,10 +130,24 @@ def test_finetune_and_evaluate_cli_on_the_sample_data(tmp_path):
     assert set(report["final"]["spoken_mix"]) >= {"mAP"} and set(report["final"]["moving_digits"]) >= {"top1", "top5"}
     assert "lead-1" in report["baselines"]["acl_summaries"]
     result = subprocess.run(
-        [sys.executable, "-m", "omnivec", "evaluate", "--model", str(run / "model"), "--config",
-         "configs/finetune/sample_sequential.yaml", "--split", "val", "--output", str(tmp_path / "eval"),
-         "eval_max_batches=1"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "omnivec",
+            "evaluate",
+            "--model",
+            str(run / "model"),
+            "--config",
+            "configs/finetune/sample_sequential.yaml",
+            "--split",
+            "val",
+            "--output",
+            str(tmp_path / "eval"),
+            "eval_max_batches=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for task in ("digits", "spoken_digits", "shapes", "moving_digits", "acl_highlights"):

@@ -1,4 +1,5 @@
 """Readers for every supported format, manifests, collate, mixing, and `omnivec data check`."""
+
 import json
 import shutil
 from pathlib import Path
@@ -17,8 +18,15 @@ from omnivec.datasets import Collate, MultiModalLoader, TaskDataset, find_tasks,
 from omnivec.errors import DataError
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
-TASKS = {"digits": "image", "moving_digits": "video", "spoken_digits": "audio", "spoken_mix": "audio",
-         "shapes": "point_cloud", "acl_summaries": "text", "acl_highlights": "text"}
+TASKS = {
+    "digits": "image",
+    "moving_digits": "video",
+    "spoken_digits": "audio",
+    "spoken_mix": "audio",
+    "shapes": "point_cloud",
+    "acl_summaries": "text",
+    "acl_highlights": "text",
+}
 
 
 def first_file(task: str) -> Path:
@@ -115,7 +123,9 @@ def test_every_other_format_reads(formats):
     for ext in ("xyz", "pts"):
         assert read_file(formats[ext]).shape == (50, 3), ext
     pcd = read_file(formats["pcd"])
-    assert pcd.shape == (50, 9) and np.allclose(pcd[:, 3:6], [0, 0, 1]) and np.allclose(pcd[:, 6:], 0.5, atol=0.01)  # colours stored as 8-bit
+    assert (
+        pcd.shape == (50, 9) and np.allclose(pcd[:, 3:6], [0, 0, 1]) and np.allclose(pcd[:, 6:], 0.5, atol=0.01)
+    )  # colours stored as 8-bit
     for ext in ("obj", "off", "stl", "mesh.ply"):
         pts = read_file(formats[ext])
         assert pts.shape[0] == 2048 and pts.shape[1] >= 3, ext
@@ -259,7 +269,11 @@ def test_data_check_names_every_corrupted_file(tmp_path, capsys):
         path = tmp_path / name / row["path"]
         path.write_bytes(path.read_bytes()[:40])  # truncated
         corrupted.append(path)
-    empty = tmp_path / "spoken_mix" / json.loads((tmp_path / "spoken_mix" / "manifest.jsonl").read_text().splitlines()[0])["path"]
+    empty = (
+        tmp_path
+        / "spoken_mix"
+        / json.loads((tmp_path / "spoken_mix" / "manifest.jsonl").read_text().splitlines()[0])["path"]
+    )
     empty.write_bytes(b"")
     corrupted.append(empty)
     capsys.readouterr()
@@ -273,8 +287,21 @@ def test_data_check_names_every_corrupted_file(tmp_path, capsys):
 
 
 def test_tokenizer_train_cli(tmp_path):
-    assert main(["tokenizer", "train", "--input", str(SAMPLE / "acl_summaries"), "--vocab-size", "300",
-                 "--output", str(tmp_path / "tok")]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(SAMPLE / "acl_summaries"),
+                "--vocab-size",
+                "300",
+                "--output",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")

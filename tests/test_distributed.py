@@ -1,6 +1,7 @@
 """Two CPU processes (torchrun -> accelerate MULTI_CPU over gloo): the same loss curve as one process
 with the combined batch, only the main process writes, resuming works with two processes, and under
 FSDP2 the saved models hold full weights."""
+
 import json
 import os
 import subprocess
@@ -10,21 +11,28 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from safetensors.torch import load_file
 
 import omnivec
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 pytestmark = pytest.mark.integration
 
 
 def finetune_config(tmp_path: Path, name: str, **kw) -> Path:
     data = {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES,
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
         "tasks": {"digits": {"head": "classification", "data": [str(SAMPLE / "digits")]}},
         "stages": [{"tasks": ["digits"], "steps": 4}],
-        "batch_size": 16, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "save_every": 0,
-        "eval_max_batches": 1, "output_dir": str(tmp_path / name), "device": "cpu",
+        "batch_size": 16,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "save_every": 0,
+        "eval_max_batches": 1,
+        "output_dir": str(tmp_path / name),
+        "device": "cpu",
     }
     data.update(kw)
     path = tmp_path / f"{name}.yaml"
@@ -33,18 +41,31 @@ def finetune_config(tmp_path: Path, name: str, **kw) -> Path:
 
 
 # configs/accelerate/fsdp_base.yaml as the environment `accelerate launch` sets from it
-FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-            "FSDP_TRANSFORMER_CLS_TO_WRAP": "Block", "FSDP_RESHARD_AFTER_FORWARD": "true",
-            "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+FSDP_ENV = {
+    "ACCELERATE_USE_FSDP": "true",
+    "FSDP_VERSION": "2",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+    "FSDP_TRANSFORMER_CLS_TO_WRAP": "Block",
+    "FSDP_RESHARD_AFTER_FORWARD": "true",
+    "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+}
 
 
 def run(args: list[str], processes: int = 1, fsdp: bool = False, **overrides) -> subprocess.CompletedProcess:
     program = [str(Path(__file__).parent / "fsdp_on_cpu.py")] if fsdp else ["-m", "omnivec"]
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                 *program] if processes > 1 else [sys.executable, *program])
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *program]
+        if processes > 1
+        else [sys.executable, *program]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(FSDP_ENV if fsdp else {})}
-    result = subprocess.run(launcher + args + [f"{k}={v}" for k, v in overrides.items()], env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        launcher + args + [f"{k}={v}" for k, v in overrides.items()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -68,11 +89,20 @@ def test_two_processes_match_one_process_with_the_combined_batch(tmp_path):
 
 def pretrain_config(tmp_path: Path, name: str, **kw) -> Path:
     data = {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES,
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
         "data": {"image": [str(SAMPLE / "digits")], "text": [str(SAMPLE / "acl_highlights")]},
         "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-        "batch_size": 4, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "eval_batches": 1, "plot_samples": 1,
-        "save_every": 2, "max_steps": 4, "output_dir": str(tmp_path / name), "device": "cpu",
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_batches": 1,
+        "plot_samples": 1,
+        "save_every": 2,
+        "max_steps": 4,
+        "output_dir": str(tmp_path / name),
+        "device": "cpu",
     }
     data.update(kw)
     path = tmp_path / f"{name}.yaml"
@@ -135,13 +165,18 @@ def test_fsdp2_pretraining_resumes_where_it_stopped(tmp_path):
     straight = pretrain_config(tmp_path, "straight", max_steps=6)
     run(["pretrain", str(straight)], processes=2, fsdp=True)
     checkpoint = tmp_path / "straight" / "checkpoints" / "step_00000004"
-    result = run(["pretrain", str(straight)], processes=2, fsdp=True, output_dir=tmp_path / "resumed",
-                 resume=checkpoint)
+    result = run(
+        ["pretrain", str(straight)], processes=2, fsdp=True, output_dir=tmp_path / "resumed", resume=checkpoint
+    )
     assert "resumed from" in result.stdout + result.stderr
-    records = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-               for name in ("straight", "resumed")}
-    losses = {name: {(r["step"], k): v for r in rs if "lr" in r for k, v in r.items() if k.startswith("loss/")}
-              for name, rs in records.items()}
+    records = {
+        name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("straight", "resumed")
+    }
+    losses = {
+        name: {(r["step"], k): v for r in rs if "lr" in r for k, v in r.items() if k.startswith("loss/")}
+        for name, rs in records.items()
+    }
     assert sorted(losses["resumed"]) == [(5, "loss/image"), (5, "loss/text"), (6, "loss/image"), (6, "loss/text")]
     for key, value in losses["resumed"].items():
         assert value == pytest.approx(losses["straight"][key], abs=1e-5), key

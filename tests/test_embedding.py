@@ -96,8 +96,22 @@ def test_write_and_load_index(tmp_path, fmt):
 @pytest.mark.integration
 def test_embed_and_search_cli(mini, saved_model, tmp_path):
     out = tmp_path / "emb"
-    cmd = [sys.executable, "-m", "omnivec", "embed", "--model", str(saved_model), "--input", str(mini),
-           "--output", str(out), "--num-workers", "0", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "omnivec",
+        "embed",
+        "--model",
+        str(saved_model),
+        "--input",
+        str(mini),
+        "--output",
+        str(out),
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     emb, records, meta = load_index(out)
@@ -107,7 +121,23 @@ def test_embed_and_search_cli(mini, saved_model, tmp_path):
     query = records[4]["path"]
     hits = search(out, query, k=3)
     assert hits[0]["path"] == query and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    result = subprocess.run([sys.executable, "-m", "omnivec", "search", "--index", str(out), "--query",
-                             "a new method for parsing", "-k", "2", "--modality", "text"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omnivec",
+            "search",
+            "--index",
+            str(out),
+            "--query",
+            "a new method for parsing",
+            "-k",
+            "2",
+            "--modality",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stdout.count("text") == 2

@@ -1,5 +1,6 @@
 """Encoders initialised from timm and transformers checkpoints: conformance with the library's own
 output (fp32, atol 1e-5), load reports, position-embedding resizing, errors, masking and reloading."""
+
 import pytest
 import timm
 import torch
@@ -15,8 +16,9 @@ ATOL = 1e-5
 
 def omnivec_model(modality: str, width: int, **modality_cfg) -> OmniVecModel:
     """A one-modality omnivec model whose backbone width equals the library's (no projection)."""
-    cfg = OmniVecConfig.from_dict({"backbone": {"dim": width, "depth": 1, "num_heads": 2},
-                                   "modalities": {modality: modality_cfg}})
+    cfg = OmniVecConfig.from_dict(
+        {"backbone": {"dim": width, "depth": 1, "num_heads": 2}, "modalities": {modality: modality_cfg}}
+    )
     torch.manual_seed(0)
     return OmniVecModel(cfg).eval()
 
@@ -39,11 +41,12 @@ VIT_ARCH = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 def test_timm_vit_conformance_and_report(tmp_path):
     lib, path = save_timm(tmp_path, "vit_tiny_patch16_224", img_size=64, **VIT_ARCH)
-    model = omnivec_model("image", 64, image_size=64, pretrained="timm:vit_tiny_patch16_224", checkpoint=path,
-                          library_config=VIT_ARCH)
+    model = omnivec_model(
+        "image", 64, image_size=64, pretrained="timm:vit_tiny_patch16_224", checkpoint=path, library_config=VIT_ARCH
+    )
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        expected = lib.forward_features(x)[:, lib.num_prefix_tokens:]  # patch tokens, CLS dropped
+        expected = lib.forward_features(x)[:, lib.num_prefix_tokens :]  # patch tokens, CLS dropped
     torch.testing.assert_close(encoder_tokens(model, "image", x), expected, atol=ATOL, rtol=0)
     report = model.load_reports["image"]
     assert "pos_embed" in report.loaded and "blocks.1.mlp.fc2.weight" in report.loaded
@@ -53,8 +56,9 @@ def test_timm_vit_conformance_and_report(tmp_path):
 
 def test_timm_vit_position_embeddings_resized(tmp_path):
     lib, path = save_timm(tmp_path, "vit_tiny_patch16_224", img_size=64, **VIT_ARCH)
-    model = omnivec_model("image", 64, image_size=32, pretrained="timm:vit_tiny_patch16_224", checkpoint=path,
-                          library_config=VIT_ARCH)
+    model = omnivec_model(
+        "image", 64, image_size=32, pretrained="timm:vit_tiny_patch16_224", checkpoint=path, library_config=VIT_ARCH
+    )
     report = model.load_reports["image"]
     assert report.resized == ["pos_embed [1, 17, 64] -> [1, 5, 64]"]  # CLS + 4x4 patches -> CLS + 2x2
     cls_pos = model.encoders["image"].library.pos_embed[0, 0]
@@ -64,15 +68,26 @@ def test_timm_vit_position_embeddings_resized(tmp_path):
 
 def test_timm_shape_mismatch_names_the_tensor(tmp_path):
     _, path = save_timm(tmp_path, "vit_tiny_patch16_224", img_size=64, **VIT_ARCH)
-    with pytest.raises(ConfigError, match=r"tensor .cls_token. has shape \[1, 1, 64\] in the checkpoint.*expects \[1, 1, 128\]"):
-        omnivec_model("image", 128, image_size=64, pretrained="timm:vit_tiny_patch16_224", checkpoint=path,
-                      library_config={**VIT_ARCH, "embed_dim": 128})
+    with pytest.raises(
+        ConfigError, match=r"tensor .cls_token. has shape \[1, 1, 64\] in the checkpoint.*expects \[1, 1, 128\]"
+    ):
+        omnivec_model(
+            "image",
+            128,
+            image_size=64,
+            pretrained="timm:vit_tiny_patch16_224",
+            checkpoint=path,
+            library_config={**VIT_ARCH, "embed_dim": 128},
+        )
 
 
-@pytest.mark.parametrize("name, width, classifier", [
-    ("efficientnet_b0", 1280, "classifier"),
-    pytest.param("cspdarknet53", 1024, "head.fc", marks=pytest.mark.integration),  # ~12 s on 2 cores
-])
+@pytest.mark.parametrize(
+    "name, width, classifier",
+    [
+        ("efficientnet_b0", 1280, "classifier"),
+        pytest.param("cspdarknet53", 1024, "head.fc", marks=pytest.mark.integration),  # ~12 s on 2 cores
+    ],
+)
 def test_timm_convnet_conformance(tmp_path, name, width, classifier):
     lib, path = save_timm(tmp_path, name)
     model = omnivec_model("image", width, image_size=64, pretrained=f"timm:{name}", checkpoint=path)
@@ -101,8 +116,15 @@ def hf_save(model, tmp_path, name: str) -> str:
 
 
 def test_transformers_vit_conformance(tmp_path):
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                    image_size=32, patch_size=8, num_labels=3)
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
     torch.manual_seed(1)
     src = hf_save(transformers.ViTForImageClassification(config), tmp_path, "vit")
     lib = transformers.ViTModel.from_pretrained(src, add_pooling_layer=False).eval()
@@ -119,33 +141,54 @@ def test_transformers_vit_conformance(tmp_path):
 
 
 def test_transformers_ast_conformance(tmp_path):
-    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                    num_mel_bins=32, max_length=64, patch_size=16, frequency_stride=10, time_stride=10)
+    config = transformers.ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_mel_bins=32,
+        max_length=64,
+        patch_size=16,
+        frequency_stride=10,
+        time_stride=10,
+    )
     torch.manual_seed(1)
     src = hf_save(transformers.ASTForAudioClassification(config), tmp_path, "ast")
     lib = transformers.ASTModel.from_pretrained(src).eval()
-    model = omnivec_model("audio", 32, num_mel_bins=32, target_frames=64, patch_size=16, patch_stride=10,
-                          pretrained=f"hf:{src}")
+    model = omnivec_model(
+        "audio", 32, num_mel_bins=32, target_frames=64, patch_size=16, patch_stride=10, pretrained=f"hf:{src}"
+    )
     x = torch.randn(2, 64, 32)  # [B, frames, mel], AST's input_values
     with torch.no_grad():
         expected = lib(input_values=x).last_hidden_state[:, 2:]  # CLS and distillation tokens dropped
     torch.testing.assert_close(encoder_tokens(model, "audio", x), expected, atol=ATOL, rtol=0)
-    longer = omnivec_model("audio", 32, num_mel_bins=32, target_frames=104, patch_size=16, patch_stride=10,
-                           pretrained=f"hf:{src}")
+    longer = omnivec_model(
+        "audio", 32, num_mel_bins=32, target_frames=104, patch_size=16, patch_stride=10, pretrained=f"hf:{src}"
+    )
     assert longer.load_reports["audio"].resized == ["embeddings.position_embeddings [1, 12, 32] -> [1, 20, 32]"]
     with pytest.raises(ConfigError, match=r"modalities\.audio\.patch_stride: expected 10"):
-        omnivec_model("audio", 32, num_mel_bins=32, target_frames=64, patch_size=16, patch_stride=16,
-                      pretrained=f"hf:{src}")
+        omnivec_model(
+            "audio", 32, num_mel_bins=32, target_frames=64, patch_size=16, patch_stride=16, pretrained=f"hf:{src}"
+        )
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_transformers_text_conformance(tmp_path, kind):
     src = tmp_path / kind
     tokenizer = train_tokenizer(["a small corpus of words", "the encoder reads these words"] * 4, 120, str(src))
-    config_class, model_class = {"bert": (transformers.BertConfig, transformers.BertForMaskedLM),
-                                 "roberta": (transformers.RobertaConfig, transformers.RobertaForMaskedLM)}[kind]
-    config = config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    config_class, model_class = {
+        "bert": (transformers.BertConfig, transformers.BertForMaskedLM),
+        "roberta": (transformers.RobertaConfig, transformers.RobertaForMaskedLM),
+    }[kind]
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(1)
     model_class(config).save_pretrained(src)
     lib = transformers.AutoModel.from_pretrained(src, add_pooling_layer=False).eval()
@@ -162,8 +205,16 @@ def test_transformers_text_conformance(tmp_path, kind):
 
 
 def test_transformers_videomae_conformance(tmp_path):
-    config = transformers.VideoMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, image_size=32, patch_size=16, num_frames=4, tubelet_size=2)
+    config = transformers.VideoMAEConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        tubelet_size=2,
+    )
     torch.manual_seed(1)
     src = hf_save(transformers.VideoMAEModel(config), tmp_path, "videomae")
     lib = transformers.VideoMAEModel.from_pretrained(src).eval()
@@ -179,8 +230,9 @@ def test_library_encoders_pretrain_with_masking(tmp_path):
     from omnivec.pretraining import DecoderConfig, MaskedPretrainer
 
     _, path = save_timm(tmp_path, "vit_tiny_patch16_224", img_size=32, **VIT_ARCH)
-    model = omnivec_model("image", 64, image_size=32, pretrained="timm:vit_tiny_patch16_224", checkpoint=path,
-                          library_config=VIT_ARCH).train()
+    model = omnivec_model(
+        "image", 64, image_size=32, pretrained="timm:vit_tiny_patch16_224", checkpoint=path, library_config=VIT_ARCH
+    ).train()
     pretrainer = MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2))
     x = torch.randn(2, 3, 32, 32)
     out = pretrainer.reconstruct("image", x, torch.Generator().manual_seed(0))
@@ -196,8 +248,9 @@ def test_saved_model_reloads_offline_without_the_source(tmp_path):
     the encoder came from does not stop `from_pretrained`."""
     import shutil
 
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    image_size=32, patch_size=8)
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     torch.manual_seed(1)
     src = hf_save(transformers.ViTModel(config), tmp_path, "vit")
     model = omnivec_model("image", 32, image_size=32, patch_size=8, pretrained=f"hf:{src}")
@@ -218,15 +271,32 @@ def test_unsupported_family_fails_at_config_time():
 
 def test_pretraining_a_convolutional_encoder_fails_before_training(tmp_path):
     from helpers import SAMPLE
+
     from omnivec.config import from_dict
     from omnivec.pretraining import PretrainConfig, pretrain
 
     _, path = save_timm(tmp_path, "efficientnet_b0")
-    cfg = from_dict(PretrainConfig, {
-        "model_overrides": {"backbone": {"dim": 32, "depth": 1, "num_heads": 2},
-                            "modalities": {"video": None, "audio": None, "text": None, "point_cloud": None,
-                                           "image": {"pretrained": "timm:efficientnet_b0", "checkpoint": path}}},
-        "data": {"image": [str(SAMPLE / "digits")]}, "output_dir": str(tmp_path / "run"), "device": "cpu"}, "")
-    with pytest.raises(ConfigError, match=r"data\.image: the image encoder \(timm:efficientnet_b0\) cannot hide tokens"):
+    cfg = from_dict(
+        PretrainConfig,
+        {
+            "model_overrides": {
+                "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
+                "modalities": {
+                    "video": None,
+                    "audio": None,
+                    "text": None,
+                    "point_cloud": None,
+                    "image": {"pretrained": "timm:efficientnet_b0", "checkpoint": path},
+                },
+            },
+            "data": {"image": [str(SAMPLE / "digits")]},
+            "output_dir": str(tmp_path / "run"),
+            "device": "cpu",
+        },
+        "",
+    )
+    with pytest.raises(
+        ConfigError, match=r"data\.image: the image encoder \(timm:efficientnet_b0\) cannot hide tokens"
+    ):
         pretrain(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

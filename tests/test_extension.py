@@ -1,6 +1,7 @@
 """A new modality and a new head, each defined in this file alone, run through every command:
 `data check`, `pretrain` (with its reconstruction figure), `finetune`, `evaluate` and `embed`.
 Nothing under omnivec/ names them: generic code asks the modality and the head."""
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,9 @@ class DepthConfig(PatchConfig):
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
-        require(self.image_size % self.patch_size == 0, f"{prefix}.patch_size", "a divisor of image_size",
-                self.patch_size)
+        require(
+            self.image_size % self.patch_size == 0, f"{prefix}.patch_size", "a divisor of image_size", self.patch_size
+        )
 
 
 class DepthTransform:
@@ -174,9 +176,11 @@ def write_yaml(path: Path, data: dict) -> str:
     return str(path)
 
 
-MODEL = {"backbone": {"dim": 32, "depth": 1, "num_heads": 2},
-         "modalities": {m: None for m in ("image", "video", "audio", "text", "point_cloud")}
-         | {"depth": {"image_size": 8, "patch_size": 2}}}
+MODEL = {
+    "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
+    "modalities": {m: None for m in ("image", "video", "audio", "text", "point_cloud")}
+    | {"depth": {"image_size": 8, "patch_size": 2}},
+}
 LOOP = {"batch_size": 4, "num_workers": 0, "log_every": 1, "warmup_steps": 0, "save_every": 0}
 
 
@@ -186,18 +190,33 @@ def test_a_modality_and_a_head_defined_outside_the_package_run_every_command(tmp
     assert main(["data", "check", str(data)]) == 0
     assert "floors (depth, label, 2 classes)" in capsys.readouterr().out
 
-    pre = write_yaml(tmp_path / "pre.yaml", {"model": "omnivec_tiny", "model_overrides": MODEL,
-                                             "data": {"depth": [str(data)]}, "max_steps": 4, "eval_batches": 1,
-                                             "decoder": {"dim": 16, "depth": 1, "num_heads": 2},
-                                             "output_dir": str(tmp_path / "pre"), **LOOP})
+    pre = write_yaml(
+        tmp_path / "pre.yaml",
+        {
+            "model": "omnivec_tiny",
+            "model_overrides": MODEL,
+            "data": {"depth": [str(data)]},
+            "max_steps": 4,
+            "eval_batches": 1,
+            "decoder": {"dim": 16, "depth": 1, "num_heads": 2},
+            "output_dir": str(tmp_path / "pre"),
+            **LOOP,
+        },
+    )
     assert main(["pretrain", pre]) == 0
     summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["modalities"]["depth"]["val_end"] > 0
     assert (tmp_path / "pre" / "reconstructions.png").stat().st_size > 1000  # drawn through the modality's display
 
-    ft_cfg = {"init": str(tmp_path / "pre" / "model"), "tasks": {"floors": {"head": "prototype", "data": [str(data)]}},
-              "stages": [{"tasks": ["floors"], "steps": 40}], "lr": 1e-3, "eval_split": "test",
-              "output_dir": str(tmp_path / "ft"), **LOOP}
+    ft_cfg = {
+        "init": str(tmp_path / "pre" / "model"),
+        "tasks": {"floors": {"head": "prototype", "data": [str(data)]}},
+        "stages": [{"tasks": ["floors"], "steps": 40}],
+        "lr": 1e-3,
+        "eval_split": "test",
+        "output_dir": str(tmp_path / "ft"),
+        **LOOP,
+    }
     ft = write_yaml(tmp_path / "ft.yaml", ft_cfg)
     assert main(["finetune", ft]) == 0
     report = json.loads((tmp_path / "ft" / "eval.json").read_text())
@@ -207,15 +226,36 @@ def test_a_modality_and_a_head_defined_outside_the_package_run_every_command(tmp
     assert "| floors | accuracy | 1.000 | 0.500 (chance) |" in (tmp_path / "ft" / "eval.md").read_text()
     card = (tmp_path / "ft" / "model" / "README.md").read_text()  # the model card
     assert "| floors | prototype | depth | flat, ramp |" in card and "| depth | omnivec | 0.75 |" in card
-    assert "## Metrics (test split, from ft/eval.json)" in card and "| floors | accuracy | 1.000 | 0.500 (chance) |" in card
+    assert (
+        "## Metrics (test split, from ft/eval.json)" in card
+        and "| floors | accuracy | 1.000 | 0.500 (chance) |" in card
+    )
 
-    assert main(["evaluate", "--model", str(tmp_path / "ft" / "model"), "--config", ft,
-                 "--output", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            ["evaluate", "--model", str(tmp_path / "ft" / "model"), "--config", ft, "--output", str(tmp_path / "eval")]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["floors"]["accuracy"] == 1.0
     assert (tmp_path / "eval" / "confusion_floors.png").is_file()  # from the head's details
 
-    assert main(["embed", "--model", str(tmp_path / "ft" / "model"), "--input", str(data),
-                 "--output", str(tmp_path / "emb"), "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "ft" / "model"),
+                "--input",
+                str(data),
+                "--output",
+                str(tmp_path / "emb"),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     emb = np.load(tmp_path / "emb.npy")
     assert emb.shape == (24, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 

@@ -1,4 +1,5 @@
 """Each speed path against the plain computation it replaces."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,11 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     from omnivec.pretraining import DecoderConfig, MaskedPretrainer
     from omnivec.training import compile_blocks
 
-    config = omnivec.model_config("omnivec_tiny", backbone={"dim": 32, "depth": 1, "num_heads": 2},
-                                  modalities={"video": None, "text": None, "point_cloud": None, "audio": None})
+    config = omnivec.model_config(
+        "omnivec_tiny",
+        backbone={"dim": 32, "depth": 1, "num_heads": 2},
+        modalities={"video": None, "text": None, "point_cloud": None, "audio": None},
+    )
     torch.manual_seed(0)
     eager = MaskedPretrainer(omnivec.OmniVecModel(config), DecoderConfig(dim=32, depth=1, num_heads=2))
     compiled = copy.deepcopy(eager)
@@ -70,8 +74,9 @@ def test_generate_with_the_kv_cache_gives_the_tokens_of_recomputing_them(num_bea
     from omnivec.heads.summarization import SummarizationHead, SummarizationHeadConfig
 
     torch.manual_seed(0)
-    head = SummarizationHead(SummarizationHeadConfig(modality="text", dim=32, depth=2, num_heads=2, max_new_tokens=12,
-                                                     dropout=0.0), 8).eval()
+    head = SummarizationHead(
+        SummarizationHeadConfig(modality="text", dim=32, depth=2, num_heads=2, max_new_tokens=12, dropout=0.0), 8
+    ).eval()
     x, padding = torch.randn(3, 7, 8), torch.ones(3, 7, dtype=torch.bool)
     padding[1, 4:] = False  # a shorter text: its padding must stay hidden from the cached cross-attention
     cached = head.generate(x, padding, num_beams=num_beams)
@@ -100,20 +105,26 @@ def test_hidden_tokens_by_gather_are_the_boolean_mask_selection():
     from omnivec.masking import random_masking, tube_masking
 
     generator = torch.Generator().manual_seed(0)
-    for masking in (random_masking(3, 10, 0.7, generator=generator),
-                    tube_masking(3, (4, 3, 3), 0.6, generator=generator)):
+    for masking in (
+        random_masking(3, 10, 0.7, generator=generator),
+        tube_masking(3, (4, 3, 3), 0.6, generator=generator),
+    ):
         x = torch.randn(*masking.mask.shape, 5)
         assert masking.num_hidden == int(masking.mask.sum(1)[0])
         assert torch.equal(masking.hidden(x), x[masking.mask])
 
 
-@pytest.mark.parametrize("trunk", [{}, {"backbone.num_prefix_tokens": 2, "backbone.pre_norm": True,
-                                           "backbone.init_values": 0.1}], ids=["plain", "prefix_tokens"])
+@pytest.mark.parametrize(
+    "trunk",
+    [{}, {"backbone.num_prefix_tokens": 2, "backbone.pre_norm": True, "backbone.init_values": 0.1}],
+    ids=["plain", "prefix_tokens"],
+)
 def test_packed_step_gives_the_per_modality_losses_and_gradients(trunk):
     """MaskedPretrainer(pack=True): one backbone pass over the five modalities, text padded."""
     import copy
 
     from conftest import TINY
+
     from omnivec.packing import pack, unpack
     from omnivec.pretraining import DecoderConfig, MaskedPretrainer
 
@@ -129,10 +140,12 @@ def test_packed_step_gives_the_per_modality_losses_and_gradients(trunk):
     assert losses[0].keys() == losses[1].keys() == set(config.modalities)
     for m in losses[0]:
         torch.testing.assert_close(losses[1][m], losses[0][m], atol=1e-5, rtol=1e-5)
-    for module, parts in zip((plain, packed), losses):
+    for parts in losses:
         sum(parts.values()).backward()
-    grads = [[p.grad for p in (m.model.backbone.blocks[0].attn.qkv.weight, m.model.backbone.modality_embed["text"])]
-             for m in (plain, packed)]
+    grads = [
+        [p.grad for p in (m.model.backbone.blocks[0].attn.qkv.weight, m.model.backbone.modality_embed["text"])]
+        for m in (plain, packed)
+    ]
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
     x = torch.randn(5, 3, 4)

@@ -3,15 +3,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 import omnivec
 from omnivec.cli import main
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from omnivec.config import from_dict
 from omnivec.datasets import load_task, read_file
 from omnivec.finetuning import finetune
 from omnivec.tasks import FinetuneConfig
-
 
 
 def _config(tmp_path: Path, **kw) -> FinetuneConfig:
@@ -23,8 +22,14 @@ def _config(tmp_path: Path, **kw) -> FinetuneConfig:
             "shapes": {"head": "classification", "data": [str(SAMPLE / "shapes")]},
         },
         "stages": [{"tasks": ["digits"], "steps": 2}, {"tasks": ["shapes"], "steps": 2, "freeze": ["encoders"]}],
-        "batch_size": 8, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "save_every": 0,
-        "eval_batch_size": 64, "output_dir": str(tmp_path / "run"), "device": "cpu",
+        "batch_size": 8,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "save_every": 0,
+        "eval_batch_size": 64,
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
     }
     data.update(kw)
     return from_dict(FinetuneConfig, data, "")
@@ -80,11 +85,24 @@ def test_evaluate_cli_writes_metrics_and_confusion_matrices(tmp_path, capsys):
     config = tmp_path / "ft.yaml"
     cfg = _config(tmp_path)
     import dataclasses
+
     import yaml
 
     config.write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
-    assert main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--config", str(config),
-                 "--output", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "run" / "model"),
+                "--config",
+                str(config),
+                "--output",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "digits" in out and "top1" in out and "no head in the model for: shapes" in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -109,11 +127,15 @@ def test_unknown_task_in_a_stage_is_a_config_error(tmp_path):
 
 @pytest.mark.integration
 def test_replay_rehearses_earlier_tasks(tmp_path):
-    cfg = _config(tmp_path, stages=[{"tasks": ["digits"], "steps": 1},
-                                    {"tasks": ["shapes"], "steps": 3, "replay": ["digits"]}])
+    cfg = _config(
+        tmp_path, stages=[{"tasks": ["digits"], "steps": 1}, {"tasks": ["shapes"], "steps": 3, "replay": ["digits"]}]
+    )
     report = finetune(cfg)
     assert report["stages"][1]["replay"] == ["digits"]
-    records = [json.loads(line) for line in (tmp_path / "run" / "stages" / "2_shapes" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "stages" / "2_shapes" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all("loss/digits" in r and "loss/shapes" in r for r in records if "lr" in r)  # both in every step
     with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].replay"):
         _config(tmp_path, stages=[{"tasks": ["digits"], "replay": ["shapes"]}, {"tasks": ["shapes"]}])
@@ -147,19 +169,29 @@ def test_cross_modal_alignment_loss_prefers_same_class_neighbours():
 @pytest.mark.integration
 def test_label_map_and_aligned_stage(tmp_path):
     numbers = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
-    cfg = _config(tmp_path, tasks={
-        "digits": {"head": "classification", "data": [str(SAMPLE / "digits")]},
-        "spoken": {"head": "classification", "data": [str(SAMPLE / "spoken_digits")], "label_map": numbers}},
+    cfg = _config(
+        tmp_path,
+        tasks={
+            "digits": {"head": "classification", "data": [str(SAMPLE / "digits")]},
+            "spoken": {"head": "classification", "data": [str(SAMPLE / "spoken_digits")], "label_map": numbers},
+        },
         stages=[{"tasks": ["digits", "spoken"], "steps": 2, "align": ["digits", "spoken"]}],
-        model_overrides={**SMALL_MODEL_OVERRIDES, "modalities": {**SMALL_MODEL_OVERRIDES["modalities"], "audio": {}}})
+        model_overrides={**SMALL_MODEL_OVERRIDES, "modalities": {**SMALL_MODEL_OVERRIDES["modalities"], "audio": {}}},
+    )
     report = finetune(cfg)
-    records = [json.loads(line) for line in (tmp_path / "run" / "stages" / "1_digits+spoken" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "stages" / "1_digits+spoken" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all("loss/align" in r for r in records if "lr" in r)
     assert set(report["retrieval"]) == {"digits->spoken", "spoken->digits"}
     # precision@5 recomputed from the saved model: for each spoken test clip, the share of its 5
     # nearest test digit images (cosine of the embeddings) that show its number
     model = omnivec.OmniVecModel.from_pretrained(tmp_path / "run" / "model").eval()
-    (audio, spoken_labels), (images, digit_labels) = _split(model, "spoken_digits", "test", numbers), _split(model, "digits", "test")
+    (audio, spoken_labels), (images, digit_labels) = (
+        _split(model, "spoken_digits", "test", numbers),
+        _split(model, "digits", "test"),
+    )
     with torch.no_grad():
         queries, keys = model.embed({"audio": audio})["audio"], model.embed({"image": images})["image"]
     neighbours = (queries @ keys.T).topk(5, dim=1).indices
@@ -172,8 +204,20 @@ def test_label_map_and_aligned_stage(tmp_path):
 
 def test_label_map_of_an_unknown_label_and_mismatched_spaces(tmp_path):
     with pytest.raises(omnivec.ConfigError, match=r"tasks.spoken.label_map: 'eleven' is not a label"):
-        finetune(_config(tmp_path, tasks={"spoken": {"head": "classification", "data": [str(SAMPLE / "spoken_digits")],
-                                                     "label_map": {"eleven": "11"}}},
-                         stages=[{"tasks": ["spoken"], "steps": 1}]))
-    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].align: expected classification tasks with one label space"):
+        finetune(
+            _config(
+                tmp_path,
+                tasks={
+                    "spoken": {
+                        "head": "classification",
+                        "data": [str(SAMPLE / "spoken_digits")],
+                        "label_map": {"eleven": "11"},
+                    }
+                },
+                stages=[{"tasks": ["spoken"], "steps": 1}],
+            )
+        )
+    with pytest.raises(
+        omnivec.ConfigError, match=r"stages\[0\].align: expected classification tasks with one label space"
+    ):
         finetune(_config(tmp_path, stages=[{"tasks": ["digits", "shapes"], "steps": 1, "align": ["digits", "shapes"]}]))

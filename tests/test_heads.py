@@ -1,15 +1,16 @@
 """Each head's loss and metric on hand-made inputs; generation limits."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from omnivec.metrics import average_precision, confusion_matrix, mean_average_precision, rouge, topk_accuracy
 from omnivec.heads.action import ActionHead, ActionHeadConfig
 from omnivec.heads.classification import ClassificationHead, ClassificationHeadConfig
 from omnivec.heads.multi_label import MultiLabelHead, MultiLabelHeadConfig
 from omnivec.heads.summarization import SummarizationHead, SummarizationHeadConfig
+from omnivec.metrics import average_precision, confusion_matrix, mean_average_precision, rouge, topk_accuracy
 
 
 def test_topk_accuracy_known_values():
@@ -28,13 +29,15 @@ def test_average_precision_known_values():
     expected = ((1 + 2 / 3) / 2 + 1 / 3) / 2  # class 1's only positive is ranked third
     assert mean_average_precision(torch.stack([scores, scores], 1), targets) == pytest.approx(expected)
     # a class without positives is left out of the mean
-    assert mean_average_precision(scores[:, None].repeat(1, 3), torch.tensor([[1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]])) \
-        == pytest.approx((1 + 2 / 3) / 2)
+    assert mean_average_precision(
+        scores[:, None].repeat(1, 3), torch.tensor([[1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]])
+    ) == pytest.approx((1 + 2 / 3) / 2)
 
 
 def test_rouge_known_values():
     assert rouge(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(
-        {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
+        {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    )
     r = rouge(["the cat"], ["the cat sat"])  # precision 1, recall 2/3
     assert r["rouge1"] == pytest.approx(0.8) and r["rouge2"] == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert rouge(["dogs bark"], ["the cat sat"])["rouge1"] == 0.0
@@ -110,8 +113,12 @@ def test_action_head_attends_over_space_time_tokens():
 @pytest.fixture
 def summarizer():
     torch.manual_seed(0)
-    return SummarizationHead(SummarizationHeadConfig(modality="text", dim=16, depth=1, num_heads=2,
-                                                     max_new_tokens=6, max_target_length=16, dropout=0.0), 8)
+    return SummarizationHead(
+        SummarizationHeadConfig(
+            modality="text", dim=16, depth=1, num_heads=2, max_new_tokens=6, max_target_length=16, dropout=0.0
+        ),
+        8,
+    )
 
 
 def test_summarization_teacher_forcing_loss(summarizer):

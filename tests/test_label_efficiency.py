@@ -1,4 +1,5 @@
 """recipes/label_efficiency.py and recipes/pretrain_ablation.py end to end on a smoke-test budget."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -22,15 +23,32 @@ def test_label_efficiency_quick(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the configs' paths are relative to the repository root
     recipe = load_recipe("label_efficiency")
     out = tmp_path / "le"
-    args = ["--quick", "--tasks", "shapes", "spoken_mix", "--seeds", "0", "1", "--fractions", "0.25", "1",
-            "--device", "cpu", "--output", str(out)]
+    args = [
+        "--quick",
+        "--tasks",
+        "shapes",
+        "spoken_mix",
+        "--seeds",
+        "0",
+        "1",
+        "--fractions",
+        "0.25",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    ]
     recipe.main(args)
     table = (out / "label_efficiency.md").read_text()
     assert (out / "label_efficiency.png").stat().st_size > 0
     rows = [line for line in table.splitlines() if line.startswith(("| shapes", "| spoken_mix"))]
     assert [r.split(" | ")[:3] for r in rows[:4]] == [  # fine-tuning: task, metric, share of the labels
-        ["| shapes", "top1", "25%"], ["| shapes", "top1", "100%"],
-        ["| spoken_mix", "mAP", "25%"], ["| spoken_mix", "mAP", "100%"]]
+        ["| shapes", "top1", "25%"],
+        ["| shapes", "top1", "100%"],
+        ["| spoken_mix", "mAP", "25%"],
+        ["| spoken_mix", "mAP", "100%"],
+    ]
     assert [r.split(" | ")[:2] for r in rows[4:]] == [["| shapes", "top1"], ["| spoken_mix", "mAP"]]  # probes
     assert rows[0].count("±") == 3 and rows[1].count("±") == 2  # target-only pretraining at the smallest fraction
     assert rows[4].count("±") == 6 and rows[5].count("±") == 3  # no k-NN for multi-label
@@ -39,7 +57,10 @@ def test_label_efficiency_quick(tmp_path, monkeypatch):
     assert len(finetunes) == 2 * 2 * (2 * 2 + 1)  # tasks x seeds x (fractions x inits + target only)
     assert {r["init"] for r in records} == {"pretrained", "scratch", "target_only", "random"}
     assert {p.name for p in out.iterdir() if p.name.startswith("pretrain-")} == {
-        "pretrain-all", "pretrain-point_cloud", "pretrain-audio"}
+        "pretrain-all",
+        "pretrain-point_cloud",
+        "pretrain-audio",
+    }
     recipe.main(args)  # a rerun finds every result done and only rewrites the report
     assert len((out / "results.jsonl").read_text().splitlines()) == len(records)
 
@@ -49,8 +70,22 @@ def test_label_efficiency_overrides_and_no_target_only(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     recipe = load_recipe("label_efficiency")
     out = tmp_path / "le"
-    args = ["--quick", "--tasks", "shapes", "--seeds", "0", "--fractions", "0.5", "--no-target-only", "--device", "cpu",
-            "--output", str(out), "--pretrain-set", "model_overrides.modalities.point_cloud.mask_ratio=0.5"]
+    args = [
+        "--quick",
+        "--tasks",
+        "shapes",
+        "--seeds",
+        "0",
+        "--fractions",
+        "0.5",
+        "--no-target-only",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--pretrain-set",
+        "model_overrides.modalities.point_cloud.mask_ratio=0.5",
+    ]
     recipe.main(args + ["--set", "lr=1e-3", "--set", "tasks.shapes.head_args.dropout=0.2"])
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["init"] for r in records} == {"pretrained", "scratch", "random"}
@@ -59,15 +94,25 @@ def test_label_efficiency_overrides_and_no_target_only(tmp_path, monkeypatch):
     assert pretrained["modalities"]["point_cloud"]["mask_ratio"] == 0.5
     finetuned = json.loads((out / "finetune" / "shapes-scratch-0.5-seed0" / "run_config.json").read_text())["config"]
     assert finetuned["lr"] == 1e-3 and finetuned["tasks"]["shapes"]["head_args"] == {"dropout": 0.2}
-    assert "Fine-tuning overrides: `lr=1e-3 tasks.shapes.head_args.dropout=0.2`" in (out / "label_efficiency.md").read_text()
+    assert (
+        "Fine-tuning overrides: `lr=1e-3 tasks.shapes.head_args.dropout=0.2`"
+        in (out / "label_efficiency.md").read_text()
+    )
     # the same settings spelled otherwise extend the folder; other settings are refused before any work
     recipe.main(args + ["--seeds", "1", "--set", "tasks.shapes.head_args.dropout=0.2", "lr=0.001"])
     assert len((out / "results.jsonl").read_text().splitlines()) > len(records)
     with pytest.raises(SystemExit, match=r"fine-tuning.lr: 0.001 there, 0.002 now"):
         recipe.main(args + ["--seeds", "2", "--set", "lr=2e-3", "tasks.shapes.head_args.dropout=0.2"])
     with pytest.raises(SystemExit, match=r"pretraining.model_overrides.modalities.point_cloud.mask_ratio"):
-        recipe.main(args[:-1] + ["model_overrides.modalities.point_cloud.mask_ratio=0.7", "--set", "lr=1e-3",
-                                 "tasks.shapes.head_args.dropout=0.2"])
+        recipe.main(
+            args[:-1]
+            + [
+                "model_overrides.modalities.point_cloud.mask_ratio=0.7",
+                "--set",
+                "lr=1e-3",
+                "tasks.shapes.head_args.dropout=0.2",
+            ]
+        )
     with pytest.raises(SystemExit, match="the recipe sets init, seed"):
         recipe.main(["--quick", "--output", str(tmp_path / "bad"), "--set", "seed=3"])
     with pytest.raises(omnivec.ConfigError, match="nonsense"):  # a bad key fails before any work
@@ -83,8 +128,14 @@ def test_pretrain_ablation_quick(tmp_path, monkeypatch):
     args = ["--quick", "--task", "shapes", "--variants", "baseline", "mask 0.5", "--blocks", "1", "--output", str(out)]
     recipe.main(args)
     results = json.loads((out / "ablation.json").read_text())
-    assert list(results) == ["baseline", "mask 0.5", "random init", "random init, block 1", "baseline, block 1",
-                             "mask 0.5, block 1"]
+    assert list(results) == [
+        "baseline",
+        "mask 0.5",
+        "random init",
+        "random init, block 1",
+        "baseline, block 1",
+        "mask 0.5, block 1",
+    ]
     assert results["mask 0.5"]["overrides"] == ["model_overrides.modalities.point_cloud.mask_ratio=0.5"]
     saved = {name: json.loads((out / name / "model" / "config.json").read_text()) for name in ("baseline", "mask_0.5")}
     assert [saved[n]["modalities"]["point_cloud"]["mask_ratio"] for n in saved] == [0.6, 0.5]

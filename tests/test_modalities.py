@@ -1,4 +1,5 @@
 """Each modality: transform (raw sample -> model-ready tensor), tokenizer shapes, input checks."""
+
 import numpy as np
 import pytest
 import torch

@@ -4,15 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import omnivec
 from conftest import TINY
 from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
+
+import omnivec
 from omnivec.config import from_dict
 from omnivec.modalities.base import fill_hidden
 from omnivec.modalities.point_cloud import chamfer_l2
 from omnivec.pretraining import MaskedPretrainer, PretrainConfig, pretrain
-
 
 
 def test_image_target_is_normalised_pixels_per_patch(tiny_model):
@@ -107,11 +106,20 @@ def _config(tmp_path: Path, **kw) -> PretrainConfig:
     data = {
         "model": "omnivec_tiny",
         "model_overrides": SMALL_MODEL_OVERRIDES,
-        "data": {"image": [str(SAMPLE / "digits")], "text": [str(SAMPLE / "acl_highlights")],
-                 "point_cloud": [str(SAMPLE / "shapes")]},
+        "data": {
+            "image": [str(SAMPLE / "digits")],
+            "text": [str(SAMPLE / "acl_highlights")],
+            "point_cloud": [str(SAMPLE / "shapes")],
+        },
         "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-        "batch_size": 4, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "eval_batches": 1,
-        "plot_samples": 1, "output_dir": str(tmp_path / "run"), "device": "cpu",
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_batches": 1,
+        "plot_samples": 1,
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
     }
     data.update(kw)
     return from_dict(PretrainConfig, data, "")
@@ -147,7 +155,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     # A second run starts from a copy of the first run's step-n checkpoint only.
     resumed_dir = tmp_path / "b" / "run"
     (resumed_dir / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / f"step_{n:08d}", resumed_dir / "checkpoints" / f"step_{n:08d}")
+    shutil.copytree(
+        tmp_path / "a" / "run" / "checkpoints" / f"step_{n:08d}", resumed_dir / "checkpoints" / f"step_{n:08d}"
+    )
     pretrain(_config(tmp_path / "b", max_steps=2 * n, save_every=n, resume="auto"))
     resumed = _losses(resumed_dir)
     assert sorted(resumed) == list(range(n + 1, 2 * n + 1))

@@ -1,15 +1,16 @@
 """Property tests (hypothesis) over input shapes, lengths and values for every modality's transform
 and encoder: either a finite, well-shaped output or one of the documented errors."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import omnivec
 from omnivec import InputError
-from conftest import TINY
 
 torch.manual_seed(0)
 MODEL = omnivec.OmniVecModel(omnivec.model_config("omnivec_tiny", **TINY)).eval()
@@ -27,8 +28,13 @@ def embed_is_finite(modality: str, x) -> None:
 
 
 @PROPERTY
-@given(width=st.integers(1, 80), height=st.integers(1, 80), mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16"]),
-       train=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    width=st.integers(1, 80),
+    height=st.integers(1, 80),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16"]),
+    train=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_image_any_size_and_mode(width, height, mode, train, seed):
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     image = Image.fromarray(pixels).convert(mode)
@@ -39,11 +45,20 @@ def test_image_any_size_and_mode(width, height, mode, train, seed):
 
 
 @PROPERTY
-@given(frames=st.integers(1, 24), size=st.integers(1, 40), channels=st.sampled_from([1, 3]),
-       channels_last=st.booleans(), train=st.booleans())
+@given(
+    frames=st.integers(1, 24),
+    size=st.integers(1, 40),
+    channels=st.sampled_from([1, 3]),
+    channels_last=st.booleans(),
+    train=st.booleans(),
+)
 def test_video_any_length_and_size(frames, size, channels, channels_last, train):
-    clip = torch.randint(0, 256, (frames, size, size + 3, channels) if channels_last else (frames, channels, size, size + 3),
-                         dtype=torch.uint8)
+    clip = torch.randint(
+        0,
+        256,
+        (frames, size, size + 3, channels) if channels_last else (frames, channels, size, size + 3),
+        dtype=torch.uint8,
+    )
     x = (TRAIN_TRANSFORMS if train else TRANSFORMS)["video"](clip)
     c = CFG["video"]
     assert x.shape == (c.num_frames, 3, c.image_size, c.image_size) and torch.isfinite(x).all()
@@ -51,8 +66,14 @@ def test_video_any_length_and_size(frames, size, channels, channels_last, train)
 
 
 @PROPERTY
-@given(samples=st.integers(1, 30000), channels=st.integers(1, 3), rate=st.sampled_from([8000, 16000, 22050, 44100]),
-       scale=st.floats(1e-6, 1e3), train=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    samples=st.integers(1, 30000),
+    channels=st.integers(1, 3),
+    rate=st.sampled_from([8000, 16000, 22050, 44100]),
+    scale=st.floats(1e-6, 1e3),
+    train=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_audio_any_length_rate_and_channels(samples, channels, rate, scale, train, seed):
     waveform = torch.from_numpy(np.random.default_rng(seed).normal(size=(channels, samples)).astype(np.float32)) * scale
     x = (TRAIN_TRANSFORMS if train else TRANSFORMS)["audio"](waveform, rate)
@@ -78,8 +99,13 @@ def test_text_any_unicode_and_length(texts):
 
 
 @PROPERTY
-@given(points=st.integers(0, 3000), columns=st.integers(1, 7), scale=st.floats(1e-4, 1e4), train=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    points=st.integers(0, 3000),
+    columns=st.integers(1, 7),
+    scale=st.floats(1e-4, 1e4),
+    train=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_point_cloud_any_count_and_columns(points, columns, scale, train, seed):
     cloud = np.random.default_rng(seed).normal(size=(points, columns)).astype(np.float32) * scale
     transform = (TRAIN_TRANSFORMS if train else TRANSFORMS)["point_cloud"]
@@ -93,8 +119,11 @@ def test_point_cloud_any_count_and_columns(points, columns, scale, train, seed):
 
 
 @PROPERTY
-@given(modality=st.sampled_from(["image", "video", "audio", "point_cloud"]),
-       shape=st.lists(st.integers(0, 40), min_size=1, max_size=5), dtype=st.sampled_from([torch.float32, torch.int64]))
+@given(
+    modality=st.sampled_from(["image", "video", "audio", "point_cloud"]),
+    shape=st.lists(st.integers(0, 40), min_size=1, max_size=5),
+    dtype=st.sampled_from([torch.float32, torch.int64]),
+)
 def test_any_tensor_either_embeds_or_raises_input_error(modality, shape, dtype):
     x = torch.zeros(shape, dtype=dtype)
     try:
@@ -120,4 +149,3 @@ def test_non_finite_values_raise_input_error(value, position):
     x.view(-1)[position % x.numel()] = value
     with pytest.raises(InputError, match="image: expected finite values"):
         MODEL.embed({"image": x})
-

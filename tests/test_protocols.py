@@ -1,14 +1,15 @@
 """SSL evaluation protocols: weighted k-NN and the linear probe on frozen features, the
 `omnivec evaluate --protocol` command, and the stratified label subsample fine-tuning uses."""
+
 import json
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import SAMPLE
 
 import omnivec
-from helpers import SAMPLE
 from omnivec.cli import main
 from omnivec.config import from_dict
 from omnivec.datasets import load_task
@@ -39,16 +40,22 @@ def test_knn_votes_are_weighted_by_similarity():
     assert knn_scores(f, k=3, temperature=0.07).argmax(1).item() == 0  # sharp weights: the nearest wins
     assert knn_scores(f, k=3, temperature=100.0).argmax(1).item() == 1  # nearly uniform: the majority wins
     sims = (f.test @ train.T)[0]
-    assert torch.allclose(knn_scores(f, k=3, temperature=0.5)[0],
-                          torch.stack([(sims[0] / 0.5).exp(), (sims[1:] / 0.5).exp().sum()]))
+    assert torch.allclose(
+        knn_scores(f, k=3, temperature=0.5)[0], torch.stack([(sims[0] / 0.5).exp(), (sims[1:] / 0.5).exp().sum()])
+    )
 
 
 def test_knn_and_linear_probe_separate_clusters_and_not_noise():
     good = features()
     assert knn_evaluate(good)["top1"] > 0.9
     assert linear_evaluate(good, epochs=30)["top1"] > 0.9
-    shuffled = Features(good.train, good.train_y[torch.randperm(len(good.train_y), generator=torch.Generator().manual_seed(0))],
-                        good.test, good.test_y, 4)
+    shuffled = Features(
+        good.train,
+        good.train_y[torch.randperm(len(good.train_y), generator=torch.Generator().manual_seed(0))],
+        good.test,
+        good.test_y,
+        4,
+    )
     assert knn_evaluate(shuffled)["top1"] < 0.6  # labels unrelated to the features: near chance (0.25)
 
 
@@ -61,7 +68,9 @@ def test_linear_probe_is_deterministic_and_leaves_the_global_rng_alone():
     assert torch.rand(1) == before
     assert torch.equal(a, linear_probe(f, epochs=3, seed=5)(f.test))
     assert not torch.equal(a, linear_probe(f, epochs=3, seed=6)(f.test))
-    assert not any(p.numel() and p.requires_grad for p in linear_probe(f, epochs=1)[0].parameters())  # BN without affine
+    assert not any(
+        p.numel() and p.requires_grad for p in linear_probe(f, epochs=1)[0].parameters()
+    )  # BN without affine
 
 
 def test_multi_label_gets_map_from_the_linear_probe_and_no_knn():
@@ -81,9 +90,17 @@ def test_evaluate_cli_knn_and_linear(tmp_path, tiny_config, capsys):
     torch.manual_seed(0)
     omnivec.OmniVecModel(tiny_config).save_pretrained(tmp_path / "model")
     config = tmp_path / "tasks.yaml"
-    config.write_text(json.dumps({"tasks": {"shapes": {"data": [str(SAMPLE / "shapes")]},
-                                            "spoken_mix": {"head": "multi_label", "data": [str(SAMPLE / "spoken_mix")]}},
-                                  "stages": [{"tasks": ["shapes", "spoken_mix"]}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "tasks": {
+                    "shapes": {"data": [str(SAMPLE / "shapes")]},
+                    "spoken_mix": {"head": "multi_label", "data": [str(SAMPLE / "spoken_mix")]},
+                },
+                "stages": [{"tasks": ["shapes", "spoken_mix"]}],
+            }
+        )
+    )
     args = ["evaluate", "--model", str(tmp_path / "model"), "--config", str(config), "--output", str(tmp_path / "eval")]
     assert main([*args, "--protocol", "knn", "-k", "10"]) == 0
     report = json.loads((tmp_path / "eval" / "knn.json").read_text())
@@ -93,7 +110,9 @@ def test_evaluate_cli_knn_and_linear(tmp_path, tiny_config, capsys):
     assert "(skipped spoken_mix: multi-label" in capsys.readouterr().out
     assert main([*args, "--protocol", "linear", "--epochs", "2"]) == 0
     report = json.loads((tmp_path / "eval" / "linear.json").read_text())
-    assert set(report["metrics"]["spoken_mix"]) == {"mAP", "samples"} and report["metrics"]["spoken_mix"]["samples"] == 9
+    assert (
+        set(report["metrics"]["spoken_mix"]) == {"mAP", "samples"} and report["metrics"]["spoken_mix"]["samples"] == 9
+    )
     assert main([*args, "--protocol", "knn", "-k", "0"]) == 2  # a clear error, no traceback
     assert "k: expected a positive number" in capsys.readouterr().err
 
@@ -113,10 +132,23 @@ def test_train_fraction_is_a_stratified_subsample_fixed_by_the_seed():
 
 
 def test_train_fraction_in_a_finetune_config():
-    cfg = from_dict(FinetuneConfig, {"tasks": {"digits": {"data": [str(SAMPLE / "digits")], "train_fraction": 0.05}},
-                                     "stages": [{"tasks": ["digits"]}], "seed": 3}, "")
-    assert len(load_task_data(cfg)["digits"][0].split("train")) == len(subsample_train(
-        load_task(SAMPLE / "digits"), 0.05, 3).split("train")) < 100
+    cfg = from_dict(
+        FinetuneConfig,
+        {
+            "tasks": {"digits": {"data": [str(SAMPLE / "digits")], "train_fraction": 0.05}},
+            "stages": [{"tasks": ["digits"]}],
+            "seed": 3,
+        },
+        "",
+    )
+    assert (
+        len(load_task_data(cfg)["digits"][0].split("train"))
+        == len(subsample_train(load_task(SAMPLE / "digits"), 0.05, 3).split("train"))
+        < 100
+    )
     with pytest.raises(ConfigError, match=r"tasks.digits.train_fraction: expected a number in \(0, 1\]"):
-        from_dict(FinetuneConfig, {"tasks": {"digits": {"data": ["x"], "train_fraction": 0}},
-                                   "stages": [{"tasks": ["digits"]}]}, "")
+        from_dict(
+            FinetuneConfig,
+            {"tasks": {"digits": {"data": ["x"], "train_fraction": 0}}, "stages": [{"tasks": ["digits"]}]},
+            "",
+        )

@@ -1,4 +1,5 @@
 """Crashes, bad input and untrusted files: each fails loudly, naming what was wrong, and loses no work."""
+
 import json
 import os
 import random
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 from safetensors.torch import load_file
+from torch import nn
 
 import omnivec
 from omnivec import ConfigError, DataError, InputError, ModelError
@@ -23,16 +25,24 @@ from omnivec.datasets.dataset import TaskDataset
 from omnivec.datasets.manifest import load_task
 from omnivec.pretraining import PretrainConfig, pretrain
 from omnivec.training import latest_checkpoint
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 
 def pretrain_yaml(tmp_path: Path, name: str, **kw) -> Path:
     data = {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES,
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
         "data": {"image": [str(SAMPLE / "digits")], "point_cloud": [str(SAMPLE / "shapes")]},
         "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-        "batch_size": 4, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "eval_batches": 1, "plot_samples": 1,
-        "max_steps": 12, "save_every": 2, "output_dir": str(tmp_path / name), "device": "cpu",
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_batches": 1,
+        "plot_samples": 1,
+        "max_steps": 12,
+        "save_every": 2,
+        "output_dir": str(tmp_path / name),
+        "device": "cpu",
     }
     data.update(kw)
     path = tmp_path / f"{name}.yaml"
@@ -57,12 +67,18 @@ def logged_steps(run: Path) -> list[int]:
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     """SIGKILL a real pretraining process at a random step, resume with resume=auto: the final
     weights equal an uninterrupted run's, bit for bit."""
-    subprocess.run(omnivec_cli("pretrain", str(pretrain_yaml(tmp_path, "full"))), env=ENV, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        omnivec_cli("pretrain", str(pretrain_yaml(tmp_path, "full"))),
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     config = pretrain_yaml(tmp_path, "killed")
     kill_at = random.Random(os.getpid()).randint(3, 10)
-    process = subprocess.Popen(omnivec_cli("pretrain", str(config)), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        omnivec_cli("pretrain", str(config)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not logged_steps(tmp_path / "killed") or logged_steps(tmp_path / "killed")[-1] < kill_at:
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
@@ -70,8 +86,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed" / "model").exists()  # it really died before the end
-    resumed = subprocess.run(omnivec_cli("pretrain", str(config), "resume=auto"), env=ENV, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        omnivec_cli("pretrain", str(config), "resume=auto"), env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     full = load_file(tmp_path / "full" / "model" / "model.safetensors")
@@ -102,8 +119,9 @@ sys.exit(main(["pretrain", sys.argv[1]]))
 @pytest.mark.integration
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
     config = pretrain_yaml(tmp_path, "run", max_steps=6)
-    result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(config)], env=ENV, capture_output=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(config)], env=ENV, capture_output=True, timeout=600
+    )
     assert result.returncode == -signal.SIGKILL
     checkpoints = tmp_path / "run" / "checkpoints"
     assert (checkpoints / ".tmp-step_00000004").is_dir()  # the half-written one stays aside
@@ -150,8 +168,12 @@ def test_filled_optimizer_state_is_the_state_adamw_would_create(fused):
 def test_resuming_a_checkpoint_of_another_config_names_the_tensors(tmp_path):
     config = pretrain_yaml(tmp_path, "run", max_steps=2)
     pretrain(load_recipe_config(PretrainConfig, config))
-    other = load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=4", "model_overrides.backbone.dim=64"])
-    with pytest.raises(ConfigError, match=r"holds a run of another config \(model_overrides.backbone.dim: 32 there, 64 now\)"):
+    other = load_recipe_config(
+        PretrainConfig, config, ["resume=auto", "max_steps=4", "model_overrides.backbone.dim=64"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"holds a run of another config \(model_overrides.backbone.dim: 32 there, 64 now\)"
+    ):
         pretrain(other)  # refused up front, from the run's run_config.json
     (tmp_path / "run" / "run_config.json").unlink()  # a run of an older omnivec: the checkpoint's tensors tell
     with pytest.raises(ConfigError, match=r"step_00000002: written for a different configuration.*wrong shapes"):
@@ -175,14 +197,21 @@ def digits_with_bad_files(tmp_path: Path, bad: list[str]) -> Path:
 @pytest.mark.integration
 def test_skipped_samples_are_listed_at_the_end(tmp_path):
     data = digits_with_bad_files(tmp_path, ["0003.png"])
-    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=3, save_every=0,
-                                                           data={"image": [str(data)]}), ["skip_bad=true"])
+    cfg = load_recipe_config(
+        PretrainConfig,
+        pretrain_yaml(tmp_path, "run", max_steps=3, save_every=0, data={"image": [str(data)]}),
+        ["skip_bad=true"],
+    )
     summary = pretrain(cfg)
     assert summary["steps"] == 3
     assert summary["skipped_samples"] and all("0003.png" in s for s in summary["skipped_samples"])
     with pytest.raises(DataError, match="0003.png"):  # without skip_bad the run stops on it
-        pretrain(load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "strict", max_steps=3, save_every=0,
-                                                                  data={"image": [str(data)]})))
+        pretrain(
+            load_recipe_config(
+                PretrainConfig,
+                pretrain_yaml(tmp_path, "strict", max_steps=3, save_every=0, data={"image": [str(data)]}),
+            )
+        )
 
 
 # --- bad tensors and files, one per case -------------------------------------------------------
@@ -211,7 +240,9 @@ def test_wrong_sample_rate_and_channels_are_converted(tiny_model):
     assert torch.equal(stereo8k.argmax(1), mono16k.argmax(1))  # its energy in the same mel bin
     # averaged: two channels give the fbank of their mean
     tone = torch.sin(2 * torch.pi * 440 * t)
-    torch.testing.assert_close(transform(torch.stack([tone, torch.zeros_like(tone)]), 8000), transform(0.5 * tone, 8000))
+    torch.testing.assert_close(
+        transform(torch.stack([tone, torch.zeros_like(tone)]), 8000), transform(0.5 * tone, 8000)
+    )
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
@@ -241,7 +272,9 @@ def test_text_longer_than_the_model_maximum(tiny_model):
     x = tiny_model.transforms()["text"]("a very long text " * 500)
     assert x["input_ids"].shape == (max_length,)
     too_long = {"input_ids": torch.ones(1, max_length + 1, dtype=torch.long)}
-    with pytest.raises(InputError, match=rf"text: expected input_ids \[B, L <= {max_length}\].*got length {max_length + 1}"):
+    with pytest.raises(
+        InputError, match=rf"text: expected input_ids \[B, L <= {max_length}\].*got length {max_length + 1}"
+    ):
         tiny_model.embed({"text": too_long})
 
 
@@ -262,19 +295,39 @@ def test_unknown_label_for_a_trained_head_is_named(tmp_path):
     from omnivec.finetuning import finetune
     from omnivec.tasks import FinetuneConfig
 
-    base = {"model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES, "batch_size": 8, "num_workers": 0,
-            "warmup_steps": 1, "save_every": 0, "eval_max_batches": 1, "device": "cpu",
-            "stages": [{"tasks": ["digits"], "steps": 1}], "output_dir": str(tmp_path / "run")}
-    finetune(from_dict(FinetuneConfig, {**base, "tasks": {"digits": {"head": "classification",
-                                                                      "data": [str(SAMPLE / "digits")]}}}, ""))
+    base = {
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
+        "batch_size": 8,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "save_every": 0,
+        "eval_max_batches": 1,
+        "device": "cpu",
+        "stages": [{"tasks": ["digits"], "steps": 1}],
+        "output_dir": str(tmp_path / "run"),
+    }
+    finetune(
+        from_dict(
+            FinetuneConfig,
+            {**base, "tasks": {"digits": {"head": "classification", "data": [str(SAMPLE / "digits")]}}},
+            "",
+        )
+    )
     data = tmp_path / "more_digits"
     data.mkdir()
     for i in range(2):
         shutil.copy(SAMPLE / "digits" / "images" / f"{i:04d}.png", data / f"{i}.png")
-    (data / "manifest.jsonl").write_text(json.dumps({"path": "0.png", "label": "0", "split": "test"}) + "\n"
-                                         + json.dumps({"path": "1.png", "label": "eleven", "split": "test"}) + "\n")
+    (data / "manifest.jsonl").write_text(
+        json.dumps({"path": "0.png", "label": "0", "split": "test"})
+        + "\n"
+        + json.dumps({"path": "1.png", "label": "eleven", "split": "test"})
+        + "\n"
+    )
     cfg = from_dict(FinetuneConfig, {**base, "tasks": {"digits": {"head": "classification", "data": [str(data)]}}}, "")
-    with pytest.raises(DataError, match=r"manifest.jsonl:2: label 'eleven' is not one of the 10 labels the 'digits' head"):
+    with pytest.raises(
+        DataError, match=r"manifest.jsonl:2: label 'eleven' is not one of the 10 labels the 'digits' head"
+    ):
         evaluate_saved(tmp_path / "run" / "model", cfg, "test", tmp_path / "eval")
 
 
@@ -347,16 +400,18 @@ def nan_image_loss_at(step_index: int):
 
 
 @pytest.mark.parametrize("log_every, save_every", [(5, 2), (2, 0)])
-def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
-                                                                                     log_every, save_every):
+def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, log_every, save_every
+):
     """Item 3: the NaN at step 3 is found at the next log or checkpoint, whichever comes first; the
     step-2 checkpoint (if any) stays the newest, and no model holding NaN weights is written."""
     from omnivec.errors import TrainingError
     from omnivec.pretraining import MaskedPretrainer
 
     monkeypatch.setattr(MaskedPretrainer, "forward", nan_image_loss_at(2))
-    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=8, log_every=log_every,
-                                                           save_every=save_every))
+    cfg = load_recipe_config(
+        PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=8, log_every=log_every, save_every=save_every)
+    )
     with pytest.raises(TrainingError, match=r"step 3: the 'image' loss is nan; training stopped") as error:
         pretrain(cfg)
     run = tmp_path / "run"
@@ -378,13 +433,20 @@ def test_each_modality_s_logged_loss_is_its_mean_over_the_steps_that_had_it(tmp_
     from omnivec.pretraining import MaskedPretrainer
 
     real = MaskedPretrainer.forward
-    monkeypatch.setattr(MaskedPretrainer, "forward", lambda self, batch, step=0, generator=None: {
-        m: v * 0 + {"image": 1.0, "point_cloud": 3.0}[m] for m, v in real(self, batch, step, generator).items()})
-    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=4, log_every=4, save_every=0,
-                                                           schedule=schedule))
+    monkeypatch.setattr(
+        MaskedPretrainer,
+        "forward",
+        lambda self, batch, step=0, generator=None: {
+            m: v * 0 + {"image": 1.0, "point_cloud": 3.0}[m] for m, v in real(self, batch, step, generator).items()
+        },
+    )
+    cfg = load_recipe_config(
+        PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=4, log_every=4, save_every=0, schedule=schedule)
+    )
     pretrain(cfg)
-    record = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-                  if '"lr"' in line)
+    record = next(
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"lr"' in line
+    )
     assert record["loss/image"] == pytest.approx(1.0) and record["loss/point_cloud"] == pytest.approx(3.0)
 
 
@@ -392,8 +454,9 @@ def test_a_diverging_learning_rate_stops_the_run(tmp_path):
     """Item 3, no injection: lr=1e30 without clipping blows the weights up within a few steps."""
     from omnivec.errors import TrainingError
 
-    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=6, log_every=3),
-                             ["lr=1e30", "clip_grad=0"])
+    cfg = load_recipe_config(
+        PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=6, log_every=3), ["lr=1e30", "clip_grad=0"]
+    )
     with pytest.raises(TrainingError, match=r"step \d: the '(image|point_cloud)' loss is (nan|inf|-inf)"):
         pretrain(cfg)
     assert not (tmp_path / "run" / "model").exists()
@@ -422,11 +485,18 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     assert latest_checkpoint(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_00000002"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("lr=inf", "lr"), ("weight_decay=.inf", "weight_decay"), ("min_lr=.nan", "min_lr"), ("clip_grad=-.inf", "clip_grad"),
-    ("betas=[0.9, .nan]", r"betas\[1\]"), ("weights={image: .inf}", r"weights\.image"),
-    ("decoder.mlp_ratio=.inf", r"decoder\.mlp_ratio"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lr=inf", "lr"),
+        ("weight_decay=.inf", "weight_decay"),
+        ("min_lr=.nan", "min_lr"),
+        ("clip_grad=-.inf", "clip_grad"),
+        ("betas=[0.9, .nan]", r"betas\[1\]"),
+        ("weights={image: .inf}", r"weights\.image"),
+        ("decoder.mlp_ratio=.inf", r"decoder\.mlp_ratio"),
+    ],
+)
 def test_non_finite_numbers_in_a_training_config_are_named(tmp_path, override, key):
     with pytest.raises(ConfigError, match=rf"^{key}: expected a finite number, got (nan|inf|-inf)"):
         load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), [override])
@@ -463,14 +533,18 @@ def test_a_run_folder_is_not_replaced_without_a_word(tmp_path):
     pretrain(load_recipe_config(PretrainConfig, config))
     run = tmp_path / "run"
     before = folder_bytes(run)
-    with pytest.raises(ConfigError, match=rf"output_dir: {run} already holds a run \(model, checkpoints, metrics.jsonl"):
+    with pytest.raises(
+        ConfigError, match=rf"output_dir: {run} already holds a run \(model, checkpoints, metrics.jsonl"
+    ):
         pretrain(load_recipe_config(PretrainConfig, config))
     with pytest.raises(ConfigError, match=r"holds a run of another config \(decoder.dim: 32 there, 16 now\)"):
         pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto", "decoder.dim=16", "decoder.num_heads=2"]))
     with pytest.raises(ConfigError, match=r"^overwrite: expected false when resume is set"):
         load_recipe_config(PretrainConfig, config, ["resume=auto", "overwrite=true"])
     assert folder_bytes(run) == before
-    summary = pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=3"]))  # the same run, longer
+    summary = pretrain(
+        load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=3"])
+    )  # the same run, longer
     assert summary["steps"] == 3 and logged_steps(run) == [1, 2, 3]
 
 
@@ -479,13 +553,25 @@ def test_resume_auto_over_a_fine_tuned_run_is_refused(tmp_path):
     with its run_config.json or from before there was one."""
     config = pretrain_yaml(tmp_path, "ft", max_steps=2)
     ft = tmp_path / "ft"
-    before = fake_run(ft, **{"model/config.json": "{}", "eval.json": "{}", "stages/1_digits/done.json": "{}",
-                             "run_config.json": json.dumps({"recipe": "finetune", "config": {}})})
-    with pytest.raises(ConfigError, match=rf"output_dir: {ft} holds a finetune run; this pretrain run cannot resume it"):
+    before = fake_run(
+        ft,
+        **{
+            "model/config.json": "{}",
+            "eval.json": "{}",
+            "stages/1_digits/done.json": "{}",
+            "run_config.json": json.dumps({"recipe": "finetune", "config": {}}),
+        },
+    )
+    with pytest.raises(
+        ConfigError, match=rf"output_dir: {ft} holds a finetune run; this pretrain run cannot resume it"
+    ):
         pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto"]))
     (ft / "run_config.json").unlink()
-    with pytest.raises(ConfigError, match=r"holds a run \(model, stages, eval.json\) with no run_config.json and no "
-                                          r"checkpoint to resume from"):
+    with pytest.raises(
+        ConfigError,
+        match=r"holds a run \(model, stages, eval.json\) with no run_config.json and no "
+        r"checkpoint to resume from",
+    ):
         pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto"]))
     before.pop("run_config.json")
     assert folder_bytes(ft) == before
@@ -495,10 +581,21 @@ def test_overwrite_removes_the_old_runs_outputs_only(tmp_path):
     """Item 1: overwrite=true leaves no stale tokenizer, eval.json or checkpoint of the old run,
     and no old metrics; files that are not run outputs stay."""
     run = tmp_path / "run"
-    fake_run(run, **{"model/tokenizer/stale.txt": "old", "eval.json": "{}", "metrics.jsonl": '{"step": 0, "val/x": 1}\n',
-                     "checkpoints/step_00000009/trainer_state.json": "{}", "notes.txt": "mine"})
-    pretrain(load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=1, save_every=0),
-                                ["overwrite=true"]))
+    fake_run(
+        run,
+        **{
+            "model/tokenizer/stale.txt": "old",
+            "eval.json": "{}",
+            "metrics.jsonl": '{"step": 0, "val/x": 1}\n',
+            "checkpoints/step_00000009/trainer_state.json": "{}",
+            "notes.txt": "mine",
+        },
+    )
+    pretrain(
+        load_recipe_config(
+            PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=1, save_every=0), ["overwrite=true"]
+        )
+    )
     assert not (run / "model" / "tokenizer" / "stale.txt").exists() and not (run / "eval.json").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001"]
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 1]
@@ -526,11 +623,14 @@ def test_an_output_dir_that_cannot_be_written_fails_before_any_work(tmp_path, mo
     import omnivec.training
 
     if case == "read_only" and os.geteuid() == 0:  # root writes into read-only folders: refuse as the OS would
+
         def read_only(*args, dir=None, **kwargs):
             raise PermissionError(13, "Permission denied", str(dir))
 
         monkeypatch.setattr(omnivec.training.tempfile, "TemporaryFile", read_only)
-    target = {"file": tmp_path / "taken", "under_a_file": tmp_path / "taken" / "run", "read_only": tmp_path / "ro"}[case]
+    target = {"file": tmp_path / "taken", "under_a_file": tmp_path / "taken" / "run", "read_only": tmp_path / "ro"}[
+        case
+    ]
     (tmp_path / "taken").write_text("a file")
     (tmp_path / "ro").mkdir(mode=0o555)
     monkeypatch.setattr(omnivec.pretraining, "build_model_for", lambda cfg: pytest.fail("the model was built"))
@@ -539,32 +639,44 @@ def test_an_output_dir_that_cannot_be_written_fails_before_any_work(tmp_path, mo
         pretrain(cfg)
 
 
-@pytest.mark.parametrize("weights, key", [
-    ({"image": -1}, r"weights\.image: expected a number >= 0"),
-    ({"audio": 1.0}, r"weights\.audio: expected a weight for one of the modalities in data"),
-    ({"image": 0, "point_cloud": 0}, r"weights: expected a positive weight"),
-])
+@pytest.mark.parametrize(
+    "weights, key",
+    [
+        ({"image": -1}, r"weights\.image: expected a number >= 0"),
+        ({"audio": 1.0}, r"weights\.audio: expected a weight for one of the modalities in data"),
+        ({"image": 0, "point_cloud": 0}, r"weights: expected a positive weight"),
+    ],
+)
 def test_pretraining_loss_weights_are_checked(tmp_path, weights, key):
     """Item 11 (non-finite weights: test_non_finite_numbers_in_a_training_config_are_named)."""
     with pytest.raises(ConfigError, match=rf"^{key}"):
         load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", weights=weights))
     with pytest.raises(ConfigError, match=r"^weights: expected no weights with schedule=round_robin"):
-        load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", weights={"image": 2.0},
-                                                         schedule="round_robin"))
+        load_recipe_config(
+            PretrainConfig, pretrain_yaml(tmp_path, "run", weights={"image": 2.0}, schedule="round_robin")
+        )
 
 
 def test_skip_bad_lists_each_bad_file_once(tmp_path):
     """Item 14: two bad files met in each of three epochs are listed once each."""
     data = digits_with_bad_files(tmp_path, ["0001.png", "0003.png"])
-    cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run", max_steps=9, save_every=0, batch_size=2,
-                                                           data={"image": [str(data)]}), ["skip_bad=true"])
+    cfg = load_recipe_config(
+        PretrainConfig,
+        pretrain_yaml(tmp_path, "run", max_steps=9, save_every=0, batch_size=2, data={"image": [str(data)]}),
+        ["skip_bad=true"],
+    )
     summary = pretrain(cfg)  # 9 steps of 2 samples: three epochs of 6
     skipped = summary["skipped_samples"]
     assert len(skipped) == 2 and sorted(Path(s.split(":")[0]).name for s in skipped) == ["0001.png", "0003.png"]
 
 
-BILLION_LAUGHS = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
-    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]) + "\n"
+BILLION_LAUGHS = (
+    "\n".join(
+        ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    )
+    + "\n"
+)
 
 
 def test_a_yaml_alias_bomb_fails_fast(tmp_path):
@@ -587,8 +699,11 @@ def test_a_yaml_alias_bomb_fails_fast(tmp_path):
         with pytest.raises(ConfigError, match=rf"{self_referencing}: a value contains itself"):
             load_recipe_config(PretrainConfig, self_referencing, ["max_steps=3"])
         with pytest.raises(ConfigError, match="max_steps: expands to"):
-            load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), ["max_steps=" + BILLION_LAUGHS
-                                                                               .replace("\n", ", ").join("{}")])
+            load_recipe_config(
+                PretrainConfig,
+                pretrain_yaml(tmp_path, "run"),
+                ["max_steps=" + BILLION_LAUGHS.replace("\n", ", ").join("{}")],
+            )
         from omnivec.config import merge
 
         with pytest.raises(ConfigError, match="expands to more than 100,000 values"):

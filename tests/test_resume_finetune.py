@@ -1,5 +1,6 @@
 """Sequential fine-tuning killed (SIGKILL) at a random step of each stage and resumed with
 resume=auto ends with the weights of a run never interrupted, bit for bit."""
+
 import json
 import os
 import random
@@ -12,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -23,11 +23,19 @@ STAGES = [("1_digits", 8), ("2_shapes", 8)]
 
 def finetune_yaml(tmp_path: Path, name: str) -> Path:
     data = {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES,
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
         "tasks": {"digits": {"data": [str(SAMPLE / "digits")]}, "shapes": {"data": [str(SAMPLE / "shapes")]}},
         "stages": [{"tasks": ["digits"], "steps": 8}, {"tasks": ["shapes"], "steps": 8, "replay": ["digits"]}],
-        "batch_size": 4, "num_workers": 0, "warmup_steps": 1, "log_every": 1, "save_every": 3,
-        "eval_split": "val", "eval_max_batches": 1, "output_dir": str(tmp_path / name), "device": "cpu",
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "save_every": 3,
+        "eval_split": "val",
+        "eval_max_batches": 1,
+        "output_dir": str(tmp_path / name),
+        "device": "cpu",
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -35,22 +43,34 @@ def finetune_yaml(tmp_path: Path, name: str) -> Path:
 
 
 def run(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "omnivec", "finetune", str(config), *extra], env=ENV,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "omnivec", "finetune", str(config), *extra],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def last_step(stage_dir: Path) -> int:
     metrics = stage_dir / "metrics.jsonl"
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"lr"' in line] \
-        if metrics.is_file() else []
+    steps = (
+        [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"lr"' in line]
+        if metrics.is_file()
+        else []
+    )
     return steps[-1] if steps else 0
 
 
 def kill_at(config: Path, stage_dir: Path, step: int) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "omnivec", "finetune", str(config), "resume=auto"], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "omnivec", "finetune", str(config), "resume=auto"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while last_step(stage_dir) < step:
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"

@@ -1,4 +1,5 @@
 """The shipped sample set: no split leaks into another (voices, papers, source images, files)."""
+
 import hashlib
 import json
 from collections import Counter, defaultdict

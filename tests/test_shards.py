@@ -1,5 +1,6 @@
 """Sharded and Hugging Face datasets: shards hold the original bytes, an epoch streams every sample
 once over processes and workers, resuming continues at the same sample, bad shards are named."""
+
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 import omnivec
 from omnivec import ConfigError, DataError
@@ -19,7 +21,6 @@ from omnivec.datasets.dataset import TaskDataset
 from omnivec.datasets.loaders import task_loader
 from omnivec.datasets.sampler import MultiModalLoader
 from omnivec.datasets.shards import parse_size, write_shards
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +41,33 @@ def digits_train(shards: Path):
 
 
 def epoch_indices(model, tasks, workers: int, rank: int = 0, world_size: int = 1, batch_size: int = 8) -> list[int]:
-    loader = task_loader(model, tasks, "train", batch_size, workers, train=True, seed=3, rank=rank,
-                         world_size=world_size, shuffle_buffer=16)
+    loader = task_loader(
+        model,
+        tasks,
+        "train",
+        batch_size,
+        workers,
+        train=True,
+        seed=3,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=16,
+    )
     return [i for batch in loader for i in batch["index"].tolist()]
 
 
 def test_shards_hold_the_original_bytes_with_an_index_and_reruns_are_identical(shards, tmp_path):
     index = json.loads((shards / "index.json").read_text())
     manifest = find_tasks(SAMPLE / "digits")[0]
-    assert index["modalities"]["image"] == {"samples": len(manifest.rows), "target": "label",
-                                            "classes": manifest.classes}
+    assert index["modalities"]["image"] == {
+        "samples": len(manifest.rows),
+        "target": "label",
+        "classes": manifest.classes,
+    }
     assert index["modalities"]["text"]["target"] == "summary"
-    assert sum(e["samples"] for e in index["shards"] if e["modality"] == "image" and e["split"] == "train") \
-        == len(manifest.split("train"))
+    assert sum(e["samples"] for e in index["shards"] if e["modality"] == "image" and e["split"] == "train") == len(
+        manifest.split("train")
+    )
     first = next(e for e in index["shards"] if e["file"] == "train-image-000000.tar")
     with tarfile.open(shards / first["file"]) as tar:
         names = tar.getnames()
@@ -77,13 +92,21 @@ def test_parse_size():
 @pytest.mark.parametrize("workers,world_size", [(0, 1), (2, 1), (2, 2)])
 def test_an_epoch_of_shards_holds_the_manifests_samples_once(model, shards, workers, world_size):
     manifest = TaskDataset(find_tasks(SAMPLE / "digits"), "train")
-    seen = [i for rank in range(world_size) for i in epoch_indices(model, digits_train(shards), workers, rank, world_size)]
+    seen = [
+        i for rank in range(world_size) for i in epoch_indices(model, digits_train(shards), workers, rank, world_size)
+    ]
     assert len(seen) == len(set(seen)) == len(manifest)
     assert set(seen) == set(range(len(manifest)))  # written in manifest order: the same numbering
     stream = task_loader(model, digits_train(shards), "train", 4, 0, train=False)
     batch = next(iter(stream))
-    expected = torch.stack([manifest.transform(manifest.load(i)) if manifest.transform else
-                            model.transforms(train=False)["image"](manifest.load(i)) for i in batch["index"].tolist()])
+    expected = torch.stack(
+        [
+            manifest.transform(manifest.load(i))
+            if manifest.transform
+            else model.transforms(train=False)["image"](manifest.load(i))
+            for i in batch["index"].tolist()
+        ]
+    )
     assert torch.equal(batch["input"], expected)  # the same bytes through the same reader and transform
 
 
@@ -93,16 +116,18 @@ def test_epochs_differ_and_repeat_with_the_seed(model, shards):
     n = len(loader.dataset) // 8 + 2  # batches per epoch (partial ones per worker) are fewer than this
     first = [next(mixed)["image"]["index"].tolist() for _ in range(n)]
     assert first != sorted(first)
-    again = MultiModalLoader({"image": task_loader(model, digits_train(shards), "train", 8, 2, train=True, seed=3,
-                                                   shuffle_buffer=16)})
+    again = MultiModalLoader(
+        {"image": task_loader(model, digits_train(shards), "train", 8, 2, train=True, seed=3, shuffle_buffer=16)}
+    )
     assert [next(again)["image"]["index"].tolist() for _ in range(n)] == first
 
 
 @pytest.mark.parametrize("where", ["early", "end", "second epoch"])
 def test_resume_mid_epoch_continues_at_the_same_sample(model, shards, where):
     def loader():
-        return MultiModalLoader({"image": task_loader(model, digits_train(shards), "train", 8, 2, train=True,
-                                                      seed=1, shuffle_buffer=16)})
+        return MultiModalLoader(
+            {"image": task_loader(model, digits_train(shards), "train", 8, 2, train=True, seed=1, shuffle_buffer=16)}
+        )
 
     per_epoch = len(list(loader().loaders["image"]))  # the workers' last batches are partial: more than n / 8
     stop = {"early": 5, "end": per_epoch - 3, "second epoch": per_epoch + 4}[where]
@@ -154,13 +179,30 @@ def test_a_truncated_shard_is_named(model, shards, tmp_path):
 
 def test_cli_shard_then_check(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "omnivec", "data", "shard", str(SAMPLE / "shapes"), "--output", str(tmp_path / "s"),
-           "--shard-size", "100kB", "--split", "val"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "omnivec",
+        "data",
+        "shard",
+        str(SAMPLE / "shapes"),
+        "--output",
+        str(tmp_path / "s"),
+        "--shard-size",
+        "100kB",
+        "--split",
+        "val",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val 30 samples" in result.stdout
-    check = subprocess.run([sys.executable, "-m", "omnivec", "data", "check", str(tmp_path / "s")], env=env,
-                           capture_output=True, text=True, timeout=300)
+    check = subprocess.run(
+        [sys.executable, "-m", "omnivec", "data", "check", str(tmp_path / "s")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert check.returncode == 0 and "1 datasets, 30 samples, 0 bad" in check.stdout
 
 
@@ -174,9 +216,12 @@ def test_hugging_face_datasets_stream_through_the_same_readers(model, tmp_path, 
     import datasets
 
     images, labels = digit_images(24)
-    features = datasets.Features({"img": datasets.Image(), "digit": datasets.ClassLabel(names=[str(i) for i in range(10)])})
-    ds = datasets.Dataset.from_dict({"img": [{"bytes": b, "path": None} for b in images], "digit": labels},
-                                    features=features)
+    features = datasets.Features(
+        {"img": datasets.Image(), "digit": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"img": [{"bytes": b, "path": None} for b in images], "digit": labels}, features=features
+    )
     if form == "save_to_disk":
         datasets.DatasetDict({"train": ds, "validation": ds.select(range(8))}).save_to_disk(str(tmp_path / "hf"))
         spec = f"hf:{tmp_path / 'hf'}?image=img&label=digit"
@@ -184,14 +229,15 @@ def test_hugging_face_datasets_stream_through_the_same_readers(model, tmp_path, 
         (tmp_path / "pq").mkdir()
         ds.to_parquet(str(tmp_path / "pq" / "train.parquet"))
         spec = f"hf:{tmp_path / 'pq' / 'train.parquet'}:train?image=img&label=digit"
-    task, = find_tasks(spec)
+    (task,) = find_tasks(spec)
     assert (task.modality, task.target, task.classes) == ("image", "label", [str(i) for i in range(10)])
     assert task.has_split("train") and task.has_split("val") == (form == "save_to_disk")
     batches = list(task_loader(model, [task], "train", 8, 2, train=True))
     assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(24))
     assert sorted(t for b in batches for t in b["target"].tolist()) == sorted(labels)
-    assert format_report(check_path(spec)).endswith("1 datasets, 24 samples, 0 bad" if form == "parquet"
-                                                    else "1 datasets, 32 samples, 0 bad")
+    assert format_report(check_path(spec)).endswith(
+        "1 datasets, 24 samples, 0 bad" if form == "parquet" else "1 datasets, 32 samples, 0 bad"
+    )
 
 
 def test_an_unknown_hf_column_is_named(tmp_path):
@@ -200,16 +246,27 @@ def test_an_unknown_hf_column_is_named(tmp_path):
     datasets.Dataset.from_dict({"sentence": ["a b", "c d"]}).save_to_disk(str(tmp_path / "t"))
     with pytest.raises(DataError, match="no column 'txt'"):
         find_tasks(f"hf:{tmp_path / 't'}?text=txt")
-    task, = find_tasks(f"hf:{tmp_path / 't'}?text=sentence")
+    (task,) = find_tasks(f"hf:{tmp_path / 't'}?text=sentence")
     assert task.modality == "text" and task.target is None
 
 
 def pretrain_config(tmp_path: Path, shards: Path, name: str, **kw) -> dict:
     data = {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES,
-        "data": {"image": [str(shards)], "text": [str(shards)]}, "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-        "batch_size": 4, "num_workers": 2, "warmup_steps": 1, "log_every": 1, "eval_batches": 1, "plot_samples": 1,
-        "max_steps": 10, "save_every": 2, "output_dir": str(tmp_path / name), "device": "cpu", "shuffle_buffer": 8,
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
+        "data": {"image": [str(shards)], "text": [str(shards)]},
+        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
+        "batch_size": 4,
+        "num_workers": 2,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_batches": 1,
+        "plot_samples": 1,
+        "max_steps": 10,
+        "save_every": 2,
+        "output_dir": str(tmp_path / name),
+        "device": "cpu",
+        "shuffle_buffer": 8,
     }
     return {**data, **kw}
 
@@ -224,13 +281,24 @@ def test_pretraining_and_fine_tuning_read_shards(tmp_path, shards):
     assert summary["steps"] == 3 and set(summary["modalities"]) == {"image", "text"}
     state = json.loads(next((tmp_path / "pre" / "checkpoints").glob("step_*/trainer_state.json")).read_text())
     assert set(state["data"]["streams"]) == {"image", "text"}
-    cfg = from_dict(FinetuneConfig, {
-        "model": "omnivec_tiny", "model_overrides": SMALL_MODEL_OVERRIDES, "init": str(tmp_path / "pre" / "model"),
-        "tasks": {"digits": {"head": "classification", "data": [str(shards)],
-                             "label_map": {"0": "zero"}}},
-        "stages": [{"tasks": ["digits"], "steps": 2}], "batch_size": 8, "num_workers": 2, "warmup_steps": 1,
-        "eval_max_batches": 2, "eval_split": "val", "output_dir": str(tmp_path / "ft"), "device": "cpu",
-    }, "")
+    cfg = from_dict(
+        FinetuneConfig,
+        {
+            "model": "omnivec_tiny",
+            "model_overrides": SMALL_MODEL_OVERRIDES,
+            "init": str(tmp_path / "pre" / "model"),
+            "tasks": {"digits": {"head": "classification", "data": [str(shards)], "label_map": {"0": "zero"}}},
+            "stages": [{"tasks": ["digits"], "steps": 2}],
+            "batch_size": 8,
+            "num_workers": 2,
+            "warmup_steps": 1,
+            "eval_max_batches": 2,
+            "eval_split": "val",
+            "output_dir": str(tmp_path / "ft"),
+            "device": "cpu",
+        },
+        "",
+    )
     with pytest.raises(ConfigError, match="is not a label of .*shards"):
         finetune(cfg)  # a task is one modality: the folder also holds text
     cfg.tasks["digits"].data = [str(shards / "train-image-{000000..000003}.tar"), str(shards / "val-image-000000.tar")]
@@ -254,19 +322,33 @@ def test_sigkill_then_resume_from_shards_gives_the_uninterrupted_weights(tmp_pat
     for name in ("full", "killed"):
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(pretrain_config(tmp_path, shards, name)))
-    subprocess.run([sys.executable, "-m", "omnivec", "pretrain", str(paths["full"])], env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "omnivec", "pretrain", str(paths["full"])],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     kill_at = random.Random(os.getpid()).randint(3, 8)
-    process = subprocess.Popen([sys.executable, "-m", "omnivec", "pretrain", str(paths["killed"])], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "omnivec", "pretrain", str(paths["killed"])],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics, deadline = tmp_path / "killed" / "metrics.jsonl", time.monotonic() + 300
     while not metrics.is_file() or sum('"lr"' in line for line in metrics.read_text().splitlines()) < kill_at:
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run([sys.executable, "-m", "omnivec", "pretrain", str(paths["killed"]), "resume=auto"],
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "omnivec", "pretrain", str(paths["killed"]), "resume=auto"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
     full = load_file(tmp_path / "full" / "model" / "model.safetensors")
     again = load_file(tmp_path / "killed" / "model" / "model.safetensors")
@@ -274,7 +356,7 @@ def test_sigkill_then_resume_from_shards_gives_the_uninterrupted_weights(tmp_pat
         assert torch.equal(full[name], again[name]), f"{name} differs (killed after step {kill_at})"
 
 
-EPOCH_SCRIPT = '''
+EPOCH_SCRIPT = """
 import json, sys
 from types import SimpleNamespace
 import torch.distributed as dist
@@ -288,7 +370,8 @@ model = omnivec.build_model("omnivec_tiny", **SMALL_MODEL_OVERRIDES)
 cfg = SimpleNamespace(batch_size=8, num_workers=2, seed=5, skip_bad=False, shuffle_buffer=16, augment=dict())
 out = {{}}
 for name, path in (("shards", {shards!r}), ("manifest", {manifest!r})):
-    loader = build_loaders({{"image": [path]}}, model, "train", cfg, True, state.process_index, state.num_processes)["image"]
+    loaders = build_loaders({{"image": [path]}}, model, "train", cfg, True, state.process_index, state.num_processes)
+    loader = loaders["image"]
     mine = ([i for b in loader for i in b["index"].tolist()] if name == "shards"
             else [i for _, i in loader.sampler])  # the manifest path: its sampler's share (drop_last aside)
     gathered = [None] * state.num_processes
@@ -296,19 +379,26 @@ for name, path in (("shards", {shards!r}), ("manifest", {manifest!r})):
     out[name] = gathered
 if state.is_main_process:
     open({result!r}, "w").write(json.dumps(out))
-'''
+"""
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("processes", [1, 2])
 def test_an_epoch_over_torchrun_processes_and_workers_reads_every_sample_once(tmp_path, shards, processes):
     script, result = tmp_path / "epoch.py", tmp_path / "epoch.json"
-    script.write_text(EPOCH_SCRIPT.format(tests=str(Path(__file__).parent), shards=str(shards),
-                                          manifest=str(SAMPLE / "digits"), result=str(result)))
+    script.write_text(
+        EPOCH_SCRIPT.format(
+            tests=str(Path(__file__).parent), shards=str(shards), manifest=str(SAMPLE / "digits"), result=str(result)
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", str(script)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(result.read_text())
     shard_ranks, manifest_ranks = out["shards"], out["manifest"]
@@ -329,10 +419,13 @@ def test_review_fixes_member_choice_unlabelled_rows_fractions_and_foreign_splits
     row = sample_row("x.tar", {"__key__": "k", "wav": b"RIFF", "txt": b"hello"}, "train")
     assert str(row["path"]).endswith(".wav")
     images, labels = digit_images(4)
-    features = datasets.Features({"img": datasets.Image(), "digit": datasets.ClassLabel(names=[str(i) for i in range(10)])})
-    datasets.Dataset.from_dict({"img": [{"bytes": b, "path": None} for b in images], "digit": [0, 1, -1, 2]},
-                               features=features).save_to_disk(str(tmp_path / "hf"))
-    task, = find_tasks(f"hf:{tmp_path / 'hf'}?image=img&label=digit")
+    features = datasets.Features(
+        {"img": datasets.Image(), "digit": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+    datasets.Dataset.from_dict(
+        {"img": [{"bytes": b, "path": None} for b in images], "digit": [0, 1, -1, 2]}, features=features
+    ).save_to_disk(str(tmp_path / "hf"))
+    (task,) = find_tasks(f"hf:{tmp_path / 'hf'}?image=img&label=digit")
     with pytest.raises(DataError, match=r"\[2\]: digit is -1 \(-1 marks an unlabelled row"):
         list(task_loader(model, [task], "train", 4, 0, train=False))
     with pytest.raises(omnivec.ConfigError, match="train_fraction: .* is streamed"):
@@ -341,7 +434,7 @@ def test_review_fixes_member_choice_unlabelled_rows_fractions_and_foreign_splits
     (tmp_path / "copy").mkdir()
     for p in shards.glob("*-image-*.tar"):
         (tmp_path / "copy" / p.name).write_bytes(p.read_bytes())  # no index.json beside them
-    task, = find_tasks(pattern)
+    (task,) = find_tasks(pattern)
     seen = [i for b in task_loader(model, [task], "train", 16, 0, train=False) for i in b["index"].tolist()]
     expected = len(find_tasks(SAMPLE / "digits")[0].split("train"))
     assert len(seen) == expected

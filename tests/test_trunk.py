@@ -2,6 +2,7 @@
 random checkpoints saved locally, then omnivec's image tokens must equal the library's own patch
 tokens (fp32, atol 1e-5). The CLS token attends in every block and is dropped after the final norm,
 so the comparison is with the library's output without its prefix tokens."""
+
 import json
 
 import pytest
@@ -14,11 +15,18 @@ from omnivec import ConfigError
 
 SIZE, PATCH = 32, 8
 SMALL = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": SIZE, "patch_size": PATCH}
-ONLY_IMAGE_AND_TEXT = {"modalities": {"video": None, "audio": None, "point_cloud": None,
-                                      "image": {"image_size": SIZE, "patch_size": PATCH},
-                                      "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 16}}}
-HF_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=SIZE,
-                patch_size=PATCH)
+ONLY_IMAGE_AND_TEXT = {
+    "modalities": {
+        "video": None,
+        "audio": None,
+        "point_cloud": None,
+        "image": {"image_size": SIZE, "patch_size": PATCH},
+        "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 16},
+    }
+}
+HF_SMALL = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=SIZE, patch_size=PATCH
+)
 
 
 def trunk_model(pretrained: str, image_size: int = SIZE, **backbone) -> omnivec.OmniVecModel:
@@ -47,7 +55,7 @@ def test_trunk_from_timm_vit_gives_its_patch_tokens(timm_vit, tmp_path):
     assert (model.config.backbone.dim, model.config.backbone.depth, model.config.backbone.num_heads) == (32, 2, 2)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        expected = vit.forward_features(x)[:, vit.num_prefix_tokens:]
+        expected = vit.forward_features(x)[:, vit.num_prefix_tokens :]
     torch.testing.assert_close(image_tokens(model, x), expected, atol=1e-5, rtol=1e-5)
     report = model.load_reports["backbone"]
     assert "backbone.prefix" in report.loaded and "encoders.image.pos_embed" in report.loaded
@@ -77,22 +85,28 @@ def test_a_setting_that_contradicts_the_trunk_names_both_values(timm_vit):
     with pytest.raises(ConfigError, match=r"backbone.dim: expected 32 \(as in timm:vit_tiny_patch16_224\), got 64"):
         trunk_model("timm:vit_tiny_patch16_224", checkpoint=str(path), library_config=SMALL, dim=64)
     with pytest.raises(ConfigError, match=r"modalities.image.patch_size: expected 8"):
-        omnivec.build_model("omnivec_base_vit", backbone={"pretrained": "timm:vit_tiny_patch16_224",
-                                                          "checkpoint": str(path), "library_config": SMALL},
-                            **{**ONLY_IMAGE_AND_TEXT, "modalities.image.patch_size": 4})
+        omnivec.build_model(
+            "omnivec_base_vit",
+            backbone={"pretrained": "timm:vit_tiny_patch16_224", "checkpoint": str(path), "library_config": SMALL},
+            **{**ONLY_IMAGE_AND_TEXT, "modalities.image.patch_size": 4},
+        )
     with pytest.raises(ConfigError, match=r"modalities.image.pretrained: expected '' with backbone.pretrained set"):
-        omnivec.build_model("omnivec_base_vit", backbone={"pretrained": "timm:vit_tiny_patch16_224",
-                                                          "checkpoint": str(path), "library_config": SMALL},
-                            **{**ONLY_IMAGE_AND_TEXT, "modalities.image.pretrained": "timm:vit_tiny_patch16_224"})
+        omnivec.build_model(
+            "omnivec_base_vit",
+            backbone={"pretrained": "timm:vit_tiny_patch16_224", "checkpoint": str(path), "library_config": SMALL},
+            **{**ONLY_IMAGE_AND_TEXT, "modalities.image.pretrained": "timm:vit_tiny_patch16_224"},
+        )
 
 
 def hf_checkpoint(kind: str, directory):
     from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTMAEConfig, ViTMAEModel, ViTModel
 
     torch.manual_seed(0)
-    model = {"vit": lambda: ViTModel(ViTConfig(**HF_SMALL), add_pooling_layer=False),
-             "vit_mae": lambda: ViTMAEModel(ViTMAEConfig(**HF_SMALL, mask_ratio=0.0)),
-             "dinov2": lambda: Dinov2Model(Dinov2Config(**HF_SMALL, layerscale_value=0.5))}[kind]().eval()
+    model = {
+        "vit": lambda: ViTModel(ViTConfig(**HF_SMALL), add_pooling_layer=False),
+        "vit_mae": lambda: ViTMAEModel(ViTMAEConfig(**HF_SMALL, mask_ratio=0.0)),
+        "dinov2": lambda: Dinov2Model(Dinov2Config(**HF_SMALL, layerscale_value=0.5)),
+    }[kind]().eval()
     model.save_pretrained(directory)
     return model
 
@@ -109,8 +123,15 @@ def test_trunk_from_transformers_gives_its_patch_tokens(kind, tmp_path):
     assert model.config.backbone.library_config["model_type"] == kind  # reloads offline
 
 
-MAE_SMALL = dict(HF_SMALL, layer_norm_eps=1e-6, mask_ratio=0.75, decoder_hidden_size=32, decoder_num_hidden_layers=1,
-                 decoder_num_attention_heads=16, decoder_intermediate_size=128)  # MAE's 16 decoder heads and eps
+MAE_SMALL = dict(
+    HF_SMALL,
+    layer_norm_eps=1e-6,
+    mask_ratio=0.75,
+    decoder_hidden_size=32,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=16,
+    decoder_intermediate_size=128,
+)  # MAE's 16 decoder heads and eps
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +148,16 @@ def vit_mae_for_pretraining(tmp_path_factory):
     directory = tmp_path_factory.mktemp("vit_mae")
     library.save_pretrained(directory / "hf")
     state = hf_to_timm(library.state_dict())
-    assert {"decoder_blocks.0.attn.qkv.weight", "decoder_pred.weight", "decoder_pos_embed", "mask_token",
-            "decoder_embed.weight", "decoder_norm.weight", "blocks.1.attn.qkv.weight", "cls_token"} <= set(state)
+    assert {
+        "decoder_blocks.0.attn.qkv.weight",
+        "decoder_pred.weight",
+        "decoder_pos_embed",
+        "mask_token",
+        "decoder_embed.weight",
+        "decoder_norm.weight",
+        "blocks.1.attn.qkv.weight",
+        "cls_token",
+    } <= set(state)
     torch.save({"model": state}, directory / "mae_pretrain.pth")
     return library, directory
 
@@ -144,8 +173,11 @@ def test_mae_decoder_from_the_checkpoint_reproduces_its_reconstruction(vit_mae_f
     if layout == "transformers":
         model = trunk_model(f"hf:{directory / 'hf'}")
     else:  # a timm ViT name for the architecture, the file for the weights
-        model = trunk_model("timm:vit_tiny_patch16_224", checkpoint=str(directory / "mae_pretrain.pth"),
-                            library_config={**SMALL, "mlp_ratio": 2.0})
+        model = trunk_model(
+            "timm:vit_tiny_patch16_224",
+            checkpoint=str(directory / "mae_pretrain.pth"),
+            library_config={**SMALL, "mlp_ratio": 2.0},
+        )
     pretrainer = MaskedPretrainer(model, DecoderConfig(dim=32, depth=2, num_heads=2)).eval()
     image = pretrainer.decoders["image"]
     assert (len(image.blocks), image.blocks[0].attn.num_heads, image.norm.eps) == (1, 16, 1e-6)
@@ -169,11 +201,17 @@ def test_mae_decoder_positions_follow_the_configured_size_and_init_skips_it(vit_
     x = torch.randn(2, 3, 48, 48)
     assert pretrainer.reconstruct("image", x, torch.Generator().manual_seed(0))["pred"].shape == (2 * 27, 192)
     # a saved model (`init:`) or `decoder.from_trunk: false` starts the configured decoder afresh
-    assert MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2, from_trunk=False)
-                            ).decoders["image"].blocks[0].attn.num_heads == 2
+    assert (
+        MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2, from_trunk=False))
+        .decoders["image"]
+        .blocks[0]
+        .attn.num_heads
+        == 2
+    )
     model.save_pretrained(tmp_path / "m")
-    again = MaskedPretrainer(omnivec.OmniVecModel.from_pretrained(tmp_path / "m"), DecoderConfig(dim=32, depth=1,
-                                                                                                 num_heads=2))
+    again = MaskedPretrainer(
+        omnivec.OmniVecModel.from_pretrained(tmp_path / "m"), DecoderConfig(dim=32, depth=1, num_heads=2)
+    )
     assert again.decoders["image"].blocks[0].attn.num_heads == 2
 
 
@@ -181,8 +219,9 @@ def test_layer_decay_scales_follow_depth_across_encoder_and_trunk_blocks():
     from omnivec.finetuning import FinetuneModule, layer_decay_scales
     from omnivec.training import param_groups
 
-    model = omnivec.build_model("omnivec_tiny", **{"backbone.depth": 2, "modalities.image.depth": 1,
-                                                   "modalities.video": None})
+    model = omnivec.build_model(
+        "omnivec_tiny", **{"backbone.depth": 2, "modalities.image.depth": 1, "modalities.video": None}
+    )
     scales = layer_decay_scales(model, 0.5)  # top = 1 encoder block + 2 trunk blocks + 1 = 4
     assert scales["backbone.norm.weight"] == 1.0
     assert scales["backbone.blocks.1.attn.qkv.weight"] == 0.5
@@ -204,17 +243,33 @@ def test_continue_mae_base_config_runs_with_a_local_checkpoint(vit_mae_for_pretr
 
     _, directory = vit_mae_for_pretraining
     backbone = json.dumps({"pretrained": f"hf:{directory / 'hf'}"})
-    modalities = json.dumps({"image": {"image_size": SIZE, "patch_size": PATCH},
-                             "video": {"num_frames": 4, "image_size": 32, "patch_size": 8},
-                             "audio": {"num_mel_bins": 32, "target_frames": 48},
-                             "text": {"tokenizer": "data/sample/tokenizer", "vocab_size": 4000, "max_length": 32},
-                             "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8,
-                                             "pointnet_dims": [16, 32, 32]}})
-    args = ["pretrain", "configs/pretrain/continue_mae_base.yaml", f"output_dir={tmp_path / 'run'}",
-            f"model_overrides.backbone={backbone}", f"model_overrides.modalities={modalities}",
-            "decoder.dim=32",
-            "decoder.depth=1", "decoder.num_heads=2", "precision=no", "batch_size=4", "num_workers=0", "max_steps=3",
-            "warmup_steps=1", "eval_batches=1", "save_every=0", "log_every=1"]
+    modalities = json.dumps(
+        {
+            "image": {"image_size": SIZE, "patch_size": PATCH},
+            "video": {"num_frames": 4, "image_size": 32, "patch_size": 8},
+            "audio": {"num_mel_bins": 32, "target_frames": 48},
+            "text": {"tokenizer": "data/sample/tokenizer", "vocab_size": 4000, "max_length": 32},
+            "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8, "pointnet_dims": [16, 32, 32]},
+        }
+    )
+    args = [
+        "pretrain",
+        "configs/pretrain/continue_mae_base.yaml",
+        f"output_dir={tmp_path / 'run'}",
+        f"model_overrides.backbone={backbone}",
+        f"model_overrides.modalities={modalities}",
+        "decoder.dim=32",
+        "decoder.depth=1",
+        "decoder.num_heads=2",
+        "precision=no",
+        "batch_size=4",
+        "num_workers=0",
+        "max_steps=3",
+        "warmup_steps=1",
+        "eval_batches=1",
+        "save_every=0",
+        "log_every=1",
+    ]
     with caplog.at_level("INFO", logger="omnivec"):
         assert main(args) == 0
     assert "MAE decoder ({'dim': 32, 'depth': 1, 'mlp_ratio': 4.0, 'num_heads': 16" in caplog.text

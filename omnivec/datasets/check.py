@@ -1,11 +1,13 @@
 """`omnivec data check`: read every sample of every dataset under a path and report what is wrong."""
+
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -42,7 +44,7 @@ def check_path(path: str | Path, workers: int = 4, allow_outside_root: bool = Fa
             reports.append(check_stream(task, workers))
             continue
         with ThreadPoolExecutor(workers) as pool:
-            results = pool.map(lambda row: check_row(task, row), task.rows)
+            results = pool.map(check_row, [task] * len(task.rows), task.rows)
             bad = [r for r in tqdm(results, total=len(task.rows), desc=f"check {task.name}", leave=False) if r]
         reports.append(TaskReport(task, bad))
     return reports

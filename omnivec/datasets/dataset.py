@@ -1,9 +1,11 @@
 """`TaskDataset`: rows of a `TaskData` -> model-ready samples; `Collate`: samples -> a batch."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +43,14 @@ class TaskDataset(Dataset):
     lists it in the batch's `skipped`, so a training loop can count and report it.
     """
 
-    def __init__(self, task: TaskData | list[TaskData], split: str | None = None,
-                 transform: Callable[..., Any] | None = None, skip_bad: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        task: TaskData | list[TaskData],
+        split: str | None = None,
+        transform: Callable[..., Any] | None = None,
+        skip_bad: bool = False,
+        seed: int = 0,
+    ):
         tasks = task if isinstance(task, list) else [task]
         self.task, self.transform, self.skip_bad, self.seed = tasks[0], transform, skip_bad, seed
         if len({t.modality for t in tasks}) > 1:
@@ -107,8 +115,10 @@ class Collate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "error" not in s]
-        batch: dict[str, Any] = {"skipped": [s["error"] for s in samples if "error" in s],
-                                 "skipped_index": [s["index"] for s in samples if "error" in s]}
+        batch: dict[str, Any] = {
+            "skipped": [s["error"] for s in samples if "error" in s],
+            "skipped_index": [s["index"] for s in samples if "error" in s],
+        }
         batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
         if "position" in samples[-1]:
             batch["position"] = samples[-1]["position"]

@@ -9,11 +9,13 @@ Image / Audio feature column is the sample. Cells keep their encoded bytes (feat
 `decode=False`) and go through the modality's own reader, as files do. A split `validation` or
 `dev` is omnivec's `val`; a dataset without splits is `train`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import DataError
@@ -29,7 +31,7 @@ FEATURES = {"Image": "image", "Audio": "audio", "Video": "video"}
 
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     """`hf:NAME_OR_DIR[:split][?k=v&...]` -> (name or folder, split or None, {omnivec column: column})."""
-    body, _, query = spec[len("hf:"):].partition("?")
+    body, _, query = spec[len("hf:") :].partition("?")
     source, split = body, None
     if ":" in body and not Path(body).exists():
         source, split = body.rsplit(":", 1)
@@ -44,7 +46,9 @@ def open_splits(source: str, split: str | None) -> dict[str, Any]:
 
     path = Path(source)
     try:
-        if path.is_dir() and any((path / n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if path.is_dir() and any(
+            (path / n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json")
+        ):
             loaded = datasets.load_from_disk(str(path))
         elif path.is_dir():
             loaded = datasets.load_dataset("parquet", data_dir=str(path))
@@ -70,16 +74,19 @@ def pick_columns(spec: str, ds: Any, mapping: dict[str, str]) -> tuple[str, str,
             raise DataError(f"{spec}: no column {column!r}; it has {sorted(names)}")
     unknown = sorted(set(mapping) - set(MODALITIES.names()) - set(TARGETS))
     if unknown:
-        raise DataError(f"{spec}: {unknown[0]!r} is neither a modality {MODALITIES.names()} nor a target {list(TARGETS)}")
+        raise DataError(
+            f"{spec}: {unknown[0]!r} is neither a modality {MODALITIES.names()} nor a target {list(TARGETS)}"
+        )
     samples = {k: v for k, v in mapping.items() if k in MODALITIES.names()}
     if not samples:
         samples = {m: m for m in MODALITIES.names() if m in names}
     if not samples:
         samples = {FEATURES[type(f).__name__]: c for c, f in features.items() if type(f).__name__ in FEATURES}
     if len(samples) != 1:
-        raise DataError(f"{spec}: cannot tell which column holds the samples among {sorted(names)}; name it, "
-                        "e.g. ?image=img")
-    (modality, column), = samples.items()
+        raise DataError(
+            f"{spec}: cannot tell which column holds the samples among {sorted(names)}; name it, e.g. ?image=img"
+        )
+    ((modality, column),) = samples.items()
     targets = {k: mapping.get(k, k) for k in TARGETS if mapping.get(k, k) in names}
     if len(targets) > 1:
         raise DataError(f"{spec}: one target column per dataset expected, found {targets}")
@@ -102,32 +109,62 @@ def load_hf_task(spec: str) -> TaskData:
     names = label_names(first.features[target_column]) if target_column else None
     classes: list[str] = []
     if kind in ("label", "labels"):
-        classes = names or sorted({str(v) for ds in splits.values() for value in ds[target_column]
-                                   for v in (value if isinstance(value, list) else [value])})
+        classes = names or sorted(
+            {
+                str(v)
+                for ds in splits.values()
+                for value in ds[target_column]
+                for v in (value if isinstance(value, list) else [value])
+            }
+        )
     shards = []
     for name, ds in splits.items():
         feature = type(ds.features[column]).__name__
         if feature in FEATURES:
             ds = ds.cast_column(column, type(ds.features[column])(decode=False))
         root = Path(source) if Path(source).is_dir() else None
-        read = partial(read_rows, f"{spec.partition('?')[0]}[{name}]", ds, name, modality, column, kind,
-                       target_column, names, root)
-        shards += [Shard(f"{spec.partition('?')[0]}[{name}][{a}:{min(a + ROWS_PER_SHARD, len(ds))}]", name,
-                         min(ROWS_PER_SHARD, len(ds) - a), partial(read, a, min(a + ROWS_PER_SHARD, len(ds))))
-                   for a in range(0, len(ds), ROWS_PER_SHARD)]
+        read = partial(
+            read_rows, f"{spec.partition('?')[0]}[{name}]", ds, name, modality, column, kind, target_column, names, root
+        )
+        shards += [
+            Shard(
+                f"{spec.partition('?')[0]}[{name}][{a}:{min(a + ROWS_PER_SHARD, len(ds))}]",
+                name,
+                min(ROWS_PER_SHARD, len(ds) - a),
+                partial(read, a, min(a + ROWS_PER_SHARD, len(ds))),
+            )
+            for a in range(0, len(ds), ROWS_PER_SHARD)
+        ]
     if not shards:
         raise DataError(f"{spec}: no rows")
-    return TaskData(name=source, source=Path(source), modality=modality, rows=[], target=kind, classes=classes,
-                    stream=Stream(tuple(shards)))
+    return TaskData(
+        name=source,
+        source=Path(source),
+        modality=modality,
+        rows=[],
+        target=kind,
+        classes=classes,
+        stream=Stream(tuple(shards)),
+    )
 
 
-def read_rows(where: str, ds: Any, split: str, modality: str, column: str, kind: str | None,
-              target_column: str | None, names: list[str] | None, root: Path | None,
-              start: int, stop: int) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_rows(
+    where: str,
+    ds: Any,
+    split: str,
+    modality: str,
+    column: str,
+    kind: str | None,
+    target_column: str | None,
+    names: list[str] | None,
+    root: Path | None,
+    start: int,
+    stop: int,
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, row) of rows `start:stop` of `ds`: the sample cell as a `Blob` (bytes), a file path or
     text, and the target."""
     for chunk_start in range(start, stop, 100):
-        chunk = ds[chunk_start:min(chunk_start + 100, stop)]
+        chunk = ds[chunk_start : min(chunk_start + 100, stop)]
         for k, cell in enumerate(chunk[column]):
             i = chunk_start + k
             row: dict[str, Any] = {"where": f"{where}[{i}]", "split": split}
@@ -135,8 +172,10 @@ def read_rows(where: str, ds: Any, split: str, modality: str, column: str, kind:
             if kind is not None:
                 value = chunk[target_column][k]
                 if names is not None and any(v < 0 for v in (value if kind == "labels" else [value])):
-                    raise DataError(f"{where}[{i}]: {target_column} is {value} (-1 marks an unlabelled row, as in "
-                                    "the hub's test splits); use a split with labels, or no target column")
+                    raise DataError(
+                        f"{where}[{i}]: {target_column} is {value} (-1 marks an unlabelled row, as in "
+                        "the hub's test splits); use a split with labels, or no target column"
+                    )
                 row[kind] = target_value(value, kind, names)
             yield str(i), row
 
@@ -162,5 +201,8 @@ def target_value(value: Any, kind: str, names: list[str] | None) -> Any:
     """A target cell as omnivec rows hold it: a class name, a list of them, or the summary text."""
     if kind == "summary":
         return str(value)
-    name = (lambda v: names[v] if names is not None and isinstance(v, int) else str(v))
+
+    def name(v: Any) -> str:
+        return names[v] if names is not None and isinstance(v, int) else str(v)
+
     return [name(v) for v in value] if kind == "labels" else name(value)

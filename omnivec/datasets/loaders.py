@@ -1,7 +1,9 @@
 """DataLoaders over `TaskData`: one per task (fine-tuning) or one per modality (pretraining)."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -18,10 +20,21 @@ def collate_for(model: Any, modality: str) -> Collate:
     return Collate(modality, model.config.modalities[modality])
 
 
-def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, num_workers: int, train: bool,
-                seed: int = 0, skip_bad: bool = False, rank: int = 0, world_size: int = 1,
-                persistent: bool | None = None, shuffle_buffer: int = 1000,
-                augment: Mapping[str, Any] | None = None) -> DataLoader:
+def task_loader(
+    model: Any,
+    data: list[TaskData],
+    split: str,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    seed: int = 0,
+    skip_bad: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    persistent: bool | None = None,
+    shuffle_buffer: int = 1000,
+    augment: Mapping[str, Any] | None = None,
+) -> DataLoader:
     """`split` of `data` through the model's (train or eval) transforms, with the training
     augmentation `augment` ({modality: its augment config}) when `train`; shuffled per epoch and
     sharded per process when `train`. Workers persist across epochs (default: when training).
@@ -32,20 +45,42 @@ def task_loader(model: Any, data: list[TaskData], split: str, batch_size: int, n
     if data[0].stream is not None:
         if any(t.stream is None for t in data):
             raise DataError(f"{', '.join(str(t.source) for t in data)}: streamed and file datasets cannot be joined")
-        stream = StreamDataset(data, split, transform, skip_bad=skip_bad, seed=seed, shuffle=train,
-                               buffer=shuffle_buffer, rank=rank, world_size=world_size)
-        return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_for(model, modality),
-                          pin_memory=torch.cuda.is_available())
+        stream = StreamDataset(
+            data,
+            split,
+            transform,
+            skip_bad=skip_bad,
+            seed=seed,
+            shuffle=train,
+            buffer=shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataLoader(
+            stream,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_for(model, modality),
+            pin_memory=torch.cuda.is_available(),
+        )
     dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
     persistent = train if persistent is None else persistent
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_for(model, modality), drop_last=train and len(sampler) >= batch_size,
-                      persistent_workers=persistent and num_workers > 0, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_for(model, modality),
+        drop_last=train and len(sampler) >= batch_size,
+        persistent_workers=persistent and num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
-def build_loaders(data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool,
-                  rank: int = 0, world_size: int = 1) -> dict[str, DataLoader]:
+def build_loaders(
+    data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool, rank: int = 0, world_size: int = 1
+) -> dict[str, DataLoader]:
     """One loader per modality of `{modality: [dataset paths]}`, batched by `cfg.batch_size` with
     `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
     loaders = {}
@@ -55,8 +90,19 @@ def build_loaders(data: Mapping[str, list[str]], model: Any, split: str, cfg: An
         for t in tasks or found:
             if t.modality != modality:
                 raise DataError(f"{t.source}: listed under data.{modality} but holds {t.modality} samples")
-        loaders[modality] = task_loader(model, tasks, split, cfg.batch_size, cfg.num_workers, train, seed=cfg.seed,
-                                        skip_bad=cfg.skip_bad, rank=rank if train else 0,
-                                        world_size=world_size if train else 1, persistent=True,
-                                        shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment)
+        loaders[modality] = task_loader(
+            model,
+            tasks,
+            split,
+            cfg.batch_size,
+            cfg.num_workers,
+            train,
+            seed=cfg.seed,
+            skip_bad=cfg.skip_bad,
+            rank=rank if train else 0,
+            world_size=world_size if train else 1,
+            persistent=True,
+            shuffle_buffer=cfg.shuffle_buffer,
+            augment=cfg.augment,
+        )
     return loaders

@@ -8,6 +8,7 @@ Without a manifest, `root/<class>/<file>` (torchvision ImageFolder style) or
 Shard specs (datasets/shards.py) and `hf:` Hugging Face datasets (datasets/hf.py) are streamed:
 their `TaskData` holds a `Stream` of shards instead of rows.
 """
+
 from __future__ import annotations
 
 import csv

@@ -4,15 +4,17 @@ the one path every consumer (datasets, embedding, data check) loads a sample thr
 Every reader raises `DataError` naming the file when it is unreadable, empty, wrongly shaped or
 holds NaN/Inf values, so that `omnivec data check` and training report the file, not a traceback.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import torch
 
@@ -85,8 +87,10 @@ def modality_of(path: str | Path | Blob) -> str:
     for name in MODALITIES.names():
         if MODALITIES.get(name).claims(path):
             return name
-    raise DataError(f"{path}: unknown file type {path.suffix.lower()!r}; expected one of "
-                    + ", ".join(f"{m} {list(s)}" for m, s in extensions().items() if s))
+    raise DataError(
+        f"{path}: unknown file type {path.suffix.lower()!r}; expected one of "
+        + ", ".join(f"{m} {list(s)}" for m, s in extensions().items() if s)
+    )
 
 
 def read_file(path: str | Path | Blob, modality: str | None = None, verify: bool = False) -> Any:
@@ -111,8 +115,9 @@ def read_file(path: str | Path | Blob, modality: str | None = None, verify: bool
         raise DataError(f"{path}: cannot read this {modality} file ({type(e).__name__}: {e})") from e
 
 
-def load_sample(item: Mapping[str, Any], modality: str, transform: Callable[..., Any] | None = None,
-                verify: bool = False) -> Any:
+def load_sample(
+    item: Mapping[str, Any], modality: str, transform: Callable[..., Any] | None = None, verify: bool = False
+) -> Any:
     """A manifest row, shard sample or embedding item (`path`: a file or `Blob`, or inline `text`;
     `where` names it in errors) ->
     the raw sample, or the model-ready one through `transform`; `DataError` names the file.

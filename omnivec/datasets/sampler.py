@@ -1,7 +1,9 @@
 """Mixing modalities for multimodal training: one iterator over several per-modality loaders."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -28,9 +30,12 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.length, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = (torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
-                 if self.shuffle else torch.arange(self.length))
-        shard = order[self.rank::self.world_size].tolist()[self.skip:]
+        order = (
+            torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+            if self.shuffle
+            else torch.arange(self.length)
+        )
+        shard = order[self.rank :: self.world_size].tolist()[self.skip :]
         self.skip = 0  # only the first pass after a resume starts part-way
         return iter((self.epoch, i) for i in shard)
 
@@ -48,8 +53,13 @@ class MultiModalLoader:
     batch, from which a resumed stream continues at the same sample.
     """
 
-    def __init__(self, loaders: Mapping[str, Iterable], schedule: str = "round_robin",
-                 weights: Mapping[str, float] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        loaders: Mapping[str, Iterable],
+        schedule: str = "round_robin",
+        weights: Mapping[str, float] | None = None,
+        seed: int = 0,
+    ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {list(SCHEDULES)}, got {schedule!r}")
         if not loaders:
@@ -80,16 +90,19 @@ class MultiModalLoader:
                     sampler.set_epoch(self.epochs[name])
                 if isinstance(sampler, EpochSampler):  # resume mid-epoch without loading skipped samples
                     sampler.skip = self.consumed[name] * loader.batch_size
-                if isinstance(getattr(loader, "dataset", None), StreamDataset):  # the same, per worker; the next worker first
+                if isinstance(
+                    getattr(loader, "dataset", None), StreamDataset
+                ):  # the same, per worker; the next worker first
                     last = self.last.get(name)
-                    loader.dataset.set_position(self.epochs[name], self.positions.get(name, {}),
-                                                0 if last is None else last + 1)
+                    loader.dataset.set_position(
+                        self.epochs[name], self.positions.get(name, {}), 0 if last is None else last + 1
+                    )
                 self._iters[name] = iter(loader)
             try:
                 batch = next(self._iters[name])
             except StopIteration:
                 if self.consumed[name] == 0:
-                    raise ValueError(f"{name}: the loader yields no batch (fewer samples than one batch?)")
+                    raise ValueError(f"{name}: the loader yields no batch (fewer samples than one batch?)") from None
                 del self._iters[name]
                 self.epochs[name] += 1
                 self.consumed[name] = 0
@@ -105,11 +118,22 @@ class MultiModalLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The position in every loader and schedule (JSON-friendly), for checkpoints."""
-        streams = {name: {"positions": {str(w): n for w, n in self.positions.get(name, {}).items()},
-                          "last": self.last.get(name), "layout": self.layout(name)}
-                   for name in self.names if isinstance(getattr(self.loaders[name], "dataset", None), StreamDataset)}
-        return {"step": self._step, "epochs": dict(self.epochs), "consumed": dict(self.consumed),
-                "generator": self.generator.get_state().tolist(), "streams": streams}
+        streams = {
+            name: {
+                "positions": {str(w): n for w, n in self.positions.get(name, {}).items()},
+                "last": self.last.get(name),
+                "layout": self.layout(name),
+            }
+            for name in self.names
+            if isinstance(getattr(self.loaders[name], "dataset", None), StreamDataset)
+        }
+        return {
+            "step": self._step,
+            "epochs": dict(self.epochs),
+            "consumed": dict(self.consumed),
+            "generator": self.generator.get_state().tolist(),
+            "streams": streams,
+        }
 
     def layout(self, name: str) -> list[int]:
         """[processes, workers] a stream's positions belong to."""
@@ -124,9 +148,11 @@ class MultiModalLoader:
         for name, stream in state.get("streams", {}).items():
             if stream["positions"] and stream["layout"] != self.layout(name):
                 (p, w), (p_now, w_now) = stream["layout"], self.layout(name)
-                raise ConfigError(f"{name}: the checkpoint streamed its shards with {p} processes x {w} workers, "
-                                  f"this run has {p_now} x {w_now}; resume a sharded dataset with the same "
-                                  "processes and num_workers")
+                raise ConfigError(
+                    f"{name}: the checkpoint streamed its shards with {p} processes x {w} workers, "
+                    f"this run has {p_now} x {w_now}; resume a sharded dataset with the same "
+                    "processes and num_workers"
+                )
             self.positions[name] = {int(w): n for w, n in stream["positions"].items()}
             if stream["last"] is not None:
                 self.last[name] = stream["last"]

@@ -7,15 +7,17 @@ A sample is a group of tar members sharing a key: its original encoded file (`KE
 `{split}-{modality}-{NNNNNN}.tar` (one split and modality per shard), and `index.json` lists them
 with their sample counts, plus each modality's target and label set.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
@@ -31,7 +33,7 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
 def parse_size(text: str | int) -> int:
-    """"500MB", "2GB", "1e6" or a number of bytes -> bytes."""
+    """ "500MB", "2GB", "1e6" or a number of bytes -> bytes."""
     m = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]?b?)\s*", str(text).lower())
     try:
         size = int(float(m[1]) * UNITS[m[2]]) if m else 0
@@ -45,8 +47,14 @@ def parse_size(text: str | int) -> int:
 def is_shard_spec(spec: str | os.PathLike) -> bool:
     """A folder holding `index.json`, a `.tar` file, a brace pattern, a URL or a `pipe:` command."""
     text = str(spec)
-    return (text.startswith("pipe:") or "://" in text or bool(re.search(r"\{[^}]*(\.\.|,)[^}]*\}", text))
-            or text.endswith((".tar", ".tar.gz", ".tgz")) or "::" in text or has_index(Path(text)))
+    return (
+        text.startswith("pipe:")
+        or "://" in text
+        or bool(re.search(r"\{[^}]*(\.\.|,)[^}]*\}", text))
+        or text.endswith((".tar", ".tar.gz", ".tgz"))
+        or "::" in text
+        or has_index(Path(text))
+    )
 
 
 def has_index(folder: Path) -> bool:
@@ -85,7 +93,9 @@ def read_tar(url: str, split: str | None) -> Iterator[tuple[str, dict[str, Any]]
             yield sample["__key__"], sample_row(url, sample, split)
             count += 1
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise DataError(f"{url}: truncated or corrupt shard after {count} samples ({e.args[0] if e.args else e})") from e
+        raise DataError(
+            f"{url}: truncated or corrupt shard after {count} samples ({e.args[0] if e.args else e})"
+        ) from e
     finally:
         stream.close()
 
@@ -149,20 +159,40 @@ def tasks_from_index(folder: Path, names: set[str] | None, spec: str | None = No
         entries = [e for e in entries if e["file"] in names]
     tasks = []
     for modality, info in modalities.items():
-        shards = tuple(Shard(str(folder / e["file"]), e["split"], e["samples"],
-                             partial(read_tar, str(folder / e["file"]), e["split"]))
-                       for e in entries if e["modality"] == modality)
+        shards = tuple(
+            Shard(
+                str(folder / e["file"]),
+                e["split"],
+                e["samples"],
+                partial(read_tar, str(folder / e["file"]), e["split"]),
+            )
+            for e in entries
+            if e["modality"] == modality
+        )
         if shards:
-            tasks.append(TaskData(name=folder.name, source=folder, modality=modality, rows=[],
-                                  target=info.get("target"), classes=list(info.get("classes", [])),
-                                  stream=Stream(shards)))
+            tasks.append(
+                TaskData(
+                    name=folder.name,
+                    source=folder,
+                    modality=modality,
+                    rows=[],
+                    target=info.get("target"),
+                    classes=list(info.get("classes", [])),
+                    stream=Stream(shards),
+                )
+            )
     if not tasks:
         raise DataError(f"{spec or folder}: no shards")
     return tasks
 
 
-def write_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, shard_size: int | str = "500MB",
-                 split: str | None = None, allow_outside_root: bool = False) -> dict[str, Any]:
+def write_shards(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    shard_size: int | str = "500MB",
+    split: str | None = None,
+    allow_outside_root: bool = False,
+) -> dict[str, Any]:
     """Write the samples of `inputs` (manifests, dataset folders, class-per-folder trees) as tar
     shards of at most `shard_size` bytes in `output`, one split and modality per shard, with
     `index.json`; only split `split` when given. The same inputs give byte-identical shards.
@@ -192,8 +222,14 @@ def write_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                 if writer is not None:
                     close_shard(writer, out, entries[-1])
                 number = 0 if writer is None else number + 1
-                entries.append({"file": f"{split_name or 'data'}-{modality}-{number:06d}.tar",
-                                "split": split_name or None, "modality": modality, "samples": 0})
+                entries.append(
+                    {
+                        "file": f"{split_name or 'data'}-{modality}-{number:06d}.tar",
+                        "split": split_name or None,
+                        "modality": modality,
+                        "samples": 0,
+                    }
+                )
                 writer, size = TarWriter(str(out / f".tmp-{entries[-1]['file']}"), encoder=False, mtime=0), 1024
             writer.write({"__key__": f"{n:08d}", **members})
             entries[-1]["samples"] += 1
@@ -201,9 +237,15 @@ def write_shards(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
             bar.update(1)
         close_shard(writer, out, entries[-1])
     bar.close()
-    index = {"format": FORMAT, "shards": entries, "modalities": modality_info(tasks, split),
-             "splits": {s or "-": sum(e["samples"] for e in entries if e["split"] == (s or None))
-                        for s in sorted({e["split"] or "" for e in entries})}}
+    index = {
+        "format": FORMAT,
+        "shards": entries,
+        "modalities": modality_info(tasks, split),
+        "splits": {
+            s or "-": sum(e["samples"] for e in entries if e["split"] == (s or None))
+            for s in sorted({e["split"] or "" for e in entries})
+        },
+    }
     tmp = out / f".tmp-{INDEX}"
     tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(tmp, out / INDEX)
@@ -240,8 +282,9 @@ def remove_old_shards(out: Path) -> None:
     try:
         old = json.loads((out / INDEX).read_text())["shards"]
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{out / INDEX}: not a shard index written by omnivec data shard ({e}); "
-                        "choose another --output") from e
+        raise DataError(
+            f"{out / INDEX}: not a shard index written by omnivec data shard ({e}); choose another --output"
+        ) from e
     (out / INDEX).unlink()  # first: an index never lists shards that are gone
     for entry in old:
         (out / Path(entry["file"]).name).unlink(missing_ok=True)
@@ -259,5 +302,7 @@ def modality_info(tasks: list[TaskData], split: str | None) -> dict[str, dict[st
         if entry["target"] != task.target:
             entry["target"] = None
         entry["classes"] |= set(task.classes)
-    return {m: {**e, "classes": sorted(e["classes"]) if e["target"] in ("label", "labels") else []}
-            for m, e in sorted(info.items())}
+    return {
+        m: {**e, "classes": sorted(e["classes"]) if e["target"] in ("label", "labels") else []}
+        for m, e in sorted(info.items())
+    }

@@ -7,13 +7,15 @@ shard is read twice in an epoch. Each worker shuffles its samples through a buff
 (seed, epoch, rank, worker) and counts the samples it hands out: that count (per worker) is the
 stream's position, kept in checkpoints, from which a resumed run continues at the same sample.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import random
 import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -50,7 +52,7 @@ class Stream:
         counts = [s.samples for s in self.split(name)]
         return None if None in counts else sum(counts)
 
-    def relabel(self, label_map: Mapping[str, str]) -> "Stream":
+    def relabel(self, label_map: Mapping[str, str]) -> Stream:
         return dataclasses.replace(self, label_map={**self.label_map, **label_map})
 
 
@@ -63,9 +65,18 @@ class StreamDataset(IterableDataset):
     `epoch`, `start` ({worker: samples to pass over}) and `rotation` (which worker plays worker 0)
     are set before each pass (`MultiModalLoader`); workers are not persistent, so they see them."""
 
-    def __init__(self, tasks: Sequence[Any], split: str | None, transform: Callable[..., Any] | None,
-                 skip_bad: bool = False, seed: int = 0, shuffle: bool = True, buffer: int = 1000,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        tasks: Sequence[Any],
+        split: str | None,
+        transform: Callable[..., Any] | None,
+        skip_bad: bool = False,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer: int = 1000,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.task, self.transform, self.skip_bad, self.seed = tasks[0], transform, skip_bad, seed
         self.shuffle, self.buffer, self.rank, self.world_size = shuffle, buffer, rank, world_size
         self.shards = [(t.stream, s) for t in tasks for s in t.stream.split(split)]
@@ -73,9 +84,11 @@ class StreamDataset(IterableDataset):
         if not self.shards:
             raise DataError(f"{sources}: no shards of split {split!r}")
         if len(self.shards) < world_size:
-            raise DataError(f"{sources}: {len(self.shards)} shards of split {split!r} cannot feed {world_size} "
-                            "processes without reading one twice; write smaller shards (omnivec data shard "
-                            "--shard-size)")
+            raise DataError(
+                f"{sources}: {len(self.shards)} shards of split {split!r} cannot feed {world_size} "
+                "processes without reading one twice; write smaller shards (omnivec data shard "
+                "--shard-size)"
+            )
         offsets, total = [], 0
         for _, shard in self.shards:
             offsets.append(total)
@@ -106,7 +119,7 @@ class StreamDataset(IterableDataset):
         order = list(range(len(self.shards)))
         if self.shuffle:
             random.Random(self.seed * 7919 + self.epoch).shuffle(order)
-        return order[self.rank::self.world_size][worker::workers]
+        return order[self.rank :: self.world_size][worker::workers]
 
     def raw(self, shard_ids: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
         """(index, row) of every sample of the shards, in order; a shard that cannot be read raises
@@ -118,8 +131,11 @@ class StreamDataset(IterableDataset):
                 for key, row in shard.read():
                     if stream.label_map:
                         row = relabel_row(row, stream.label_map)
-                    index = (self.offsets[k] + n if self.offsets[k] is not None
-                             else zlib.crc32(f"{shard.name}:{key}".encode()))
+                    index = (
+                        self.offsets[k] + n
+                        if self.offsets[k] is not None
+                        else zlib.crc32(f"{shard.name}:{key}".encode())
+                    )
                     n += 1
                     if row.get("split") and shard.split and row["split"] != shard.split:
                         continue  # e.g. a val sample in shards read without an index: never trained on
@@ -129,8 +145,10 @@ class StreamDataset(IterableDataset):
                     raise
                 yield -1, {"error": str(e)}
             if shard.samples is not None and n != shard.samples and not self.skip_bad:
-                raise DataError(f"{shard.name}: holds {n} samples, its index says {shard.samples}; "
-                                "write the shards again (omnivec data shard)")
+                raise DataError(
+                    f"{shard.name}: holds {n} samples, its index says {shard.samples}; "
+                    "write the shards again (omnivec data shard)"
+                )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = self.worker()
@@ -153,8 +171,10 @@ class StreamDataset(IterableDataset):
             try:
                 target = encode_target(row, self.target_kind, self.class_index)
             except (KeyError, TypeError) as e:
-                raise DataError(f"{row.get('where')}: no usable {self.target_kind} ({e!r}; classes: "
-                                f"{sorted(self.class_index)[:10]})") from e
+                raise DataError(
+                    f"{row.get('where')}: no usable {self.target_kind} ({e!r}; classes: "
+                    f"{sorted(self.class_index)[:10]})"
+                ) from e
         except DataError as e:
             if not self.skip_bad:
                 raise

@@ -5,9 +5,10 @@ modality's own encoder. Each wraps the library's model (`encoder.library`), feed
 model-ready inputs, drops masked tokens after the library's patch embedding, and hands the
 library's output tokens to the shared backbone through an optional projection.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

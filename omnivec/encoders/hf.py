@@ -1,5 +1,6 @@
 """What the transformers families share: the checkpoint's config and weights, read once, and the
 patch-encoder path of ViT and AST."""
+
 from __future__ import annotations
 
 import pickle
@@ -50,12 +51,15 @@ def require_same(modality: str, key: str, ours: Any, theirs: Any, source: str) -
 def require_type(modality: str, config: Any, model_types: tuple[str, ...], source: str) -> None:
     """The checkpoint must be one of the architectures this encoder drives."""
     if config.model_type not in model_types:
-        raise ConfigError(f"modalities.{modality}.pretrained: expected a checkpoint of type {' or '.join(model_types)}, "
-                          f"{source} is {config.model_type!r}")
+        raise ConfigError(
+            f"modalities.{modality}.pretrained: expected a checkpoint of type {' or '.join(model_types)}, "
+            f"{source} is {config.model_type!r}"
+        )
 
 
-def run_layers(model: nn.Module, prefix: torch.Tensor, tokens: torch.Tensor,
-               padding_mask: torch.Tensor | None) -> torch.Tensor:
+def run_layers(
+    model: nn.Module, prefix: torch.Tensor, tokens: torch.Tensor, padding_mask: torch.Tensor | None
+) -> torch.Tensor:
     """transformers' ViT and AST after their embeddings: prefix tokens [B, n, width] (CLS, ...,
     positions added) joined to the kept patch tokens [B, K, width], dropout, `model.layers` with the
     prefix always attended, the final LayerNorm -> the patch tokens' outputs [B, K, width]."""
@@ -112,7 +116,7 @@ class HFPatchEncoder(HFEncoder):
 
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         emb = self.library.embeddings
-        tokens = emb.patch_embeddings(x) + emb.position_embeddings[:, self.num_prefix_tokens:]  # [B, L, width]
+        tokens = emb.patch_embeddings(x) + emb.position_embeddings[:, self.num_prefix_tokens :]  # [B, L, width]
         return Tokens(tokens, target=self.patch_target(x) if with_target else None)
 
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -124,5 +128,6 @@ class HFPatchEncoder(HFEncoder):
     def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
         if key != "embeddings.position_embeddings":
             return None
-        return resample_abs_pos_embed(tensor, list(self.grid), self.checkpoint_grid(source.config),
-                                      num_prefix_tokens=self.num_prefix_tokens)
+        return resample_abs_pos_embed(
+            tensor, list(self.grid), self.checkpoint_grid(source.config), num_prefix_tokens=self.num_prefix_tokens
+        )

@@ -3,6 +3,7 @@
 
 omnivec's fbank transform already matches AST's input ([frames, mel], AudioSet statistics); set
 `patch_stride` to the checkpoint's stride (10 for the published ones)."""
+
 from __future__ import annotations
 
 from typing import Any

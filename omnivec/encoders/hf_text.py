@@ -1,6 +1,7 @@
 """Text encoder from transformers: BERT-layout encoders (BERT, RoBERTa, MiniLM, ELECTRA, XLM-R, ...)
 with their tokenizer (`pretrained: "hf:bert-base-uncased"` or a local directory). The text config's
 `tokenizer` defaults to the same checkpoint and `vocab_size` is taken from it."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,8 +26,10 @@ class HFTextEncoder(HFEncoder, TextEncoder):
         config = library_config(cfg, "text")
         limit = getattr(config, "max_position_embeddings", cfg.max_length)
         if cfg.max_length > limit:
-            raise ConfigError(f"modalities.text.max_length: expected at most {limit} (the positions of "
-                              f"{cfg.pretrained}), got {cfg.max_length}")
+            raise ConfigError(
+                f"modalities.text.max_length: expected at most {limit} (the positions of "
+                f"{cfg.pretrained}), got {cfg.max_length}"
+            )
         cfg.vocab_size = config.vocab_size
         ModalityEncoder.__init__(self, cfg, dim, width=config.hidden_size)
         try:
@@ -34,8 +37,10 @@ class HFTextEncoder(HFEncoder, TextEncoder):
         except TypeError:  # a model without a pooler
             self.library = AutoModel.from_config(config)
         if not (hasattr(self.library, "embeddings") and hasattr(self.library, "encoder")) or config.is_decoder:
-            raise ConfigError(f"modalities.text.pretrained: expected a BERT-layout encoder (embeddings + encoder: "
-                              f"BERT, RoBERTa, MiniLM, ELECTRA, ...), {cfg.pretrained} is {config.model_type!r}")
+            raise ConfigError(
+                f"modalities.text.pretrained: expected a BERT-layout encoder (embeddings + encoder: "
+                f"BERT, RoBERTa, MiniLM, ELECTRA, ...), {cfg.pretrained} is {config.model_type!r}"
+            )
 
     def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
         ids = self._unpack(x)[0]  # [B, L]

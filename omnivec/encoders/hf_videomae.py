@@ -1,6 +1,7 @@
 """Video encoder from transformers: VideoMAE checkpoints (`pretrained: "hf:MCG-NJU/videomae-base"` or a
 local directory). Tubelets and their order match omnivec's video encoder; VideoMAE's positions are
 fixed sinusoids, rebuilt for the configured frames and size, so nothing needs resizing."""
+
 from __future__ import annotations
 
 import torch

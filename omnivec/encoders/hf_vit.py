@@ -1,5 +1,6 @@
 """Image encoder from transformers: any ViT checkpoint (`pretrained: "hf:google/vit-base-patch16-224"`
 or a local directory); patch tokens, masking works."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Loading another library's weights into an omnivec encoder, with a report of what happened."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ class LoadReport:
         def some(names: list[str]) -> str:
             return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
 
-        return (f"{self.source}: {len(self.loaded)} tensors loaded, {len(self.resized)} resized{some(self.resized)}, "
-                f"{len(self.new)} new{some(self.new)}, {len(self.unused)} unused{some(self.unused)}")
+        return (
+            f"{self.source}: {len(self.loaded)} tensors loaded, {len(self.resized)} resized{some(self.resized)}, "
+            f"{len(self.new)} new{some(self.new)}, {len(self.unused)} unused{some(self.unused)}"
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -51,9 +54,11 @@ def refused_pickle(where: str, error: Exception) -> ConfigError:
     """The error for a pickled checkpoint that `torch.load(weights_only=True)` refused: what it held,
     and the safe way on (safetensors), never the advice to unpickle it."""
     detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
-    return ConfigError(f"{where}: not a weights-only PyTorch checkpoint, so it was refused and nothing in it ran"
-                       f"{f' ({detail})' if detail else ''}; convert it once, where you trust it, to safetensors "
-                       "(save_pretrained(..., safe_serialization=True) or safetensors.torch.save_file)")
+    return ConfigError(
+        f"{where}: not a weights-only PyTorch checkpoint, so it was refused and nothing in it ran"
+        f"{f' ({detail})' if detail else ''}; convert it once, where you trust it, to safetensors "
+        "(save_pretrained(..., safe_serialization=True) or safetensors.torch.save_file)"
+    )
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -110,7 +115,8 @@ class LibraryEncoder:
                 if fitted is None:
                     raise ConfigError(
                         f"{self.cfg.pretrained}: tensor {key!r} has shape {list(tensor.shape)} in the checkpoint, "
-                        f"the configured encoder expects {list(value.shape)}")
+                        f"the configured encoder expects {list(value.shape)}"
+                    )
                 report.resized.append(f"{key} {list(tensor.shape)} -> {list(value.shape)}")
                 tensor = fitted
             else:

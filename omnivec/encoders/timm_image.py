@@ -5,6 +5,7 @@
 `checkpoint:` names (.safetensors, or .pth/.bin read with weights_only); `library_config:` holds
 keyword arguments of `timm.create_model` (e.g. {depth: 6}) for checkpoints of modified architectures.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ def model_name(cfg: ImageConfig) -> str:
     return cfg.pretrained.partition(":")[2]
 
 
-def create_timm_model(name: str, in_chans: int, image_size: int | None = None, pretrained: bool = False,
-                      **kwargs) -> nn.Module:
+def create_timm_model(
+    name: str, in_chans: int, image_size: int | None = None, pretrained: bool = False, **kwargs
+) -> nn.Module:
     """The timm model `name` without classifier, at `image_size` (None: the model's default);
     `kwargs` (the modality's `library_config`) change its architecture, e.g. {"depth": 6}."""
     import timm
@@ -49,10 +51,14 @@ class TimmSource(LibraryEncoder):
         if self.cfg.checkpoint:
             return Source(read_weights(self.cfg.checkpoint))
         try:  # the hub weights, at the model's default input size
-            model = create_timm_model(model_name(self.cfg), self.cfg.in_chans, pretrained=True, **self.cfg.library_config)
+            model = create_timm_model(
+                model_name(self.cfg), self.cfg.in_chans, pretrained=True, **self.cfg.library_config
+            )
         except (OSError, RuntimeError) as e:
-            raise ConfigError(f"modalities.image.pretrained: cannot download the weights of "
-                              f"{model_name(self.cfg)!r} ({e}); set modalities.image.checkpoint to a local file") from e
+            raise ConfigError(
+                f"modalities.image.pretrained: cannot download the weights of "
+                f"{model_name(self.cfg)!r} ({e}); set modalities.image.checkpoint to a local file"
+            ) from e
         return Source(model.state_dict())
 
 
@@ -64,7 +70,9 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
         ModalityEncoder.__init__(self, cfg, dim, width=model.embed_dim)  # the library's patch embedding, not ours
         patch = model.patch_embed.patch_size[0]
         if patch != cfg.patch_size:
-            raise ConfigError(f"modalities.image.patch_size: expected {patch} (as {model_name(cfg)}), got {cfg.patch_size}")
+            raise ConfigError(
+                f"modalities.image.patch_size: expected {patch} (as {model_name(cfg)}), got {cfg.patch_size}"
+            )
         self.library = model
         self.num_prefix_tokens = model.num_prefix_tokens
         self.pos_prefix = 0 if model.no_embed_class else model.num_prefix_tokens  # prefix slots in pos_embed
@@ -76,7 +84,7 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
     def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
         tokens = self.library.patch_embed(x)  # [B, L, width]
         if self.library.pos_embed is not None:
-            tokens = tokens + self.library.pos_embed[:, self.pos_prefix:]
+            tokens = tokens + self.library.pos_embed[:, self.pos_prefix :]
         return Tokens(tokens, target=self.patch_target(x) if with_target else None)
 
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -94,12 +102,14 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
             mask = attention_mask(nn.functional.pad(padding_mask, (self.num_prefix_tokens, 0), value=True))
             for block in m.blocks:
                 x = block(x, attn_mask=mask)
-        return super().encode(m.norm(x)[:, self.num_prefix_tokens:], padding_mask)
+        return super().encode(m.norm(x)[:, self.num_prefix_tokens :], padding_mask)
 
     def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:
         if key != "pos_embed":
             return None
-        return resample_abs_pos_embed(tensor, list(self.library.patch_embed.grid_size), num_prefix_tokens=self.pos_prefix)
+        return resample_abs_pos_embed(
+            tensor, list(self.library.patch_embed.grid_size), num_prefix_tokens=self.pos_prefix
+        )
 
 
 class TimmConvEncoder(TimmSource, ImageEncoder):
@@ -118,8 +128,10 @@ class TimmConvEncoder(TimmSource, ImageEncoder):
             features = model.eval().forward_features(torch.zeros(1, cfg.in_chans, cfg.image_size, cfg.image_size))
         model.train(was_training)
         if features.ndim != 4 or features.shape[1] != model.num_features:
-            raise ConfigError(f"modalities.image.pretrained: {model_name(cfg)!r} is neither a timm VisionTransformer "
-                              f"nor a network with [B, C, h, w] features (got {list(features.shape)})")
+            raise ConfigError(
+                f"modalities.image.pretrained: {model_name(cfg)!r} is neither a timm VisionTransformer "
+                f"nor a network with [B, C, h, w] features (got {list(features.shape)})"
+            )
         self.grid = tuple(features.shape[-2:])
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width))
 
@@ -134,8 +146,10 @@ class TimmConvEncoder(TimmSource, ImageEncoder):
         return Tokens(features.flatten(2).transpose(1, 2) + self.pos_embed)  # [B, h*w, width]
 
     def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
-        raise InputError(f"image: masked pretraining needs patch tokens, and {model_name(self.cfg)} is convolutional; "
-                         "pretrain the other modalities and fine-tune this one, or use a ViT")
+        raise InputError(
+            f"image: masked pretraining needs patch tokens, and {model_name(self.cfg)} is convolutional; "
+            "pretrain the other modalities and fine-tune this one, or use a ViT"
+        )
 
 
 @register_encoder("image", "timm")
@@ -144,5 +158,7 @@ def timm_image_encoder(cfg: ImageConfig, dim: int) -> ModalityEncoder:
     try:
         model = create_timm_model(model_name(cfg), cfg.in_chans, cfg.image_size, **cfg.library_config)
     except TypeError as e:
-        raise ConfigError(f"modalities.image.library_config: {cfg.library_config} does not fit {model_name(cfg)!r} ({e})") from e
+        raise ConfigError(
+            f"modalities.image.library_config: {cfg.library_config} does not fit {model_name(cfg)!r} ({e})"
+        ) from e
     return (TimmViTEncoder if isinstance(model, VisionTransformer) else TimmConvEncoder)(cfg, dim, model)

@@ -10,6 +10,7 @@ mapping fills the trunk. The image tokens of such a model equal the library's ow
 (`forward_features` without the prefix): the CLS token attends in every block and is dropped after
 the final norm (tests/test_trunk.py).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -49,14 +50,19 @@ class Trunk:
         if image is None:
             return
         if image.pretrained:
-            raise ConfigError(f"modalities.{IMAGE}.pretrained: expected '' with backbone.pretrained set (the image "
-                              f"modality then uses {source}'s patch embedding; no second ViT), got {image.pretrained!r}")
+            raise ConfigError(
+                f"modalities.{IMAGE}.pretrained: expected '' with backbone.pretrained set (the image "
+                f"modality then uses {source}'s patch embedding; no second ViT), got {image.pretrained!r}"
+            )
         for key, value in (("patch_size", self.patch_size), ("in_chans", self.in_chans)):
             if getattr(image, key) != value:
-                raise ConfigError(f"modalities.{IMAGE}.{key}: expected {value} (as in {source}), got {getattr(image, key)}")
+                raise ConfigError(
+                    f"modalities.{IMAGE}.{key}: expected {value} (as in {source}), got {getattr(image, key)}"
+                )
         if image.width not in (None, self.arch["dim"]):
-            raise ConfigError(f"modalities.{IMAGE}.width: expected the trunk's width {self.arch['dim']} (or none), "
-                              f"got {image.width}")
+            raise ConfigError(
+                f"modalities.{IMAGE}.width: expected the trunk's width {self.arch['dim']} (or none), got {image.width}"
+            )
 
 
 def source_name(cfg: BackboneConfig) -> str:
@@ -78,22 +84,38 @@ def timm_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
     try:
         model = timm.create_model(name, pretrained=download, num_classes=0, **cfg.library_config)
     except (OSError, RuntimeError) as e:
-        raise ConfigError(f"backbone.pretrained: cannot download the weights of {name!r} ({e}); set "
-                          "backbone.checkpoint to a local file") from e
+        raise ConfigError(
+            f"backbone.pretrained: cannot download the weights of {name!r} ({e}); set "
+            "backbone.checkpoint to a local file"
+        ) from e
     if not isinstance(model, VisionTransformer):
-        raise ConfigError(f"backbone.pretrained: expected a timm VisionTransformer, {name!r} is a {type(model).__name__}")
+        raise ConfigError(
+            f"backbone.pretrained: expected a timm VisionTransformer, {name!r} is a {type(model).__name__}"
+        )
     block = model.blocks[0]
-    arch = {"dim": model.embed_dim, "depth": len(model.blocks), "num_heads": block.attn.num_heads,
-            "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim, "qkv_bias": block.attn.qkv.bias is not None,
-            "init_values": 1e-5 if isinstance(block.ls1, LayerScale) else None, "norm_eps": block.norm1.eps,
-            "pre_norm": not isinstance(model.norm_pre, nn.Identity),
-            "act": "quick_gelu" if isinstance(block.mlp.act, QuickGELU) else "gelu",
-            "num_prefix_tokens": model.num_prefix_tokens}
+    arch = {
+        "dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": block.attn.num_heads,
+        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
+        "qkv_bias": block.attn.qkv.bias is not None,
+        "init_values": 1e-5 if isinstance(block.ls1, LayerScale) else None,
+        "norm_eps": block.norm1.eps,
+        "pre_norm": not isinstance(model.norm_pre, nn.Identity),
+        "act": "quick_gelu" if isinstance(block.mlp.act, QuickGELU) else "gelu",
+        "num_prefix_tokens": model.num_prefix_tokens,
+    }
     state = {}
     if with_weights:
         state = read_weights(cfg.checkpoint) if cfg.checkpoint else model.state_dict()
-    return Trunk(arch, model.patch_embed.patch_size[0], model.patch_embed.proj.in_channels,
-                 tuple(model.patch_embed.grid_size), 0 if model.no_embed_class else model.num_prefix_tokens, state)
+    return Trunk(
+        arch,
+        model.patch_embed.patch_size[0],
+        model.patch_embed.proj.in_channels,
+        tuple(model.patch_embed.grid_size),
+        0 if model.no_embed_class else model.num_prefix_tokens,
+        state,
+    )
 
 
 HF_TYPES = ("vit", "vit_mae", "dinov2")
@@ -147,18 +169,31 @@ def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"backbone.pretrained: cannot read {source!r} ({e})") from e
     if config.model_type not in HF_TYPES:
-        raise ConfigError(f"backbone.pretrained: expected a checkpoint of type {' or '.join(HF_TYPES)}, "
-                          f"{source} is {config.model_type!r}")
+        raise ConfigError(
+            f"backbone.pretrained: expected a checkpoint of type {' or '.join(HF_TYPES)}, "
+            f"{source} is {config.model_type!r}"
+        )
     if config.hidden_act != "gelu":
         raise ConfigError(f"backbone.pretrained: {source} uses activation {config.hidden_act!r}; the trunk has gelu")
     cfg.library_config = config.to_dict()
     dinov2 = config.model_type == "dinov2"
-    arch = {"dim": config.hidden_size, "depth": config.num_hidden_layers, "num_heads": config.num_attention_heads,
-            "mlp_ratio": float(config.mlp_ratio) if dinov2 else config.intermediate_size / config.hidden_size,
-            "qkv_bias": config.qkv_bias, "init_values": float(config.layerscale_value) if dinov2 else None,
-            "norm_eps": config.layer_norm_eps, "pre_norm": False, "act": "gelu", "num_prefix_tokens": 1}
-    decoder = {"num_heads": config.decoder_num_attention_heads, "norm_eps": config.layer_norm_eps} \
-        if config.model_type == "vit_mae" else {}
+    arch = {
+        "dim": config.hidden_size,
+        "depth": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "mlp_ratio": float(config.mlp_ratio) if dinov2 else config.intermediate_size / config.hidden_size,
+        "qkv_bias": config.qkv_bias,
+        "init_values": float(config.layerscale_value) if dinov2 else None,
+        "norm_eps": config.layer_norm_eps,
+        "pre_norm": False,
+        "act": "gelu",
+        "num_prefix_tokens": 1,
+    }
+    decoder = (
+        {"num_heads": config.decoder_num_attention_heads, "norm_eps": config.layer_norm_eps}
+        if config.model_type == "vit_mae"
+        else {}
+    )
     state = {}
     if with_weights:
         try:
@@ -183,7 +218,9 @@ def hf_state(source: str, with_decoder: bool) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not (absent and k.startswith("decoder."))}
 
 
-def mae_decoder(trunk: Trunk, grid: tuple[int, int]) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadReport] | None:
+def mae_decoder(
+    trunk: Trunk, grid: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadReport] | None:
     """The checkpoint's MAE decoder (the MAE repo's names; `hf_to_timm` brings ViTMAEForPreTraining's
     there) as omnivec's `MaskedDecoder`: its settings (dim, depth, num_heads, mlp_ratio, norm_eps) and
     tensors, positions interpolated to `grid`, predictions reordered from MAE's (p, p, C) pixels per
@@ -193,20 +230,32 @@ def mae_decoder(trunk: Trunk, grid: tuple[int, int]) -> tuple[dict[str, Any], di
         return None
     dim = src["decoder_embed.weight"].shape[0]
     depth = 1 + max(int(m[1]) for k in src if (m := re.match(r"decoder_blocks\.(\d+)\.", k)))
-    settings = {"dim": dim, "depth": depth, "mlp_ratio": src["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dim,
-                **trunk.decoder}
+    settings = {
+        "dim": dim,
+        "depth": depth,
+        "mlp_ratio": src["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        **trunk.decoder,
+    }
     n, p, c = trunk.pos_prefix, trunk.patch_size, trunk.in_chans
     pos = src["decoder_pos_embed"][:, n:]  # [1, h*w, d]
     report = LoadReport("MAE decoder")
     if tuple(grid) != trunk.grid:
         pos = resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
         report.resized.append(f"pos_embed {list(src['decoder_pos_embed'].shape)} -> {list(pos.shape)}")
-    tensors = {"embed.weight": src["decoder_embed.weight"], "embed.bias": src["decoder_embed.bias"],
-               "mask_token": src["mask_token"], "prefix_pos": src["decoder_pos_embed"][:, :n], "pos_embed": pos,
-               "norm.weight": src["decoder_norm.weight"], "norm.bias": src["decoder_norm.bias"],
-               **{k.removeprefix("decoder_"): v for k, v in src.items() if k.startswith("decoder_blocks.")},
-               **{f"pred.{k}": src[f"decoder_pred.{k}"].unflatten(0, (p, p, c)).movedim(2, 0).flatten(0, 2)
-                  for k in ("weight", "bias")}}  # rows (p, p, C) -> (C, p, p)
+    tensors = {
+        "embed.weight": src["decoder_embed.weight"],
+        "embed.bias": src["decoder_embed.bias"],
+        "mask_token": src["mask_token"],
+        "prefix_pos": src["decoder_pos_embed"][:, :n],
+        "pos_embed": pos,
+        "norm.weight": src["decoder_norm.weight"],
+        "norm.bias": src["decoder_norm.bias"],
+        **{k.removeprefix("decoder_"): v for k, v in src.items() if k.startswith("decoder_blocks.")},
+        **{
+            f"pred.{k}": src[f"decoder_pred.{k}"].unflatten(0, (p, p, c)).movedim(2, 0).flatten(0, 2)
+            for k in ("weight", "bias")
+        },
+    }  # rows (p, p, C) -> (C, p, p)
     report.loaded = [k for k in tensors if not (k == "pos_embed" and report.resized)]
     return settings, tensors, report
 
@@ -240,9 +289,12 @@ def trunk_tensors(trunk: Trunk, grid: tuple[int, int] | None) -> tuple[dict[str,
             if key in src:
                 out[f"encoders.{IMAGE}.{key}"] = src[key]
                 used.add(key)
-        pos = src["pos_embed"][:, trunk.pos_prefix:]  # [1, h*w, D]
-        out[f"encoders.{IMAGE}.pos_embed"] = pos if tuple(grid) == trunk.grid else \
-            resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
+        pos = src["pos_embed"][:, trunk.pos_prefix :]  # [1, h*w, D]
+        out[f"encoders.{IMAGE}.pos_embed"] = (
+            pos
+            if tuple(grid) == trunk.grid
+            else resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
+        )
     used.add("pos_embed")
     return out, used
 
@@ -261,15 +313,21 @@ def load_trunk(model: nn.Module) -> LoadReport:
         if key not in target:
             raise ConfigError(f"{cfg.pretrained}: tensor {key!r} has no place in the model (architecture mismatch)")
         if value.shape != target[key].shape:
-            raise ConfigError(f"{cfg.pretrained}: tensor {key!r} has shape {list(value.shape)} in the checkpoint, "
-                              f"the model expects {list(target[key].shape)}")
+            raise ConfigError(
+                f"{cfg.pretrained}: tensor {key!r} has shape {list(value.shape)} in the checkpoint, "
+                f"the model expects {list(target[key].shape)}"
+            )
         if key.endswith("pos_embed") and grid != trunk.grid:
             report.resized.append(f"{key} {list(trunk.state['pos_embed'].shape)} -> {list(value.shape)}")
         else:
             report.loaded.append(key)
     model.load_state_dict(tensors, strict=False)
-    fed = [k for k in target if k.startswith("backbone.") or (image is not None and k.startswith(
-        (f"encoders.{IMAGE}.patch_embed.", f"encoders.{IMAGE}.pos_embed")))]
+    fed = [
+        k
+        for k in target
+        if k.startswith("backbone.")
+        or (image is not None and k.startswith((f"encoders.{IMAGE}.patch_embed.", f"encoders.{IMAGE}.pos_embed")))
+    ]
     report.new = sorted(k for k in fed if k not in tensors)
     if image is not None and "patch_embed.proj.bias" not in trunk.state:  # e.g. CLIP: no bias, so start at zero
         nn.init.zeros_(image.patch_embed.proj.bias)

@@ -1,5 +1,6 @@
 """Action recognition head for video: attention pooling over the space-time tokens (a learned
 query attends to every tubelet token), then a linear classifier; top-1 and top-5."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ class ActionHead(ClassificationHead):
     def __init__(self, cfg: ActionHeadConfig, dim: int):
         super().__init__(cfg, dim)
         if dim % cfg.num_heads:
-            raise ConfigError(f"action head num_heads: expected a divisor of the backbone width {dim}, "
-                              f"got {cfg.num_heads}")
+            raise ConfigError(
+                f"action head num_heads: expected a divisor of the backbone width {dim}, got {cfg.num_heads}"
+            )
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         self.attn = nn.MultiheadAttention(dim, cfg.num_heads, batch_first=True)
         trunc_normal_(self.query, std=0.02)

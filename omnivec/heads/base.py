@@ -1,7 +1,9 @@
 """The task-head contract and what the heads share."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,12 +55,12 @@ class TaskHead(nn.Module):
     main_metric: str = ""
 
     @classmethod
-    def config_from_data(cls, task: str, head_args: Mapping[str, Any], modality: str, classes: list[str],
-                         model_config: OmniVecConfig) -> HeadConfig:
+    def config_from_data(
+        cls, task: str, head_args: Mapping[str, Any], modality: str, classes: list[str], model_config: OmniVecConfig
+    ) -> HeadConfig:
         """The config of task `task`'s head: `head_args` (the user's settings) completed from the data
         (`modality`, `classes`) and the model; errors name `tasks.TASK.head_args.KEY`."""
-        values = {"type": cls.name, "modality": modality, **cls.from_data(classes, model_config, task),
-                  **head_args}
+        values = {"type": cls.name, "modality": modality, **cls.from_data(classes, model_config, task), **head_args}
         return from_dict(cls.config_class, values, f"tasks.{task}.head_args")
 
     @classmethod

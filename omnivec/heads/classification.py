@@ -1,6 +1,7 @@
 """Single-label classification head: mean-pool the backbone tokens, LayerNorm, linear; softmax
 cross-entropy (on class ids with label smoothing, or on soft targets from mixup / cutmix); top-1
 and top-5 accuracy."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,10 +26,15 @@ class ClassificationHeadConfig(HeadConfig):
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "num_classes")
         require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "a float in [0, 1)", self.dropout)
-        require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing", "a float in [0, 1)",
-                self.label_smoothing)
-        require(not self.labels or len(self.labels) == self.num_classes, f"{prefix}.labels",
-                f"{self.num_classes} names (num_classes)", self.labels)
+        require(
+            0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing", "a float in [0, 1)", self.label_smoothing
+        )
+        require(
+            not self.labels or len(self.labels) == self.num_classes,
+            f"{prefix}.labels",
+            f"{self.num_classes} names (num_classes)",
+            self.labels,
+        )
 
 
 @register_head("classification")

@@ -1,4 +1,5 @@
 """Multi-label classification head (AudioSet style): independent sigmoid per class; mAP."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

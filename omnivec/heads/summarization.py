@@ -1,6 +1,7 @@
 """Summarization head: a small transformer decoder (transformers' `BertLMHeadModel` with
 cross-attention) reading the backbone's text tokens; teacher forcing for training, transformers'
 `generate` (greedy or beam search) for output; ROUGE-1/2/L."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,9 @@ class SummarizationHeadConfig(HeadConfig):
     dropout: float = 0.1
 
     def validate(self, prefix: str) -> None:
-        require_positive(self, prefix, "vocab_size", "dim", "depth", "num_heads", "max_target_length",
-                         "max_new_tokens", "num_beams")
+        require_positive(
+            self, prefix, "vocab_size", "dim", "depth", "num_heads", "max_target_length", "max_new_tokens", "num_beams"
+        )
         require(self.dim % self.num_heads == 0, f"{prefix}.num_heads", f"a divisor of dim={self.dim}", self.num_heads)
         require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "a float in [0, 1)", self.dropout)
 
@@ -54,14 +56,24 @@ class SummarizationHead(TaskHead):
         self.proj = nn.Linear(dim, cfg.dim)
         tok = self.tokenizer
         self.bos, self.eos, self.pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
-        self.decoder = BertLMHeadModel(BertConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.depth,
-            num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.dim,
-            max_position_embeddings=max(cfg.max_target_length, cfg.max_new_tokens + 1),
-            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-            is_decoder=True, add_cross_attention=True, tie_word_embeddings=False,
-            pad_token_id=self.pad, bos_token_id=self.bos, eos_token_id=self.eos,
-        ))
+        self.decoder = BertLMHeadModel(
+            BertConfig(
+                vocab_size=cfg.vocab_size,
+                hidden_size=cfg.dim,
+                num_hidden_layers=cfg.depth,
+                num_attention_heads=cfg.num_heads,
+                intermediate_size=4 * cfg.dim,
+                max_position_embeddings=max(cfg.max_target_length, cfg.max_new_tokens + 1),
+                hidden_dropout_prob=cfg.dropout,
+                attention_probs_dropout_prob=cfg.dropout,
+                is_decoder=True,
+                add_cross_attention=True,
+                tie_word_embeddings=False,
+                pad_token_id=self.pad,
+                bos_token_id=self.bos,
+                eos_token_id=self.eos,
+            )
+        )
         self.decoder.loss_type = "ForCausalLM"  # next-token cross-entropy (transformers guesses from the class name)
 
     @property
@@ -74,16 +86,23 @@ class SummarizationHead(TaskHead):
         raise TypeError("the summarization head generates text: use predict(), or loss() with targets")
 
     def _memory(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if padding_mask is None else padding_mask.long()
+        mask = (
+            torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if padding_mask is None else padding_mask.long()
+        )
         return {"encoder_hidden_states": self.proj(x), "encoder_attention_mask": mask}
 
     def loss(self, x: torch.Tensor, padding_mask: torch.Tensor | None, target: list[str]) -> torch.Tensor:
         """Teacher forcing: cross-entropy of each summary token given the previous ones and the text."""
-        enc = self.tokenizer(list(target), truncation=True, max_length=self.cfg.max_target_length, padding=True,
-                             return_tensors="pt").to(x.device)
+        enc = self.tokenizer(
+            list(target), truncation=True, max_length=self.cfg.max_target_length, padding=True, return_tensors="pt"
+        ).to(x.device)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # no loss on padding
-        out = self.decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels,
-                           **self._memory(x, padding_mask))
+        out = self.decoder(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            labels=labels,
+            **self._memory(x, padding_mask),
+        )
         return out.loss
 
     @torch.no_grad()
@@ -96,9 +115,18 @@ class SummarizationHead(TaskHead):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         start = torch.full((x.shape[0], 1), self.bos, dtype=torch.long, device=x.device)
-        options = dict(max_new_tokens=self.cfg.max_new_tokens, num_beams=self.cfg.num_beams, do_sample=False,
-                       no_repeat_ngram_size=self.cfg.no_repeat_ngram_size, eos_token_id=self.eos,
-                       pad_token_id=self.pad, use_cache=True) | overrides
+        options = (
+            dict(
+                max_new_tokens=self.cfg.max_new_tokens,
+                num_beams=self.cfg.num_beams,
+                do_sample=False,
+                no_repeat_ngram_size=self.cfg.no_repeat_ngram_size,
+                eos_token_id=self.eos,
+                pad_token_id=self.pad,
+                use_cache=True,
+            )
+            | overrides
+        )
         if options["use_cache"]:
             config = self.decoder.config
             options["cache"] = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))

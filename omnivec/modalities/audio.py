@@ -1,4 +1,5 @@
 """Audio modality: Kaldi log-mel fbank (torchaudio) cut into spectrogram patches, AST style."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ class AudioConfig(PatchConfig):
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
-        require_positive(self, prefix, "sample_rate", "num_mel_bins", "target_frames", "patch_size",
-                         "patch_stride", "std")
+        require_positive(
+            self, prefix, "sample_rate", "num_mel_bins", "target_frames", "patch_size", "patch_stride", "std"
+        )
         for key in ("num_mel_bins", "target_frames"):
             value = getattr(self, key)
             require(value >= self.patch_size, f"{prefix}.{key}", f">= patch_size={self.patch_size}", value)
@@ -69,19 +71,29 @@ class AudioAugment(AugmentConfig):
     three-way speed perturbation, and mild gain and noise; band-limiting, aimed at telephone
     recordings, is off. 0 or an empty list switches one off."""
 
-    speed: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed factors, one drawn per clip (torchaudio SpeedPerturbation; Kaldi)
+    speed: tuple[float, ...] = (
+        0.9,
+        1.0,
+        1.1,
+    )  # speed factors, one drawn per clip (torchaudio SpeedPerturbation; Kaldi)
     band_limit: float = 0.0  # probability of resampling through 8 kHz (telephone band: nothing above 4 kHz)
     time_shift: float = 0.1  # roll the waveform by up to this many seconds either way (AST, AudioMAE)
     gain_db: float = 6.0  # random gain, uniform in +-gain_db decibels (torchaudio gain)
     noise_snr_db: tuple[float, ...] = (20.0, 40.0)  # white noise at an SNR drawn from this range (torchaudio add_noise)
     freq_mask: int = 48  # SpecAugment: up to this many mel bins masked (AST, AudioMAE: 48 of 128)
-    time_mask: int = 192  # SpecAugment: up to this many frames masked (AST, AudioMAE: 192 of 1024; AST speech commands: 48 of 128)
+    time_mask: int = (
+        192  # SpecAugment: up to this many frames masked (AST, AudioMAE: 192 of 1024; AST speech commands: 48 of 128)
+    )
 
     def validate(self, prefix: str) -> None:
         require(all(f > 0 for f in self.speed), f"{prefix}.speed", "positive speed factors ([] off)", self.speed)
         require(0 <= self.band_limit <= 1, f"{prefix}.band_limit", "a probability in [0, 1]", self.band_limit)
-        require(len(self.noise_snr_db) in (0, 2) and list(self.noise_snr_db) == sorted(self.noise_snr_db),
-                f"{prefix}.noise_snr_db", "[] (off) or [low, high] decibels", self.noise_snr_db)
+        require(
+            len(self.noise_snr_db) in (0, 2) and list(self.noise_snr_db) == sorted(self.noise_snr_db),
+            f"{prefix}.noise_snr_db",
+            "[] (off) or [low, high] decibels",
+            self.noise_snr_db,
+        )
         for key in ("time_shift", "gain_db", "freq_mask", "time_mask"):
             require(getattr(self, key) >= 0, f"{prefix}.{key}", "a number >= 0 (0: off)", getattr(self, key))
 
@@ -93,9 +105,17 @@ class WaveformAugment:
 
     def __init__(self, augment: AudioAugment, sample_rate: int):
         self.augment, self.sample_rate = augment, sample_rate
-        self.speed = torchaudio.transforms.SpeedPerturbation(sample_rate, list(augment.speed)) if augment.speed else None
-        self.band = nn.Sequential(torchaudio.transforms.Resample(sample_rate, self.TELEPHONE_RATE),
-                                  torchaudio.transforms.Resample(self.TELEPHONE_RATE, sample_rate)) if augment.band_limit else None
+        self.speed = (
+            torchaudio.transforms.SpeedPerturbation(sample_rate, list(augment.speed)) if augment.speed else None
+        )
+        self.band = (
+            nn.Sequential(
+                torchaudio.transforms.Resample(sample_rate, self.TELEPHONE_RATE),
+                torchaudio.transforms.Resample(self.TELEPHONE_RATE, sample_rate),
+            )
+            if augment.band_limit
+            else None
+        )
 
     def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
         a, F = self.augment, torchaudio.functional
@@ -136,10 +156,14 @@ class AudioTransform:
         if not sample_rate or sample_rate <= 0:
             raise InputError(f"audio: expected a positive sample rate, got {sample_rate!r}")
         if waveform.ndim not in (1, 2) or waveform.numel() == 0:
-            raise InputError(f"audio: expected a waveform [channels, samples] or [samples], got shape {list(waveform.shape)}")
+            raise InputError(
+                f"audio: expected a waveform [channels, samples] or [samples], got shape {list(waveform.shape)}"
+            )
         if waveform.ndim == 2 and waveform.shape[0] > MAX_CHANNELS:
-            raise InputError(f"audio: expected a waveform [channels, samples], got shape {list(waveform.shape)} "
-                             "(more than 16 channels: for soundfile's [samples, channels] layout pass waveform.T)")
+            raise InputError(
+                f"audio: expected a waveform [channels, samples], got shape {list(waveform.shape)} "
+                "(more than 16 channels: for soundfile's [samples, channels] layout pass waveform.T)"
+            )
         if not waveform.is_floating_point():  # integer PCM -> [-1, 1]
             info = torch.iinfo(waveform.dtype)
             waveform = (waveform.double() - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
@@ -154,13 +178,19 @@ class AudioTransform:
         if waveform.shape[1] < window:  # shorter than one frame: pad so one frame exists
             waveform = nn.functional.pad(waveform, (0, window - waveform.shape[1]))
         fbank = torchaudio.compliance.kaldi.fbank(
-            waveform, htk_compat=True, sample_frequency=cfg.sample_rate, use_energy=False,
-            window_type="hanning", num_mel_bins=cfg.num_mel_bins, dither=0.0, frame_shift=10,
+            waveform,
+            htk_compat=True,
+            sample_frequency=cfg.sample_rate,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=cfg.num_mel_bins,
+            dither=0.0,
+            frame_shift=10,
         )  # [frames, mel]
         extra = fbank.shape[0] - cfg.target_frames
         if extra > 0:
             start = int(torch.randint(extra + 1, ())) if self.train else 0
-            fbank = fbank[start:start + cfg.target_frames]
+            fbank = fbank[start : start + cfg.target_frames]
         elif extra < 0:
             fbank = nn.functional.pad(fbank, (0, 0, 0, -extra))
         fbank = (fbank - cfg.mean) / (2 * cfg.std)  # [target_frames, mel]
@@ -225,7 +255,9 @@ class AudioEncoder(ModalityEncoder):
         self._check_tensor(x, (None, t, f), f"[B, {t}, {f}] (fbank frames, mel bins)")
 
     @classmethod
-    def build_transform(cls, cfg: AudioConfig, train: bool = False, augment: AudioAugment | None = None) -> AudioTransform:
+    def build_transform(
+        cls, cfg: AudioConfig, train: bool = False, augment: AudioAugment | None = None
+    ) -> AudioTransform:
         return AudioTransform(cfg, train, augment)
 
     @classmethod

@@ -1,9 +1,11 @@
 """`ModalityEncoder`: what every modality file implements, and how it plugs into the model."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,9 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.layer_norm(patches, (P,), eps=eps * unbias) * unbias**0.5
 
 
-def fill_hidden(raw: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, standardised: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def fill_hidden(
+    raw: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, standardised: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """raw: [n, L, P] true patches, pred: [N, P] predictions of the N hidden ones -> (patches with the
     hidden ones blank (NaN), patches with the hidden ones predicted); `standardised` predictions
     (norm_pix_loss) are rescaled with the true patch's statistics, as in MAE's figures."""
@@ -134,8 +137,9 @@ class ModalityEncoder(nn.Module):
         """The tokens to hide for masked pretraining (default: uniform random at `cfg.mask_ratio`)."""
         batch_size = len(x) if isinstance(x, torch.Tensor) else len(next(iter(x.values())))
         device = generator.device if generator is not None else None
-        return random_masking(batch_size, self.num_tokens, self.cfg.mask_ratio, self.padding_mask(x),
-                              generator=generator, device=device)
+        return random_masking(
+            batch_size, self.num_tokens, self.cfg.mask_ratio, self.padding_mask(x), generator=generator, device=device
+        )
 
     def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """pred, target: [N, P] for the N hidden tokens -> mean squared error."""
@@ -203,8 +207,9 @@ class ModalityEncoder(nn.Module):
         return [self.display(self.unpatchify(p)) for p in (raw, blank, recon)]
 
     @classmethod
-    def build_transform(cls, cfg: ModalityConfig, train: bool = False,
-                        augment: AugmentConfig | None = None) -> Callable[..., Any]:
+    def build_transform(
+        cls, cfg: ModalityConfig, train: bool = False, augment: AugmentConfig | None = None
+    ) -> Callable[..., Any]:
         """The per-sample transform from a decoded file to the model-ready tensor; `augment` (an
         `augment_class`) adds its augmentation when `train`, and is ignored otherwise."""
         raise NotImplementedError
@@ -214,8 +219,13 @@ class ModalityEncoder(nn.Module):
         """A random model-ready batch of `batch_size` samples."""
         raise NotImplementedError
 
-    def forward(self, x: Any, ids_keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None,
-                with_target: bool = False) -> Tokens:
+    def forward(
+        self,
+        x: Any,
+        ids_keep: torch.Tensor | None = None,
+        keep_valid: torch.Tensor | None = None,
+        with_target: bool = False,
+    ) -> Tokens:
         """Tokens for the backbone: [B, L, D], or [B, K, D] with `ids_keep` [B, K] (slots where
         `keep_valid` is False become padding). `target` and `positions` stay at full length L."""
         self.check_input(x)

@@ -1,4 +1,5 @@
 """Image modality: ViT patch embedding with learned 2-D positions (timm `PatchEmbed`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,12 @@ class ImageConfig(PatchConfig):
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         require_positive(self, prefix, "image_size", "patch_size", "in_chans")
-        require(self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
-                f"a divisor of image_size={self.image_size}", self.patch_size)
+        require(
+            self.image_size % self.patch_size == 0,
+            f"{prefix}.patch_size",
+            f"a divisor of image_size={self.image_size}",
+            self.patch_size,
+        )
         for key in ("mean", "std"):
             value = getattr(self, key)
             require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
@@ -52,8 +57,12 @@ class ImageAugment(AugmentConfig):
     cutmix: float = 1.0  # CutMix alpha (timm Mixup picks mixup or cutmix per batch, even odds)
 
     def validate(self, prefix: str) -> None:
-        require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-                f"{prefix}.crop_scale", "two area fractions 0 < low <= high <= 1", self.crop_scale)
+        require(
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            f"{prefix}.crop_scale",
+            "two area fractions 0 < low <= high <= 1",
+            self.crop_scale,
+        )
         for key in ("hflip", "random_erasing"):
             require(0 <= getattr(self, key) <= 1, f"{prefix}.{key}", "a probability in [0, 1]", getattr(self, key))
         for key in ("mixup", "cutmix"):
@@ -62,8 +71,12 @@ class ImageAugment(AugmentConfig):
             try:
                 rand_augment_transform(self.rand_augment, {})
             except (AssertionError, ValueError, IndexError) as e:
-                require(False, f"{prefix}.rand_augment", f"a timm RandAugment policy such as 'rand-m9-mstd0.5-inc1' ({e})",
-                        self.rand_augment)
+                require(
+                    False,
+                    f"{prefix}.rand_augment",
+                    f"a timm RandAugment policy such as 'rand-m9-mstd0.5-inc1' ({e})",
+                    self.rand_augment,
+                )
 
     def batch_mix(self) -> dict[str, float]:
         return {"mixup_alpha": self.mixup, "cutmix_alpha": self.cutmix} if self.mixup or self.cutmix else {}
@@ -80,9 +93,18 @@ class ImageTransform:
         if self.augment:
             a = self.augment
             self.pipeline = create_transform(
-                size, is_training=True, scale=a.crop_scale, hflip=a.hflip, color_jitter=None,
-                auto_augment=a.rand_augment or None, interpolation="bicubic", mean=cfg.mean, std=cfg.std,
-                re_prob=a.random_erasing, re_mode="pixel")
+                size,
+                is_training=True,
+                scale=a.crop_scale,
+                hflip=a.hflip,
+                color_jitter=None,
+                auto_augment=a.rand_augment or None,
+                interpolation="bicubic",
+                mean=cfg.mean,
+                std=cfg.std,
+                re_prob=a.random_erasing,
+                re_mode="pixel",
+            )
             for op in (o for t in self.pipeline.transforms if isinstance(t, RandAugment) for o in t.ops):
                 if op.name == "PosterizeIncreasing":
                     op.aug_fn = posterize
@@ -200,7 +222,9 @@ class ImageEncoder(ModalityEncoder):
         self._check_tensor(x, (None, c, s, s), f"[B, {c}, {s}, {s}]")
 
     @classmethod
-    def build_transform(cls, cfg: ImageConfig, train: bool = False, augment: ImageAugment | None = None) -> ImageTransform:
+    def build_transform(
+        cls, cfg: ImageConfig, train: bool = False, augment: ImageAugment | None = None
+    ) -> ImageTransform:
         return ImageTransform(cfg, train, augment)
 
     @classmethod

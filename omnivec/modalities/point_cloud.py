@@ -1,4 +1,5 @@
 """Point-cloud modality: farthest point sampling + kNN groups + a mini-PointNet per group (Point-MAE)."""
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,18 @@ class PointCloudConfig(ModalityConfig):
         super().validate(prefix)
         require_positive(self, prefix, "num_points", "num_groups", "group_size")
         require(self.in_chans >= 3, f"{prefix}.in_chans", "at least 3 (xyz first)", self.in_chans)
-        require(not self.normals or self.in_chans >= 6, f"{prefix}.in_chans", "at least 6 with normals=true "
-                "(xyz, then normals)", self.in_chans)
-        require(len(self.pointnet_dims) == 3 and min(self.pointnet_dims) > 0, f"{prefix}.pointnet_dims",
-                "three positive widths", self.pointnet_dims)
+        require(
+            not self.normals or self.in_chans >= 6,
+            f"{prefix}.in_chans",
+            "at least 6 with normals=true (xyz, then normals)",
+            self.in_chans,
+        )
+        require(
+            len(self.pointnet_dims) == 3 and min(self.pointnet_dims) > 0,
+            f"{prefix}.pointnet_dims",
+            "three positive widths",
+            self.pointnet_dims,
+        )
         for key in ("num_groups", "group_size"):
             value = getattr(self, key)
             require(value <= self.num_points, f"{prefix}.{key}", f"<= num_points={self.num_points}", value)
@@ -44,8 +53,24 @@ MESH_EXTENSIONS = (".obj", ".off", ".stl", ".ply")
 MESH_POINTS = 2048  # points sampled from a mesh's surface
 
 
-PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
-             "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+PLY_SIZES = {
+    "char": 1,
+    "uchar": 1,
+    "int8": 1,
+    "uint8": 1,
+    "short": 2,
+    "ushort": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int": 4,
+    "uint": 4,
+    "int32": 4,
+    "uint32": 4,
+    "float": 4,
+    "float32": 4,
+    "double": 8,
+    "float64": 8,
+}
 
 
 def _split_header(path: Path, last: str) -> tuple[list[list[str]], bytes] | None:
@@ -204,8 +229,12 @@ class PointCloudAugment(AugmentConfig):
     point_dropout: float = 0.875  # drop a random share, up to this, of the points: they repeat the first (PointNet++)
 
     def validate(self, prefix: str) -> None:
-        require(len(self.scale) in (0, 2) and (not self.scale or 0 < self.scale[0] <= self.scale[1]),
-                f"{prefix}.scale", "[] (off) or [low, high] with 0 < low <= high", self.scale)
+        require(
+            len(self.scale) in (0, 2) and (not self.scale or 0 < self.scale[0] <= self.scale[1]),
+            f"{prefix}.scale",
+            "[] (off) or [low, high] with 0 < low <= high",
+            self.scale,
+        )
         for key in ("rotation", "translate", "jitter", "jitter_clip"):
             require(getattr(self, key) >= 0, f"{prefix}.{key}", "a number >= 0 (0: off)", getattr(self, key))
         require(0 <= self.point_dropout < 1, f"{prefix}.point_dropout", "a share in [0, 1)", self.point_dropout)
@@ -240,7 +269,9 @@ class PointCloudAugment(AugmentConfig):
 
 # Training without `augment` (and masked pretraining unless its config asks for more): a random
 # rotation about z, one random scale and jitter.
-TRAIN_AUGMENT = PointCloudAugment(scale=(0.8, 1.2), anisotropic=False, translate=0.0, jitter_clip=0.0, point_dropout=0.0)
+TRAIN_AUGMENT = PointCloudAugment(
+    scale=(0.8, 1.2), anisotropic=False, translate=0.0, jitter_clip=0.0, point_dropout=0.0
+)
 
 
 def check_normals(normals: torch.Tensor) -> None:
@@ -251,9 +282,11 @@ def check_normals(normals: torch.Tensor) -> None:
     bad = ((length - 1).abs() > 0.02) & (length > 0)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise InputError(f"point_cloud: modalities.point_cloud.normals=true expects unit normals in columns 3:6, got "
-                         f"{[round(v, 3) for v in normals[i].tolist()]} (length {length[i]:.3f}) at point {i}; "
-                         "a file without normals has its colours there")
+        raise InputError(
+            f"point_cloud: modalities.point_cloud.normals=true expects unit normals in columns 3:6, got "
+            f"{[round(v, 3) for v in normals[i].tolist()]} (length {length[i]:.3f}) at point {i}; "
+            "a file without normals has its colours there"
+        )
 
 
 class PointCloudTransform:
@@ -269,8 +302,10 @@ class PointCloudTransform:
     def __call__(self, points) -> torch.Tensor:
         points = torch.as_tensor(points, dtype=torch.float32)
         if points.ndim != 2 or points.shape[1] < self.in_chans or points.shape[0] == 0:
-            raise InputError(f"point_cloud: expected points [N >= 1, {self.in_chans}] (x, y, z first; "
-                             f"modalities.point_cloud.in_chans), got shape {list(points.shape)}")
+            raise InputError(
+                f"point_cloud: expected points [N >= 1, {self.in_chans}] (x, y, z first; "
+                f"modalities.point_cloud.in_chans), got shape {list(points.shape)}"
+            )
         points = points[:, : self.in_chans]  # extra columns (normals, colours) beyond in_chans are dropped
         if self.normals:
             check_normals(points[:, 3:6])
@@ -349,8 +384,9 @@ class PointCloudEncoder(ModalityEncoder):
         return read_point_cloud(path)
 
     @classmethod
-    def build_transform(cls, cfg: PointCloudConfig, train: bool = False,
-                        augment: PointCloudAugment | None = None) -> PointCloudTransform:
+    def build_transform(
+        cls, cfg: PointCloudConfig, train: bool = False, augment: PointCloudAugment | None = None
+    ) -> PointCloudTransform:
         return PointCloudTransform(cfg, train, augment)
 
     @classmethod

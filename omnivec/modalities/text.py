@@ -1,11 +1,13 @@
 """Text modality: a Hugging Face tokenizer's word pieces, token embeddings and learned positions."""
+
 from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
@@ -46,16 +48,23 @@ def byte_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name: str):
-    """"bytes", a hub id or a local directory -> a Hugging Face tokenizer (cached per name)."""
+    """ "bytes", a hub id or a local directory -> a Hugging Face tokenizer (cached per name)."""
     if name == BYTES:
         return byte_tokenizer()
     from transformers import AutoTokenizer
@@ -140,8 +149,9 @@ class TextEncoder(ModalityEncoder):
         """Hide `mask_ratio` of each text's real tokens (its own length, never padding)."""
         ids = self._unpack(x)[0]
         device = generator.device if generator is not None else None
-        return random_masking(ids.shape[0], ids.shape[1], self.cfg.mask_ratio, self.padding_mask(x),
-                              generator=generator, device=device)
+        return random_masking(
+            ids.shape[0], ids.shape[1], self.cfg.mask_ratio, self.padding_mask(x), generator=generator, device=device
+        )
 
     def reconstruction_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """pred: [N, vocab] logits, target: [N, 1] ids of the N hidden tokens -> cross-entropy."""
@@ -163,8 +173,11 @@ class TextEncoder(ModalityEncoder):
         if not ids.numel():
             return
         out_of_range = (ids.min() < 0) | (ids.max() >= self.cfg.vocab_size)
-        empty_row = torch.zeros((), dtype=torch.bool, device=ids.device) if attention_mask is None \
+        empty_row = (
+            torch.zeros((), dtype=torch.bool, device=ids.device)
+            if attention_mask is None
             else (attention_mask.sum(1) == 0).any()
+        )
         if not bool(out_of_range | empty_row):  # one host sync for both value checks
             return
         if out_of_range:
@@ -197,7 +210,7 @@ class TextEncoder(ModalityEncoder):
         try:
             load_tokenizer(cfg.tokenizer).save_pretrained(directory / cls.asset_dir)
         except OSError as e:  # offline and not cached: the config still names it
-            warnings.warn(f"tokenizer {cfg.tokenizer!r} not saved with the model ({e})")
+            warnings.warn(f"tokenizer {cfg.tokenizer!r} not saved with the model ({e})", stacklevel=2)
             return []
         return [cls.asset_dir]
 
@@ -207,7 +220,9 @@ class TextEncoder(ModalityEncoder):
             cfg.tokenizer = str(directory / cls.asset_dir)
 
     @classmethod
-    def build_transform(cls, cfg: TextConfig, train: bool = False, augment: AugmentConfig | None = None) -> TextTransform:
+    def build_transform(
+        cls, cfg: TextConfig, train: bool = False, augment: AugmentConfig | None = None
+    ) -> TextTransform:
         """The tokenizer's transform; text has no augmentation (`augment` has no settings)."""
         return TextTransform(cfg, train)
 
@@ -237,7 +252,13 @@ def train_tokenizer(texts, vocab_size: int, output_dir: str, lowercase: bool = T
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     fast.save_pretrained(output_dir)
     return fast

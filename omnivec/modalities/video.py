@@ -1,9 +1,10 @@
 """Video modality: tubelet embedding (Conv3d, VideoMAE style) with learned space-time positions."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,10 +36,18 @@ class VideoConfig(PatchConfig):
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         require_positive(self, prefix, "num_frames", "image_size", "patch_size", "tubelet_size", "in_chans")
-        require(self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
-                f"a divisor of image_size={self.image_size}", self.patch_size)
-        require(self.num_frames % self.tubelet_size == 0, f"{prefix}.tubelet_size",
-                f"a divisor of num_frames={self.num_frames}", self.tubelet_size)
+        require(
+            self.image_size % self.patch_size == 0,
+            f"{prefix}.patch_size",
+            f"a divisor of image_size={self.image_size}",
+            self.patch_size,
+        )
+        require(
+            self.num_frames % self.tubelet_size == 0,
+            f"{prefix}.tubelet_size",
+            f"a divisor of num_frames={self.num_frames}",
+            self.tubelet_size,
+        )
         for key in ("mean", "std"):
             value = getattr(self, key)
             require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
@@ -122,10 +131,18 @@ class VideoAugment(AugmentConfig):
 
     def validate(self, prefix: str) -> None:
         require(self.rand_augment_ops >= 0, f"{prefix}.rand_augment_ops", "an int >= 0 (0: off)", self.rand_augment_ops)
-        require(0 <= self.rand_augment_magnitude <= 30, f"{prefix}.rand_augment_magnitude", "an int in [0, 30]",
-                self.rand_augment_magnitude)
-        require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-                f"{prefix}.crop_scale", "two area fractions 0 < low <= high <= 1", self.crop_scale)
+        require(
+            0 <= self.rand_augment_magnitude <= 30,
+            f"{prefix}.rand_augment_magnitude",
+            "an int in [0, 30]",
+            self.rand_augment_magnitude,
+        )
+        require(
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            f"{prefix}.crop_scale",
+            "two area fractions 0 < low <= high <= 1",
+            self.crop_scale,
+        )
 
 
 class VideoTransform:
@@ -153,14 +170,16 @@ class VideoTransform:
         offset = torch.rand(()).item() * step if self.train else step / 2
         return (torch.arange(self.num_frames) * step + offset).long().clamp(max=total - 1)
 
-    def __call__(self, frames: "torch.Tensor | VideoFile") -> torch.Tensor:
+    def __call__(self, frames: torch.Tensor | VideoFile) -> torch.Tensor:
         if isinstance(frames, VideoFile):  # decode only the frames sampled
             frames = frames.frames(self.frame_indices(len(frames)).tolist())  # [num_frames, H, W, 3]
         else:
             frames = torch.as_tensor(frames)
             if frames.ndim not in (3, 4) or frames.shape[0] == 0:
-                raise InputError(f"video: expected frames [T >= 1, H, W, C], [T, C, H, W] or grey [T, H, W], "
-                                 f"got shape {list(frames.shape)}")
+                raise InputError(
+                    f"video: expected frames [T >= 1, H, W, C], [T, C, H, W] or grey [T, H, W], "
+                    f"got shape {list(frames.shape)}"
+                )
             frames = frames[self.frame_indices(frames.shape[0])]  # [num_frames, ...]
         if frames.ndim == 3:  # grey [T, H, W]
             frames = frames[:, None]
@@ -230,7 +249,7 @@ class VideoEncoder(ModalityEncoder):
         return path.is_dir() or super().claims(path)
 
     @classmethod
-    def read(cls, path: Path) -> "torch.Tensor | VideoFile":
+    def read(cls, path: Path) -> torch.Tensor | VideoFile:
         """A video file -> a `VideoFile` (decoded lazily by the transform); a folder -> its frames [T, H, W, 3]."""
         return read_frame_folder(path) if path.is_dir() else VideoFile(path)
 
@@ -251,7 +270,9 @@ class VideoEncoder(ModalityEncoder):
         self._check_tensor(x, (None, t, c, s, s), f"[B, {t}, {c}, {s}, {s}] (frames, channels, height, width)")
 
     @classmethod
-    def build_transform(cls, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None) -> VideoTransform:
+    def build_transform(
+        cls, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None
+    ) -> VideoTransform:
         return VideoTransform(cfg, train, augment)
 
     @classmethod
