@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 import omnivec
+from omnivec.datasets.dataset import to_device
 from omnivec.heads.summarization import SummarizationHead, SummarizationHeadConfig
-from omnivec.pretraining import DecoderConfig, MaskedPretrainer
-from omnivec.training import TrainConfig, Trainer, to_device
+from omnivec.mae import DecoderConfig, MaskedPretrainer
+from omnivec.trainer import TrainConfig, Trainer
 
 OFFLINE = {"modalities.text.tokenizer": "bytes"}  # the vocabulary size stays; no hub access needed
 

@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import save_file
 
 from omnivec import OmniVecModel
-from omnivec.config import from_dict
-from omnivec.datasets.manifest import load_task
+from omnivec.datasets.sources import load_task
+from omnivec.finetune_config import FinetuneConfig
 from omnivec.finetuning import finetune
 from omnivec.modalities.image import read_image
-from omnivec.tasks import FinetuneConfig
+from omnivec.parsing import from_dict
 
 DIGITS = Path(__file__).parents[1] / "data" / "sample" / "digits"
 
@@ -37,10 +37,10 @@ ENCODERS = {
         "patch_size": 4,
         "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2},
     },
-    # the same ViT as the shared trunk (its blocks and CLS token; the image modality its patch embedding
-    # and positions) instead of an image encoder stacked on omnivec_tiny's random trunk (the row above)
-    "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": {
-        "trunk": "timm:vit_tiny_patch16_224",
+    # the same ViT as the shared backbone (its blocks and CLS token; the image modality its patch embedding
+    # and positions) instead of an image encoder stacked on omnivec_tiny's random backbone (the row above)
+    "backbone from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": {
+        "backbone": "timm:vit_tiny_patch16_224",
         "patch_size": 4,
         "library_config": {"patch_size": 4, "depth": 4, "embed_dim": 128, "num_heads": 2},
     },
@@ -55,8 +55,8 @@ HUB = {
         "timm ViT (vit_tiny as published, patch 16)",
         {"patch_size": 16},
     ),
-    "trunk from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": (
-        "trunk from ViT (vit_tiny as published, patch 16)",
+    "backbone from ViT (vit_tiny, 4 layers, 128 wide, patch 4)": (
+        "backbone from ViT (vit_tiny as published, patch 16)",
         {"patch_size": 16},
     ),
 }
@@ -105,15 +105,18 @@ def main() -> None:
         for label, image_cfg in ENCODERS.items():
             if args.rows and not label.startswith(tuple(args.rows)):
                 continue
-            key = "trunk" if "trunk" in image_cfg else "pretrained"
+            key = "backbone" if "backbone" in image_cfg else "pretrained"
             if key in image_cfg and args.hub:
                 label, changes = HUB.get(label, (label, {}))
                 image_cfg = {k: v for k, v in image_cfg.items() if k != "library_config"} | changes
             elif key in image_cfg:
                 image_cfg = random_checkpoint(image_cfg, args.image_size, Path(tmp), key)
             backbone = {}
-            if key == "trunk":  # the ViT is the backbone: pretrained, checkpoint and architecture move there
-                backbone = {"pretrained": image_cfg.pop("trunk"), "library_config": image_cfg.pop("library_config", {})}
+            if key == "backbone":  # the ViT is the backbone: pretrained, checkpoint and architecture move there
+                backbone = {
+                    "pretrained": image_cfg.pop("backbone"),
+                    "library_config": image_cfg.pop("library_config", {}),
+                }
                 backbone |= {"checkpoint": image_cfg.pop("checkpoint")} if "checkpoint" in image_cfg else {}
                 if "vit" in backbone["pretrained"] and not args.hub:
                     backbone["library_config"]["img_size"] = args.image_size
@@ -168,7 +171,7 @@ def main() -> None:
     header = (
         f"Digits (sample data, {args.image_size} px, {args.steps} steps, "
         f"{'hub weights' if args.hub else 'random init'}), "
-        "omnivec_tiny backbone (128 x 4) unless the ViT is the trunk, "
+        "omnivec_tiny backbone (128 x 4) unless the ViT is the backbone, "
         f"{torch.get_num_threads()} CPU threads, fp32, batch 64 inference"
     )
     lines = [

@@ -22,7 +22,7 @@ import torch
 import omnivec
 from omnivec.datasets import find_tasks
 from omnivec.datasets.loaders import task_loader
-from omnivec.datasets.shards import write_shards
+from omnivec.datasets.shard_writer import write_shards
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
 DATASETS = {

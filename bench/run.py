@@ -35,8 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import omnivec
 from omnivec import OmniVecConfig, OmniVecModel
-from omnivec.pretraining import DecoderConfig, MaskedPretrainer
-from omnivec.training import compile_blocks, to_device
+from omnivec.backbone import compile_blocks
+from omnivec.datasets.dataset import to_device
+from omnivec.mae import DecoderConfig, MaskedPretrainer
 
 SHAPES = {
     # width, depth, heads of the encoder/backbone; decoder; inputs; batches

@@ -1,4 +1,4 @@
-"""The shared OmniVec trunk: a pre-LN transformer (timm `Block`, fused SDPA) over any modality's tokens."""
+"""The shared OmniVec backbone: a pre-LN transformer (timm `Block`, fused SDPA) over any modality's tokens."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class SharedBackbone(nn.Module):
             cfg.act,
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        if not cfg.pretrained:  # a pretrained trunk starts as the ViT it was: modality embeddings zero
+        if not cfg.pretrained:  # a pretrained backbone starts as the ViT it was: modality embeddings zero
             for p in self.modality_embed.values():
                 trunc_normal_(p, std=0.02)
         if self.prefix is not None:
@@ -111,3 +111,20 @@ class SharedBackbone(nn.Module):
             padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
         x = self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask))  # [B, n + L, D]
         return x if keep_prefix else x[:, n:]
+
+
+def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """x: [B, L, D], padding_mask: [B, L] bool (True = real token) -> [B, D] mean of the real tokens."""
+    if padding_mask is None:
+        return x.mean(1)
+    weights = padding_mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def compile_blocks(module: nn.Module) -> None:
+    """Regional compilation: `torch.compile` each transformer block in place (backbone, encoders,
+    decoders); identical blocks share the compiled code, and masking or padding outside the blocks
+    stays eager, so varying token counts only add dynamic-shape guards."""
+    for block in module.modules():
+        if isinstance(block, Block):
+            block.compile(dynamic=None)

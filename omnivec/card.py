@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from .reports import metrics_table
+from .version import __version__
 
 
 def model_card(config: Any, directory: Path, parameters: int) -> str:
     """Markdown: what the model was built from, its modalities and heads (with their labels), the
     metrics of the run's eval.json when the folder sits in a run, and the command that made it."""
-    from . import __version__
-
     backbone = config.backbone
-    trunk = f"`{backbone.pretrained}`" if backbone.pretrained else "random initialisation"
+    start = f"`{backbone.pretrained}`" if backbone.pretrained else "random initialisation"
     lines = [
         "---",
         "library_name: omnivec",
@@ -27,8 +26,8 @@ def model_card(config: Any, directory: Path, parameters: int) -> str:
         f"# {directory.resolve().parent.name}/{directory.name}",
         "",
         f"An omnivec model ({parameters / 1e6:.2f}M parameters): per-modality encoders feeding one shared "
-        f"transformer trunk ({backbone.dim} wide, {backbone.depth} blocks, {backbone.num_heads} heads, "
-        f"started from {trunk}), built from variant `{config.variant or 'custom'}` with omnivec {__version__}.",
+        f"transformer backbone ({backbone.dim} wide, {backbone.depth} blocks, {backbone.num_heads} heads, "
+        f"started from {start}), built from variant `{config.variant or 'custom'}` with omnivec {__version__}.",
         "",
         "```python",
         "import omnivec",

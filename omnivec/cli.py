@@ -46,17 +46,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .config import load_recipe_config
     from .pretraining import PretrainConfig, pretrain
+    from .recipe_config import load_recipe_config
 
     pretrain(load_recipe_config(PretrainConfig, args.config, args.overrides))
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .config import load_recipe_config
+    from .finetune_config import FinetuneConfig
     from .finetuning import finetune
-    from .tasks import FinetuneConfig
+    from .recipe_config import load_recipe_config
 
     finetune(load_recipe_config(FinetuneConfig, args.config, args.overrides))
     return 0
@@ -65,10 +65,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .config import load_recipe_config
     from .evaluation import evaluate_saved
+    from .finetune_config import FinetuneConfig
     from .protocols import ProtocolSettings, evaluate_protocol
-    from .tasks import FinetuneConfig
+    from .recipe_config import load_recipe_config
 
     cfg = load_recipe_config(FinetuneConfig, args.config, args.overrides)
     split, output = args.split or cfg.eval_split, Path(args.output or Path(args.model) / "eval")
@@ -116,7 +116,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_shard(args: argparse.Namespace) -> int:
-    from .datasets.shards import write_shards
+    from .datasets.shard_writer import write_shards
 
     index = write_shards(args.input, args.output, args.shard_size, args.split, args.allow_outside_root)
     splits = ", ".join(f"{s} {n}" for s, n in index["splits"].items())

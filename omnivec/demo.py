@@ -8,16 +8,16 @@ projection and a retrieval example; 7. report.md and report.html (images inline)
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from .demo_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]  # a clone of the repository: configs/ and data/sample/
 
@@ -42,14 +42,21 @@ def _scaled_stages(stages: list, scale: float) -> list:
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> Path:
     """Run every stage into `out` and write `out/report.md` and `out/report.html`; returns the html path."""
-    from .config import load_recipe_config
     from .evaluation import evaluate_saved
+    from .finetune_config import FinetuneConfig
     from .finetuning import finetune
     from .pretraining import PretrainConfig, pretrain
-    from .tasks import FinetuneConfig
+    from .recipe_config import load_recipe_config
 
     root, out = _root(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    low = {
+        "fraction": LOW_LABEL["fraction"],
+        "seeds": list(LOW_LABEL["seeds"][quick]),
+        "steps": LOW_LABEL["steps"][quick],
+    }
+    settings = {"quick": quick, "pretrain_steps": PRETRAIN_STEPS[quick], "finetune_scale": FINETUNE_SCALE[quick]}
+    (out / "demo.json").write_text(json.dumps({**settings, "low_label": low}, indent=2))
     dev = "cpu" if device == "cpu" else "auto"
     timings: dict[str, float] = {}
     steps = 7
@@ -109,7 +116,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
 
     stage(7, "report")
     (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
-    html = write_report(out, quick)
+    html = write_report(out)
     tqdm.write(f"demo done in {sum(timings.values()) / 60:.1f} min: {out / 'report.md'} and {html}")
     return html
 
@@ -123,7 +130,7 @@ def low_label_comparison(
     from .protocols import finetune_protocol
     from .registry import HEADS
 
-    tasks = [t for t, spec in cfg.tasks.items() if HEADS.get(spec.head).target in ("label", "labels")]
+    tasks = [t for t, spec in cfg.tasks.items() if HEADS.get(spec.head).target.has_classes]
     runs = [(t, init, seed) for t in tasks for seed in seeds for init in ("pretrained", "scratch")]
     records = []
     for task, init, seed in tqdm(runs, desc="few-label runs"):
@@ -160,21 +167,21 @@ def _absolute_tokenizer(cfg: Any, root: Path) -> None:
 def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> None:
     """Embed `per_task` test samples of every classification task into `out/embeddings.*` and plot
     a 2-D PCA projection (colour = class, marker = modality) to `out/embeddings.png`."""
-    from .embedding import embed_items, write_embeddings
+    from .embedding import embed_items, input_item, write_embeddings
     from .model import OmniVecModel
     from .plots import plot_projection
     from .registry import HEADS
+    from .targets import single_label
     from .tasks import load_task_data
 
     model = OmniVecModel.from_pretrained(model_dir)
     items, labels = [], []
     for task, datasets in load_task_data(cfg).items():
-        if HEADS.get(cfg.tasks[task].head).target != "label":  # single-label tasks only
+        if not single_label(HEADS.get(cfg.tasks[task].head).target):
             continue
         rows = [r for d in datasets for r in d.split("test")][:per_task]
         for r in rows:
-            item = {"text": r["text"], "path": r["where"]} if "text" in r else {"path": str(r["path"])}
-            items.append({**item, "modality": datasets[0].modality})
+            items.append(input_item(r, datasets[0].modality))
             labels.append(f"{task}:{r['label']}")
     emb, errors = embed_items(model, items, batch_size=64, num_workers=0)
     records = [
@@ -189,220 +196,3 @@ def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> No
     ]
     write_embeddings(out / "embeddings", emb, records, {"model": str(model_dir), "dim": int(emb.shape[1])})
     plot_projection(torch.from_numpy(emb), [r["modality"] for r in records], labels, out / "embeddings.png")
-
-
-def retrieval_summary(out: Path, k: int = 5) -> dict[str, Any]:
-    """From `out/embeddings.*`: per modality, the share of each sample's k nearest neighbours of
-    the same modality that have its class (precision@k, against chance), and one example query."""
-    from .embedding import load_index
-    from .metrics import precision_at_k
-
-    emb, records, _ = load_index(out / "embeddings")
-    sims = torch.from_numpy(emb) @ torch.from_numpy(emb).T
-    label_ids = {label: i for i, label in enumerate(dict.fromkeys(r["label"] for r in records))}
-    labels = torch.tensor([label_ids[r["label"]] for r in records])
-    rows, examples = {}, []
-    for modality in dict.fromkeys(r["modality"] for r in records):
-        idx = torch.tensor([i for i, r in enumerate(records) if r["modality"] == modality])
-        rows[modality] = precision_at_k(sims[idx][:, idx], labels[idx], labels[idx], k, same_set=True)
-        q = int(idx[0])
-        order = [int(j) for j in torch.argsort(sims[q], descending=True) if int(j) != q]
-        examples.append(
-            {
-                "query": records[q],
-                "same": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] == modality][:k],
-                "other": [(records[j], float(sims[q, j])) for j in order if records[j]["modality"] != modality][:3],
-            }
-        )
-    return {"count": len(records), "k": k, "rows": rows, "examples": examples}
-
-
-def _img(path: Path, html: bool, alt: str) -> str:
-    if not path.is_file():
-        return f"({alt}: not produced)"
-    if html:
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f'<img alt="{alt}" src="data:image/png;base64,{data}" style="max-width:100%">'
-    return f"![{alt}]({path.name if path.parent.name == '' else path.as_posix()})"
-
-
-def write_report(out: Path, quick: bool = False) -> Path:
-    """report.md (images linked) and report.html (images inline) with every section, from what the
-    demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
-    from .plots import plot_losses
-    from .reports import (
-        finetune_comparison_table,
-        forgetting_matrix_table,
-        metrics_table,
-        retrieval_table,
-        summarize_runs,
-    )
-
-    pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
-    timings = json.loads((out / "timings.json").read_text())
-    retrieval = retrieval_summary(out)
-    summary = json.loads((out / "pretrain" / "summary.json").read_text())
-    low_label = summarize_runs(
-        [json.loads(line) for line in (out / "low-label" / "results.jsonl").read_text().splitlines()]
-    )
-    voices = {
-        n: r["final"]["spoken_digits"]["top1"]
-        for n, r in (("pretrained", pre), ("scratch", scr))
-        if "spoken_digits" in r["final"]
-    }
-    lines = [
-        f"# omnivec demo{' (quick)' if quick else ''}",
-        "",
-        f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.",
-        "",
-        "## Results",
-        "",
-        f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
-        f"of the abstract for summarization. The demo trains briefly ({FINETUNE_SCALE[quick]:.0%} of the steps "
-        "of configs/finetune/sample_sequential.yaml; see the README for that config's results).",
-        "",
-        *metrics_table({"pretrained": pre["final"], "scratch": scr["final"]}, pre["baselines"]),
-        "",
-        "spoken_digits and spoken_mix are split by voice (data/README.md): their test clips are spoken by "
-        "voices of two accents never heard in training, so those rows measure new speakers"
-        + (
-            f" (spoken_digits top-1: {voices['pretrained']:.3f} from the pretrained backbone, {voices['scratch']:.3f} "
-            "from scratch)."
-            if len(voices) == 2
-            else "."
-        ),
-        "",
-        "## Few labels: pretrained vs scratch",
-        "",
-        f"Each classification task fine-tuned alone on {LOW_LABEL['fraction']:.0%} of its training labels (a "
-        f"stratified draw per seed, at least one per class) for {LOW_LABEL['steps'][quick]} steps, from the "
-        f"pretrained backbone and from scratch; mean ± standard deviation over seeds "
-        f"{list(LOW_LABEL['seeds'][quick])}, "
-        f"on the {pre['split']} split. recipes/label_efficiency.py runs the full grid (5 / 25 / 100%, probes). "
-        f"The demo pretrains for {PRETRAIN_STEPS[quick]} steps only: on digits, frozen features overtook a random "
-        'backbone\'s only after about 1000 (README, "What pretraining buys").',
-        "",
-        *finetune_comparison_table(low_label),
-        "",
-        "## Forgetting matrix (from the pretrained backbone)",
-        "",
-        "Row: after stage i; column: a task's main metric; blank before the task is trained.",
-        "",
-        *forgetting_matrix_table(pre["forgetting_matrix"]),
-    ]
-    lines += [
-        "",
-        "## Pretraining",
-        "",
-        "Mean reconstruction loss of the first and last 20 steps, and on validation data at the start and the end:",
-        "",
-        "| modality | first 20 | last 20 | val start | val end |",
-        "|---|---|---|---|---|",
-    ]
-    for m, s in summary["modalities"].items():
-        lines.append(
-            f"| {m} | {s['train_first20']:.4f} | {s['train_last20']:.4f} | {s['val_start']:.4f} | {s['val_end']:.4f} |"
-        )
-    lines += [
-        "",
-        "@@pretrain/loss.png|loss curves@@",
-        "",
-        "What the model reconstructs of hidden tokens (validation "
-        "samples): input, what the encoder saw, reconstruction.",
-        "",
-        "@@pretrain/reconstructions.png|reconstructions@@",
-        "",
-        "## Fine-tuning loss curves",
-        "",
-    ]
-    for stage_dir in sorted((out / "finetune-pretrained" / "stages").iterdir()):
-        plot_losses(stage_dir / "metrics.jsonl", stage_dir / "loss.png")
-        lines += [
-            f"Stage {stage_dir.name}:",
-            "",
-            f"@@finetune-pretrained/stages/{stage_dir.name}/loss.png|{stage_dir.name}@@",
-            "",
-        ]
-    lines += ["## Confusion matrices (fine-tuned from the pretrained backbone)", ""]
-    lines += [f"@@eval/{p.name}|{p.stem}@@" for p in sorted((out / "eval").glob("confusion_*.png"))]
-    lines += [
-        "",
-        "## Embeddings",
-        "",
-        f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, marker = modality.",
-        "",
-        "@@embeddings.png|embedding projection@@",
-        "",
-        f"Retrieval within a modality: the share of each sample's {retrieval['k']} nearest neighbours (cosine) "
-        "that have its class.",
-        "",
-        *retrieval_table(retrieval["rows"], "modality", retrieval["k"]),
-    ]
-    lines += ["", "One query per modality:", ""]
-    for q in retrieval["examples"]:
-        same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same"])
-        other = ", ".join(f"{r['label']} [{r['modality']}] ({s:.2f})" for r, s in q["other"])
-        lines.append(
-            f"- {q['query']['label']} [{q['query']['modality']}]: same modality: {same}; other modalities: {other}"
-        )
-    lines += [
-        "",
-        "No objective aligns the modalities (the sample data has no pairs), so neighbours across "
-        "modalities carry no meaning.",
-        "",
-        "## Time per stage",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += [f"| all | {sum(timings.values()):.0f} |"]
-    text = "\n".join(lines) + "\n"
-
-    def render(html: bool) -> str:
-        return re.sub(
-            r"@@([^|]+)\|([^@]+)@@",
-            lambda m: _img(out / m.group(1), html, m.group(2)) if html else f"![{m.group(2)}]({m.group(1)})",
-            text,
-        )
-
-    (out / "report.md").write_text(render(False))
-    html_path = out / "report.html"
-    html_path.write_text(_markdown_to_html(render(True)))
-    return html_path
-
-
-def _markdown_to_html(md: str) -> str:
-    """Just enough Markdown for the report: headings, tables, list items, paragraphs, inline images."""
-    body, table = [], []
-
-    def flush_table() -> None:
-        if table:
-            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            head = "".join(f"<th>{c}</th>" for c in cells[0])
-            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
-            body.append(f"<table><tr>{head}</tr>{rest}</table>")
-            table.clear()
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{line[level:].strip()}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{line[2:]}</li>")
-        elif line.strip():
-            body.append(f"<p>{line}</p>")
-    flush_table()
-    style = (
-        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>omnivec demo</title>"
-        f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n"
-    )

@@ -16,19 +16,32 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .datasets import find_tasks
+from .datasets.dataset import to_device
 from .datasets.loaders import collate_for
-from .datasets.manifest import MANIFEST_NAMES, inside, streamed_tasks
+from .datasets.manifest import MANIFEST_NAMES, inside
 from .datasets.readers import known_suffixes, load_sample, modality_of
+from .datasets.sources import streamed_tasks
 from .errors import ConfigError, DataError, InputError
+from .files import Blob
 from .model import OmniVecModel
-from .training import to_device
+from .registry import MODALITIES
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def input_item(row: dict[str, Any], modality: str) -> dict[str, Any]:
+    """A dataset row -> an embedding item: `{"path": str or Blob, "modality": m}`, or for an inline
+    sample `{COLUMN: value, "modality": m, "path": "where it came from"}`."""
+    column = MODALITIES.get(modality).inline_column
+    if column and column in row:
+        return {column: row[column], "modality": modality, "path": row["where"]}
+    path = row["path"]
+    return {"path": path if isinstance(path, Blob) else str(path), "modality": modality}
+
+
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Files, folders and manifests -> one item per sample, in input order:
-    `{"path": str, "modality": m}` or `{"text": str, "modality": "text", "path": "manifest:line"}`.
+    `input_item`s (`{"path": str, "modality": m}`, or inline text with the manifest line as `path`).
 
     A folder holding manifests gives their rows; any other folder gives its files of known types;
     shards and `hf:` datasets give their samples (held in memory as `Blob`s, in shard order)."""
@@ -38,12 +51,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         if streamed is not None:
             for task in streamed:
                 for shard in task.stream.shards:
-                    for _, row in shard.read():
-                        items.append(
-                            {"text": row["text"], "modality": "text", "path": row["where"]}
-                            if "text" in row
-                            else {"path": row["path"], "modality": task.modality}
-                        )
+                    items += [input_item(row, task.modality) for _, row in shard.read()]
             continue
         source = Path(spec)
         if not source.exists():
@@ -51,11 +59,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         is_manifest = source.is_file() and (source.name in MANIFEST_NAMES or source.suffix in (".jsonl", ".csv"))
         if is_manifest or (source.is_dir() and any(any(source.rglob(n)) for n in MANIFEST_NAMES)):
             for task in find_tasks(source):
-                for row in task.rows:
-                    if "text" in row:
-                        items.append({"text": row["text"], "modality": "text", "path": row["where"]})
-                    else:
-                        items.append({"path": str(row["path"]), "modality": task.modality})
+                items += [input_item(row, task.modality) for row in task.rows]
         elif source.is_dir():
             suffixes = known_suffixes()
             files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)

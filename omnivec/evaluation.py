@@ -15,12 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets import TaskData
+from .datasets.dataset import to_device
 from .datasets.loaders import task_loader
 from .errors import ConfigError, DataError
 from .metrics import precision_at_k
 from .model import OmniVecModel
 from .registry import HEADS
-from .training import to_device
 
 
 @contextmanager
@@ -143,7 +143,7 @@ def align_classes(task: str, datasets: list[TaskData], head: Any) -> list[TaskDa
     for d in datasets:
         unknown = sorted(set(d.classes) - set(labels))
         if unknown:
-            row = next((r for r in d.rows if unknown[0] in (r.get("labels") or [r.get("label")])), {})
+            row = next((r for r in d.rows if d.target in r and unknown[0] in d.target_kind.classes(r[d.target])), {})
             raise DataError(
                 f"{row.get('where', d.source)}: label {unknown[0]!r} is not one of the {len(labels)} labels the "
                 f"{task!r} head was trained on ({', '.join(map(str, labels[:12]))}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -22,17 +21,20 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from .backbone import set_drop_path
+from .backbone import masked_mean, set_drop_path
 from .datasets import TaskData
 from .datasets.loaders import task_loader
 from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError
 from .evaluation import baselines, cross_modal_retrieval, evaluate_tasks, public
-from .heads import masked_mean
-from .model import OmniVecModel, load_model
+from .finetune_config import FinetuneConfig, StageSpec
+from .model import OmniVecModel
+from .optim import layer_decay_scales
 from .reports import format_report
-from .tasks import FinetuneConfig, StageSpec, head_config, load_task_data
-from .training import Trainer, prepare_output_dir
+from .run_dir import prepare_output_dir
+from .tasks import head_config, load_task_data
+from .trainer import Trainer
+from .variants import load_model
 
 
 class FinetuneModule(nn.Module):
@@ -72,7 +74,7 @@ class FinetuneModule(nn.Module):
 
     def lr_scales(self) -> dict[str, float]:
         """Learning-rate multipliers by parameter name: `backbone_lr_scale` on the encoders and the
-        trunk, times `layer_decay ** (layers above)` (BEiT / MAE fine-tuning); heads get 1."""
+        backbone, times `layer_decay ** (layers above)` (BEiT / MAE fine-tuning); heads get 1."""
         return {
             f"model.{name}": self.backbone_lr_scale * scale
             for name, scale in layer_decay_scales(self.model, self.layer_decay).items()
@@ -89,31 +91,6 @@ class FinetuneModule(nn.Module):
         if len(embeddings) >= 2 and self.align_weight > 0:
             losses["align"] = self.align_weight * cross_modal_alignment(embeddings, self.align_temperature)
         return losses
-
-
-ENCODER_BLOCK = re.compile(r"^encoders\.[^.]+\.(?:library\.)?(?:blocks|layers|encoder\.layer)\.(\d+)\.")
-ENCODER_TOP = re.compile(r"^encoders\.[^.]+\.(?:norm|proj)\.")  # after the modality's blocks
-TRUNK_BLOCK = re.compile(r"^backbone\.blocks\.(\d+)\.")
-
-
-def layer_decay_scales(model: OmniVecModel, decay: float) -> dict[str, float]:
-    """{parameter name: decay ** (layers above it)} for the encoders and the trunk: tokenizers and
-    embeddings are layer 0, modality blocks 1..E, trunk blocks E+1..E+depth, the final norm (and the
-    heads, not listed) the top. One layer count serves every modality, as the trunk is shared."""
-    names = [n for n, _ in model.named_parameters() if n.startswith(("encoders.", "backbone."))]
-    encoder_depth = max((int(m[1]) + 1 for n in names if (m := ENCODER_BLOCK.match(n))), default=0)
-    top = encoder_depth + model.config.backbone.depth + 1
-
-    def layer(name: str) -> int:
-        if m := ENCODER_BLOCK.match(name):
-            return int(m[1]) + 1
-        if ENCODER_TOP.match(name):
-            return encoder_depth
-        if m := TRUNK_BLOCK.match(name):
-            return encoder_depth + 1 + int(m[1])
-        return top if name.startswith("backbone.norm.") else 0
-
-    return {name: decay ** (top - layer(name)) for name in names}
 
 
 def cross_modal_alignment(
@@ -212,8 +189,8 @@ def run_stage(
         cfg.ema_decay,
     )
     trainer = Trainer(stage_cfg, module)
-    acc = trainer.accelerator
-    if cfg.ema_decay and acc.distributed_type == "FSDP":  # the EMA copy would be sharded with the model
+    accelerator = trainer.accelerator
+    if cfg.ema_decay and accelerator.distributed_type == "FSDP":  # the EMA copy would be sharded with the model
         raise ConfigError(
             "ema_decay: not supported under FSDP yet (the EMA copy of the weights is sharded with "
             "the model, and evaluating it on one process would hang); set ema_decay=0"
@@ -235,8 +212,8 @@ def run_stage(
             train=True,
             seed=cfg.seed,
             skip_bad=cfg.skip_bad,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
             shuffle_buffer=cfg.shuffle_buffer,
             augment=cfg.augment,
         )
@@ -250,7 +227,7 @@ def run_stage(
     gc.collect()  # stop this stage's DataLoader workers here, not in the next stage's forked workers
     ema = trainer.unwrapped.ema
     trainer.save_model(stage_dir / "model")
-    acc.wait_for_everyone()
+    accelerator.wait_for_everyone()
     # Every process goes on with the saved model: whole weights, where under FSDP the trained module holds shards.
     model = OmniVecModel.from_pretrained(stage_dir / "model").to(trainer.device)
     done = None
@@ -287,7 +264,7 @@ def run_stage(
         done = {"row": row, "stage": info, "results": results}
         done_file.write_text(json.dumps(done))
         tqdm.write("  " + ", ".join(f"{t} {model.heads[t].main_metric}={v:.3f}" for t, v in row.items()))
-    acc.wait_for_everyone()
+    accelerator.wait_for_everyone()
     return model, done
 
 

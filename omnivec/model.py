@@ -1,33 +1,28 @@
-"""`OmniVecModel`: per-modality encoders -> one shared backbone -> task heads / embeddings,
-plus the registered variants (`omnivec_tiny`, `omnivec_small`, `omnivec_base`)."""
+"""`OmniVecModel`: per-modality encoders -> one shared backbone -> task heads / embeddings. Its
+saved folder format is omnivec/saved_model.py; its registered variants omnivec/variants.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbone import SharedBackbone
-from .config import AugmentConfig, HeadConfig, OmniVecConfig, merge
-from .encoders import build_encoder
-from .encoders.loading import LibraryEncoder
-from .errors import InputError, ModelError, ModelFileMissing
-from .heads import masked_mean
-from .registry import HEADS, MODALITIES, MODELS
+from .backbone import SharedBackbone, masked_mean
+from .config import AugmentConfig, HeadConfig, OmniVecConfig
+from .errors import InputError, ModelError
+from .pretrained.loading import LibraryEncoder, build_encoder
+from .pretrained.vit_backbone import load_vit_backbone
+from .registry import HEADS, MODALITIES
+from .saved_model import load_model_folder, save_model_folder
 
 logger = logging.getLogger(__name__)
-CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 
 
 @dataclass
@@ -40,7 +35,8 @@ class OmniVecOutput:
     logits: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, num_classes]
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """timm ViT init of a Linear (truncated normal, std 0.02; zero bias) or a LayerNorm (1, 0)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -64,12 +60,10 @@ class OmniVecModel(nn.Module):
         self.backbone = SharedBackbone(config.backbone, list(config.modalities))
         self.heads = nn.ModuleDict({n: build_head(h, config) for n, h in config.heads.items()})
         for module in (self.encoders, self.backbone.blocks, self.backbone.norm, self.heads):
-            module.apply(_init_weights)
+            module.apply(init_weights)
         self.load_reports = {}
-        if load_library_weights and config.backbone.pretrained:  # the trunk (and image patches) from a ViT
-            from .encoders.trunk import load_trunk
-
-            self.load_reports["backbone"] = load_trunk(self)
+        if load_library_weights and config.backbone.pretrained:  # the backbone (and image patches) from a ViT
+            self.load_reports["backbone"] = load_vit_backbone(self)
             logger.info("backbone: %s", self.load_reports["backbone"].summary())
         if load_library_weights:
             for modality, encoder in self.encoders.items():
@@ -116,13 +110,11 @@ class OmniVecModel(nn.Module):
 
     def add_head(self, name: str, cfg: HeadConfig) -> nn.Module:
         """Add (or replace) task head `name`; its config joins `config.heads` and is saved with the model."""
-        from .config import OmniVecConfig
-
         data = self.config.to_dict()
         data["heads"][name] = dataclasses.asdict(cfg)
         self.config.heads = OmniVecConfig.from_dict(data).heads  # validated, e.g. that its modality exists
         head = build_head(self.config.heads[name], self.config)
-        head.apply(_init_weights)
+        head.apply(init_weights)
         device = next(self.backbone.parameters()).device
         self.heads[name] = head.to(device)
         return self.heads[name]
@@ -170,86 +162,20 @@ class OmniVecModel(nn.Module):
         """Write `config.json`, `model.safetensors`, each modality's assets (a tokenizer, unless
         built in) and a model card `README.md` to `directory`; each is written aside and renamed into
         place, so a crash never leaves half a file. `state_dict` replaces the model's own weights
-        (the full tensors gathered from FSDP shards: `Trainer.save_model`)."""
-        from .card import model_card
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
-            tmp = Path(tmp)
-            self.config.save(tmp / CONFIG_NAME)
-            weights = self.state_dict() if state_dict is None else state_dict
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS_NAME))
-            for modality, cfg in self.config.modalities.items():
-                for name in MODALITIES.get(modality).save_assets(cfg, tmp):
-                    if (directory / name).is_dir():
-                        shutil.rmtree(directory / name)
-                    os.replace(tmp / name, directory / name)
-            (tmp / CARD_NAME).write_text(model_card(self.config, directory, sum(p.numel() for p in self.parameters())))
-            os.replace(tmp / WEIGHTS_NAME, directory / WEIGHTS_NAME)
-            os.replace(tmp / CARD_NAME, directory / CARD_NAME)
-            os.replace(tmp / CONFIG_NAME, directory / CONFIG_NAME)
+        (the full tensors gathered from FSDP shards: `Checkpoints.save_model`)."""
+        save_model_folder(self, directory, state_dict)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> OmniVecModel:
         """Load a model saved by `save_pretrained` from a local directory or a Hugging Face hub id;
         `ModelError` names the folder or file that cannot be used, or the tensor holding NaN or Inf."""
-        directory = resolve_model_dir(name_or_path, revision)
-        for required in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / required).is_file():
-                raise ModelFileMissing(f"{directory / required}: missing (save_pretrained writes it)")
-        config = OmniVecConfig.load(directory / CONFIG_NAME)
-        for modality, cfg in config.modalities.items():
-            MODALITIES.get(modality).load_assets(cfg, directory)
-        model = cls(config, load_library_weights=False)
-        try:
-            state = load_file(directory / WEIGHTS_NAME)
-        except Exception as e:  # safetensors: truncated, empty, or another format under that name
-            raise ModelError(
-                f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({e}); save_pretrained "
-                "writes one (pickled PyTorch files are never loaded)"
-            ) from e
-        problems = state_dict_mismatch(model.state_dict(), state)
-        if problems:
-            raise ModelError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")
-        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise ModelError(
-                f"{directory / WEIGHTS_NAME}: tensor {bad[0]}{more} holds NaN or Inf values "
-                "(saved from a diverged run?); refusing to load it"
-            )
-        model.load_state_dict(state)
-        return model
+        return load_model_folder(cls, name_or_path, revision)
 
 
 def build_head(cfg: HeadConfig, config: OmniVecConfig) -> nn.Module:
     """The head of `cfg`, bound to the model (e.g. to its text modality's tokenizer)."""
     cls = HEADS.get(cfg.type)
     return cls(cls.bind(cfg, config), config.backbone.dim)
-
-
-def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local model folder, or a hub id's files downloaded (config, weights, assets); a path that
-    is neither an existing folder nor a valid hub id fails naming it."""
-    directory = Path(name_or_path)
-    if directory.is_dir():
-        return directory
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(str(name_or_path))
-    except HFValidationError:
-        raise ModelFileMissing(f"{name_or_path}: no such model folder (and not a hub id)") from None
-    try:
-        return Path(
-            snapshot_download(str(name_or_path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*/*"])
-        )  # + assets
-    except Exception as e:  # offline, unknown repository, no access
-        raise ModelFileMissing(
-            f"{name_or_path}: not a local folder, and the hub has no such model ({type(e).__name__}: {e})"
-        ) from e
 
 
 def check_finite(modality: str, x: Any) -> None:
@@ -261,108 +187,3 @@ def check_finite(modality: str, x: Any) -> None:
         raise InputError(
             f"{modality}: expected finite values, got {x[tuple(bad[0])].item()} at index {bad[0].tolist()}"
         )
-
-
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
-    """Describe missing, unexpected and wrongly shaped tensors ("" when `found` fits `expected`)."""
-
-    def listing(names: list[str]) -> str:
-        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = sorted(
-        f"{k} (expected {list(expected[k].shape)}, found {list(found[k].shape)})"
-        for k in set(expected) & set(found)
-        if expected[k].shape != found[k].shape
-    )
-    parts = [
-        f"{what}: {listing(names)}"
-        for what, names in (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", shapes))
-        if names
-    ]
-    return "; ".join(parts)
-
-
-def register_model(fn: Callable[[], dict]) -> Callable[[], dict]:
-    """Register a variant: a function returning its config as a plain dict (timm's `@register_model`)."""
-    return MODELS.register(fn.__name__)(fn)
-
-
-@register_model
-def omnivec_tiny() -> dict:
-    """128-wide, 4-layer backbone on small inputs: trains in minutes on a laptop CPU."""
-    return {
-        "backbone": {"dim": 128, "depth": 4, "num_heads": 4},
-        "modalities": {
-            "image": {"image_size": 32, "patch_size": 4},
-            "video": {"num_frames": 8, "image_size": 32, "patch_size": 8, "tubelet_size": 2},
-            "audio": {"num_mel_bins": 64, "target_frames": 128},
-            "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 256},
-            "point_cloud": {"num_points": 512, "num_groups": 32, "group_size": 16, "pointnet_dims": [64, 128, 256]},
-        },
-    }
-
-
-def _full_size(dim: int, depth: int, num_heads: int) -> dict:
-    return {
-        "backbone": {"dim": dim, "depth": depth, "num_heads": num_heads},
-        "modalities": {
-            "image": {"image_size": 224, "patch_size": 16},
-            "video": {"num_frames": 16, "image_size": 224, "patch_size": 16, "tubelet_size": 2},
-            "audio": {"num_mel_bins": 128, "target_frames": 1024},
-            "text": {"tokenizer": "bert-base-uncased", "vocab_size": 30522, "max_length": 512},
-            "point_cloud": {"num_points": 1024, "num_groups": 64, "group_size": 32},
-        },
-    }
-
-
-@register_model
-def omnivec_base_vit() -> dict:
-    """The trunk is MAE's ViT-B/16 (timm `vit_base_patch16_224.mae`): its blocks, CLS token, patch
-    embedding and positions; the other modalities' tokenizers project into its 768-wide tokens.
-    Swap in any ViT with `backbone.pretrained` ("timm:vit_base_patch14_dinov2", "hf:facebook/vit-mae-base")."""
-    full = _full_size(768, 12, 12)
-    return {"backbone": {"pretrained": "timm:vit_base_patch16_224.mae"}, "modalities": full["modalities"]}
-
-
-@register_model
-def omnivec_small() -> dict:
-    """ViT-S sized backbone (384 wide, 12 layers) on full-size inputs."""
-    return _full_size(384, 12, 6)
-
-
-@register_model
-def omnivec_base() -> dict:
-    """ViT-B sized backbone (768 wide, 12 layers, about 85M parameters) on full-size inputs."""
-    return _full_size(768, 12, 12)
-
-
-def list_models() -> list[str]:
-    """Names of the registered variants."""
-    return MODELS.names()
-
-
-def model_config(name: str, **overrides: Any) -> OmniVecConfig:
-    """The validated config of variant `name` with `overrides` merged in (nested dicts or dotted keys)."""
-    data = merge(MODELS.get(name)(), overrides)
-    data["variant"] = name
-    return OmniVecConfig.from_dict(data)
-
-
-def load_model(init: str | os.PathLike | None, name: str, overrides: Mapping[str, Any] | None = None) -> OmniVecModel:
-    """What a recipe starts from: the saved model folder (or hub id) `init`, else variant `name`
-    with `overrides`, newly initialised."""
-    return OmniVecModel.from_pretrained(init) if init else OmniVecModel(model_config(name, **(overrides or {})))
-
-
-def build_model(name: str, **overrides: Any) -> OmniVecModel:
-    """Build a registered variant, e.g. `build_model("omnivec_tiny", backbone={"depth": 2})`;
-    `modalities={"video": None}` drops a modality."""
-    return OmniVecModel(model_config(name, **overrides))
-
-
-def example_inputs(config: OmniVecConfig, batch_size: int = 2, seed: int = 0) -> dict[str, Any]:
-    """A random model-ready batch for every modality of `config` (docs, tests, benchmarks)."""
-    generator = torch.Generator().manual_seed(seed)
-    return {m: MODALITIES.get(m).example_input(cfg, batch_size, generator) for m, cfg in config.modalities.items()}

@@ -79,7 +79,7 @@ def plot_reconstructions(
 ) -> None:
     """For a few validation samples of each modality: the input, what the encoder saw (hidden
     tokens blank) and the decoder's reconstruction of the hidden tokens."""
-    from .training import to_device
+    from .datasets.dataset import to_device
 
     pretrainer.eval()
     rows = []  # (plot style, modality, panels for one sample)

@@ -6,7 +6,6 @@ pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
@@ -17,198 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.layers import trunc_normal_
 from torch import nn
 from tqdm.auto import tqdm
 
-from .backbone import run_blocks, transformer_blocks
-from .config import join_key, require, require_positive
 from .errors import ConfigError
 from .evaluation import eval_batches, evaluating
-from .masking import Masking
-from .modalities.base import Tokens
-from .model import OmniVecModel, _init_weights, load_model
-from .packing import packed_backbone
+from .mae import DecoderConfig, MaskedPretrainer
+from .model import OmniVecModel
+from .parsing import join_key, require, require_positive
 from .registry import MODELS
-from .training import TrainConfig, Trainer, prepare_output_dir
+from .run_dir import prepare_output_dir
+from .trainer import TrainConfig, Trainer
+from .variants import load_model
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DecoderConfig:
-    """The light decoder of each modality (narrow and shallow: the MAE decoder can cost more than
-    a small encoder)."""
-
-    dim: int = 128
-    depth: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-5
-    from_trunk: bool = True  # the image decoder starts from the trunk checkpoint's MAE decoder, if it has one
-
-    def validate(self, prefix: str) -> None:
-        require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
-        require(
-            self.dim % self.num_heads == 0,
-            join_key(prefix, "num_heads"),
-            f"a divisor of dim={self.dim}",
-            self.num_heads,
-        )
-
-
-class MaskedDecoder(nn.Module):
-    """Visible backbone tokens + a mask token at every hidden position -> a prediction per token.
-
-    With `num_prefix` the backbone's prefix tokens (a pretrained ViT's CLS) lead the sequence with
-    positions of their own, as in MAE's decoder, and are dropped before the prediction."""
-
-    def __init__(
-        self,
-        cfg: DecoderConfig,
-        in_dim: int,
-        num_tokens: int,
-        target_dim: int,
-        position_dim: int = 0,
-        num_prefix: int = 0,
-    ):
-        super().__init__()
-        self.num_prefix = num_prefix
-        self.embed = nn.Linear(in_dim, cfg.dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.prefix_pos = nn.Parameter(torch.zeros(1, num_prefix, cfg.dim)) if num_prefix else None
-        if position_dim:  # tokens placed by coordinates, e.g. point groups by their centres (Point-MAE)
-            self.pos_mlp = nn.Sequential(nn.Linear(position_dim, 128), nn.GELU(), nn.Linear(128, cfg.dim))
-        else:
-            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.dim))
-            trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = transformer_blocks(cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, norm_eps=cfg.norm_eps)
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.pred = nn.Linear(cfg.dim, target_dim)
-        trunc_normal_(self.mask_token, std=0.02)
-        if num_prefix:
-            trunc_normal_(self.prefix_pos, std=0.02)
-        self.apply(_init_weights)
-
-    def forward(
-        self,
-        visible: torch.Tensor,
-        masking: Masking,
-        padding_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """visible: [B, n + K, D] backbone tokens: the n prefix tokens, then those at `masking.ids_keep`;
-        padding_mask: [B, L] of the full sequence; positions: [B, L, c] token coordinates (point groups)
-        -> predictions [N, P] for the N hidden tokens (`masking.mask`), the only ones any loss looks at."""
-        n = self.num_prefix
-        prefix, x = self.embed(visible).split([n, visible.shape[1] - n], dim=1)  # [B, n, d], [B, K, d]
-        B, L = masking.mask.shape
-        if masking.keep_valid is not None:
-            x = torch.where(masking.keep_valid[..., None], x, self.mask_token.to(x.dtype))
-        index = masking.ids_keep[..., None].expand(-1, -1, x.shape[-1])
-        x = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)  # [B, L, d]
-        x = x + (self.pos_mlp(positions) if positions is not None else self.pos_embed[:, :L])
-        if n:
-            x = torch.cat([prefix + self.prefix_pos, x], dim=1)  # [B, n + L, d]
-            padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
-        x = run_blocks(self.blocks, x, padding_mask)[:, n:]  # [B, L, d]
-        return self.pred(self.norm(masking.hidden(x)))  # [N, P]
-
-
-class MaskedPretrainer(nn.Module):
-    """An `OmniVecModel` plus one `MaskedDecoder` per modality; `forward` returns the loss per modality.
-
-    pack: one backbone pass over the kept tokens of every modality of a batch (omnivec/packing.py)
-    instead of one per modality; the same losses. A model whose trunk was just read from a checkpoint
-    with an MAE decoder (`decoder.from_trunk`) starts its image decoder from that one, at its size;
-    `decoder_configs` records each modality's decoder settings (pass them to build the same shapes)."""
-
-    def __init__(
-        self,
-        model: OmniVecModel,
-        decoder: DecoderConfig,
-        seed: int = 0,
-        pack: bool = False,
-        decoder_configs: Mapping[str, DecoderConfig] | None = None,
-    ):
-        super().__init__()
-        if pack and model.config.backbone.drop_path > 0:
-            raise ConfigError(
-                "pack: needs backbone.drop_path = 0 (stochastic depth would drop a packed row, several samples at once)"
-            )
-        self.model, self.seed, self.pack = model, seed, pack
-        dim, num_prefix = model.config.backbone.dim, model.backbone.num_prefix_tokens
-        trunk = None
-        if decoder_configs is None and decoder.from_trunk and "backbone" in model.load_reports:  # read just now
-            from .encoders.trunk import IMAGE, load_mae_decoder
-
-            trunk = load_mae_decoder(model)
-        self.decoder_configs = dict(decoder_configs or {m: decoder for m in model.encoders})
-        if trunk is not None:
-            self.decoder_configs[IMAGE] = dataclasses.replace(decoder, **trunk[0])
-        self.decoders = nn.ModuleDict(
-            {
-                m: MaskedDecoder(
-                    self.decoder_configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim, num_prefix
-                )
-                for m, enc in model.encoders.items()
-            }
-        )
-        if trunk is not None:
-            self.decoders[IMAGE].load_state_dict(trunk[1])
-            trunk[2].source = f"{model.config.backbone.pretrained}'s MAE decoder ({trunk[0]})"
-            logger.info("image decoder: %s", trunk[2].summary())
-
-    def mask_generator(self, device: torch.device, step: int) -> torch.Generator:
-        """Masks are a function of (seed, step, process): a resumed run hides the same tokens."""
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        return torch.Generator(device).manual_seed((self.seed * 1_000_003 + step) * 1009 + rank)
-
-    def reconstruct(
-        self, modality: str, x: Any, generator: torch.Generator | None = None, masking: Masking | None = None
-    ) -> dict[str, Any]:
-        """Mask (or take `masking`), encode the kept tokens, decode all -> loss, prediction, target,
-        mask (and positions)."""
-        masking, out = self.encode(modality, x, generator, masking)
-        hidden = self.model.backbone(out.tokens, modality, out.padding_mask, keep_prefix=True)  # [B, n + K, D]
-        return self.decode(modality, x, masking, out, hidden)
-
-    def encode(
-        self, modality: str, x: Any, generator: torch.Generator | None = None, masking: Masking | None = None
-    ) -> tuple[Masking, Tokens]:
-        """Sample the mask (unless given) and encode the kept tokens -> the masking and the encoder's
-        `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
-        enc = self.model.encoders[modality]
-        masking = enc.sample_mask(x, generator) if masking is None else masking
-        return masking, enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
-
-    def decode(self, modality: str, x: Any, masking: Masking, out: Tokens, hidden: torch.Tensor) -> dict[str, Any]:
-        """Backbone tokens [B, n + K, D] (prefix first) -> the `reconstruct` result (loss on the hidden tokens)."""
-        enc = self.model.encoders[modality]
-        pred = self.decoders[modality](hidden, masking, enc.padding_mask(x), out.positions)  # [N, P]
-        loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
-        return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
-
-    def forward(
-        self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens};
-        the masks are the step's (`mask_generator`) unless `generator` is given."""
-        if generator is None:
-            generator = self.mask_generator(next(self.parameters()).device, step)
-        if not self.pack:
-            return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
-        encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
-        hidden = packed_backbone(
-            self.model.backbone,
-            {m: out.tokens for m, (_, out) in encoded.items()},
-            {m: out.padding_mask for m, (_, out) in encoded.items()},
-            keep_prefix=True,
-        )  # {m: [B, n + K, D]}
-        return {
-            m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
-            for m, (masking, out) in encoded.items()
-        }
 
 
 @dataclass
@@ -315,9 +136,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack)
     trainer = Trainer(cfg, pretrainer)
     out = Path(cfg.output_dir)  # prepare_output_dir recorded the config there (run_config.json)
-    acc = trainer.accelerator
+    accelerator = trainer.accelerator
     train = build_loaders(
-        cfg.data, model, "train", cfg, train=True, rank=acc.process_index, world_size=acc.num_processes
+        cfg.data, model, "train", cfg, train=True, rank=accelerator.process_index, world_size=accelerator.num_processes
     )
     val = build_loaders(cfg.data, model, "val", cfg, train=False)
     batches = MultiModalLoader(train, cfg.schedule, cfg.weights if cfg.schedule == "weighted" else None, cfg.seed)
@@ -326,7 +147,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         return evaluate_reconstruction(trainer.module, val, trainer.device, cfg.eval_batches)
 
     trainer.fit(batches, evaluate, loss_weights=cfg.weights if cfg.schedule == "all" else None)
-    state = acc.get_state_dict(trainer.module)  # every process takes part; whole tensors on the main one
+    state = accelerator.get_state_dict(trainer.module)  # every process takes part; whole tensors on the main one
     summary = {}
     if trainer.is_main:  # a copy with whole weights (under FSDP each process holds shards) to save and plot
         whole = MaskedPretrainer(
@@ -346,8 +167,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         tqdm.write(format_summary(summary, out))
     batches = train = val = None  # drop the last references to the loaders
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next
-    acc.wait_for_everyone()
-    acc.end_training()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return summary
 
 

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import join_key, require, require_positive
 from .datasets import TaskData
 from .errors import ConfigError
 from .evaluation import baselines, embed_split
 from .metrics import mean_average_precision, topk_accuracy
 from .model import OmniVecModel
+from .parsing import join_key, require, require_positive
 
 
 @dataclass
@@ -193,9 +193,10 @@ def unsupported(model: OmniVecModel, protocol: str, datasets: list[TaskData]) ->
     modality = datasets[0].modality
     if modality not in model.encoders:
         return f"the model has no {modality} encoder"
-    if datasets[0].target not in ("label", "labels"):
+    kind = datasets[0].target_kind
+    if kind is None or not kind.has_classes:
         return f"not a classification task (target {datasets[0].target!r})"
-    if protocol == "knn" and datasets[0].target == "labels":
+    if protocol == "knn" and kind.multi_label:
         return "multi-label: no k-NN protocol (the linear probe reports mAP)"
     return None
 
@@ -282,9 +283,9 @@ def finetune_protocol(
     import dataclasses
     import shutil
 
+    from .finetune_config import StageSpec
     from .finetuning import finetune
     from .registry import HEADS
-    from .tasks import StageSpec
 
     run_cfg = dataclasses.replace(
         cfg,

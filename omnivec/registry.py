@@ -43,4 +43,6 @@ MODELS: Registry = Registry("model")
 MODALITIES: Registry = Registry("modality")
 HEADS: Registry = Registry("head")
 ENCODERS: Registry = Registry("pretrained encoder")  # "MODALITY/FAMILY" -> encoder (omnivec/encoders)
-TRUNKS: Registry = Registry("pretrained trunk")  # "timm" | "hf" -> reader of a ViT checkpoint (encoders/trunk.py)
+BACKBONES: Registry = Registry(
+    "pretrained backbone"
+)  # "timm" | "hf" -> reader of a ViT checkpoint (pretrained/vit_backbone.py)

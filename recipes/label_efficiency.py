@@ -30,15 +30,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from omnivec.config import load_recipe_config
-from omnivec.model import OmniVecModel, load_model
+from omnivec.finetune_config import FinetuneConfig, StageSpec
+from omnivec.model import OmniVecModel
 from omnivec.plots import plot_label_efficiency
 from omnivec.pretraining import PretrainConfig, pretrain
 from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, task_features, unsupported
+from omnivec.recipe_config import load_recipe_config
 from omnivec.registry import HEADS
 from omnivec.reports import label_efficiency_report, summarize_runs
-from omnivec.tasks import FinetuneConfig, StageSpec, load_task_data
-from omnivec.training import RESUME_MAY_CHANGE, RUN_CONFIG, as_json, config_changes
+from omnivec.run_dir import RESUME_MAY_CHANGE, RUN_CONFIG, as_json, config_changes
+from omnivec.tasks import load_task_data
+from omnivec.variants import load_model
 
 TASKS = ["digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "acl_highlights"]
 # set per run or per backbone by the recipe, so not overridable

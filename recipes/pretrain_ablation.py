@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
-from omnivec.config import load_recipe_config
-from omnivec.model import OmniVecModel, load_model
+from omnivec.finetune_config import FinetuneConfig
+from omnivec.model import OmniVecModel
 from omnivec.pretraining import PretrainConfig, pretrain
 from omnivec.protocols import ProtocolSettings, run_protocols
-from omnivec.tasks import FinetuneConfig, load_task_data
+from omnivec.recipe_config import load_recipe_config
+from omnivec.tasks import load_task_data
+from omnivec.variants import load_model
 
 # setting name -> overrides of configs/pretrain/tiny.yaml (MODALITY: the task's modality)
 VARIANTS = {

@@ -8,11 +8,12 @@ import torch
 from timm.loss import SoftTargetCrossEntropy
 
 import omnivec
-from omnivec.config import augment_configs, from_dict
+from omnivec.config import augment_configs
 from omnivec.datasets.dataset import seeded
+from omnivec.finetune_config import FinetuneConfig
 from omnivec.finetuning import FinetuneModule, mixers
+from omnivec.parsing import from_dict
 from omnivec.registry import MODALITIES
-from omnivec.tasks import FinetuneConfig
 
 # Every augmentation of a modality off; each case below switches one on from here.
 OFF = {
@@ -223,7 +224,8 @@ def test_mixup_targets_sum_to_one_and_the_loss_is_the_soft_target_cross_entropy(
 
 
 def test_label_smoothing_reaches_single_label_heads_unless_their_head_args_say():
-    from omnivec.tasks import TaskSpec, head_config
+    from omnivec.finetune_config import TaskSpec
+    from omnivec.tasks import head_config
 
     class Data:
         modality, classes = "image", ["a", "b", "c"]
@@ -256,7 +258,7 @@ def test_ema_weights_move_slower_than_the_raw_weights(tiny_model):
     assert (ema - start[name]).norm() < (raw - start[name]).norm()
 
 
-def test_drop_path_is_set_on_the_trunk_blocks():
+def test_drop_path_is_set_on_the_vit_backbone_blocks():
     from timm.layers import DropPath
 
     from omnivec.backbone import set_drop_path

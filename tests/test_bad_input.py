@@ -174,7 +174,8 @@ def test_a_moved_model_with_a_summarization_head_loads_and_writes(tmp_path):
     """Item 2: the head uses the model folder's tokenizer, wherever the folder is copied."""
     model = omnivec.build_model("omnivec_tiny", **SMALL_MODEL_OVERRIDES)
     from omnivec.datasets import find_tasks
-    from omnivec.tasks import TaskSpec, head_config
+    from omnivec.finetune_config import TaskSpec
+    from omnivec.tasks import head_config
 
     data = find_tasks(SAMPLE / "acl_summaries")
     model.add_head(

@@ -25,7 +25,7 @@ def test_roundtrip_through_json(tiny_config, tmp_path):
         ({"modalities.video.mask_ratio": 1.5}, "modalities.video.mask_ratio"),
         ({"modalities.image.mean": [0.5]}, "modalities.image.mean"),
         ({"heads.x": {"type": "classification", "modality": "smell"}}, "heads.x.modality"),
-        ({"heads.x": {"type": "regression", "modality": "image"}}, "heads.x.type"),
+        ({"heads.x": {"type": "no_such_head", "modality": "image"}}, "heads.x.type"),
         ({"backbone.num_heads": 5}, "backbone.num_heads"),
         ({"modalities.point_cloud.in_chans": 2}, "modalities.point_cloud.in_chans"),
     ],

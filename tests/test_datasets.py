@@ -192,18 +192,20 @@ def test_csv_manifest_and_folder_layout(tmp_path, formats):
 def test_dataset_collate_and_workers(tiny_model):
     task = load_task(SAMPLE / "spoken_mix")
     ds = TaskDataset(task, "train", tiny_model.transforms()["audio"])
-    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=Collate("audio"))
+    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=Collate("audio", target=task.target_kind))
     batch = next(iter(loader))
     assert batch["input"].shape == (4, 48, 32) and batch["target"].shape == (4, 10)
     assert set(batch["target"].sum(1).tolist()) <= {2.0, 3.0} and batch["skipped"] == []
     text = TaskDataset(load_task(SAMPLE / "acl_highlights"), "val", tiny_model.transforms()["text"])
-    batch = next(iter(DataLoader(text, batch_size=3, num_workers=2, collate_fn=Collate("text"))))
+    collate = Collate("text", target=text.target_kind)
+    batch = next(iter(DataLoader(text, batch_size=3, num_workers=2, collate_fn=collate)))
     ids, mask = batch["input"]["input_ids"], batch["input"]["attention_mask"]
     assert ids.shape == mask.shape and ids.shape[1] <= 24 and batch["target"].dtype == torch.long
     assert ((ids == 0) == (mask == 0)).all()  # padding is exactly where the mask is 0
     tiny_model.embed({"text": batch["input"]})
     summaries = TaskDataset(load_task(SAMPLE / "acl_summaries"), "test", tiny_model.transforms()["text"])
-    assert isinstance(Collate("text")([summaries[0], summaries[1]])["target"][0], str)
+    batch = Collate("text", target=summaries.target_kind)([summaries[0], summaries[1]])
+    assert isinstance(batch["target"][0], str)
 
 
 def test_bad_sample_raises_or_is_skipped(tmp_path, tiny_model):

@@ -227,7 +227,7 @@ def test_transformers_videomae_conformance(tmp_path):
 
 def test_library_encoders_pretrain_with_masking(tmp_path):
     """Hidden patches are dropped after the library's patch embedding; the MAE loss trains."""
-    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
+    from omnivec.mae import DecoderConfig, MaskedPretrainer
 
     _, path = save_timm(tmp_path, "vit_tiny_patch16_224", img_size=32, **VIT_ARCH)
     model = omnivec_model(
@@ -272,7 +272,7 @@ def test_unsupported_family_fails_at_config_time():
 def test_pretraining_a_convolutional_encoder_fails_before_training(tmp_path):
     from helpers import SAMPLE
 
-    from omnivec.config import from_dict
+    from omnivec.parsing import from_dict
     from omnivec.pretraining import PretrainConfig, pretrain
 
     _, path = save_timm(tmp_path, "efficientnet_b0")

@@ -13,14 +13,17 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from omnivec.backbone import masked_mean
 from omnivec.cli import main
-from omnivec.config import HeadConfig, PatchConfig, require
+from omnivec.config import HeadConfig, ModalityConfig, PatchConfig
 from omnivec.errors import DataError
-from omnivec.heads import TaskHead, masked_mean, register_head
+from omnivec.heads import TaskHead, register_head
 from omnivec.metrics import topk_accuracy
 from omnivec.modalities import ModalityEncoder, register_modality
 from omnivec.modalities.base import Tokens
+from omnivec.parsing import require
 from omnivec.registry import HEADS, MODALITIES
+from omnivec.targets import Target
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +265,189 @@ def test_a_modality_and_a_head_defined_outside_the_package_run_every_command(tmp
     (data / "flat_0.npy").write_bytes(b"\x93NUMPY garbage")
     assert main(["data", "check", str(data)]) == 1
     assert f"BAD {data / 'flat_0.npy'}: cannot read depth map" in capsys.readouterr().out
+
+
+# --- a head whose target is a new kind (a number per sample), and a second inline modality ---------
+
+
+class Value(Target):
+    """A number per sample, in a `value` column: batched as a float tensor [B]."""
+
+    column = "value"
+
+    def parse(self, value, where):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise DataError(f"{where}: value: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError as e:
+            raise DataError(f"{where}: value: expected a number, got {value!r}") from e
+
+    def collate(self, values):
+        return torch.tensor(values, dtype=torch.float32)  # [B]
+
+
+@dataclass
+class RegressionHeadConfig(HeadConfig):
+    type: str = "regression"
+
+
+class RegressionHead(TaskHead):
+    """Mean-pooled tokens -> one number; mean squared error; mean absolute error and R²."""
+
+    config_class = RegressionHeadConfig
+    target = Value()
+    main_metric = "r2"
+
+    def __init__(self, cfg: RegressionHeadConfig, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, 1)
+
+    def forward(self, x, padding_mask=None):
+        return self.fc(masked_mean(x, padding_mask))[:, 0]  # [B]
+
+    def loss(self, x, padding_mask, target):
+        return F.mse_loss(self(x, padding_mask).float(), target)
+
+    def metrics(self, predictions, targets):
+        residual = ((predictions - targets) ** 2).sum() / ((targets - targets.mean()) ** 2).sum()
+        return {"r2": float(1 - residual), "mae": float((predictions - targets).abs().mean())}
+
+    @classmethod
+    def baseline(cls, rows, classes):
+        values = torch.tensor([r["value"] for r in rows])
+        return {"median": {"mae": float((values - values.median()).abs().mean())}} if len(values) else {}
+
+
+@dataclass
+class VectorConfig(ModalityConfig):
+    features: int = 8
+    chunk: int = 2
+
+
+class VectorTransform:
+    """A list of numbers -> [F] floats."""
+
+    def __init__(self, cfg: VectorConfig, train: bool = False):
+        self.features = cfg.features
+
+    def __call__(self, values: list) -> torch.Tensor:
+        if len(values) != self.features:
+            raise ValueError(f"expected {self.features} numbers, got {len(values)}")
+        return torch.tensor(values, dtype=torch.float32)  # [F]
+
+
+class VectorEncoder(ModalityEncoder):
+    """Feature vectors held inline in a `vector` column (a JSON list, or numbers separated by
+    spaces in CSV) -> [B, F / c, D] tokens of c features each."""
+
+    config_class = VectorConfig
+    suffixes = (".vec",)
+    inline_column = "vector"
+    masked_pretraining = False
+
+    def __init__(self, cfg: VectorConfig, dim: int):
+        super().__init__(cfg, dim)
+        self.chunk = nn.Linear(cfg.chunk, self.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.features // self.cfg.chunk
+
+    @classmethod
+    def parse_inline(cls, value, where):
+        numbers = value.split() if isinstance(value, str) else value
+        try:
+            return [float(v) for v in numbers]
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{where}: vector: expected numbers, got {value!r}") from e
+
+    @classmethod
+    def inline_member(cls, value):
+        return ".vec", " ".join(map(repr, value)).encode()
+
+    @classmethod
+    def read(cls, path: Path) -> list:
+        return cls.parse_inline(path.read_text(), str(path))
+
+    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+        return Tokens(self.chunk(x.unflatten(1, (-1, self.cfg.chunk))) + self.pos_embed)  # [B, L, width]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        self._check_tensor(x, (None, self.cfg.features), f"[B, {self.cfg.features}]")
+
+    @classmethod
+    def build_transform(cls, cfg: VectorConfig, train: bool = False) -> VectorTransform:
+        return VectorTransform(cfg, train)
+
+    @classmethod
+    def example_input(cls, cfg: VectorConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(batch_size, cfg.features, generator=generator)
+
+
+if "vector" not in MODALITIES:
+    register_modality("vector")(VectorEncoder)
+if "regression" not in HEADS:
+    register_head("regression")(RegressionHead)
+
+
+def write_vector_dataset(root: Path, n: int = 48) -> Path:
+    """8 random features per row, inline; the value to predict is the sum of the first two."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        x = rng.standard_normal(8).round(3)
+        split = "train" if i < n - 16 else "val" if i < n - 8 else "test"
+        rows.append({"vector": x.tolist(), "value": float(x[0] + x[1]), "split": split})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_a_new_target_kind_and_an_inline_modality_defined_outside_the_package_run_every_command(tmp_path, capsys):
+    data = write_vector_dataset(tmp_path / "sums")
+    assert main(["data", "check", str(data)]) == 0
+    assert "sums (vector, value): " in capsys.readouterr().out
+
+    shards = tmp_path / "shards"
+    assert main(["data", "shard", str(data), "--output", str(shards)]) == 0
+    index = json.loads((shards / "index.json").read_text())
+    assert index["modalities"]["vector"]["target"] == "value" and index["splits"] == {"test": 8, "train": 32, "val": 8}
+    assert main(["data", "check", str(shards)]) == 0  # the inline samples came back from .vec members
+    assert "vector, value" in capsys.readouterr().out
+
+    model = {
+        "backbone": {"dim": 32, "depth": 1, "num_heads": 2},
+        "modalities": {m: None for m in ("image", "video", "audio", "text", "point_cloud")} | {"vector": {}},
+    }
+    for name, source in (("manifest", data), ("shards", shards)):
+        ft = write_yaml(
+            tmp_path / f"ft-{name}.yaml",
+            {
+                "model": "omnivec_tiny",
+                "model_overrides": model,
+                "tasks": {"sums": {"head": "regression", "data": [str(source)]}},
+                "stages": [{"tasks": ["sums"], "steps": 60}],
+                "lr": 3e-3,
+                "eval_split": "test",
+                "output_dir": str(tmp_path / f"ft-{name}"),
+                **LOOP,
+            },
+        )
+        assert main(["finetune", ft]) == 0
+        report = json.loads((tmp_path / f"ft-{name}" / "eval.json").read_text())
+        assert report["forgetting_matrix"]["metric"] == {"sums": "r2"}
+        median = report["baselines"]["sums"]["median"]["mae"] if name == "manifest" else None
+        assert name == "shards" or report["final"]["sums"]["mae"] < median  # learned something beyond the median
+
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "ft-shards" / "model"), "--config", ft, "--output", str(out)]) == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]["sums"]
+    assert metrics["samples"] == 8 and set(metrics) >= {"r2", "mae"}
+
+    assert main(["embed", "--model", str(tmp_path / "ft-shards" / "model"), "--input", str(data),
+                 "--output", str(tmp_path / "emb"), "--num-workers", "0"]) == 0  # fmt: skip
+    assert np.load(tmp_path / "emb.npy").shape == (48, 32)

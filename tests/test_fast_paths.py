@@ -46,8 +46,8 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     """TrainConfig.compile: regional torch.compile of every block, same loss and gradients."""
     import copy
 
-    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
-    from omnivec.training import compile_blocks
+    from omnivec.backbone import compile_blocks
+    from omnivec.mae import DecoderConfig, MaskedPretrainer
 
     config = omnivec.model_config(
         "omnivec_tiny",
@@ -115,20 +115,20 @@ def test_hidden_tokens_by_gather_are_the_boolean_mask_selection():
 
 
 @pytest.mark.parametrize(
-    "trunk",
+    "vit",
     [{}, {"backbone.num_prefix_tokens": 2, "backbone.pre_norm": True, "backbone.init_values": 0.1}],
     ids=["plain", "prefix_tokens"],
 )
-def test_packed_step_gives_the_per_modality_losses_and_gradients(trunk):
+def test_packed_step_gives_the_per_modality_losses_and_gradients(vit):
     """MaskedPretrainer(pack=True): one backbone pass over the five modalities, text padded."""
     import copy
 
     from conftest import TINY
 
+    from omnivec.mae import DecoderConfig, MaskedPretrainer
     from omnivec.packing import pack, unpack
-    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
 
-    config = omnivec.model_config("omnivec_tiny", **TINY, **trunk)
+    config = omnivec.model_config("omnivec_tiny", **TINY, **vit)
     torch.manual_seed(0)
     plain = MaskedPretrainer(omnivec.OmniVecModel(config), DecoderConfig(dim=32, depth=1, num_heads=2))
     packed = copy.deepcopy(plain)
@@ -156,7 +156,7 @@ def test_packed_step_gives_the_per_modality_losses_and_gradients(trunk):
 
 def test_packing_refuses_stochastic_depth():
     from omnivec.errors import ConfigError
-    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
+    from omnivec.mae import DecoderConfig, MaskedPretrainer
 
     model = omnivec.build_model("omnivec_tiny", backbone={"drop_path": 0.1}, modalities={"video": None, "audio": None})
     with pytest.raises(ConfigError, match="pack: needs backbone.drop_path = 0"):

@@ -7,10 +7,10 @@ from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 import omnivec
 from omnivec.cli import main
-from omnivec.config import from_dict
 from omnivec.datasets import load_task, read_file
+from omnivec.finetune_config import FinetuneConfig
 from omnivec.finetuning import finetune
-from omnivec.tasks import FinetuneConfig
+from omnivec.parsing import from_dict
 
 
 def _config(tmp_path: Path, **kw) -> FinetuneConfig:
@@ -143,7 +143,7 @@ def test_replay_rehearses_earlier_tasks(tmp_path):
 
 def test_backbone_lr_scale_sets_the_param_group_rates():
     from omnivec.finetuning import FinetuneModule
-    from omnivec.training import param_groups
+    from omnivec.optim import param_groups
 
     model = omnivec.build_model("omnivec_tiny", **{"backbone.depth": 1})
     model.add_head("digits", omnivec.heads.classification.ClassificationHeadConfig(modality="image", num_classes=10))

@@ -8,10 +8,11 @@ from conftest import TINY
 from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 
 import omnivec
-from omnivec.config import from_dict
+from omnivec.mae import MaskedPretrainer
 from omnivec.modalities.base import fill_hidden
 from omnivec.modalities.point_cloud import chamfer_l2
-from omnivec.pretraining import MaskedPretrainer, PretrainConfig, pretrain
+from omnivec.parsing import from_dict
+from omnivec.pretraining import PretrainConfig, pretrain
 
 
 def test_image_target_is_normalised_pixels_per_patch(tiny_model):

@@ -11,11 +11,12 @@ from helpers import SAMPLE
 
 import omnivec
 from omnivec.cli import main
-from omnivec.config import from_dict
 from omnivec.datasets import load_task
 from omnivec.errors import ConfigError
+from omnivec.finetune_config import FinetuneConfig
+from omnivec.parsing import from_dict
 from omnivec.protocols import Features, knn_evaluate, knn_protocol, knn_scores, linear_evaluate, linear_probe
-from omnivec.tasks import FinetuneConfig, load_task_data, subsample_train
+from omnivec.tasks import load_task_data, subsample_train
 
 
 def clusters(n_per_class: int, classes: int = 4, dim: int = 16, noise: float = 0.3, seed: int = 0):

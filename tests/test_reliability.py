@@ -20,11 +20,12 @@ from torch import nn
 
 import omnivec
 from omnivec import ConfigError, DataError, InputError, ModelError
-from omnivec.config import from_dict, load_recipe_config
+from omnivec.checkpointing import latest_checkpoint
 from omnivec.datasets.dataset import TaskDataset
-from omnivec.datasets.manifest import load_task
+from omnivec.datasets.sources import load_task
+from omnivec.parsing import from_dict
 from omnivec.pretraining import PretrainConfig, pretrain
-from omnivec.training import latest_checkpoint
+from omnivec.recipe_config import load_recipe_config
 
 
 def pretrain_yaml(tmp_path: Path, name: str, **kw) -> Path:
@@ -100,9 +101,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
 
 KILL_DURING_SAVE = """
 import os, signal, sys
-import omnivec.model
+import omnivec.saved_model
 calls = []
-real = omnivec.model.save_file
+real = omnivec.saved_model.save_file
 def dying_save(tensors, filename, *args, **kwargs):
     calls.append(filename)
     if len(calls) == 2:  # the second checkpoint: write part of the file, then die
@@ -110,7 +111,7 @@ def dying_save(tensors, filename, *args, **kwargs):
             f.write(b"half a checkpoint")
         os.kill(os.getpid(), signal.SIGKILL)
     return real(tensors, filename, *args, **kwargs)
-omnivec.model.save_file = dying_save
+omnivec.saved_model.save_file = dying_save
 from omnivec.cli import main
 sys.exit(main(["pretrain", sys.argv[1]]))
 """
@@ -136,7 +137,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
 def test_filled_optimizer_state_is_the_state_adamw_would_create(fused):
     """`fill_optimizer_state` (before FSDP checkpoints) gives a parameter that has had no gradient
     the state AdamW creates at its first update, so training goes on bitwise as without it."""
-    from omnivec.training import fill_optimizer_state
+    from omnivec.checkpointing import fill_optimizer_state
 
     def train(fill: bool) -> tuple[nn.Module, torch.optim.AdamW]:
         torch.manual_seed(0)
@@ -292,8 +293,8 @@ def test_corrupt_text_file_is_named(tmp_path, tiny_model):
 @pytest.mark.integration
 def test_unknown_label_for_a_trained_head_is_named(tmp_path):
     from omnivec.evaluation import evaluate_saved
+    from omnivec.finetune_config import FinetuneConfig
     from omnivec.finetuning import finetune
-    from omnivec.tasks import FinetuneConfig
 
     base = {
         "model": "omnivec_tiny",
@@ -368,7 +369,7 @@ def test_every_torch_load_on_resume_is_weights_only(tmp_path, monkeypatch):
 
 
 def test_pickled_code_in_a_library_checkpoint_is_refused(tmp_path):
-    from omnivec.encoders.loading import read_weights
+    from omnivec.pretrained.loading import read_weights
 
     class Evil:
         def __reduce__(self):
@@ -386,7 +387,7 @@ def test_pickled_code_in_a_library_checkpoint_is_refused(tmp_path):
 
 def nan_image_loss_at(step_index: int):
     """A `MaskedPretrainer.forward` whose image loss is NaN at 0-based step `step_index` (logged as step + 1)."""
-    from omnivec.pretraining import MaskedPretrainer
+    from omnivec.mae import MaskedPretrainer
 
     real = MaskedPretrainer.forward
 
@@ -406,7 +407,7 @@ def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_good_checkp
     """Item 3: the NaN at step 3 is found at the next log or checkpoint, whichever comes first; the
     step-2 checkpoint (if any) stays the newest, and no model holding NaN weights is written."""
     from omnivec.errors import TrainingError
-    from omnivec.pretraining import MaskedPretrainer
+    from omnivec.mae import MaskedPretrainer
 
     monkeypatch.setattr(MaskedPretrainer, "forward", nan_image_loss_at(2))
     cfg = load_recipe_config(
@@ -430,7 +431,7 @@ def test_a_nan_loss_stops_the_run_naming_its_step_and_keeps_the_last_good_checkp
 def test_each_modality_s_logged_loss_is_its_mean_over_the_steps_that_had_it(tmp_path, monkeypatch, schedule):
     """round_robin trains one modality per step: its logged loss is the mean over its own steps,
     not diluted by the other modalities' steps."""
-    from omnivec.pretraining import MaskedPretrainer
+    from omnivec.mae import MaskedPretrainer
 
     real = MaskedPretrainer.forward
     monkeypatch.setattr(
@@ -468,7 +469,7 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     """Item 3: weights that turn NaN while the losses stay finite (here: the unused text decoder)
     are caught when the checkpoint is about to be written."""
     from omnivec.errors import TrainingError
-    from omnivec.pretraining import MaskedPretrainer
+    from omnivec.mae import MaskedPretrainer
 
     real = MaskedPretrainer.forward
 
@@ -620,14 +621,14 @@ def test_resume_drops_the_records_logged_after_the_last_checkpoint(tmp_path):
 def test_an_output_dir_that_cannot_be_written_fails_before_any_work(tmp_path, monkeypatch, case):
     """Item 10: checked before the model is built (a file, a folder under a file, a read-only folder)."""
     import omnivec.pretraining
-    import omnivec.training
+    import omnivec.run_dir
 
     if case == "read_only" and os.geteuid() == 0:  # root writes into read-only folders: refuse as the OS would
 
         def read_only(*args, dir=None, **kwargs):
             raise PermissionError(13, "Permission denied", str(dir))
 
-        monkeypatch.setattr(omnivec.training.tempfile, "TemporaryFile", read_only)
+        monkeypatch.setattr(omnivec.run_dir.tempfile, "TemporaryFile", read_only)
     target = {"file": tmp_path / "taken", "under_a_file": tmp_path / "taken" / "run", "read_only": tmp_path / "ro"}[
         case
     ]
@@ -704,7 +705,7 @@ def test_a_yaml_alias_bomb_fails_fast(tmp_path):
                 pretrain_yaml(tmp_path, "run"),
                 ["max_steps=" + BILLION_LAUGHS.replace("\n", ", ").join("{}")],
             )
-        from omnivec.config import merge
+        from omnivec.recipe_config import merge
 
         with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
             merge(yaml.safe_load(path.read_text()), {"i": None})

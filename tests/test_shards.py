@@ -20,7 +20,7 @@ from omnivec.datasets.check import check_path, format_report
 from omnivec.datasets.dataset import TaskDataset
 from omnivec.datasets.loaders import task_loader
 from omnivec.datasets.sampler import MultiModalLoader
-from omnivec.datasets.shards import parse_size, write_shards
+from omnivec.datasets.shard_writer import parse_size, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -272,10 +272,10 @@ def pretrain_config(tmp_path: Path, shards: Path, name: str, **kw) -> dict:
 
 
 def test_pretraining_and_fine_tuning_read_shards(tmp_path, shards):
-    from omnivec.config import from_dict
+    from omnivec.finetune_config import FinetuneConfig
     from omnivec.finetuning import finetune
+    from omnivec.parsing import from_dict
     from omnivec.pretraining import PretrainConfig, pretrain
-    from omnivec.tasks import FinetuneConfig
 
     summary = pretrain(from_dict(PretrainConfig, pretrain_config(tmp_path, shards, "pre", max_steps=3), ""))
     assert summary["steps"] == 3 and set(summary["modalities"]) == {"image", "text"}

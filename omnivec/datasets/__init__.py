@@ -1,10 +1,12 @@
-"""Reading users' data: manifests and folder trees, one reader per modality, collate and mixing."""
+"""Reading users' data: manifests, folder trees, shards and Hugging Face datasets (sources.py), one
+reader per modality, collate and mixing."""
 
 from .check import check_path, format_report
 from .dataset import Collate, TaskDataset
-from .manifest import TaskData, find_tasks, load_task
 from .readers import extensions, load_sample, modality_of, read_file
+from .records import TaskData
 from .sampler import MultiModalLoader
+from .sources import find_tasks, load_task
 
 __all__ = [
     "Collate",

@@ -12,8 +12,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from .manifest import TaskData, find_tasks
 from .readers import load_sample
+from .records import TaskData, count_row
+from .sources import find_tasks
 
 
 @dataclass
@@ -70,9 +71,7 @@ def check_stream(task: TaskData, workers: int = 4) -> TaskReport:
                     bad_shards.append(f"{shard.name}: holds {n} samples, its index says {shard.samples}")
 
     def count(row: dict) -> dict:
-        n, counter = report.counts.get(row.get("split") or "-", (0, Counter()))
-        counter.update(row.get("labels") or ([row["label"]] if "label" in row else []))
-        report.counts[row.get("split") or "-"] = (n + 1, counter)
+        count_row(report.counts, row, task.target_kind)
         return row
 
     total = task.stream.count(None)

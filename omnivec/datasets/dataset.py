@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 from ..config import ModalityConfig
 from ..errors import DataError
 from ..registry import MODALITIES
-from .manifest import TaskData
+from ..targets import Target
 from .readers import load_sample
+from .records import TaskData
 
 
 @contextmanager
@@ -60,7 +61,7 @@ class TaskDataset(Dataset):
             raise DataError(f"{', '.join(str(t.source) for t in tasks)}: no samples in split {split!r}")
         self.class_index = {c: i for i, c in enumerate(self.task.classes)}
         same = all(t.target == self.task.target and t.classes == self.task.classes for t in tasks)
-        self.target_kind = self.task.target if same else None  # datasets joined for pretraining: no targets
+        self.target_kind = self.task.target_kind if same else None  # datasets joined for pretraining: no targets
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -85,16 +86,10 @@ class TaskDataset(Dataset):
         return {"index": i, "input": x, "target": self.target(i)}
 
 
-def encode_target(row: dict[str, Any], kind: str | None, class_index: dict[str, int]) -> Any:
-    """A row's target as the model learns it: a class id (`label`), a multi-hot vector [C]
-    (`labels`), the summary text (`summary`), or None."""
-    if kind == "label":
-        return class_index[row["label"]]
-    if kind == "labels":
-        multi_hot = torch.zeros(len(class_index))
-        multi_hot[[class_index[c] for c in row["labels"]]] = 1.0
-        return multi_hot
-    return row.get("summary") if kind == "summary" else None
+def encode_target(row: dict[str, Any], kind: Target | None, class_index: Mapping[str, int]) -> Any:
+    """A row's target as the model learns it (its kind's `encode`: a class id, a multi-hot vector
+    [C], a text, ...), or None without a target kind."""
+    return None if kind is None else kind.encode(row[kind.column], class_index)
 
 
 def seeded_load(load: Callable[[], Any], seed: int, epoch: int, i: int) -> Any:
@@ -106,12 +101,12 @@ def seeded_load(load: Callable[[], Any], seed: int, epoch: int, i: int) -> Any:
 
 class Collate:
     """Batches a list of `TaskDataset` samples: inputs by their modality's `collate` (which pads
-    variable-length samples), targets stacked; unreadable samples are dropped and listed. Streamed
-    samples (one worker's per batch) give the batch the last one's `position`."""
+    variable-length samples), targets by their kind's (`target`); unreadable samples are dropped and
+    listed. Streamed samples (one worker's per batch) give the batch the last one's `position`."""
 
-    def __init__(self, modality: str, cfg: ModalityConfig | None = None):
+    def __init__(self, modality: str, cfg: ModalityConfig | None = None, target: Target | None = None):
         self.collate_inputs = MODALITIES.get(modality).collate
-        self.cfg = cfg
+        self.cfg, self.target = cfg, target
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "error" not in s]
@@ -127,10 +122,14 @@ class Collate:
             return batch
         batch["input"] = self.collate_inputs([s["input"] for s in good], self.cfg)
         targets = [s["target"] for s in good]
-        if isinstance(targets[0], torch.Tensor):
-            batch["target"] = torch.stack(targets)
-        elif isinstance(targets[0], int):
-            batch["target"] = torch.tensor(targets, dtype=torch.long)
-        else:
-            batch["target"] = targets  # summaries (str) or None
+        batch["target"] = targets if self.target is None else self.target.collate(targets)  # (no target: Nones)
         return batch
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A collated batch (a tensor, or a dict of them as text gives) on `device`; other values as they are."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x

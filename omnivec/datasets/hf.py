@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import DataError
+from ..files import Blob
 from ..registry import MODALITIES
-from .manifest import TARGETS, TaskData
-from .readers import Blob
-from .streams import Shard, Stream
+from ..targets import Target, is_missing
+from .records import Shard, Stream, TaskData, target_kinds
 
 ROWS_PER_SHARD = 1000  # rows of one slice read in order (the unit split across processes and workers)
 SPLIT_NAMES = {"validation": "val", "valid": "val", "dev": "val"}
@@ -72,11 +72,10 @@ def pick_columns(spec: str, ds: Any, mapping: dict[str, str]) -> tuple[str, str,
     for column in mapping.values():
         if column not in names:
             raise DataError(f"{spec}: no column {column!r}; it has {sorted(names)}")
-    unknown = sorted(set(mapping) - set(MODALITIES.names()) - set(TARGETS))
+    kinds = target_kinds()
+    unknown = sorted(set(mapping) - set(MODALITIES.names()) - set(kinds))
     if unknown:
-        raise DataError(
-            f"{spec}: {unknown[0]!r} is neither a modality {MODALITIES.names()} nor a target {list(TARGETS)}"
-        )
+        raise DataError(f"{spec}: {unknown[0]!r} is neither a modality {MODALITIES.names()} nor a target {list(kinds)}")
     samples = {k: v for k, v in mapping.items() if k in MODALITIES.names()}
     if not samples:
         samples = {m: m for m in MODALITIES.names() if m in names}
@@ -87,7 +86,7 @@ def pick_columns(spec: str, ds: Any, mapping: dict[str, str]) -> tuple[str, str,
             f"{spec}: cannot tell which column holds the samples among {sorted(names)}; name it, e.g. ?image=img"
         )
     ((modality, column),) = samples.items()
-    targets = {k: mapping.get(k, k) for k in TARGETS if mapping.get(k, k) in names}
+    targets = {k: mapping.get(k, k) for k in kinds if mapping.get(k, k) in names}
     if len(targets) > 1:
         raise DataError(f"{spec}: one target column per dataset expected, found {targets}")
     return modality, column, targets
@@ -105,16 +104,18 @@ def load_hf_task(spec: str) -> TaskData:
     splits = open_splits(source, split)
     first = next(iter(splits.values()))
     modality, column, targets = pick_columns(spec, first, mapping)
-    kind, target_column = next(iter(targets.items()), (None, None))
+    target_name, target_column = next(iter(targets.items()), (None, None))
+    kind = target_kinds()[target_name] if target_name else None
     names = label_names(first.features[target_column]) if target_column else None
     classes: list[str] = []
-    if kind in ("label", "labels"):
+    if kind is not None and kind.has_classes:
+        where = spec.partition("?")[0]
         classes = names or sorted(
             {
-                str(v)
-                for ds in splits.values()
-                for value in ds[target_column]
-                for v in (value if isinstance(value, list) else [value])
+                c
+                for split, ds in splits.items()
+                for i, value in enumerate(ds[target_column])
+                for c in kind.classes(target_cell(value, kind, None, f"{where}[{split}][{i}]", target_column))
             }
         )
     shards = []
@@ -142,7 +143,7 @@ def load_hf_task(spec: str) -> TaskData:
         source=Path(source),
         modality=modality,
         rows=[],
-        target=kind,
+        target=target_name,
         classes=classes,
         stream=Stream(tuple(shards)),
     )
@@ -154,7 +155,7 @@ def read_rows(
     split: str,
     modality: str,
     column: str,
-    kind: str | None,
+    kind: Target | None,
     target_column: str | None,
     names: list[str] | None,
     root: Path | None,
@@ -170,18 +171,12 @@ def read_rows(
             row: dict[str, Any] = {"where": f"{where}[{i}]", "split": split}
             row.update(sample_cell(f"{where}[{i}]", cell, modality, root))
             if kind is not None:
-                value = chunk[target_column][k]
-                if names is not None and any(v < 0 for v in (value if kind == "labels" else [value])):
-                    raise DataError(
-                        f"{where}[{i}]: {target_column} is {value} (-1 marks an unlabelled row, as in "
-                        "the hub's test splits); use a split with labels, or no target column"
-                    )
-                row[kind] = target_value(value, kind, names)
+                row[kind.column] = target_cell(chunk[target_column][k], kind, names, f"{where}[{i}]", target_column)
             yield str(i), row
 
 
 def sample_cell(where: str, cell: Any, modality: str, root: Path | None) -> dict[str, Any]:
-    """A dataset cell -> `{"path": Blob or Path}` or `{"text": str}`."""
+    """A dataset cell -> `{"path": Blob or Path}`, or the modality's inline sample (`{"text": str}`)."""
     default_suffix = MODALITIES.get(modality).suffixes[0] if MODALITIES.get(modality).suffixes else ""
     if isinstance(cell, dict) and (cell.get("bytes") or cell.get("path")):
         name = Path(cell.get("path") or "").name
@@ -190,19 +185,39 @@ def sample_cell(where: str, cell: Any, modality: str, root: Path | None) -> dict
         cell = cell["path"]
     if isinstance(cell, bytes):
         return {"path": Blob(f"{where}:sample{default_suffix}", cell)}
-    if isinstance(cell, str) and modality == "text":
-        return {"text": cell}
+    inline = MODALITIES.get(modality).inline_column
+    if inline and not isinstance(cell, dict):
+        return {inline: MODALITIES.get(modality).parse_inline(cell, where)}
     if isinstance(cell, str) and cell:
         return {"path": (root / cell) if root is not None and not Path(cell).is_absolute() else Path(cell)}
     raise DataError(f"{where}: no {modality} sample in this cell ({type(cell).__name__})")
 
 
-def target_value(value: Any, kind: str, names: list[str] | None) -> Any:
-    """A target cell as omnivec rows hold it: a class name, a list of them, or the summary text."""
-    if kind == "summary":
-        return str(value)
+def target_cell(value: Any, kind: Target, names: list[str] | None, where: str, column: str) -> Any:
+    """A target cell as rows hold it (`kind.parse`), a ClassLabel's ids named by `names`; an empty
+    cell (None, NaN, "") is refused, as manifests refuse a row without the target column other
+    rows have."""
+    if is_missing(value):
+        raise DataError(f"{where}: {column} is empty ({value!r}); every row of a dataset with targets needs one")
+    if names is not None:
+        value = (
+            [class_of(v, names, where, column) for v in value]
+            if isinstance(value, list)
+            else class_of(value, names, where, column)
+        )
+    return kind.parse(value, where)
 
-    def name(v: Any) -> str:
-        return names[v] if names is not None and isinstance(v, int) else str(v)
 
-    return [name(v) for v in value] if kind == "labels" else name(value)
+def class_of(value: Any, names: list[str], where: str, column: str) -> Any:
+    """A ClassLabel id -> its name; -1 (an unlabelled row, as in the hub's test splits) and ids out
+    of range are a `DataError` naming the row (other values pass unchanged)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    if value < 0:
+        raise DataError(
+            f"{where}: {column} is {value} (-1 marks an unlabelled row, as in the hub's test splits); "
+            "use a split with labels, or no target column"
+        )
+    if value >= len(names):
+        raise DataError(f"{where}: {column} is {value}, but the column's ClassLabel has {len(names)} classes")
+    return names[value]

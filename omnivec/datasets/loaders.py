@@ -9,15 +9,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
+from ..targets import Target
 from .dataset import Collate, TaskDataset
-from .manifest import TaskData, find_tasks
+from .records import TaskData
 from .sampler import EpochSampler
+from .sources import find_tasks
 from .streams import StreamDataset
 
 
-def collate_for(model: Any, modality: str) -> Collate:
-    """The collate function of `modality` with the model's settings (e.g. its tokenizer's pad id)."""
-    return Collate(modality, model.config.modalities[modality])
+def collate_for(model: Any, modality: str, target: Target | None = None) -> Collate:
+    """The collate function of `modality` with the model's settings (e.g. its tokenizer's pad id),
+    batching targets of the kind `target`."""
+    return Collate(modality, model.config.modalities[modality], target)
 
 
 def task_loader(
@@ -60,7 +63,7 @@ def task_loader(
             stream,
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=collate_for(model, modality),
+            collate_fn=collate_for(model, modality, stream.target_kind),
             pin_memory=torch.cuda.is_available(),
         )
     dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed)
@@ -71,7 +74,7 @@ def task_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_for(model, modality),
+        collate_fn=collate_for(model, modality, dataset.target_kind),
         drop_last=train and len(sampler) >= batch_size,
         persistent_workers=persistent and num_workers > 0,
         pin_memory=torch.cuda.is_available(),

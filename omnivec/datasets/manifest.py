@@ -1,12 +1,11 @@
-"""Dataset descriptions: a manifest (JSONL or CSV) or a class-per-folder tree, read into a `TaskData`.
+"""Datasets described on disk: a manifest (JSONL or CSV) or a class-per-folder tree, read into a
+`TaskData` of rows.
 
-Manifest columns: `path` (relative to the manifest's folder) or `text`; optional `label`
-(single-label), `labels` (multi-label: a JSON list, or `a;b` in CSV), `summary` (summarization),
-`split` (train / val / test) and `modality` (overrides the one inferred from the extension).
-Without a manifest, `root/<class>/<file>` (torchvision ImageFolder style) or
+Manifest columns: `path` (relative to the manifest's folder) or an inline sample column (`text`);
+optional one target column (`label`, `labels` as a JSON list or `a;b` in CSV, `summary`, or any
+other registered head's), `split` (train / val / test) and `modality` (overrides the one inferred
+from the extension). Without a manifest, `root/<class>/<file>` (torchvision ImageFolder style) or
 `root/<split>/<class>/<file>` is read, the class and split taken from the folder names.
-Shard specs (datasets/shards.py) and `hf:` Hugging Face datasets (datasets/hf.py) are streamed:
-their `TaskData` holds a `Stream` of shards instead of rows.
 """
 
 from __future__ import annotations
@@ -14,49 +13,16 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import DataError
+from ..registry import MODALITIES
+from ..targets import LABEL, is_missing
 from .readers import known_suffixes, modality_of
-
-if TYPE_CHECKING:
-    from .streams import Stream
+from .records import SPLITS, TaskData, inline_columns, target_kinds
 
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
-SPLITS = ("train", "val", "test")
-TARGETS = ("label", "labels", "summary")
-
-
-@dataclass
-class TaskData:
-    """One dataset: its rows, modality, target kind and classes."""
-
-    name: str
-    source: Path  # the manifest file or the root folder
-    modality: str
-    rows: list[dict[str, Any]]  # path (Path) or text, target, split, where (file:line for errors)
-    target: str | None = None  # "label", "labels", "summary" or None
-    classes: list[str] = field(default_factory=list)
-    stream: Stream | None = None  # streamed datasets (shards, hf:): their shards; `rows` is empty
-
-    def has_split(self, name: str) -> bool:
-        """Whether split `name` holds samples (shards, for a stream)."""
-        return bool(self.stream.split(name) if self.stream is not None else self.split(name))
-
-    def split(self, name: str | None) -> list[dict[str, Any]]:
-        """The rows of split `name` (all rows when `name` is None)."""
-        return self.rows if name is None else [r for r in self.rows if r.get("split") == name]
-
-    def counts(self) -> dict[str, tuple[int, Counter]]:
-        """{split: (samples, Counter(class -> samples))} (split "-" for rows without one)."""
-        out: dict[str, tuple[int, Counter]] = {}
-        for row in self.rows:
-            n, counter = out.get(row.get("split") or "-", (0, Counter()))
-            counter.update(row.get("labels") or ([row["label"]] if "label" in row else []))
-            out[row.get("split") or "-"] = (n + 1, counter)
-        return out
 
 
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
@@ -87,8 +53,11 @@ def _parse_rows(path: Path) -> list[tuple[str, dict]]:
 
 
 def _row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> dict[str, Any]:
-    if ("path" in raw) == ("text" in raw):
-        raise DataError(f"{where}: expected exactly one of the columns 'path' or 'text', got {sorted(raw)}")
+    inline = inline_columns()
+    given = [c for c in ("path", *inline) if c in raw]
+    if len(given) != 1:
+        expected = " or ".join(repr(c) for c in ("path", *inline))
+        raise DataError(f"{where}: expected exactly one of the columns {expected}, got {sorted(raw)}")
     row: dict[str, Any] = {"where": where}
     if "path" in raw:
         path = (root / str(raw["path"])).resolve()
@@ -96,21 +65,15 @@ def _row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> dict[st
             raise DataError(f"{where}: path {raw['path']!r} leaves the dataset folder {root}")
         row["path"] = path
     else:
-        row["text"] = str(raw["text"])
+        column = given[0]
+        row[column] = MODALITIES.get(inline[column]).parse_inline(raw[column], where)
     if raw.get("split"):
         if raw["split"] not in SPLITS:
             raise DataError(f"{where}: split {raw['split']!r}: expected one of {list(SPLITS)}")
         row["split"] = raw["split"]
-    if raw.get("label") not in (None, ""):
-        row["label"] = str(raw["label"])
-    if raw.get("labels") not in (None, ""):
-        labels = raw["labels"]
-        labels = [s for s in labels.replace("|", ";").split(";") if s] if isinstance(labels, str) else labels
-        if not isinstance(labels, list) or not labels:
-            raise DataError(f"{where}: labels: expected a non-empty list, got {raw['labels']!r}")
-        row["labels"] = [str(x) for x in labels]
-    if raw.get("summary") not in (None, ""):
-        row["summary"] = str(raw["summary"])
+    for column, kind in target_kinds().items():
+        if not is_missing(raw.get(column)):
+            row[column] = kind.parse(raw[column], where)
     if raw.get("modality"):
         row["modality"] = raw["modality"]
     return row
@@ -119,22 +82,27 @@ def _row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> dict[st
 def _task_from_rows(name: str, source: Path, rows: list[dict[str, Any]]) -> TaskData:
     if not rows:
         raise DataError(f"{source}: no samples")
-    modalities = Counter(r.get("modality") or ("text" if "text" in r else modality_of(r["path"])) for r in rows)
+    inline = inline_columns()
+
+    def modality(row: dict[str, Any]) -> str:
+        found = next((m for column, m in inline.items() if column in row), None)
+        return row.get("modality") or found or modality_of(row["path"])
+
+    modalities = Counter(modality(r) for r in rows)
     if len(modalities) > 1:
         raise DataError(f"{source}: one modality per dataset expected, found {dict(modalities)}")
-    modality = next(iter(modalities))
-    kinds = {k for r in rows for k in TARGETS if k in r}
+    kinds = {column: kind for column, kind in target_kinds().items() if any(column in r for r in rows)}
     if len(kinds) > 1:
         raise DataError(f"{source}: one target column per dataset expected, found {sorted(kinds)}")
-    target = next(iter(kinds), None)
-    if target is not None:
+    target, kind = next(iter(kinds.items()), (None, None))
+    if kind is not None:
         missing = next((r for r in rows if target not in r), None)
         if missing is not None:
             raise DataError(f"{missing['where']}: missing the {target!r} column that other rows have")
-    classes = sorted({c for r in rows for c in (r.get("labels") or [r.get("label")]) if c is not None})
-    if target == "summary":
-        classes = []
-    return TaskData(name=name, source=source, modality=modality, rows=rows, target=target, classes=classes)
+    classes = sorted({c for r in rows for c in kind.classes(r[target])}) if kind is not None else []
+    return TaskData(
+        name=name, source=source, modality=next(iter(modalities)), rows=rows, target=target, classes=classes
+    )
 
 
 def inside(path: Path, root: Path, allow_outside_root: bool) -> Path:
@@ -155,54 +123,26 @@ def _folder_rows(root: Path, allow_outside_root: bool = False) -> list[dict[str,
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             for path in sorted(class_dir.iterdir()):
                 if path.suffix.lower() in known:
-                    row = {"path": inside(path, root, allow_outside_root), "label": class_dir.name, "where": str(path)}
+                    row = {
+                        "path": inside(path, root, allow_outside_root),
+                        LABEL.column: class_dir.name,
+                        "where": str(path),
+                    }
                     if split_layout:
                         row["split"] = split_dir.name
                     rows.append(row)
     return rows
 
 
-def streamed_tasks(spec: str | Path) -> list[TaskData] | None:
-    """The datasets of a `hf:` or shard spec (one per modality), or None for other paths."""
-    if str(spec).startswith("hf:"):
-        from .hf import load_hf_task
-
-        return [load_hf_task(str(spec))]
-    from .shards import is_shard_spec, load_shard_tasks
-
-    return load_shard_tasks(spec) if is_shard_spec(spec) else None
-
-
-def load_task(path: str | Path, allow_outside_root: bool = False) -> TaskData:
-    """Read one dataset: a manifest file, a folder holding `manifest.jsonl`/`.csv`, a class-per-folder
-    tree, or a streamed dataset of one modality (a shard spec, `hf:NAME[:split]`)."""
-    streamed = streamed_tasks(path)
-    if streamed is not None:
-        if len(streamed) > 1:
-            raise DataError(f"{path}: holds {', '.join(t.modality for t in streamed)} samples; one modality expected")
-        return streamed[0]
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: not found")
-    if path.is_dir():
-        manifest = next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
-        if manifest is None:
-            return _task_from_rows(path.name, path, _folder_rows(path, allow_outside_root))
-        path = manifest
+def load_manifest(path: Path, allow_outside_root: bool = False) -> TaskData:
+    """The dataset of a manifest file (JSONL or CSV); paths in it may not leave its folder unless allowed."""
     rows = [_row(where, raw, path.parent, allow_outside_root) for where, raw in _read_rows(path)]
     return _task_from_rows(path.parent.name, path, rows)
 
 
-def find_tasks(path: str | Path, allow_outside_root: bool = False) -> list[TaskData]:
-    """All datasets under `path`: `path` itself if it is one, else every sub-folder with a manifest;
-    a shard spec gives one dataset per modality it holds."""
-    streamed = streamed_tasks(path)
-    if streamed is not None:
-        return streamed
-    path = Path(path)
-    if path.is_file() or any((path / n).is_file() for n in MANIFEST_NAMES):
-        return [load_task(path, allow_outside_root)]
-    manifests = sorted(p for n in MANIFEST_NAMES for p in path.rglob(n))
-    if manifests:
-        return [load_task(m, allow_outside_root) for m in manifests]
-    return [load_task(path, allow_outside_root)]
+def load_folder(path: Path, allow_outside_root: bool = False) -> TaskData:
+    """The dataset of a folder: its `manifest.jsonl` / `.csv`, else its class-per-folder tree."""
+    manifest = next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
+    if manifest is not None:
+        return load_manifest(manifest, allow_outside_root)
+    return _task_from_rows(path.name, path, _folder_rows(path, allow_outside_root))

@@ -7,69 +7,15 @@ holds NaN/Inf values, so that `omnivec data check` and training report the file,
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from ..errors import DataError
+from ..files import Blob
 from ..registry import MODALITIES
-
-
-@dataclass(frozen=True)
-class Blob:
-    """A file's encoded bytes held in memory (a shard member, a dataset cell), read by the same
-    readers as files: it answers the `Path` methods they use, and `opened` / `local_path` hand
-    libraries a file object or, for those that only take a path, a temporary copy."""
-
-    name: str  # what errors name, e.g. "shards/train-image-000003.tar:00000042.png"
-    data: bytes
-
-    @property
-    def suffix(self) -> str:
-        return Path(self.name).suffix
-
-    def __str__(self) -> str:
-        return self.name
-
-    def is_dir(self) -> bool:
-        return False
-
-    def open(self, mode: str = "rb") -> BinaryIO:
-        return io.BytesIO(self.data)
-
-    def read_bytes(self) -> bytes:
-        return self.data
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        return self.data.decode(encoding)
-
-
-def opened(path: Path | Blob) -> str | BinaryIO:
-    """What a decoding library opens: the path as a string, or a `Blob`'s bytes as a file object."""
-    return path.open() if isinstance(path, Blob) else str(path)
-
-
-@contextmanager
-def local_path(path: Path | Blob) -> Iterator[Path]:
-    """`path` itself, or a `Blob` copied to a temporary file of the same suffix (for libraries
-    that read only named files, such as open3d), removed afterwards."""
-    if not isinstance(path, Blob):
-        yield Path(path)
-        return
-    fd, name = tempfile.mkstemp(suffix=path.suffix, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(path.data)
-        yield Path(name)
-    finally:
-        os.unlink(name)
 
 
 def extensions() -> dict[str, tuple[str, ...]]:
@@ -118,15 +64,14 @@ def read_file(path: str | Path | Blob, modality: str | None = None, verify: bool
 def load_sample(
     item: Mapping[str, Any], modality: str, transform: Callable[..., Any] | None = None, verify: bool = False
 ) -> Any:
-    """A manifest row, shard sample or embedding item (`path`: a file or `Blob`, or inline `text`;
-    `where` names it in errors) ->
-    the raw sample, or the model-ready one through `transform`; `DataError` names the file.
-    `verify`: only check that the sample decodes completely (`omnivec data check`)."""
+    """A manifest row, shard sample or embedding item (`path`: a file or `Blob`, or the modality's
+    inline column such as `text`; `where` names it in errors) -> the raw sample, or the model-ready
+    one through `transform`; `DataError` names the file. `verify`: only check that the sample
+    decodes completely (`omnivec data check`)."""
     where = str(item["path"] if "path" in item else item.get("where"))
-    if "text" in item:
-        raw = item["text"]
-        if not raw.strip():
-            raise DataError(f"{where}: empty text")
+    cls = MODALITIES.get(modality)
+    if cls.inline_column and cls.inline_column in item:
+        raw = cls.read_inline(item[cls.inline_column], where)
     else:
         raw = read_file(item["path"], modality, verify)
     if transform is None:

@@ -10,50 +10,20 @@ stream's position, kept in checkpoints, from which a resumed run continues at th
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.filters import shuffle
 
 from ..errors import DataError
 from .dataset import encode_target, seeded_load
 from .readers import load_sample
+from .records import relabel_row
 
 SHUFFLE_INITIAL = 100  # samples buffered before the first one leaves (webdataset's default)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One unit of sequential reading: `read()` yields `(key, row)` in a fixed order, where `row`
-    is a manifest-like row (`path`: a `Blob`, or `text`; `label` / `labels` / `summary`; `where`)."""
-
-    name: str  # a URL, a file, or "DATASET[split][start:stop]"
-    split: str | None
-    samples: int | None  # known from an index, else None
-    read: Callable[[], Iterator[tuple[str, dict[str, Any]]]]
-
-
-@dataclass(frozen=True)
-class Stream:
-    """The shards of one dataset source and how to turn their rows into samples."""
-
-    shards: tuple[Shard, ...]
-    label_map: Mapping[str, str] = field(default_factory=dict)
-
-    def split(self, name: str | None) -> list[Shard]:
-        return [s for s in self.shards if name is None or s.split == name]
-
-    def count(self, name: str | None) -> int | None:
-        """Samples in split `name`, or None when a shard's count is unknown."""
-        counts = [s.samples for s in self.split(name)]
-        return None if None in counts else sum(counts)
-
-    def relabel(self, label_map: Mapping[str, str]) -> Stream:
-        return dataclasses.replace(self, label_map={**self.label_map, **label_map})
 
 
 class StreamDataset(IterableDataset):
@@ -96,7 +66,7 @@ class StreamDataset(IterableDataset):
         self.offsets, self.total = offsets, total
         self.class_index = {c: i for i, c in enumerate(self.task.classes)}
         same = all(t.target == self.task.target and t.classes == self.task.classes for t in tasks)
-        self.target_kind = self.task.target if same else None
+        self.target_kind = self.task.target_kind if same else None
         self.epoch, self.start, self.rotation = 0, {}, 0
 
     def __len__(self) -> int:
@@ -154,8 +124,6 @@ class StreamDataset(IterableDataset):
         worker, workers = self.worker()
         samples = self.raw(self.my_shards(worker, workers))
         if self.shuffle and self.buffer > 1:
-            from webdataset.filters import shuffle
-
             rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank) * 1009 + worker)
             samples = shuffle(self.buffer, min(SHUFFLE_INITIAL, self.buffer), rng=rng)(samples)
         skip = self.start.get(worker, 0)
@@ -172,7 +140,7 @@ class StreamDataset(IterableDataset):
                 target = encode_target(row, self.target_kind, self.class_index)
             except (KeyError, TypeError) as e:
                 raise DataError(
-                    f"{row.get('where')}: no usable {self.target_kind} ({e!r}; classes: "
+                    f"{row.get('where')}: no usable {self.target_kind.column} ({e!r}; classes: "
                     f"{sorted(self.class_index)[:10]})"
                 ) from e
         except DataError as e:
@@ -180,13 +148,3 @@ class StreamDataset(IterableDataset):
                 raise
             return {"index": index, "error": str(e)}
         return {"index": index, "input": x, "target": target}
-
-
-def relabel_row(row: dict[str, Any], label_map: Mapping[str, str]) -> dict[str, Any]:
-    """`row` with its label(s) renamed by `label_map`."""
-    row = dict(row)
-    if "label" in row:
-        row["label"] = label_map.get(row["label"], row["label"])
-    if "labels" in row:
-        row["labels"] = [label_map.get(c, c) for c in row["labels"]]
-    return row

@@ -9,8 +9,8 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import require
 from ..errors import ConfigError
+from ..parsing import require
 from .base import register_head
 from .classification import ClassificationHead, ClassificationHeadConfig
 

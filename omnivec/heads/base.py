@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import HeadConfig, OmniVecConfig, from_dict
+from ..config import HeadConfig, OmniVecConfig
+from ..parsing import from_dict
 from ..registry import HEADS
+from ..targets import LABEL, Target
 
 
 def register_head(name: str) -> Callable[[type], type]:
@@ -22,14 +24,6 @@ def register_head(name: str) -> Callable[[type], type]:
     return add
 
 
-def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """x: [B, L, D], padding_mask: [B, L] bool (True = real token) -> [B, D] mean of the real tokens."""
-    if padding_mask is None:
-        return x.mean(1)
-    weights = padding_mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
-    return (x * weights).sum(1) / weights.sum(1).clamp(min=1)
-
-
 class TaskHead(nn.Module):
     """What every head implements, on the backbone's tokens of its modality (hidden [B, L, D] and
     padding mask [B, L] or None). Generic code (fine-tuning, evaluation, reports) asks the head,
@@ -37,7 +31,8 @@ class TaskHead(nn.Module):
 
     - `config_class`, `config_from_data` (its config completed from the task's data: classes,
       labels) and `bind` (resolved against the model it joins: the text modality's tokenizer);
-    - `target`: the data column it learns ("label", "labels" or "summary");
+    - `target`: the kind of target it learns (omnivec/targets.py: the data column, how a value is
+      checked, encoded and batched, the classes it names);
     - `soft_targets`: True when its loss also takes [B, classes] probabilities (mixup, cutmix) and
       its config has `label_smoothing`;
     - `output`: "logits" (`forward` gives scores [B, ...]) or "sequences" (`predict` generates);
@@ -49,7 +44,7 @@ class TaskHead(nn.Module):
 
     name: str
     config_class: type[HeadConfig] = HeadConfig
-    target: str = "label"
+    target: Target = LABEL
     soft_targets: bool = False
     output: str = "logits"
     main_metric: str = ""

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HeadConfig, require, require_positive
+from ..backbone import masked_mean
+from ..config import HeadConfig
 from ..metrics import topk_accuracy
-from .base import TaskHead, masked_mean, register_head
+from ..parsing import require, require_positive
+from .base import TaskHead, register_head
 
 
 @dataclass

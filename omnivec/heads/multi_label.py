@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import mean_average_precision
+from ..targets import LABELS
 from .base import register_head
 from .classification import ClassificationHead, ClassificationHeadConfig
 
@@ -22,7 +23,7 @@ class MultiLabelHead(ClassificationHead):
     """[B, L, D] -> [B, num_classes] logits, trained with binary cross-entropy on multi-hot targets."""
 
     config_class = MultiLabelHeadConfig
-    target = "labels"
+    target = LABELS
     soft_targets = False
     main_metric = "mAP"
 

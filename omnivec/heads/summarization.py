@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import HeadConfig, require, require_positive
+from ..config import HeadConfig
 from ..errors import ConfigError
 from ..metrics import rouge
+from ..parsing import require, require_positive
+from ..targets import SUMMARY
 from .base import TaskHead, register_head
 
 
@@ -44,7 +46,7 @@ class SummarizationHead(TaskHead):
     """Backbone text tokens [B, L, D] -> summaries (lists of str) by a cross-attending decoder."""
 
     config_class = SummarizationHeadConfig
-    target = "summary"
+    target = SUMMARY
     output = "sequences"
     main_metric = "rougeL"
 
@@ -168,4 +170,4 @@ class SummarizationHead(TaskHead):
         if not rows:
             return {}
         lead = [re.split(r"(?<=[.!?])\s+", r["text"].strip(), maxsplit=1)[0] for r in rows]
-        return {"lead-1": rouge(lead, [r["summary"] for r in rows])}
+        return {"lead-1": rouge(lead, [r[cls.target.column] for r in rows])}

@@ -11,9 +11,10 @@ import torchaudio
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import AugmentConfig, PatchConfig, require, require_positive
-from ..datasets.readers import Blob, opened
+from ..config import AugmentConfig, PatchConfig
 from ..errors import DataError, InputError
+from ..files import Blob, opened
+from ..parsing import require, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
 
 

@@ -71,6 +71,9 @@ class ModalityEncoder(nn.Module):
     - files: `suffixes` and `read(path)` (decoded raw sample, `DataError` naming a bad file),
       `verify(path)` (decodes completely, for data check), `claims(path)` (which files and folders
       are its own);
+    - inline samples (a data column that holds the sample itself, as `text` does): `inline_column`,
+      `parse_inline` (a cell -> the row's value), `read_inline` (-> the raw sample, `DataError` for an
+      unusable one) and `inline_member` (the sample as a file `read` decodes, for shards);
     - samples: `build_transform(cfg, train, augment)` (raw sample -> model-ready tensor; `augment`, an
       `augment_class`, adds training augmentation), `collate(inputs,
       cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
@@ -94,6 +97,7 @@ class ModalityEncoder(nn.Module):
     suffixes: tuple[str, ...] = ()  # file types `read` decodes
     decoder_position_dim = 0  # > 0: the masked decoder places tokens by `Tokens.positions` [B, L, n]
     plot_style: str | None = None  # reconstruction figures: "image", "spectrogram", "points" or None
+    inline_column: str | None = None  # a data column holding the sample itself (text), beside `path`
 
     def __init__(self, cfg: ModalityConfig, dim: int, width: int | None = None):
         super().__init__()
@@ -157,6 +161,21 @@ class ModalityEncoder(nn.Module):
     @classmethod
     def read(cls, path: Path) -> Any:
         """Decode one file into the raw sample `build_transform` takes (`DataError` naming the file)."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse_inline(cls, value: Any, where: str) -> Any:
+        """An `inline_column` cell (JSON, CSV, a dataset's column) -> the value a row holds."""
+        raise NotImplementedError
+
+    @classmethod
+    def read_inline(cls, value: Any, where: str) -> Any:
+        """A row's inline value -> the raw sample `build_transform` takes (`DataError` naming `where`)."""
+        return value
+
+    @classmethod
+    def inline_member(cls, value: Any) -> tuple[str, bytes]:
+        """An inline value as (suffix, bytes) of a file `read` decodes (a shard member)."""
         raise NotImplementedError
 
     @classmethod

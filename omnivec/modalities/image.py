@@ -14,9 +14,10 @@ from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 from torchvision.transforms import v2
 
-from ..config import AugmentConfig, PatchConfig, require, require_positive
-from ..datasets.readers import Blob, opened
+from ..config import AugmentConfig, PatchConfig
 from ..errors import DataError
+from ..files import Blob, opened
+from ..parsing import require, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
 
 

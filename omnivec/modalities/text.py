@@ -13,9 +13,10 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..config import AugmentConfig, ModalityConfig, require, require_positive
+from ..config import AugmentConfig, ModalityConfig
 from ..errors import ConfigError, DataError
 from ..masking import Masking, random_masking
+from ..parsing import require, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
 
 BYTES = "bytes"  # the built-in tokenizer: one token per UTF-8 byte, needs no files
@@ -113,6 +114,7 @@ class TextEncoder(ModalityEncoder):
 
     config_class = TextConfig
     suffixes = (".txt",)
+    inline_column = "text"
     asset_dir = "tokenizer"  # the tokenizer, saved beside the weights unless built in
 
     def __init__(self, cfg: TextConfig, dim: int):
@@ -188,6 +190,20 @@ class TextEncoder(ModalityEncoder):
     @classmethod
     def read(cls, path: Path) -> str:
         return read_text(path)
+
+    @classmethod
+    def parse_inline(cls, value: Any, where: str) -> str:
+        return str(value)
+
+    @classmethod
+    def read_inline(cls, value: str, where: str) -> str:
+        if not value.strip():
+            raise DataError(f"{where}: empty text")
+        return value
+
+    @classmethod
+    def inline_member(cls, value: str) -> tuple[str, bytes]:
+        return ".txt", value.encode("utf-8")
 
     @classmethod
     def collate(cls, inputs: list[dict[str, torch.Tensor]], cfg: TextConfig | None = None) -> dict[str, torch.Tensor]:

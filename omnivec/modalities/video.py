@@ -14,10 +14,11 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..config import AugmentConfig, PatchConfig, require, require_positive
-from ..datasets.readers import opened
+from ..config import AugmentConfig, PatchConfig
 from ..errors import DataError, InputError
+from ..files import opened
 from ..masking import Masking, tube_masking
+from ..parsing import require, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
 from .image import ImageEncoder, denormalize, read_image
 

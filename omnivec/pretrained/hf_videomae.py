@@ -9,8 +9,8 @@ import torch
 from ..errors import InputError
 from ..modalities.base import ModalityEncoder, Tokens
 from ..modalities.video import VideoConfig, VideoEncoder
-from . import register_encoder
 from .hf import HFEncoder, library_config, require_same, require_type
+from .loading import register_encoder
 
 
 @register_encoder("video", "hf")

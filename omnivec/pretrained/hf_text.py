@@ -11,8 +11,8 @@ import torch
 from ..errors import ConfigError
 from ..modalities.base import ModalityEncoder, Tokens
 from ..modalities.text import TextConfig, TextEncoder
-from . import register_encoder
 from .hf import HFEncoder, library_config
+from .loading import register_encoder
 
 
 @register_encoder("text", "hf")

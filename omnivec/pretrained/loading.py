@@ -1,9 +1,11 @@
-"""Loading another library's weights into an omnivec encoder, with a report of what happened."""
+"""Library encoders: registering and building them, and loading another library's weights into an
+omnivec encoder, with a report of what happened."""
 
 from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ModalityConfig, check_pretrained
 from ..errors import ConfigError
+from ..registry import ENCODERS, MODALITIES
 
 
 @dataclass
@@ -126,3 +130,17 @@ class LibraryEncoder:
         report.new += [name for name, _ in self.named_parameters() if not name.startswith("library.")]
         report.unused = sorted((set(source.state) - source.absent - set(target)) | set(source.dropped))
         return report
+
+
+def register_encoder(modality: str, family: str) -> Callable:
+    """Register the encoder (class or factory `(cfg, dim) -> ModalityEncoder`) of `family` for `modality`."""
+    return ENCODERS.register(f"{modality}/{family}")
+
+
+def build_encoder(modality: str, cfg: ModalityConfig, dim: int) -> nn.Module:
+    """The encoder of `modality`: omnivec's own, or the library encoder `cfg.pretrained` names
+    (architecture only; `OmniVecModel` loads the library weights after initialising the rest)."""
+    if not cfg.pretrained:
+        return MODALITIES.get(modality)(cfg, dim)
+    check_pretrained(modality, cfg)
+    return ENCODERS.get(f"{modality}/{cfg.pretrained.partition(':')[0]}")(cfg, dim)

@@ -1,14 +1,14 @@
-"""The shared trunk from a pretrained ViT (Meta-Transformer's route to a useful multimodal model):
+"""The shared backbone from a pretrained ViT (Meta-Transformer's route to a useful multimodal model):
 `backbone.pretrained: "timm:NAME"` (timm ViTs: supervised, `*.mae`, `*dinov2*`, `*_clip_*`) or
 `"hf:ID_OR_DIR"` (transformers ViT, ViTMAE, DINOv2). The checkpoint's blocks, final norm and prefix
 tokens (CLS, registers; with their positions) become `SharedBackbone`'s, its patch embedding and
 grid positions (interpolated to the configured size) the image modality's; the other modalities
-keep their own tokenizers, projected to the trunk's width.
+keep their own tokenizers, projected to the backbone's width.
 
 Every checkpoint is read into timm's ViT names first (`blocks.0.attn.qkv.weight`, ...), so one
-mapping fills the trunk. The image tokens of such a model equal the library's own patch tokens
+mapping fills the backbone. The image tokens of such a model equal the library's own patch tokens
 (`forward_features` without the prefix): the CLS token attends in every block and is dropped after
-the final norm (tests/test_trunk.py).
+the final norm (tests/test_vit_backbone.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 
 from ..config import BackboneConfig, ModalityConfig
 from ..errors import ConfigError
-from ..registry import TRUNKS
+from ..registry import BACKBONES
 from .loading import LoadReport, read_weights, refused_pickle
 
 IMAGE = "image"  # the modality a ViT's patch embedding feeds
@@ -32,9 +32,9 @@ MAE_DECODER = {"num_heads": 16, "norm_eps": 1e-6}  # every MAE repo decoder's; i
 
 
 @dataclass
-class Trunk:
+class ViTCheckpoint:
     """A ViT checkpoint in timm's names: `arch` (the backbone settings it decides, see
-    config.TRUNK_KEYS), its patch embedding, and (when read with weights) the tensors."""
+    config.BACKBONE_KEYS), its patch embedding, and (when read with weights) the tensors."""
 
     arch: dict[str, Any]
     patch_size: int
@@ -61,7 +61,8 @@ class Trunk:
                 )
         if image.width not in (None, self.arch["dim"]):
             raise ConfigError(
-                f"modalities.{IMAGE}.width: expected the trunk's width {self.arch['dim']} (or none), got {image.width}"
+                f"modalities.{IMAGE}.width: expected the backbone's width {self.arch['dim']} (or none), "
+                f"got {image.width}"
             )
 
 
@@ -69,8 +70,8 @@ def source_name(cfg: BackboneConfig) -> str:
     return cfg.pretrained.partition(":")[2]
 
 
-@TRUNKS.register("timm")
-def timm_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
+@BACKBONES.register("timm")
+def read_timm_vit(cfg: BackboneConfig, with_weights: bool = True) -> ViTCheckpoint:
     """A timm VisionTransformer: its architecture (built offline, `library_config` as create_model
     kwargs) and, `with_weights`, the hub's or `checkpoint:`'s tensors."""
     import timm
@@ -108,7 +109,7 @@ def timm_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
     state = {}
     if with_weights:
         state = read_weights(cfg.checkpoint) if cfg.checkpoint else model.state_dict()
-    return Trunk(
+    return ViTCheckpoint(
         arch,
         model.patch_embed.patch_size[0],
         model.patch_embed.proj.in_channels,
@@ -154,8 +155,8 @@ def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([v["q"], v["k"], v["v"]]) if isinstance(v, dict) else v for k, v in out.items()}
 
 
-@TRUNKS.register("hf")
-def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
+@BACKBONES.register("hf")
+def read_hf_vit(cfg: BackboneConfig, with_weights: bool = True) -> ViTCheckpoint:
     """A transformers ViT, ViTMAE (its encoder; `ViTMAEForPreTraining` checkpoints too) or DINOv2:
     its config (kept in `library_config` for offline reloads) and, `with_weights`, its tensors."""
     from transformers import CONFIG_MAPPING, AutoConfig
@@ -174,7 +175,7 @@ def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
             f"{source} is {config.model_type!r}"
         )
     if config.hidden_act != "gelu":
-        raise ConfigError(f"backbone.pretrained: {source} uses activation {config.hidden_act!r}; the trunk has gelu")
+        raise ConfigError(f"backbone.pretrained: {source} uses activation {config.hidden_act!r}; the backbone has gelu")
     cfg.library_config = config.to_dict()
     dinov2 = config.model_type == "dinov2"
     arch = {
@@ -203,7 +204,7 @@ def hf_trunk(cfg: BackboneConfig, with_weights: bool = True) -> Trunk:
         except (OSError, ValueError) as e:
             raise ConfigError(f"backbone.pretrained: cannot load {source!r} ({e})") from e
     grid = config.image_size // config.patch_size
-    return Trunk(arch, config.patch_size, config.num_channels, (grid, grid), 1, state, decoder)
+    return ViTCheckpoint(arch, config.patch_size, config.num_channels, (grid, grid), 1, state, decoder)
 
 
 def hf_state(source: str, with_decoder: bool) -> dict[str, torch.Tensor]:
@@ -218,14 +219,22 @@ def hf_state(source: str, with_decoder: bool) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not (absent and k.startswith("decoder."))}
 
 
-def mae_decoder(
-    trunk: Trunk, grid: tuple[int, int]
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadReport] | None:
+@dataclass
+class MAEDecoderCheckpoint:
+    """A checkpoint's MAE decoder as omnivec's `MaskedDecoder`: its settings (a `DecoderConfig`'s
+    dim, depth, num_heads, mlp_ratio, norm_eps), its tensors in `MaskedDecoder`'s names, the report."""
+
+    settings: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    report: LoadReport
+
+
+def mae_decoder(vit: ViTCheckpoint, grid: tuple[int, int]) -> MAEDecoderCheckpoint | None:
     """The checkpoint's MAE decoder (the MAE repo's names; `hf_to_timm` brings ViTMAEForPreTraining's
     there) as omnivec's `MaskedDecoder`: its settings (dim, depth, num_heads, mlp_ratio, norm_eps) and
     tensors, positions interpolated to `grid`, predictions reordered from MAE's (p, p, C) pixels per
     patch to omnivec's (C, p, p), and the load report. None when the checkpoint has no decoder."""
-    src = trunk.state
+    src = vit.state
     if "decoder_embed.weight" not in src:
         return None
     dim = src["decoder_embed.weight"].shape[0]
@@ -234,13 +243,13 @@ def mae_decoder(
         "dim": dim,
         "depth": depth,
         "mlp_ratio": src["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dim,
-        **trunk.decoder,
+        **vit.decoder,
     }
-    n, p, c = trunk.pos_prefix, trunk.patch_size, trunk.in_chans
+    n, p, c = vit.pos_prefix, vit.patch_size, vit.in_chans
     pos = src["decoder_pos_embed"][:, n:]  # [1, h*w, d]
     report = LoadReport("MAE decoder")
-    if tuple(grid) != trunk.grid:
-        pos = resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
+    if tuple(grid) != vit.grid:
+        pos = resample_abs_pos_embed(pos, list(grid), list(vit.grid), num_prefix_tokens=0)
         report.resized.append(f"pos_embed {list(src['decoder_pos_embed'].shape)} -> {list(pos.shape)}")
     tensors = {
         "embed.weight": src["decoder_embed.weight"],
@@ -257,24 +266,24 @@ def mae_decoder(
         },
     }  # rows (p, p, C) -> (C, p, p)
     report.loaded = [k for k in tensors if not (k == "pos_embed" and report.resized)]
-    return settings, tensors, report
+    return MAEDecoderCheckpoint(settings, tensors, report)
 
 
-def load_mae_decoder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadReport] | None:
-    """The MAE decoder of the checkpoint `model`'s trunk came from (`mae_decoder`), fitted to its
+def load_mae_decoder(model: nn.Module) -> MAEDecoderCheckpoint | None:
+    """The MAE decoder of the checkpoint `model`'s backbone came from (`mae_decoder`), fitted to its
     image modality; None when the checkpoint has none or the model has no image modality."""
     if IMAGE not in model.encoders:
         return None
     cfg = model.config.backbone
-    trunk = TRUNKS.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
+    vit = BACKBONES.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
     image = model.encoders[IMAGE].cfg
-    return mae_decoder(trunk, (image.image_size // image.patch_size,) * 2)
+    return mae_decoder(vit, (image.image_size // image.patch_size,) * 2)
 
 
-def trunk_tensors(trunk: Trunk, grid: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], set[str]]:
+def backbone_tensors(vit: ViTCheckpoint, grid: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The checkpoint's tensors under omnivec's names (`backbone.*`, and `encoders.image.*` for an
     image `grid`, positions interpolated to it) and the checkpoint names they came from."""
-    src, out, used = trunk.state, {}, set()
+    src, out, used = vit.state, {}, set()
     for key, value in src.items():
         if key.startswith(("blocks.", "norm.", "norm_pre.")):
             out[f"backbone.{key}"] = value
@@ -283,30 +292,30 @@ def trunk_tensors(trunk: Trunk, grid: tuple[int, int] | None) -> tuple[dict[str,
     used.update(k for k in ("cls_token", "reg_token") if k in src)
     if prefix:
         prefix = torch.cat(prefix, dim=1)  # [1, n, D]
-        out["backbone.prefix"] = prefix + src["pos_embed"][:, : trunk.pos_prefix] if trunk.pos_prefix else prefix
+        out["backbone.prefix"] = prefix + src["pos_embed"][:, : vit.pos_prefix] if vit.pos_prefix else prefix
     if grid is not None:
         for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
             if key in src:
                 out[f"encoders.{IMAGE}.{key}"] = src[key]
                 used.add(key)
-        pos = src["pos_embed"][:, trunk.pos_prefix :]  # [1, h*w, D]
+        pos = src["pos_embed"][:, vit.pos_prefix :]  # [1, h*w, D]
         out[f"encoders.{IMAGE}.pos_embed"] = (
             pos
-            if tuple(grid) == trunk.grid
-            else resample_abs_pos_embed(pos, list(grid), list(trunk.grid), num_prefix_tokens=0)
+            if tuple(grid) == vit.grid
+            else resample_abs_pos_embed(pos, list(grid), list(vit.grid), num_prefix_tokens=0)
         )
     used.add("pos_embed")
     return out, used
 
 
-def load_trunk(model: nn.Module) -> LoadReport:
-    """Copy the trunk checkpoint of `model.config.backbone` into the model (backbone, and the image
+def load_vit_backbone(model: nn.Module) -> LoadReport:
+    """Copy the backbone checkpoint of `model.config.backbone` into the model (backbone, and the image
     modality's patch embedding and positions) and report what was loaded, resized, new, unused."""
     cfg = model.config.backbone
-    trunk = TRUNKS.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
+    vit = BACKBONES.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
     image = model.encoders[IMAGE] if IMAGE in model.encoders else None
     grid = None if image is None else (image.cfg.image_size // image.cfg.patch_size,) * 2  # (h, w) patches
-    tensors, used = trunk_tensors(trunk, grid)
+    tensors, used = backbone_tensors(vit, grid)
     report = LoadReport(cfg.pretrained)
     target = model.state_dict()
     for key, value in tensors.items():
@@ -317,8 +326,8 @@ def load_trunk(model: nn.Module) -> LoadReport:
                 f"{cfg.pretrained}: tensor {key!r} has shape {list(value.shape)} in the checkpoint, "
                 f"the model expects {list(target[key].shape)}"
             )
-        if key.endswith("pos_embed") and grid != trunk.grid:
-            report.resized.append(f"{key} {list(trunk.state['pos_embed'].shape)} -> {list(value.shape)}")
+        if key.endswith("pos_embed") and grid != vit.grid:
+            report.resized.append(f"{key} {list(vit.state['pos_embed'].shape)} -> {list(value.shape)}")
         else:
             report.loaded.append(key)
     model.load_state_dict(tensors, strict=False)
@@ -329,7 +338,7 @@ def load_trunk(model: nn.Module) -> LoadReport:
         or (image is not None and k.startswith((f"encoders.{IMAGE}.patch_embed.", f"encoders.{IMAGE}.pos_embed")))
     ]
     report.new = sorted(k for k in fed if k not in tensors)
-    if image is not None and "patch_embed.proj.bias" not in trunk.state:  # e.g. CLIP: no bias, so start at zero
+    if image is not None and "patch_embed.proj.bias" not in vit.state:  # e.g. CLIP: no bias, so start at zero
         nn.init.zeros_(image.patch_embed.proj.bias)
-    report.unused = sorted(set(trunk.state) - used)
+    report.unused = sorted(set(vit.state) - used)
     return report

@@ -18,8 +18,7 @@ from ..errors import ConfigError, InputError
 from ..masking import Masking
 from ..modalities.base import ModalityEncoder, Tokens
 from ..modalities.image import ImageConfig, ImageEncoder
-from . import register_encoder
-from .loading import LibraryEncoder, Source, read_weights
+from .loading import LibraryEncoder, Source, read_weights, register_encoder
 
 
 def model_name(cfg: ImageConfig) -> str:

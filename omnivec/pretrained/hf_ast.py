@@ -10,8 +10,8 @@ from typing import Any
 
 from ..modalities.audio import AudioConfig, AudioEncoder
 from ..modalities.base import ModalityEncoder
-from . import register_encoder
 from .hf import HFPatchEncoder, library_config, require_same, require_type
+from .loading import register_encoder
 
 
 @register_encoder("audio", "hf")

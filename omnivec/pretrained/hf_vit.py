@@ -7,8 +7,8 @@ from typing import Any
 
 from ..modalities.base import ModalityEncoder
 from ..modalities.image import ImageConfig, ImageEncoder
-from . import register_encoder
 from .hf import HFPatchEncoder, library_config, require_same, require_type
+from .loading import register_encoder
 
 
 @register_encoder("image", "hf")

@@ -1,4 +1,4 @@
-"""The shared trunk started from a pretrained ViT (timm, transformers ViT / ViTMAE / DINOv2): small
+"""The shared backbone started from a pretrained ViT (timm, transformers ViT / ViTMAE / DINOv2): small
 random checkpoints saved locally, then omnivec's image tokens must equal the library's own patch
 tokens (fp32, atol 1e-5). The CLS token attends in every block and is dropped after the final norm,
 so the comparison is with the library's output without its prefix tokens."""
@@ -29,7 +29,7 @@ HF_SMALL = dict(
 )
 
 
-def trunk_model(pretrained: str, image_size: int = SIZE, **backbone) -> omnivec.OmniVecModel:
+def vit_model(pretrained: str, image_size: int = SIZE, **backbone) -> omnivec.OmniVecModel:
     overrides = json.loads(json.dumps(ONLY_IMAGE_AND_TEXT))
     overrides["modalities"]["image"]["image_size"] = image_size
     return omnivec.build_model("omnivec_base_vit", backbone={"pretrained": pretrained, **backbone}, **overrides).eval()
@@ -49,9 +49,9 @@ def timm_vit(tmp_path_factory):
     return vit, path
 
 
-def test_trunk_from_timm_vit_gives_its_patch_tokens(timm_vit, tmp_path):
+def test_vit_backbone_from_timm_vit_gives_its_patch_tokens(timm_vit, tmp_path):
     vit, path = timm_vit
-    model = trunk_model("timm:vit_tiny_patch16_224", checkpoint=str(path), library_config=SMALL)
+    model = vit_model("timm:vit_tiny_patch16_224", checkpoint=str(path), library_config=SMALL)
     assert (model.config.backbone.dim, model.config.backbone.depth, model.config.backbone.num_heads) == (32, 2, 2)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_trunk_from_timm_vit_gives_its_patch_tokens(timm_vit, tmp_path):
     report = model.load_reports["backbone"]
     assert "backbone.prefix" in report.loaded and "encoders.image.pos_embed" in report.loaded
     assert report.new == [f"backbone.modality_embed.{m}" for m in ("image", "text")]
-    # the other modalities project into the trunk's width; the saved model reloads without the checkpoint
+    # the other modalities project into the backbone's width; the saved model reloads without the checkpoint
     text = omnivec.example_inputs(model.config, 2)["text"]
     model.save_pretrained(tmp_path / "m")
     path.rename(path.with_suffix(".gone"))
@@ -73,17 +73,17 @@ def test_trunk_from_timm_vit_gives_its_patch_tokens(timm_vit, tmp_path):
         assert again.embed({"text": text})["text"].shape == (2, 32)
 
 
-def test_trunk_positions_are_interpolated_to_the_configured_size(timm_vit):
+def test_vit_backbone_positions_are_interpolated_to_the_configured_size(timm_vit):
     vit, path = timm_vit
-    model = trunk_model("timm:vit_tiny_patch16_224", image_size=48, checkpoint=str(path), library_config=SMALL)
+    model = vit_model("timm:vit_tiny_patch16_224", image_size=48, checkpoint=str(path), library_config=SMALL)
     assert model.load_reports["backbone"].resized == ["encoders.image.pos_embed [1, 17, 32] -> [1, 36, 32]"]
     assert image_tokens(model, torch.randn(1, 3, 48, 48)).shape == (1, 36, 32)
 
 
-def test_a_setting_that_contradicts_the_trunk_names_both_values(timm_vit):
+def test_a_setting_that_contradicts_the_vit_backbone_names_both_values(timm_vit):
     _, path = timm_vit
     with pytest.raises(ConfigError, match=r"backbone.dim: expected 32 \(as in timm:vit_tiny_patch16_224\), got 64"):
-        trunk_model("timm:vit_tiny_patch16_224", checkpoint=str(path), library_config=SMALL, dim=64)
+        vit_model("timm:vit_tiny_patch16_224", checkpoint=str(path), library_config=SMALL, dim=64)
     with pytest.raises(ConfigError, match=r"modalities.image.patch_size: expected 8"):
         omnivec.build_model(
             "omnivec_base_vit",
@@ -112,9 +112,9 @@ def hf_checkpoint(kind: str, directory):
 
 
 @pytest.mark.parametrize("kind", ["vit", "vit_mae", "dinov2"])
-def test_trunk_from_transformers_gives_its_patch_tokens(kind, tmp_path):
+def test_vit_backbone_from_transformers_gives_its_patch_tokens(kind, tmp_path):
     library = hf_checkpoint(kind, tmp_path / kind)
-    model = trunk_model(f"hf:{tmp_path / kind}")
+    model = vit_model(f"hf:{tmp_path / kind}")
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         kwargs = {"noise": torch.arange(16.0).expand(2, 16)} if kind == "vit_mae" else {}  # keep the patch order
@@ -141,7 +141,7 @@ def vit_mae_for_pretraining(tmp_path_factory):
     decoder_embed.weight, decoder_blocks.0..., decoder_pred.weight}})."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-    from omnivec.encoders.trunk import hf_to_timm
+    from omnivec.pretrained.vit_backbone import hf_to_timm
 
     torch.manual_seed(0)
     library = ViTMAEForPreTraining(ViTMAEConfig(**MAE_SMALL)).eval()
@@ -166,14 +166,14 @@ def vit_mae_for_pretraining(tmp_path_factory):
 def test_mae_decoder_from_the_checkpoint_reproduces_its_reconstruction(vit_mae_for_pretraining, layout):
     """omnivec's image decoder started from an MAE checkpoint predicts what ViTMAEForPreTraining
     predicts for the same mask (`noise=`): the CLS output leads the decoder's input, as in MAE."""
+    from omnivec.mae import DecoderConfig, MaskedPretrainer
     from omnivec.masking import random_masking
-    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
 
     library, directory = vit_mae_for_pretraining
     if layout == "transformers":
-        model = trunk_model(f"hf:{directory / 'hf'}")
+        model = vit_model(f"hf:{directory / 'hf'}")
     else:  # a timm ViT name for the architecture, the file for the weights
-        model = trunk_model(
+        model = vit_model(
             "timm:vit_tiny_patch16_224",
             checkpoint=str(directory / "mae_pretrain.pth"),
             library_config={**SMALL, "mlp_ratio": 2.0},
@@ -192,17 +192,17 @@ def test_mae_decoder_from_the_checkpoint_reproduces_its_reconstruction(vit_mae_f
 
 
 def test_mae_decoder_positions_follow_the_configured_size_and_init_skips_it(vit_mae_for_pretraining, tmp_path):
-    from omnivec.pretraining import DecoderConfig, MaskedPretrainer
+    from omnivec.mae import DecoderConfig, MaskedPretrainer
 
     _, directory = vit_mae_for_pretraining
-    model = trunk_model(f"hf:{directory / 'hf'}", image_size=48)
+    model = vit_model(f"hf:{directory / 'hf'}", image_size=48)
     pretrainer = MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2))
     assert pretrainer.decoders["image"].pos_embed.shape == (1, 36, 32)
     x = torch.randn(2, 3, 48, 48)
     assert pretrainer.reconstruct("image", x, torch.Generator().manual_seed(0))["pred"].shape == (2 * 27, 192)
-    # a saved model (`init:`) or `decoder.from_trunk: false` starts the configured decoder afresh
+    # a saved model (`init:`) or `decoder.from_backbone: false` starts the configured decoder afresh
     assert (
-        MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2, from_trunk=False))
+        MaskedPretrainer(model, DecoderConfig(dim=32, depth=1, num_heads=2, from_backbone=False))
         .decoders["image"]
         .blocks[0]
         .attn.num_heads
@@ -215,14 +215,14 @@ def test_mae_decoder_positions_follow_the_configured_size_and_init_skips_it(vit_
     assert again.decoders["image"].blocks[0].attn.num_heads == 2
 
 
-def test_layer_decay_scales_follow_depth_across_encoder_and_trunk_blocks():
-    from omnivec.finetuning import FinetuneModule, layer_decay_scales
-    from omnivec.training import param_groups
+def test_layer_decay_scales_follow_depth_across_encoder_and_vit_backbone_blocks():
+    from omnivec.finetuning import FinetuneModule
+    from omnivec.optim import layer_decay_scales, param_groups
 
     model = omnivec.build_model(
         "omnivec_tiny", **{"backbone.depth": 2, "modalities.image.depth": 1, "modalities.video": None}
     )
-    scales = layer_decay_scales(model, 0.5)  # top = 1 encoder block + 2 trunk blocks + 1 = 4
+    scales = layer_decay_scales(model, 0.5)  # top = 1 encoder block + 2 backbone blocks + 1 = 4
     assert scales["backbone.norm.weight"] == 1.0
     assert scales["backbone.blocks.1.attn.qkv.weight"] == 0.5
     assert scales["backbone.blocks.0.attn.qkv.weight"] == 0.25

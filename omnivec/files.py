@@ -1,0 +1,63 @@
+"""A sample's bytes, wherever they come from: a file on disk, or encoded bytes held in memory (a
+shard member, a dataset cell) as a `Blob` that the same readers take as they take a path."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file's encoded bytes held in memory (a shard member, a dataset cell), read by the same
+    readers as files: it answers the `Path` methods they use, and `opened` / `local_path` hand
+    libraries a file object or, for those that only take a path, a temporary copy."""
+
+    name: str  # what errors name, e.g. "shards/train-image-000003.tar:00000042.png"
+    data: bytes
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_dir(self) -> bool:
+        return False
+
+    def open(self, mode: str = "rb") -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.data.decode(encoding)
+
+
+def opened(path: Path | Blob) -> str | BinaryIO:
+    """What a decoding library opens: the path as a string, or a `Blob`'s bytes as a file object."""
+    return path.open() if isinstance(path, Blob) else str(path)
+
+
+@contextmanager
+def local_path(path: Path | Blob) -> Iterator[Path]:
+    """`path` itself, or a `Blob` copied to a temporary file of the same suffix (for libraries
+    that read only named files, such as open3d), removed afterwards."""
+    if not isinstance(path, Blob):
+        yield Path(path)
+        return
+    fd, name = tempfile.mkstemp(suffix=path.suffix, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(path.data)
+        yield Path(name)
+    finally:
+        os.unlink(name)
