@@ -428,7 +428,7 @@ def test_a_new_target_kind_and_an_inline_modality_defined_outside_the_package_ru
                 "model": "omnivec_tiny",
                 "model_overrides": model,
                 "tasks": {"sums": {"head": "regression", "data": [str(source)]}},
-                "stages": [{"tasks": ["sums"], "steps": 60}],
+                "stages": [{"tasks": ["sums"], "steps": 200}],
                 "lr": 3e-3,
                 "eval_split": "test",
                 "output_dir": str(tmp_path / f"ft-{name}"),
