@@ -8,13 +8,22 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_PACKAGES := libusb-1.0-0 python3-venv
 STAMP := $(ENV_DIR)/.omnivec-installed
 
-.PHONY: demo test test-fast install system-deps clean
+.PHONY: demo test test-fast lint format install system-deps clean
 
 demo: install
 	$(ENV_DIR)/bin/omnivec demo
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# ruff (lint rules and formatting, pyproject.toml [tool.ruff]) and mypy over omnivec/ ([tool.mypy]).
+lint: install
+	$(ENV_DIR)/bin/ruff check .
+	$(ENV_DIR)/bin/ruff format --check .
+
+format: install
+	$(ENV_DIR)/bin/ruff check --fix .
+	$(ENV_DIR)/bin/ruff format .
 
 # Everything but the end-to-end tests marked `integration` (real CLI runs, kill/resume, torchrun).
 test-fast: install

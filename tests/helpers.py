@@ -1,6 +1,13 @@
-"""Shared by the training tests: the sample data and a very small omnivec_tiny for recipes."""
+"""Shared by the tests: the sample data, a very small omnivec_tiny for recipes, a pretraining config
+writer, the CLI as a subprocess, and run folders to compare."""
 
+import json
+import os
+import shutil
+import sys
 from pathlib import Path
+
+import yaml
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
 
@@ -14,3 +21,65 @@ SMALL_MODEL_OVERRIDES = {
         "point_cloud": {"num_points": 128, "num_groups": 8, "group_size": 8, "pointnet_dims": [16, 32, 32]},
     },
 }
+
+
+def pretrain_yaml(tmp_path: Path, name: str, **kw) -> Path:
+    data = {
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
+        "data": {"image": [str(SAMPLE / "digits")], "point_cloud": [str(SAMPLE / "shapes")]},
+        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_batches": 1,
+        "plot_samples": 1,
+        "max_steps": 12,
+        "save_every": 2,
+        "output_dir": str(tmp_path / name),
+        "device": "cpu",
+    }
+    data.update(kw)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def omnivec_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "omnivec", *args]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def logged_steps(run: Path) -> list[int]:
+    if not (run / "metrics.jsonl").is_file():
+        return []
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"lr"' in line]
+
+
+def digits_with_bad_files(tmp_path: Path, bad: list[str]) -> Path:
+    """Eight sample digits (six train, two val) in a dataset folder, the files named in `bad` corrupted."""
+    data = tmp_path / "digits"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        shutil.copy(SAMPLE / "digits" / "images" / f"{i:04d}.png", data / "images" / f"{i:04d}.png")
+        rows.append({"path": f"images/{i:04d}.png", "label": str(i % 2), "split": "train" if i < 6 else "val"})
+    for name in bad:
+        (data / "images" / name).write_bytes(b"\x89PNG not really")
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def fake_run(folder: Path, **files: str) -> dict[str, bytes]:
+    """A run folder holding `files` (relative path -> text); returns every file's bytes, to compare later."""
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

@@ -2,7 +2,9 @@
 then the user gets a clear error naming the file / key / folder, or the documented conversion."""
 
 import json
+import os
 import shutil
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -10,7 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
+from helpers import (
+    SAMPLE,
+    SMALL_MODEL_OVERRIDES,
+    pretrain_yaml,
+)
 from PIL import Image
 
 import omnivec
@@ -20,6 +26,9 @@ from omnivec.datasets import check_path, load_task, read_file
 from omnivec.datasets.dataset import TaskDataset
 from omnivec.embedding import collect_inputs
 from omnivec.modalities.video import VideoFile
+from omnivec.parsing import from_dict
+from omnivec.pretraining import PretrainConfig
+from omnivec.recipe_config import load_recipe_config
 
 
 def write_mp4(path: Path, frames: int, size: tuple[int, int] = (320, 240)) -> Path:
@@ -344,3 +353,189 @@ def test_point_cloud_normals_setting_refuses_a_file_whose_columns_are_colours(tm
     points = load_sample({"path": with_normals}, "point_cloud", transform)  # [num_points, 6]
     assert torch.allclose(points[:, 3:].norm(dim=1), torch.ones(len(points)), atol=1e-5)
     assert transform(np.zeros((5, 6), np.float32)).shape[1] == 6  # zero normals: points without one
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio", "point_cloud"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_in_a_tensor_input_is_named(tiny_model, tiny_config, modality, value):
+    x = omnivec.example_inputs(tiny_config, 2)[modality].clone()
+    x.view(-1)[5] = value
+    with pytest.raises(InputError, match=rf"{modality}: expected finite values, got {value}"):
+        tiny_model.embed({modality: x})
+
+
+def test_wrong_sample_rate_and_channels_are_converted(tiny_model):
+    """Audio at any rate and channel count becomes the configured mono fbank (resampled, averaged)."""
+    transform = tiny_model.transforms()["audio"]
+    cfg = tiny_model.config.modalities["audio"]
+    t = torch.linspace(0, 1, 8000)
+    mono16k = transform(torch.sin(2 * torch.pi * 440 * torch.linspace(0, 1, 16000)), 16000)
+    stereo8k = transform(torch.stack([torch.sin(2 * torch.pi * 440 * t)] * 2), 8000)
+    assert stereo8k.shape == mono16k.shape == (cfg.target_frames, cfg.num_mel_bins)
+    assert torch.isfinite(stereo8k).all()
+    # resampled: the 8 kHz tone gives about the 16 kHz tone's fbank (noise differs by ~1.8 per bin)
+    assert (stereo8k - mono16k).abs().mean() < 0.25
+    assert torch.equal(stereo8k.argmax(1), mono16k.argmax(1))  # its energy in the same mel bin
+    # averaged: two channels give the fbank of their mean
+    tone = torch.sin(2 * torch.pi * 440 * t)
+    torch.testing.assert_close(
+        transform(torch.stack([tone, torch.zeros_like(tone)]), 8000), transform(0.5 * tone, 8000)
+    )
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
+def test_any_image_mode_becomes_the_configured_channels(tiny_model, mode):
+    from PIL import Image
+
+    image = Image.new("RGB", (20, 12), (200, 30, 90)).convert(mode)
+    x = tiny_model.transforms()["image"](image)
+    cfg = tiny_model.config.modalities["image"]
+    assert x.shape == (cfg.in_chans, cfg.image_size, cfg.image_size) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("shape", [(100, 2), (100,), (0, 3)])
+def test_wrong_point_dimension_is_named(tiny_model, shape):
+    with pytest.raises(InputError, match=r"point_cloud: expected points \[N >= 1, 3\].*got shape"):
+        tiny_model.transforms()["point_cloud"](np.zeros(shape, dtype=np.float32))
+
+
+def test_extra_point_columns_are_dropped(tiny_model):
+    x = tiny_model.transforms()["point_cloud"](np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32))
+    assert x.shape == (tiny_model.config.modalities["point_cloud"].num_points, 3)
+
+
+def test_text_longer_than_the_model_maximum(tiny_model):
+    """Files and strings are truncated to max_length by the transform; a tensor that is too long is refused."""
+    max_length = tiny_model.config.modalities["text"].max_length
+    x = tiny_model.transforms()["text"]("a very long text " * 500)
+    assert x["input_ids"].shape == (max_length,)
+    too_long = {"input_ids": torch.ones(1, max_length + 1, dtype=torch.long)}
+    with pytest.raises(
+        InputError, match=rf"text: expected input_ids \[B, L <= {max_length}\].*got length {max_length + 1}"
+    ):
+        tiny_model.embed({"text": too_long})
+
+
+def test_corrupt_text_file_is_named(tmp_path, tiny_model):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bad.txt").write_bytes(b"\xff\xfe\xfa not utf-8 \xc3")
+    (tmp_path / "a" / "empty.txt").write_bytes(b"")
+    dataset = TaskDataset(load_task(tmp_path), transform=tiny_model.transforms()["text"])
+    names = {Path(r["path"]).name: i for i, r in enumerate(dataset.rows)}
+    for name in ("bad.txt", "empty.txt"):
+        with pytest.raises(DataError, match=name):
+            dataset[names[name]]
+
+
+@pytest.mark.integration
+def test_unknown_label_for_a_trained_head_is_named(tmp_path):
+    from omnivec.evaluation import evaluate_saved
+    from omnivec.finetune_config import FinetuneConfig
+    from omnivec.finetuning import finetune
+
+    base = {
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
+        "batch_size": 8,
+        "num_workers": 0,
+        "warmup_steps": 1,
+        "save_every": 0,
+        "eval_max_batches": 1,
+        "device": "cpu",
+        "stages": [{"tasks": ["digits"], "steps": 1}],
+        "output_dir": str(tmp_path / "run"),
+    }
+    finetune(
+        from_dict(
+            FinetuneConfig,
+            {**base, "tasks": {"digits": {"head": "classification", "data": [str(SAMPLE / "digits")]}}},
+            "",
+        )
+    )
+    data = tmp_path / "more_digits"
+    data.mkdir()
+    for i in range(2):
+        shutil.copy(SAMPLE / "digits" / "images" / f"{i:04d}.png", data / f"{i}.png")
+    (data / "manifest.jsonl").write_text(
+        json.dumps({"path": "0.png", "label": "0", "split": "test"})
+        + "\n"
+        + json.dumps({"path": "1.png", "label": "eleven", "split": "test"})
+        + "\n"
+    )
+    cfg = from_dict(FinetuneConfig, {**base, "tasks": {"digits": {"head": "classification", "data": [str(data)]}}}, "")
+    with pytest.raises(
+        DataError, match=r"manifest.jsonl:2: label 'eleven' is not one of the 10 labels the 'digits' head"
+    ):
+        evaluate_saved(tmp_path / "run" / "model", cfg, "test", tmp_path / "eval")
+
+
+def test_configs_never_run_code(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("max_steps: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe_config(PretrainConfig, path)
+    assert not Path("pwned").exists()
+
+
+def test_manifest_paths_cannot_escape_the_dataset_root(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.jsonl").write_text(json.dumps({"path": "../secret.png", "label": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"manifest.jsonl:1: path .../secret.png. leaves the dataset folder"):
+        load_task(tmp_path / "data")
+
+
+def test_pickled_code_in_a_library_checkpoint_is_refused(tmp_path):
+    from omnivec.pretrained.loading import read_weights
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Evil()}, path)
+    with pytest.raises(ConfigError, match="not a weights-only PyTorch checkpoint"):
+        read_weights(path)
+    assert not Path("pwned").exists()
+
+
+BILLION_LAUGHS = (
+    "\n".join(
+        ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    )
+    + "\n"
+)
+
+
+def test_a_yaml_alias_bomb_fails_fast(tmp_path):
+    """Item 9: nine levels of nine aliases (9**9 values once expanded) plus an override: a
+    ConfigError naming the file at once (an address-space limit turns a regression into a
+    MemoryError instead of exhausting the machine)."""
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BILLION_LAUGHS)
+    self_referencing = tmp_path / "loop.yaml"
+    self_referencing.write_text("model_overrides: &a {x: [*a]}\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    in_use = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + 2 * 2**30, hard))
+    try:
+        started = time.perf_counter()
+        with pytest.raises(ConfigError, match=rf"{path}: expands to 490,329,055 values, more than the 100,000"):
+            load_recipe_config(PretrainConfig, path, ["max_steps=3"])
+        with pytest.raises(ConfigError, match=rf"{self_referencing}: a value contains itself"):
+            load_recipe_config(PretrainConfig, self_referencing, ["max_steps=3"])
+        with pytest.raises(ConfigError, match="max_steps: expands to"):
+            load_recipe_config(
+                PretrainConfig,
+                pretrain_yaml(tmp_path, "run"),
+                ["max_steps=" + BILLION_LAUGHS.replace("\n", ", ").join("{}")],
+            )
+        from omnivec.recipe_config import merge
+
+        with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+            merge(yaml.safe_load(path.read_text()), {"i": None})
+        assert time.perf_counter() - started < 2
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
