@@ -25,6 +25,7 @@ from .parsing import join_key, require, require_positive
 from .pretrained.vit_backbone import IMAGE, load_mae_decoder
 
 logger = logging.getLogger(__name__)
+MIN_VISIBLE = 8  # fewer visible tokens per sample than this: masked pretraining has too little to go on
 
 
 @dataclass
@@ -148,6 +149,19 @@ class MaskedPretrainer(nn.Module):
             self.decoders[IMAGE].load_state_dict(mae.tensors)
             mae.report.source = f"{model.config.backbone.pretrained}'s MAE decoder ({mae.settings})"
             logger.info("image decoder: %s", mae.report.summary())
+        for m, enc in model.encoders.items():
+            visible = enc.visible_tokens() if enc.masked_pretraining else MIN_VISIBLE
+            if visible < MIN_VISIBLE:
+                logger.warning(
+                    "%s: masked pretraining leaves %d visible tokens per full-length sample (%d tokens, mask_ratio %s; "
+                    "fewer for shorter samples): too few to reconstruct from; use smaller patches, longer inputs or "
+                    "a lower modalities.%s.mask_ratio",
+                    m,
+                    visible,
+                    enc.num_tokens,
+                    enc.cfg.mask_ratio,
+                    m,
+                )
 
     def mask_generator(self, device: torch.device, step: int) -> torch.Generator:
         """Masks are a function of (seed, step, process): a resumed run hides the same tokens."""

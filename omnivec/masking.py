@@ -1,7 +1,8 @@
 """Token selection for masked pretraining: MAE-style masking by argsort of noise.
 
 Only the kept tokens go through the modality blocks and the backbone; the decoder puts mask tokens
-back at the hidden positions. Samples with padding (text) mask a fraction of their own real tokens.
+back at the hidden positions. Samples with padding (text, short clips) mask a fraction of their own
+real tokens; padding is never kept nor hidden.
 """
 
 from __future__ import annotations
@@ -82,10 +83,13 @@ def tube_masking(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    padding_mask: torch.Tensor | None = None,
 ) -> Masking:
-    """VideoMAE tube masking: the same spatial patches are hidden in every time step.
+    """VideoMAE tube masking: the same spatial patches are hidden in every real time step.
 
     grid: (T', H', W') tokens in time-major order; noise: [B, H'*W'] to fix the choice.
+    padding_mask: [B, T'] True at a sample's real time steps; a padded step is never kept (its
+    slots in `ids_keep` are not `keep_valid`) nor hidden.
     """
     t, h, w = grid
     spatial = random_masking(batch_size, h * w, ratio, noise=noise, generator=generator, device=device)
@@ -94,4 +98,8 @@ def tube_masking(
     mask = spatial.mask.repeat(1, t)  # [B, T' * H' * W']
     hidden = (offsets + torch.argsort(spatial.ids_restore, 1)[:, None, ids_keep.shape[1] // t :]).flatten(1)
     ids_restore = torch.argsort(torch.cat([ids_keep, hidden], 1), dim=1)
-    return Masking(ids_keep, None, mask, ids_restore, t * spatial.num_hidden)
+    if padding_mask is None:
+        return Masking(ids_keep, None, mask, ids_restore, t * spatial.num_hidden)
+    keep_valid = padding_mask.repeat_interleave(ids_keep.shape[1] // t, dim=1)  # [B, T' * K]
+    mask = mask & padding_mask.repeat_interleave(h * w, dim=1)  # [B, T' * H' * W']
+    return Masking(ids_keep, keep_valid, mask, ids_restore)

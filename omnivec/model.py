@@ -139,9 +139,10 @@ class OmniVecModel(nn.Module):
                         f"the model's weights hold NaN or Inf ({', '.join(broken[:4])}"
                         f"{' ...' if len(broken) > 4 else ''}): its embeddings are not finite"
                     )
+                largest = max((float(v.abs().max()) for v in float_tensors(x)), default=0.0)
                 raise InputError(
                     f"{modality}: expected model-ready values such as its transform gives; the "
-                    f"embedding overflowed (inputs up to {float(x.abs().max()):.3g})"
+                    f"embedding overflowed (inputs up to {largest:.3g})"
                 )
         return out
 
@@ -178,12 +179,19 @@ def build_head(cfg: HeadConfig, config: OmniVecConfig) -> nn.Module:
     return cls(cls.bind(cfg, config), config.backbone.dim)
 
 
+def float_tensors(x: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model-ready batch (a tensor, or a dict such as padded clips)."""
+    values = x.values() if isinstance(x, Mapping) else [x]
+    return [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
 def check_finite(modality: str, x: Any) -> None:
     """Inference inputs must hold no NaN or Inf (training inputs are checked per file by the dataset)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or torch.isfinite(x.sum()):
-        return  # a sum is finite only if every value is (one reduction instead of a mask)
-    bad = (~torch.isfinite(x)).nonzero()
-    if len(bad):  # (else the sum overflowed: large but finite values)
-        raise InputError(
-            f"{modality}: expected finite values, got {x[tuple(bad[0])].item()} at index {bad[0].tolist()}"
-        )
+    for v in float_tensors(x):
+        if torch.isfinite(v.sum()):
+            continue  # a sum is finite only if every value is (one reduction instead of a mask)
+        bad = (~torch.isfinite(v)).nonzero()
+        if len(bad):  # (else the sum overflowed: large but finite values)
+            raise InputError(
+                f"{modality}: expected finite values, got {v[tuple(bad[0])].item()} at index {bad[0].tolist()}"
+            )

@@ -73,6 +73,20 @@ def _draw_points(ax, panel: torch.Tensor):
 DRAW = {"image": _draw_image, "spectrogram": _draw_spectrogram, "points": _draw_points}  # by `plot_style`
 
 
+def _first(x: Any, n: int) -> Any:
+    """A model-ready batch (a tensor or a dict of them, e.g. padded clips) -> its first `n` samples."""
+    return {k: _first(v, n) for k, v in x.items()} if isinstance(x, Mapping) else x[:n]
+
+
+def _cpu_float(x: Any) -> Any:
+    """Tensors (in dicts too) on the CPU, floating ones as float32; anything else as it is."""
+    if isinstance(x, Mapping):
+        return {k: _cpu_float(v) for k, v in x.items()}
+    if not isinstance(x, torch.Tensor):
+        return x
+    return (x.float() if x.is_floating_point() else x).cpu()
+
+
 @torch.no_grad()
 def plot_reconstructions(
     pretrainer, loaders: Mapping[str, Any], samples: int, png: str | Path, device: torch.device
@@ -90,14 +104,11 @@ def plot_reconstructions(
         batch = next(iter(loader))
         if batch["input"] is None:
             continue
-        x = to_device(batch["input"], device)[:samples]
+        x = to_device(_first(batch["input"], samples), device)
         r = pretrainer.reconstruct(modality, x, torch.Generator(device).manual_seed(0))
-        r = {
-            k: (v.float() if v.is_floating_point() else v).cpu() if isinstance(v, torch.Tensor) else v
-            for k, v in r.items()
-        }
-        panels = encoder.reconstruction_panels(x.float().cpu(), r)
-        rows += [(encoder.plot_style, modality, [p[i] for p in panels]) for i in range(len(x))]
+        r = {k: _cpu_float(v) for k, v in r.items()}
+        panels = encoder.reconstruction_panels(_cpu_float(x), r)
+        rows += [(encoder.plot_style, modality, [p[i] for p in panels]) for i in range(len(r["mask"]))]
     if not rows:
         return
     fig = plt.figure(figsize=(9, 2.2 * len(rows)))

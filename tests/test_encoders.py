@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 import omnivec
 from omnivec import ConfigError, OmniVecConfig, OmniVecModel
+from omnivec.modalities.audio import time_major
 from omnivec.modalities.text import train_tokenizer
 
 ATOL = 1e-5
@@ -161,7 +162,17 @@ def test_transformers_ast_conformance(tmp_path):
     x = torch.randn(2, 64, 32)  # [B, frames, mel], AST's input_values
     with torch.no_grad():
         expected = lib(input_values=x).last_hidden_state[:, 2:]  # CLS and distillation tokens dropped
+    expected = time_major(expected, 2)  # AST's (2 freq x 5 time) patches in omnivec's time-major order
     torch.testing.assert_close(encoder_tokens(model, "audio", x), expected, atol=ATOL, rtol=0)
+    # A short clip needs no padding to AST's length: its own patches, AST's first time positions,
+    # and in a padded batch the padded patches are out of AST's attention.
+    short = encoder_tokens(model, "audio", x[:1, :30])  # 30 frames: 3 time patches (stride 10, the last completed)
+    assert short.shape == (1, 3 * 2, 32)
+    padded = model.encoders["audio"].collate([x[0, :30], x[1]])
+    out = model.encoders["audio"](padded)
+    assert out.padding_mask.tolist() == [[True] * 6 + [False] * 4, [True] * 10]
+    torch.testing.assert_close(out.tokens[:1, :6], short, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.tokens[1:], expected[1:], atol=ATOL, rtol=0)
     longer = omnivec_model(
         "audio", 32, num_mel_bins=32, target_frames=104, patch_size=16, patch_stride=10, pretrained=f"hf:{src}"
     )
@@ -223,6 +234,17 @@ def test_transformers_videomae_conformance(tmp_path):
     with torch.no_grad():
         expected = lib(pixel_values=x).last_hidden_state
     torch.testing.assert_close(encoder_tokens(model, "video", x), expected, atol=ATOL, rtol=0)
+    # VideoMAE takes num_frames: a 2-frame clip is padded with its last frame, the same alone or in a
+    # padded batch; VideoMAE attends to that still, the padding mask drops its tubelets after VideoMAE.
+    still = torch.cat([x[:1, :2], x[:1, 1:2].expand(-1, 2, -1, -1, -1)], dim=1)  # frames 0, 1, 1, 1
+    with torch.no_grad():
+        expected_short = lib(pixel_values=still).last_hidden_state
+    short = model.encoders["video"](x[:1, :2])
+    padded = model.encoders["video"](model.encoders["video"].collate([x[0, :2], x[1]]))
+    assert short.padding_mask.tolist() == [[True] * 4 + [False] * 4]
+    assert padded.padding_mask.tolist() == [[True] * 4 + [False] * 4, [True] * 8]
+    torch.testing.assert_close(short.tokens, expected_short, atol=ATOL, rtol=0)
+    torch.testing.assert_close(padded.tokens, torch.cat([expected_short, expected[1:]]), atol=ATOL, rtol=0)
 
 
 def test_library_encoders_pretrain_with_masking(tmp_path):

@@ -8,6 +8,7 @@ from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
 import omnivec
 from omnivec.cli import main
 from omnivec.datasets import load_task, read_file
+from omnivec.datasets.loaders import collate_for
 from omnivec.finetune_config import FinetuneConfig
 from omnivec.finetuning import finetune
 from omnivec.parsing import from_dict
@@ -45,7 +46,8 @@ def _split(model: omnivec.OmniVecModel, task: str, split: str, label_map: dict |
         raw = read_file(row["path"])
         inputs.append(transform(*raw) if isinstance(raw, tuple) else transform(raw))  # audio: (waveform, rate)
         labels.append((label_map or {}).get(row["label"], row["label"]))
-    return torch.stack(inputs), labels
+    samples = [{"index": i, "input": x, "target": None} for i, x in enumerate(inputs)]
+    return collate_for(model, task_data.modality)(samples)["input"], labels  # audio clips padded
 
 
 @pytest.mark.integration

@@ -45,8 +45,34 @@ def test_every_modality_embeds(tiny_model, tiny_config):
         ("image", torch.randn(2, 3, 15, 16), r"\[B, 3, 16, 16\]"),
         ("image", torch.randn(3, 16, 16), r"\[B, 3, 16, 16\]"),
         ("image", torch.zeros(2, 3, 16, 16, dtype=torch.uint8), "floating-point"),
-        ("video", torch.randn(2, 3, 3, 16, 16), r"\[B, 4, 3, 16, 16\]"),
-        ("audio", torch.randn(2, 32, 48), r"\[B, 48, 32\]"),
+        ("video", torch.randn(2, 3, 3, 16, 16), r"whole tubelets, \[B, T, 3, 16, 16\].*got 3 frames"),
+        ("video", torch.randn(2, 6, 3, 16, 16), r"\[B, T, 3, 16, 16\].*T <= 4.*got length 6"),
+        ("video", torch.randn(2, 4, 3, 8, 16), r"\[B, T, 3, 16, 16\]"),
+        (
+            "video",
+            {"pixel_values": torch.randn(2, 4, 3, 16, 16), "attention_mask": torch.ones(2, 2)},
+            r"attention_mask \[2, 4\]",
+        ),
+        (
+            "video",
+            {"pixel_values": torch.randn(2, 4, 3, 16, 16), "attention_mask": torch.tensor([[1] * 4, [0] * 4])},
+            "at least one real frame per clip.*row 1",
+        ),
+        ("video", {"frames": torch.randn(2, 4, 3, 16, 16)}, r"pixel_values \[B, T, 3, 16, 16\]"),
+        ("audio", torch.randn(2, 32, 48), r"\[B, T, 32\]"),
+        ("audio", torch.randn(2, 49, 32), r"\[B, T, 32\].*T <= 48.*got length 49"),
+        ("audio", torch.randn(2, 0, 32), r"1 <= T.*got length 0"),
+        (
+            "audio",
+            {"input_values": torch.randn(2, 20, 32), "attention_mask": torch.ones(2, 20)},
+            r"attention_mask \[2, 20\] of 0/1.*dtype torch.float32",
+        ),
+        (
+            "audio",
+            {"input_values": torch.randn(2, 20, 32), "attention_mask": torch.zeros(2, 20, dtype=torch.long)},
+            "at least one real frame per clip.*row 0",
+        ),
+        ("audio", {"input_features": torch.randn(2, 20, 32)}, r"input_values \[B, T, 32\].*keys \['input_features'\]"),
         ("point_cloud", torch.randn(2, 64, 2), r"\[B, 64, 3\]"),
         ("text", torch.randint(0, 10, (2, 25)), "max_length"),
         ("text", torch.full((2, 4), 999), r"token ids in \[0, 261\)"),
@@ -91,8 +117,9 @@ def test_audio_transform_fbank(tiny_model):
     assert x.shape == (48, 32) and torch.isfinite(x).all()
     # A 440 Hz tone puts its energy in the low mel bins.
     assert x[:, :8].mean() > x[:, -8:].mean()
-    short = tiny_model.transforms()["audio"](torch.randn(100), 16000)  # shorter than one window: padded
-    assert short.shape == (48, 32)
+    short = tiny_model.transforms()["audio"](torch.randn(100), 16000)  # shorter than one window: one frame
+    assert short.shape == (1, 32)
+    assert tiny_model.transforms()["audio"](wave[:, :2400], sr).shape == (28, 32)  # 0.3 s: its own 28 frames, unpadded
 
 
 def test_text_transform_and_byte_tokenizer(tiny_model):

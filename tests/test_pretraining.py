@@ -39,14 +39,16 @@ def test_video_target_orders_tubelets_time_major(tiny_model):
     assert target[0, :token].abs().max() == 0
 
 
-def test_audio_target_is_frequency_major(tiny_model):
+def test_audio_target_is_time_major(tiny_model):
     enc = tiny_model.encoders["audio"]  # 48 frames x 32 mel, patch 16: grid (2 freq, 3 time)
     x = torch.zeros(1, 48, 32)
-    x[0, 16:32, 0:16] = torch.arange(256.0).reshape(16, 16).T  # time 1, freq 0 -> token 1
+    x[0, 16:32, 0:16] = torch.arange(256.0).reshape(16, 16).T  # time 1, freq 0 -> token 1 * 2 + 0
     target = enc.tokenize(x, with_target=True).target
     assert target.shape == (1, 6, 256)
     values = torch.arange(256.0)
-    torch.testing.assert_close(target[0, 1], (values - values.mean()) / (values.var() + 1e-6).sqrt())
+    torch.testing.assert_close(target[0, 2], (values - values.mean()) / (values.var() + 1e-6).sqrt())
+    assert target[0, :2].abs().max() == 0 and target[0, 3:].abs().max() == 0
+    torch.testing.assert_close(enc.unpatchify(enc.patchify(x)), x)  # the figures' inverse, in the same order
 
 
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])

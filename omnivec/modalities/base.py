@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from torch import nn
 from ..backbone import run_blocks, transformer_blocks
 from ..config import AugmentConfig, ModalityConfig
 from ..errors import ConfigError, InputError
-from ..masking import Masking, gather_tokens, random_masking
+from ..masking import Masking, gather_tokens, keep_count, random_masking
 from ..registry import MODALITIES
 
 
@@ -41,6 +41,15 @@ def fill_hidden(
     blank = raw.clone()
     blank[mask] = float("nan")
     return blank, recon
+
+
+def cast_floats(x: Any, dtype: torch.dtype) -> Any:
+    """A model-ready batch (a tensor or a dict of tensors) with its floating-point tensors in `dtype`."""
+    if isinstance(x, Mapping):
+        return {k: cast_floats(v, dtype) for k, v in x.items()}
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        return x.to(dtype)
+    return x
 
 
 def register_modality(name: str) -> Callable[[type], type]:
@@ -136,6 +145,10 @@ class ModalityEncoder(nn.Module):
     def padding_mask(self, x: Any) -> torch.Tensor | None:
         """[B, L] bool (True = real token) for inputs with padding, else None."""
         return None
+
+    def visible_tokens(self) -> int:
+        """Tokens a full-length sample keeps in masked pretraining (at `cfg.mask_ratio`)."""
+        return int(keep_count(torch.tensor(self.num_tokens), self.cfg.mask_ratio))
 
     def sample_mask(self, x: Any, generator: torch.Generator | None = None) -> Masking:
         """The tokens to hide for masked pretraining (default: uniform random at `cfg.mask_ratio`)."""
@@ -248,8 +261,7 @@ class ModalityEncoder(nn.Module):
         """Tokens for the backbone: [B, L, D], or [B, K, D] with `ids_keep` [B, K] (slots where
         `keep_valid` is False become padding). `target` and `positions` stay at full length L."""
         self.check_input(x)
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != self.proj_dtype:  # float64, fp16
-            x = x.to(self.proj_dtype)
+        x = cast_floats(x, self.proj_dtype)  # float64, fp16
         if ids_keep is None:
             out = self.tokenize(x, with_target)  # tokens [B, L, width]
             padding_mask = out.padding_mask
@@ -285,3 +297,21 @@ class ModalityEncoder(nn.Module):
             self._fail(f"a batch of at least one sample {description}", "an empty batch")
         if not x.is_floating_point():
             self._fail(f"a floating-point tensor {description}", f"dtype {x.dtype}")
+
+    def _check_length(self, length: int, most: int, description: str) -> None:
+        """A variable length (frames of a clip) must be 1 to `most`."""
+        if not 1 <= length <= most:
+            self._fail(f"a tensor {description}", f"length {length}")
+
+    def _check_mask(self, mask: Any, shape: torch.Size, sample: str) -> None:
+        """An `attention_mask` [B, T] (1 or True = real frame) with a real frame in every `sample`."""
+        expected = f"attention_mask {list(shape)} of 0/1 (1 = real frame)"
+        if not isinstance(mask, torch.Tensor) or mask.shape != shape:
+            self._fail(expected, f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__)
+        if mask.is_floating_point():
+            self._fail(expected, f"dtype {mask.dtype}")
+        empty = (mask == 0).all(1)  # [B]
+        if bool(empty.any()):  # a host sync, as text's check
+            self._fail(
+                f"at least one real frame per {sample} (attention_mask 1)", f"none in row {int(empty.nonzero()[0])}"
+            )

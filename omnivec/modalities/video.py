@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torchvision.transforms import v2
 from ..config import AugmentConfig, PatchConfig
 from ..errors import DataError, InputError
 from ..files import opened
-from ..masking import Masking, tube_masking
+from ..masking import Masking, keep_count, tube_masking
 from ..parsing import require, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
 from .image import ImageEncoder, denormalize, read_image
@@ -147,14 +148,17 @@ class VideoAugment(AugmentConfig):
 
 
 class VideoTransform:
-    """uint8 frames [T, H, W, C] (as decoders return them) or [T, C, H, W] -> float [num_frames, C, S, S].
+    """uint8 frames [T, H, W, C] (as decoders return them) or [T, C, H, W] -> float [frames, C, S, S].
 
-    Picks `num_frames` frames spread uniformly over the clip (with a random offset when training);
-    training crops at random, with `augment` as it says.
+    Picks `num_frames` frames spread uniformly over the clip (with a random offset when training); a
+    clip with fewer frames gives each of them once, its last repeated to fill the last tubelet
+    (`collate` pads a batch and says which frames are real). Training crops at random, with
+    `augment` as it says.
     """
 
     def __init__(self, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None):
         self.num_frames, self.in_chans, self.train = cfg.num_frames, cfg.in_chans, train
+        self.tubelet_size = cfg.tubelet_size
         size = cfg.image_size
         augment = augment if train else None
         spatial = (
@@ -167,13 +171,17 @@ class VideoTransform:
         self.pipeline = v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
 
     def frame_indices(self, total: int) -> torch.Tensor:
+        """Which of a clip's `total` frames to take: `num_frames` spread over it, or every one of a
+        shorter clip (whole tubelets: the last frame repeated)."""
+        if total < self.num_frames:
+            return torch.arange(-(-total // self.tubelet_size) * self.tubelet_size).clamp(max=total - 1)
         step = total / self.num_frames
         offset = torch.rand(()).item() * step if self.train else step / 2
         return (torch.arange(self.num_frames) * step + offset).long().clamp(max=total - 1)
 
     def __call__(self, frames: torch.Tensor | VideoFile) -> torch.Tensor:
         if isinstance(frames, VideoFile):  # decode only the frames sampled
-            frames = frames.frames(self.frame_indices(len(frames)).tolist())  # [num_frames, H, W, 3]
+            frames = frames.frames(self.frame_indices(len(frames)).tolist())  # [frames, H, W, 3]
         else:
             frames = torch.as_tensor(frames)
             if frames.ndim not in (3, 4) or frames.shape[0] == 0:
@@ -181,7 +189,7 @@ class VideoTransform:
                     f"video: expected frames [T >= 1, H, W, C], [T, C, H, W] or grey [T, H, W], "
                     f"got shape {list(frames.shape)}"
                 )
-            frames = frames[self.frame_indices(frames.shape[0])]  # [num_frames, ...]
+            frames = frames[self.frame_indices(frames.shape[0])]  # [frames <= num_frames, ...]
         if frames.ndim == 3:  # grey [T, H, W]
             frames = frames[:, None]
         if frames.shape[-1] in (1, 3) and frames.shape[1] not in (1, 3):
@@ -193,7 +201,14 @@ class VideoTransform:
 
 @register_modality("video")
 class VideoEncoder(ModalityEncoder):
-    """[B, T, C, H, W] -> [B, (T/t)*(H/p)*(W/p), D] tubelet tokens (time-major order)."""
+    """Clips [B, T, C, H, W] (every frame real, T <= num_frames, whole tubelets) or
+    {"pixel_values": [B, T, C, H, W], "attention_mask": [B, T]} (as `collate` pads a batch) ->
+    [B, (T/t)*(H/p)*(W/p), D] tubelet tokens (time-major order: a short clip's tokens are a prefix,
+    and use the first positions).
+
+    A tubelet is real when it holds at least one real frame; the others are padding: never kept nor
+    hidden by tube masking, never attended to, never pooled. Padded frames are set to zero (the
+    normalised mean), so padding never changes an output."""
 
     config_class = VideoConfig
     augment_class = VideoAugment
@@ -216,25 +231,54 @@ class VideoEncoder(ModalityEncoder):
     def target_dim(self) -> int:
         return self.cfg.tubelet_size * self.cfg.in_chans * self.cfg.patch_size**2
 
-    def tokenize(self, x: torch.Tensor, with_target: bool = False) -> Tokens:
+    def frames(self, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model-ready batch -> (clips [B, T, C, H, W] with padded frames zero; frame mask [B, T],
+        True = real, or None when every frame is real)."""
+        if not isinstance(x, Mapping):
+            return x, None
+        values, mask = x["pixel_values"], x.get("attention_mask")
+        if mask is None:
+            return values, None
+        mask = mask.bool()  # [B, T]
+        return torch.where(mask[:, :, None, None, None], values, torch.zeros((), dtype=values.dtype)), mask
+
+    def step_mask(self, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Frame mask [B, T] -> [B, T/t]: a time step (tubelet) is real when it holds a real frame."""
+        return None if frame_mask is None else frame_mask.unflatten(1, (-1, self.cfg.tubelet_size)).any(-1)
+
+    def padding_mask(self, x: Any) -> torch.Tensor | None:
+        steps = self.step_mask(self.frames(x)[1])
+        return None if steps is None else steps.repeat_interleave(self.grid[1] * self.grid[2], dim=1)  # [B, L]
+
+    def visible_tokens(self) -> int:
+        """Tube masking keeps the same share of the spatial places at every time step."""
+        t, h, w = self.grid
+        return t * int(keep_count(torch.tensor(h * w), self.cfg.mask_ratio))
+
+    def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
         # The tubelet projection as one matmul over the tubelets (the Conv3d's weights, reordered to
         # the tubelets' (tt, C, p, p) layout); the tubelets are cut once for tokens and target.
         tubes = self.patchify(x)  # [B, L, tt*C*p*p]
         weight = self.patch_embed.weight.transpose(1, 2).flatten(1)  # [width, C, tt, p, p] -> [width, tt*C*p*p]
-        tokens = nn.functional.linear(tubes, weight, self.patch_embed.bias) + self.pos_embed  # [B, L, width]
-        return Tokens(tokens, target=self.target_of(tubes) if with_target else None)
+        tokens = (
+            nn.functional.linear(tubes, weight, self.patch_embed.bias) + self.pos_embed[:, : tubes.shape[1]]
+        )  # [B, L, width]
+        return Tokens(tokens, self.padding_mask(x), target=self.target_of(tubes) if with_target else None)
 
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, C, H, W] -> [B, L, tt*C*p*p] the pixels of each tubelet, time-major as the tokens."""
-        B, C = x.shape[0], x.shape[2]
-        (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
-        tubes = x.reshape(B, t, tt, C, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5, 7)  # [B, t, h, w, tt, C, p, p]
+    def patchify(self, x: Any) -> torch.Tensor:
+        """Model-ready batch -> [B, L, tt*C*p*p] the pixels of each tubelet, time-major as the tokens."""
+        v = self.frames(x)[0]  # [B, T, C, H, W]
+        B, C = v.shape[0], v.shape[2]
+        (_, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
+        t = v.shape[1] // tt
+        tubes = v.reshape(B, t, tt, C, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5, 7)  # [B, t, h, w, tt, C, p, p]
         return tubes.reshape(B, t * h * w, -1)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, L, tt*C*p*p] -> [B, T, C, H, W]."""
         B = patches.shape[0]
-        (t, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
+        (_, h, w), tt, p = self.grid, self.cfg.tubelet_size, self.cfg.patch_size
+        t = patches.shape[1] // (h * w)
         v = patches.reshape(B, t, h, w, tt, -1, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)  # [B, t, tt, C, h, p, w, p]
         return v.reshape(B, t * tt, -1, h * p, w * p)
 
@@ -261,14 +305,47 @@ class VideoEncoder(ModalityEncoder):
         else:
             VideoFile.verify(path)
 
-    def sample_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Masking:
-        """Tube masking (VideoMAE): the same patches hidden in every frame."""
+    def sample_mask(self, x: Any, generator: torch.Generator | None = None) -> Masking:
+        """Tube masking (VideoMAE): the same patches hidden in every real frame, padding never."""
+        values, frame_mask = self.frames(x)
         device = generator.device if generator is not None else None
-        return tube_masking(x.shape[0], self.grid, self.cfg.mask_ratio, generator=generator, device=device)
+        grid = (values.shape[1] // self.cfg.tubelet_size, *self.grid[1:])
+        return tube_masking(
+            len(values),
+            grid,
+            self.cfg.mask_ratio,
+            generator=generator,
+            device=device,
+            padding_mask=self.step_mask(frame_mask),
+        )
 
-    def check_input(self, x: torch.Tensor) -> None:
-        t, c, s = self.cfg.num_frames, self.cfg.in_chans, self.cfg.image_size
-        self._check_tensor(x, (None, t, c, s, s), f"[B, {t}, {c}, {s}, {s}] (frames, channels, height, width)")
+    def check_input(self, x: Any) -> None:
+        t, c, s, tt = self.cfg.num_frames, self.cfg.in_chans, self.cfg.image_size, self.cfg.tubelet_size
+        shape = (
+            f"[B, T, {c}, {s}, {s}] (frames, channels, height, width; T <= {t} (modalities.video.num_frames), "
+            f"a multiple of tubelet_size={tt})"
+        )
+        values = x.get("pixel_values") if isinstance(x, Mapping) else x
+        if isinstance(x, Mapping) and values is None:
+            self._fail(f"pixel_values {shape} in the dict (and attention_mask [B, T])", f"keys {sorted(x)}")
+        what = f"pixel_values {shape}" if isinstance(x, Mapping) else f"{shape} or {{'pixel_values', 'attention_mask'}}"
+        self._check_tensor(values, (None, None, c, s, s), what)
+        self._check_length(values.shape[1], t, what)
+        if values.shape[1] % tt:
+            self._fail(f"whole tubelets, {what}", f"{values.shape[1]} frames")
+        if isinstance(x, Mapping) and x.get("attention_mask") is not None:
+            self._check_mask(x["attention_mask"], values.shape[:2], "clip")
+
+    @classmethod
+    def collate(cls, inputs: list[torch.Tensor], cfg: VideoConfig | None = None) -> Any:
+        """Clips [T_i, C, H, W] -> [B, T, C, H, W] when all are as long, else {"pixel_values":
+        [B, max T_i, C, H, W] right-padded with zero frames, "attention_mask": [B, max T_i] (1 = real frame)}."""
+        lengths = torch.tensor([len(x) for x in inputs])
+        if (lengths == lengths[0]).all():
+            return torch.stack(inputs)
+        values = nn.utils.rnn.pad_sequence(inputs, batch_first=True)  # [B, T, C, H, W]
+        mask = (torch.arange(values.shape[1])[None] < lengths[:, None]).long()  # [B, T]
+        return {"pixel_values": values, "attention_mask": mask}
 
     @classmethod
     def build_transform(
@@ -278,5 +355,6 @@ class VideoEncoder(ModalityEncoder):
 
     @classmethod
     def example_input(cls, cfg: VideoConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Random full-length clips [B, num_frames, C, S, S] (`collate` makes padded batches)."""
         shape = (batch_size, cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size)
         return torch.randn(*shape, generator=generator)
