@@ -2,7 +2,8 @@
 
 Each modality hides most of its tokens (its own `sample_mask`), the encoder and backbone see only
 the kept ones, and a light per-modality decoder predicts the hidden tokens' targets (normalised
-pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids)."""
+pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids), or, with the
+`latent` objective, an EMA teacher's features of the whole input (omnivec/latent.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .backbone import run_blocks, transformer_blocks
 from .config import join_key, require, require_positive
 from .errors import ConfigError
 from .evaluation import eval_batches, evaluating
+from .latent import OBJECTIVES, LatentConfig, LatentTargets
 from .masking import Masking
 from .modalities.base import Tokens
 from .model import OmniVecModel, _init_weights, load_model
@@ -121,7 +123,11 @@ class MaskedPretrainer(nn.Module):
     pack: one backbone pass over the kept tokens of every modality of a batch (omnivec/packing.py)
     instead of one per modality; the same losses. A model whose trunk was just read from a checkpoint
     with an MAE decoder (`decoder.from_trunk`) starts its image decoder from that one, at its size;
-    `decoder_configs` records each modality's decoder settings (pass them to build the same shapes)."""
+    `decoder_configs` records each modality's decoder settings (pass them to build the same shapes).
+
+    objectives: {modality: "latent"} makes those modalities' decoders predict the targets of `latent`'s
+    EMA teacher (`LatentTargets`, omnivec/latent.py) from `latent.num_masks` masks per sample; the
+    others (default) predict their own reconstruction targets (MAE)."""
 
     def __init__(
         self,
@@ -130,6 +136,8 @@ class MaskedPretrainer(nn.Module):
         seed: int = 0,
         pack: bool = False,
         decoder_configs: Mapping[str, DecoderConfig] | None = None,
+        objectives: Mapping[str, str] | None = None,
+        latent: LatentConfig | None = None,
     ):
         super().__init__()
         if pack and model.config.backbone.drop_path > 0:
@@ -138,8 +146,14 @@ class MaskedPretrainer(nn.Module):
             )
         self.model, self.seed, self.pack = model, seed, pack
         dim, num_prefix = model.config.backbone.dim, model.backbone.num_prefix_tokens
+        latent_modalities = [m for m, objective in (objectives or {}).items() if objective == "latent"]
         trunk = None
-        if decoder_configs is None and decoder.from_trunk and "backbone" in model.load_reports:  # read just now
+        if (
+            decoder_configs is None
+            and decoder.from_trunk
+            and "backbone" in model.load_reports  # read just now
+            and "image" not in latent_modalities
+        ):  # its MAE decoder predicts pixels
             from .encoders.trunk import IMAGE, load_mae_decoder
 
             trunk = load_mae_decoder(model)
@@ -149,15 +163,35 @@ class MaskedPretrainer(nn.Module):
         self.decoders = nn.ModuleDict(
             {
                 m: MaskedDecoder(
-                    self.decoder_configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim, num_prefix
+                    self.decoder_configs[m],
+                    dim,
+                    enc.num_tokens,
+                    dim if m in latent_modalities else enc.target_dim,
+                    enc.decoder_position_dim,
+                    num_prefix,
                 )
                 for m, enc in model.encoders.items()
             }
         )
+        self.latent = LatentTargets(model, latent_modalities, latent or LatentConfig()) if latent_modalities else None
         if trunk is not None:
             self.decoders[IMAGE].load_state_dict(trunk[1])
             trunk[2].source = f"{model.config.backbone.pretrained}'s MAE decoder ({trunk[0]})"
             logger.info("image decoder: %s", trunk[2].summary())
+
+    def is_latent(self, modality: str) -> bool:
+        return self.latent is not None and modality in self.latent.modalities
+
+    def after_step(self, step: int) -> None:
+        """After each optimizer step: update the EMA teacher (latent objective)."""
+        if self.latent is not None:
+            self.latent.update(self.model, step)
+
+    def monitor(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor], clear: bool = True
+    ) -> tuple[dict[str, float], str | None]:
+        """For the `Trainer`'s logs: the latent targets' spread, and a collapse (`LatentTargets.monitor`)."""
+        return self.latent.monitor(reduce, clear) if self.latent is not None else ({}, None)
 
     def mask_generator(self, device: torch.device, step: int) -> torch.Generator:
         """Masks are a function of (seed, step, process): a resumed run hides the same tokens."""
@@ -177,38 +211,59 @@ class MaskedPretrainer(nn.Module):
         self, modality: str, x: Any, generator: torch.Generator | None = None, masking: Masking | None = None
     ) -> tuple[Masking, Tokens]:
         """Sample the mask (unless given) and encode the kept tokens -> the masking and the encoder's
-        `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
+        `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...]). A latent
+        modality's target is the teacher's, from one pass over `x`, and its B samples become
+        B * num_masks, each copy with its own mask."""
         enc = self.model.encoders[modality]
+        target = None
+        if self.is_latent(modality):
+            target, x = self.latent.repeat(self.latent.targets(modality, x)), self.latent.repeat(x)  # [B * M, L, D]
         masking = enc.sample_mask(x, generator) if masking is None else masking
-        return masking, enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
+        out = enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
+        return masking, out if target is None else dataclasses.replace(out, target=target)
 
     def decode(self, modality: str, x: Any, masking: Masking, out: Tokens, hidden: torch.Tensor) -> dict[str, Any]:
-        """Backbone tokens [B, n + K, D] (prefix first) -> the `reconstruct` result (loss on the hidden tokens)."""
-        enc = self.model.encoders[modality]
-        pred = self.decoders[modality](hidden, masking, enc.padding_mask(x), out.positions)  # [N, P]
-        loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
-        return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
+        """Backbone tokens [B, n + K, D] (prefix first) -> the `reconstruct` result (loss on the hidden
+        tokens; `hidden_target` [N, P] their targets)."""
+        enc, latent = self.model.encoders[modality], self.is_latent(modality)
+        padding_mask = self.latent.repeat(enc.padding_mask(x)) if latent else enc.padding_mask(x)  # [B, L]
+        pred = self.decoders[modality](hidden, masking, padding_mask, out.positions)  # [N, P]
+        target = masking.hidden(out.target)  # [N, P]
+        loss = self.latent.loss(pred, target) if latent else enc.reconstruction_loss(pred, target)
+        return {
+            "loss": loss,
+            "pred": pred,
+            "target": out.target,
+            "mask": masking.mask,
+            "positions": out.positions,
+            "hidden_target": target,
+        }
 
     def forward(
         self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens};
-        the masks are the step's (`mask_generator`) unless `generator` is given."""
+        the masks are the step's (`mask_generator`) unless `generator` is given. In training, the
+        latent modalities' target and prediction spread is recorded (`monitor`)."""
         if generator is None:
             generator = self.mask_generator(next(self.parameters()).device, step)
         if not self.pack:
-            return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
-        encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
-        hidden = packed_backbone(
-            self.model.backbone,
-            {m: out.tokens for m, (_, out) in encoded.items()},
-            {m: out.padding_mask for m, (_, out) in encoded.items()},
-            keep_prefix=True,
-        )  # {m: [B, n + K, D]}
-        return {
-            m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
-            for m, (masking, out) in encoded.items()
-        }
+            results = {m: self.reconstruct(m, b["input"], generator) for m, b in batch.items()}
+        else:
+            encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
+            hidden = packed_backbone(
+                self.model.backbone,
+                {m: out.tokens for m, (_, out) in encoded.items()},
+                {m: out.padding_mask for m, (_, out) in encoded.items()},
+                keep_prefix=True,
+            )  # {m: [B, n + K, D]}
+            results = {
+                m: self.decode(m, batch[m]["input"], masking, out, hidden[m]) for m, (masking, out) in encoded.items()
+            }
+        if self.training:
+            for m in filter(self.is_latent, results):
+                self.latent.record(step + 1, m, results[m]["pred"], results[m]["hidden_target"])
+        return {m: r["loss"] for m, r in results.items()}
 
 
 @dataclass
@@ -225,6 +280,11 @@ class PretrainConfig(TrainConfig):
     eval_batches: int = 10  # validation batches per modality
     plot_samples: int = 3  # validation samples per modality in reconstructions.png
     pack: bool = False  # one backbone pass over every modality's kept tokens (omnivec/packing.py), same losses
+    # What the decoders predict at the hidden tokens: mae (each modality's own target: normalised pixels, point
+    # groups, token ids) or latent (an EMA teacher's features of the whole input, data2vec 2.0 / V-JEPA: `latent`).
+    objective: str = "mae"
+    objectives: dict[str, str] = field(default_factory=dict)  # per-modality override, e.g. {audio: latent}
+    latent: LatentConfig = field(default_factory=LatentConfig)  # the teacher, its targets (omnivec/latent.py)
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -257,6 +317,13 @@ class PretrainConfig(TrainConfig):
             "a positive weight for at least one modality in data",
             self.weights,
         )
+        require(
+            self.objective in OBJECTIVES, join_key(prefix, "objective"), f"one of {list(OBJECTIVES)}", self.objective
+        )
+        for modality, objective in self.objectives.items():
+            key = join_key(prefix, f"objectives.{modality}")
+            require(modality in self.data, key, f"one of the modalities in data {sorted(self.data)}", modality)
+            require(objective in OBJECTIVES, key, f"one of {list(OBJECTIVES)}", objective)
         for modality, augment in self.augment.items():  # (none by default: masked pretraining's own recipe)
             key = join_key(prefix, f"augment.{modality}")
             require(modality in self.data, key, f"one of the modalities in data {sorted(self.data)}", modality)
@@ -266,6 +333,11 @@ class PretrainConfig(TrainConfig):
                 "no label mixing in pretraining (mixup: 0, cutmix: 0)",
                 augment.batch_mix(),
             )
+
+
+def objectives_of(cfg: PretrainConfig) -> dict[str, str]:
+    """{modality in data: its objective} (`objectives`, else `objective`)."""
+    return {m: cfg.objectives.get(m, cfg.objective) for m in cfg.data}
 
 
 def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
@@ -312,8 +384,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg)
-    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack)
+    objectives = objectives_of(cfg)
+    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack, objectives=objectives, latent=cfg.latent)
     trainer = Trainer(cfg, pretrainer)
+    if pretrainer.latent is not None and trainer.accelerator.distributed_type == "FSDP":
+        raise ConfigError(
+            "objective: latent is not supported under FSDP yet (the EMA teacher would be sharded with "
+            "the student); use DDP, or objective: mae"
+        )
     out = Path(cfg.output_dir)  # prepare_output_dir recorded the config there (run_config.json)
     acc = trainer.accelerator
     train = build_loaders(
@@ -335,6 +413,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             cfg.seed,
             cfg.pack,
             pretrainer.decoder_configs,
+            objectives,
+            cfg.latent,
         )
         whole.load_state_dict(state)
         whole.to(trainer.device)
@@ -342,7 +422,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         summary = summarize(out / "metrics.jsonl", list(cfg.data), time.perf_counter() - started, trainer.skipped)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_losses(out / "metrics.jsonl", out / "loss.png")
-        plot_reconstructions(whole, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
+        plot_reconstructions(
+            whole,
+            {m: v for m, v in val.items() if objectives[m] == "mae"},
+            cfg.plot_samples,
+            out / "reconstructions.png",
+            trainer.device,
+        )  # latent predictions are no picture
         tqdm.write(format_summary(summary, out))
     batches = train = val = None  # drop the last references to the loaders
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next

@@ -333,8 +333,9 @@ class Trainer:
     `batches` yields `{key: collated batch}` (see `MultiModalLoader`) and has `state_dict()` /
     `load_state_dict()` for its position, saved with every checkpoint. `module.model` is the
     `OmniVecModel` a checkpoint carries for users (`save_model`); `module.after_step(step)`, when it
-    has one, runs after every optimizer step (weight EMA). Records go to `metrics.jsonl` and, with
-    `log_with`, to accelerate's tracker (`close` ends it).
+    has one, runs after every optimizer step (weight EMA); `module.monitor`, when it has one, adds the
+    module's own metrics to each record and can stop the run (see `monitor`). Records go to
+    `metrics.jsonl` and, with `log_with`, to accelerate's tracker (`close` ends it).
     """
 
     def __init__(self, cfg: TrainConfig, module: nn.Module):
@@ -497,6 +498,17 @@ class Trainer:
             "gradients (clip_grad) or check the data."
         )
 
+    def monitor(self, clear: bool = True) -> dict[str, float]:
+        """The module's own metrics since the last log (`module.monitor(reduce, clear)` -> (metrics averaged
+        over the processes by `reduce`, a failure message or None), e.g. the latent targets' spread);
+        a failure stops the run with `TrainingError`, naming the last good checkpoint, which stays."""
+        if not hasattr(self.unwrapped, "monitor"):
+            return {}
+        metrics, failure = self.unwrapped.monitor(lambda t: self.accelerator.reduce(t, "mean"), clear)
+        if failure:
+            raise TrainingError(f"{failure}; training stopped there. {self.kept_checkpoint()}")
+        return metrics
+
     def kept_checkpoint(self) -> str:
         last = latest_checkpoint(self.output_dir)
         return (
@@ -618,6 +630,7 @@ class Trainer:
                     "step": self.step,
                     "lr": self.scheduler.get_last_lr()[0],
                     **{f"loss/{k}": v for k, v in losses.items()},
+                    **self.monitor(),
                     "samples_per_s": samples / max(elapsed, 1e-9),
                 }
                 bar.set_postfix(
@@ -634,6 +647,7 @@ class Trainer:
                 self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.interval_means(interval, counts, recent)  # losses since the last log must be finite
+                self.monitor(clear=False)  # and the module sound (no collapsed teacher in a checkpoint)
                 self.save_checkpoint(batches)
         bar.close()
         if acc.num_processes > 1:  # every process's skipped samples, for the summary
