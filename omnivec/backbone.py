@@ -104,13 +104,33 @@ class SharedBackbone(nn.Module):
     ) -> torch.Tensor:
         """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]
         (`keep_prefix`: [B, n + L, D], the n prefix tokens' outputs first, as an MAE decoder takes them)."""
+        x, padding_mask = self.embed(x, modality, padding_mask)  # [B, n + L, D]
+        x = self.norm(run_blocks(self.blocks, x, padding_mask))  # [B, n + L, D]
+        return x if keep_prefix else x[:, self.num_prefix_tokens :]
+
+    def embed(
+        self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [B, L, D] -> the blocks' input [B, n + L, D] (modality embedding added, prefix tokens
+        first, `norm_pre`) and its padding mask [B, n + L]."""
         x = x + self.modality_embed[modality]  # [B, L, D]
         n = self.num_prefix_tokens
         if n:  # prefix tokens attend in every block, and are dropped after the final norm
             x = torch.cat([self.prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # [B, n + L, D]
             padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
-        x = self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask))  # [B, n + L, D]
-        return x if keep_prefix else x[:, n:]
+        return self.norm_pre(x), padding_mask
+
+    def block_outputs(
+        self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Like `forward`, but every block's output [B, L, D] (before the final norm, prefix tokens
+        dropped): the features latent targets average (omnivec/latent.py)."""
+        x, padding_mask = self.embed(x, modality, padding_mask)  # [B, n + L, D]
+        mask, n, outputs = attention_mask(padding_mask), self.num_prefix_tokens, []
+        for block in self.blocks:
+            x = block(x, attn_mask=mask)
+            outputs.append(x[:, n:])  # [B, L, D]
+        return outputs
 
 
 def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from .backbone import run_blocks, transformer_blocks
 from .errors import ConfigError
+from .latent import LatentConfig, LatentTargets
 from .masking import Masking
 from .modalities.base import Tokens
 from .model import OmniVecModel, init_weights
@@ -114,7 +115,11 @@ class MaskedPretrainer(nn.Module):
     pack: one backbone pass over the kept tokens of every modality of a batch (omnivec/packing.py)
     instead of one per modality; the same losses. A model whose backbone was just read from a checkpoint
     with an MAE decoder (`decoder.from_backbone`) starts its image decoder from that one, at its size;
-    `decoder_configs` records each modality's decoder settings (pass them to build the same shapes)."""
+    `decoder_configs` records each modality's decoder settings (pass them to build the same shapes).
+
+    objectives: {modality: "latent"} makes those modalities' decoders predict the targets of `latent`'s
+    EMA teacher (`LatentTargets`, omnivec/latent.py) from `latent.num_masks` masks per sample; the
+    others (default) predict their own reconstruction targets (MAE)."""
 
     def __init__(
         self,
@@ -123,6 +128,8 @@ class MaskedPretrainer(nn.Module):
         seed: int = 0,
         pack: bool = False,
         decoder_configs: Mapping[str, DecoderConfig] | None = None,
+        objectives: Mapping[str, str] | None = None,
+        latent: LatentConfig | None = None,
     ):
         super().__init__()
         if pack and model.config.backbone.drop_path > 0:
@@ -131,20 +138,27 @@ class MaskedPretrainer(nn.Module):
             )
         self.model, self.seed, self.pack = model, seed, pack
         dim, num_prefix = model.config.backbone.dim, model.backbone.num_prefix_tokens
+        latent_modalities = [m for m, objective in (objectives or {}).items() if objective == "latent"]
         mae = None  # the backbone checkpoint's MAE decoder, when the backbone was just read from one
         if decoder_configs is None and decoder.from_backbone and "backbone" in model.load_reports:
-            mae = load_mae_decoder(model)
+            mae = None if IMAGE in latent_modalities else load_mae_decoder(model)  # (it predicts pixels)
         self.decoder_configs = dict(decoder_configs or {m: decoder for m in model.encoders})
         if mae is not None:
             self.decoder_configs[IMAGE] = dataclasses.replace(decoder, **mae.settings)
         self.decoders = nn.ModuleDict(
             {
                 m: MaskedDecoder(
-                    self.decoder_configs[m], dim, enc.num_tokens, enc.target_dim, enc.decoder_position_dim, num_prefix
+                    self.decoder_configs[m],
+                    dim,
+                    enc.num_tokens,
+                    dim if m in latent_modalities else enc.target_dim,
+                    enc.decoder_position_dim,
+                    num_prefix,
                 )
                 for m, enc in model.encoders.items()
             }
         )
+        self.latent = LatentTargets(model, latent_modalities, latent or LatentConfig()) if latent_modalities else None
         if mae is not None:
             self.decoders[IMAGE].load_state_dict(mae.tensors)
             mae.report.source = f"{model.config.backbone.pretrained}'s MAE decoder ({mae.settings})"
@@ -162,6 +176,20 @@ class MaskedPretrainer(nn.Module):
                     enc.cfg.mask_ratio,
                     m,
                 )
+
+    def is_latent(self, modality: str) -> bool:
+        return self.latent is not None and modality in self.latent.modalities
+
+    def after_step(self, step: int) -> None:
+        """After each optimizer step: update the EMA teacher (latent objective)."""
+        if self.latent is not None:
+            self.latent.update(self.model, step)
+
+    def monitor(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor], clear: bool = True
+    ) -> tuple[dict[str, float], str | None]:
+        """For the `Trainer`'s logs: the latent targets' spread, and a collapse (`LatentTargets.monitor`)."""
+        return self.latent.monitor(reduce, clear) if self.latent is not None else ({}, None)
 
     def mask_generator(self, device: torch.device, step: int) -> torch.Generator:
         """Masks are a function of (seed, step, process): a resumed run hides the same tokens."""
@@ -181,35 +209,56 @@ class MaskedPretrainer(nn.Module):
         self, modality: str, x: Any, generator: torch.Generator | None = None, masking: Masking | None = None
     ) -> tuple[Masking, Tokens]:
         """Sample the mask (unless given) and encode the kept tokens -> the masking and the encoder's
-        `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...])."""
+        `Tokens` (tokens [B, K, D] for the backbone, target and positions [B, L, ...]). A latent
+        modality's target is the teacher's, from one pass over `x`, and its B samples become
+        B * num_masks, each copy with its own mask."""
         enc = self.model.encoders[modality]
+        target = None
+        if self.is_latent(modality):
+            target, x = self.latent.repeat(self.latent.targets(modality, x)), self.latent.repeat(x)  # [B * M, L, D]
         masking = enc.sample_mask(x, generator) if masking is None else masking
-        return masking, enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
+        out = enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
+        return masking, out if target is None else dataclasses.replace(out, target=target)
 
     def decode(self, modality: str, x: Any, masking: Masking, out: Tokens, hidden: torch.Tensor) -> dict[str, Any]:
-        """Backbone tokens [B, n + K, D] (prefix first) -> the `reconstruct` result (loss on the hidden tokens)."""
-        enc = self.model.encoders[modality]
-        pred = self.decoders[modality](hidden, masking, enc.padding_mask(x), out.positions)  # [N, P]
-        loss = enc.reconstruction_loss(pred, masking.hidden(out.target))
-        return {"loss": loss, "pred": pred, "target": out.target, "mask": masking.mask, "positions": out.positions}
+        """Backbone tokens [B, n + K, D] (prefix first) -> the `reconstruct` result (loss on the hidden
+        tokens; `hidden_target` [N, P] their targets)."""
+        enc, latent = self.model.encoders[modality], self.is_latent(modality)
+        padding_mask = self.latent.repeat(enc.padding_mask(x)) if latent else enc.padding_mask(x)  # [B, L]
+        pred = self.decoders[modality](hidden, masking, padding_mask, out.positions)  # [N, P]
+        target = masking.hidden(out.target)  # [N, P]
+        loss = self.latent.loss(pred, target) if latent else enc.reconstruction_loss(pred, target)
+        return {
+            "loss": loss,
+            "pred": pred,
+            "target": out.target,
+            "mask": masking.mask,
+            "positions": out.positions,
+            "hidden_target": target,
+        }
 
     def forward(
         self, batch: Mapping[str, Any], step: int = 0, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """{modality: {"input": batch, ...}} -> {modality: reconstruction loss on its hidden tokens};
-        the masks are the step's (`mask_generator`) unless `generator` is given."""
+        the masks are the step's (`mask_generator`) unless `generator` is given. In training, the
+        latent modalities' target and prediction spread is recorded (`monitor`)."""
         if generator is None:
             generator = self.mask_generator(next(self.parameters()).device, step)
         if not self.pack:
-            return {m: self.reconstruct(m, b["input"], generator)["loss"] for m, b in batch.items()}
-        encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
-        hidden = packed_backbone(
-            self.model.backbone,
-            {m: out.tokens for m, (_, out) in encoded.items()},
-            {m: out.padding_mask for m, (_, out) in encoded.items()},
-            keep_prefix=True,
-        )  # {m: [B, n + K, D]}
-        return {
-            m: self.decode(m, batch[m]["input"], masking, out, hidden[m])["loss"]
-            for m, (masking, out) in encoded.items()
-        }
+            results = {m: self.reconstruct(m, b["input"], generator) for m, b in batch.items()}
+        else:
+            encoded = {m: self.encode(m, b["input"], generator) for m, b in batch.items()}
+            hidden = packed_backbone(
+                self.model.backbone,
+                {m: out.tokens for m, (_, out) in encoded.items()},
+                {m: out.padding_mask for m, (_, out) in encoded.items()},
+                keep_prefix=True,
+            )  # {m: [B, n + K, D]}
+            results = {
+                m: self.decode(m, batch[m]["input"], masking, out, hidden[m]) for m, (masking, out) in encoded.items()
+            }
+        if self.training:
+            for m in filter(self.is_latent, results):
+                self.latent.record(step + 1, m, results[m]["pred"], results[m]["hidden_target"])
+        return {m: r["loss"] for m, r in results.items()}

@@ -2,7 +2,8 @@
 
 Each modality hides most of its tokens (its own `sample_mask`), the encoder and backbone see only
 the kept ones, and a light per-modality decoder predicts the hidden tokens' targets (normalised
-pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids)."""
+pixels / tubelets / spectrogram patches, point groups with a Chamfer loss, token ids), or, with the
+`latent` objective, an EMA teacher's features of the whole input (omnivec/latent.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .evaluation import eval_batches, evaluating
+from .latent import OBJECTIVES, LatentConfig
 from .mae import DecoderConfig, MaskedPretrainer
 from .model import OmniVecModel
 from .parsing import join_key, require, require_positive
@@ -46,6 +48,11 @@ class PretrainConfig(TrainConfig):
     eval_batches: int = 10  # validation batches per modality
     plot_samples: int = 3  # validation samples per modality in reconstructions.png
     pack: bool = False  # one backbone pass over every modality's kept tokens (omnivec/packing.py), same losses
+    # What the decoders predict at the hidden tokens: mae (each modality's own target: normalised pixels, point
+    # groups, token ids) or latent (an EMA teacher's features of the whole input, data2vec 2.0 / V-JEPA: `latent`).
+    objective: str = "mae"
+    objectives: dict[str, str] = field(default_factory=dict)  # per-modality override, e.g. {audio: latent}
+    latent: LatentConfig = field(default_factory=LatentConfig)  # the teacher, its targets (omnivec/latent.py)
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -78,6 +85,13 @@ class PretrainConfig(TrainConfig):
             "a positive weight for at least one modality in data",
             self.weights,
         )
+        require(
+            self.objective in OBJECTIVES, join_key(prefix, "objective"), f"one of {list(OBJECTIVES)}", self.objective
+        )
+        for modality, objective in self.objectives.items():
+            key = join_key(prefix, f"objectives.{modality}")
+            require(modality in self.data, key, f"one of the modalities in data {sorted(self.data)}", modality)
+            require(objective in OBJECTIVES, key, f"one of {list(OBJECTIVES)}", objective)
         for modality, augment in self.augment.items():  # (none by default: masked pretraining's own recipe)
             key = join_key(prefix, f"augment.{modality}")
             require(modality in self.data, key, f"one of the modalities in data {sorted(self.data)}", modality)
@@ -87,6 +101,11 @@ class PretrainConfig(TrainConfig):
                 "no label mixing in pretraining (mixup: 0, cutmix: 0)",
                 augment.batch_mix(),
             )
+
+
+def objectives_of(cfg: PretrainConfig) -> dict[str, str]:
+    """{modality in data: its objective} (`objectives`, else `objective`)."""
+    return {m: cfg.objectives.get(m, cfg.objective) for m in cfg.data}
 
 
 def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
@@ -133,8 +152,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg)
-    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack)
+    objectives = objectives_of(cfg)
+    pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack, objectives=objectives, latent=cfg.latent)
     trainer = Trainer(cfg, pretrainer)
+    if pretrainer.latent is not None and trainer.accelerator.distributed_type == "FSDP":
+        raise ConfigError(
+            "objective: latent is not supported under FSDP yet (the EMA teacher would be sharded with "
+            "the student); use DDP, or objective: mae"
+        )
     out = Path(cfg.output_dir)  # prepare_output_dir recorded the config there (run_config.json)
     accelerator = trainer.accelerator
     train = build_loaders(
@@ -156,6 +181,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             cfg.seed,
             cfg.pack,
             pretrainer.decoder_configs,
+            objectives,
+            cfg.latent,
         )
         whole.load_state_dict(state)
         whole.to(trainer.device)
@@ -163,7 +190,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         summary = summarize(out / "metrics.jsonl", list(cfg.data), time.perf_counter() - started, trainer.skipped)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_losses(out / "metrics.jsonl", out / "loss.png")
-        plot_reconstructions(whole, val, cfg.plot_samples, out / "reconstructions.png", trainer.device)
+        plot_reconstructions(
+            whole,
+            {m: v for m, v in val.items() if objectives[m] == "mae"},
+            cfg.plot_samples,
+            out / "reconstructions.png",
+            trainer.device,
+        )  # latent predictions are no picture
         tqdm.write(format_summary(summary, out))
     batches = train = val = None  # drop the last references to the loaders
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next

@@ -131,8 +131,9 @@ class Trainer:
     `batches` yields `{key: collated batch}` (see `MultiModalLoader`) and has `state_dict()` /
     `load_state_dict()` for its position, saved with every checkpoint. `module.model` is the
     `OmniVecModel` a checkpoint carries for users (`save_model`); `module.after_step(step)`, when it
-    has one, runs after every optimizer step (weight EMA). Records go to `metrics.jsonl` and, with
-    `log_with`, to accelerate's tracker (`close` ends it).
+    has one, runs after every optimizer step (weight EMA); `module.monitor`, when it has one, adds the
+    module's own metrics to each record and can stop the run (see `monitor`). Records go to
+    `metrics.jsonl` and, with `log_with`, to accelerate's tracker (`close` ends it).
     """
 
     def __init__(self, cfg: TrainConfig, module: nn.Module):
@@ -235,6 +236,17 @@ class Trainer:
             "gradients (clip_grad) or check the data."
         )
 
+    def monitor(self, clear: bool = True) -> dict[str, float]:
+        """The module's own metrics since the last log (`module.monitor(reduce, clear)` -> (metrics
+        averaged over the processes by `reduce`, a failure message or None), e.g. the latent targets'
+        spread); a failure stops the run with `TrainingError`, naming the last good checkpoint."""
+        if not hasattr(self.unwrapped, "monitor"):
+            return {}
+        metrics, failure = self.unwrapped.monitor(lambda t: self.accelerator.reduce(t, "mean"), clear)
+        if failure:
+            raise TrainingError(f"{failure}; training stopped there. {kept_checkpoint(self.output_dir)}")
+        return metrics
+
     def _next_batch(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, Any], int]:
         """The next `{key: {"input", "target"}}` on the device, and its sample count; bad samples
         the loader skipped are listed once, however many epochs meet them."""
@@ -274,7 +286,7 @@ class Trainer:
         losses = self.interval_means(interval)
         speed = samples / max(elapsed, 1e-9)
         record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
-        record |= {f"loss/{k}": v for k, v in losses.items()} | {"samples_per_s": speed}
+        record |= {f"loss/{k}": v for k, v in losses.items()} | self.monitor() | {"samples_per_s": speed}
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{speed:.0f}"})
         self.log(record)
 
@@ -308,6 +320,7 @@ class Trainer:
                 self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
             if cfg.save_every and self.step % cfg.save_every == 0 and before_end:
                 self.interval_means(interval)  # losses since the last log must be finite
+                self.monitor(clear=False)  # and the module sound (no collapsed teacher in a checkpoint)
                 self.save_checkpoint(batches)
         bar.close()
         if self.accelerator.num_processes > 1:  # every process's skipped samples, for the summary

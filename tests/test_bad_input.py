@@ -25,7 +25,7 @@ from omnivec.cli import main
 from omnivec.datasets import check_path, load_task, read_file
 from omnivec.datasets.dataset import TaskDataset
 from omnivec.embedding import collect_inputs
-from omnivec.modalities.video import VideoFile
+from omnivec.modalities.video_files import VideoFile
 from omnivec.parsing import from_dict
 from omnivec.pretraining import PretrainConfig
 from omnivec.recipe_config import load_recipe_config
