@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 from timm.layers import DropPath, QuickGELU, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -60,20 +62,33 @@ def set_drop_path(blocks: nn.ModuleList, drop_path: float) -> None:
         block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+def run_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, checkpoint: bool = False) -> torch.Tensor:
+    """One timm `Block` on x [B, L, D] with its SDPA mask; `checkpoint`: keep only its input and
+    recompute its activations in the backward pass (torch.utils.checkpoint, non-reentrant; the RNG
+    state is replayed, so dropout and stochastic depth draw the same)."""
+    if checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, attn_mask=mask, use_reentrant=False)
+    return block(x, attn_mask=mask)
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None, checkpoint: bool = False
+) -> torch.Tensor:
     mask = attention_mask(padding_mask)
     for block in blocks:
-        x = block(x, attn_mask=mask)
+        x = run_block(block, x, mask, checkpoint)
     return x
 
 
 class SharedBackbone(nn.Module):
     """Pre-LN transformer shared by every modality, with a learned embedding per modality and
-    optional prefix tokens (a pretrained ViT's CLS and registers) that attend with every sequence."""
+    optional prefix tokens (a pretrained ViT's CLS and registers) that attend with every sequence.
+    `grad_checkpointing`: recompute each block's activations in the backward pass (`run_block`)."""
 
     def __init__(self, cfg: BackboneConfig, modalities: list[str]):
         super().__init__()
         self.dim = cfg.dim
+        self.grad_checkpointing = False
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, cfg.dim)) for m in modalities})
         self.prefix = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, cfg.dim)) if cfg.num_prefix_tokens else None
         self.norm_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
@@ -104,10 +119,34 @@ class SharedBackbone(nn.Module):
     ) -> torch.Tensor:
         """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]
         (`keep_prefix`: [B, n + L, D], the n prefix tokens' outputs first, as an MAE decoder takes them)."""
+        x, padding_mask = self.prepare(x, modality, padding_mask)  # [B, n + L, D]
+        x = self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask, self.grad_checkpointing))  # [B, n + L, D]
+        return x if keep_prefix else x[:, self.num_prefix_tokens :]
+
+    def prepare(
+        self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens [B, L, D] -> plus the modality embedding, after the n prefix tokens [B, n + L, D]
+        (they attend in every block), with the padding mask [B, n + L] (or None)."""
         x = x + self.modality_embed[modality]  # [B, L, D]
         n = self.num_prefix_tokens
-        if n:  # prefix tokens attend in every block, and are dropped after the final norm
+        if n:
             x = torch.cat([self.prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # [B, n + L, D]
             padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
-        x = self.norm(run_blocks(self.blocks, self.norm_pre(x), padding_mask))  # [B, n + L, D]
-        return x if keep_prefix else x[:, n:]
+        return x, padding_mask
+
+    def block_outputs(
+        self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None, indices: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """The outputs of blocks `indices` (0-based; negative counts from the last) through the final
+        norm, as DINOv2's `get_intermediate_layers(norm=True)`: one [B, n + L, D] per index, the n
+        prefix tokens first. Blocks after the last one asked for do not run."""
+        depth = len(self.blocks)
+        wanted = [i % depth for i in indices]
+        x, padding_mask = self.prepare(x, modality, padding_mask)  # [B, n + L, D]
+        x, mask, out = self.norm_pre(x), attention_mask(padding_mask), {}
+        for i, block in enumerate(self.blocks[: max(wanted) + 1]):
+            x = run_block(block, x, mask, self.grad_checkpointing)
+            if i in wanted:
+                out[i] = self.norm(x)  # [B, n + L, D]
+        return [out[i] for i in wanted]

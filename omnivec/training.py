@@ -57,6 +57,9 @@ class TrainConfig:
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
     shuffle_buffer: int = 1000  # streamed datasets (shards, hf:): samples each worker shuffles among
     compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
+    # Recompute the activations of the trunk's and the modality encoders' blocks in the backward pass instead of
+    # keeping them (torch.utils.checkpoint, non-reentrant): far less activation memory, about a third more compute
+    activation_checkpointing: bool = False
     # Training augmentation per modality, e.g. {image: {rand_augment: rand-m9-mstd0.5-inc1}, audio: {}}: a
     # modality listed gets its augment class's settings (defaults: its anchors' fine-tuning recipe, see
     # omnivec/modalities/MODALITY.py), one not listed only the random crop (or point-cloud rotation) of training.
@@ -177,6 +180,7 @@ RESUME_MAY_CHANGE = (
     "keep_checkpoints",
     "skip_bad",
     "log_with",
+    "activation_checkpointing",
 )
 
 
@@ -361,6 +365,8 @@ class Trainer:
             param_groups(module, cfg.weight_decay, cfg.lr, lr_scales), lr=cfg.lr, betas=tuple(cfg.betas), fused=fused
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg))
+        if cfg.activation_checkpointing:
+            module.model.set_grad_checkpointing(True)
         if cfg.compile:
             compile_blocks(module)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
