@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
+import torch.utils.checkpoint
 from timm.layers import DropPath, QuickGELU, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -60,20 +62,33 @@ def set_drop_path(blocks: nn.ModuleList, drop_path: float) -> None:
         block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+def run_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, checkpoint: bool = False) -> torch.Tensor:
+    """One timm `Block` on x [B, L, D] with its SDPA mask; `checkpoint`: keep only its input and
+    recompute its activations in the backward pass (torch.utils.checkpoint, non-reentrant; the RNG
+    state is replayed, so dropout and stochastic depth draw the same)."""
+    if checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, attn_mask=mask, use_reentrant=False)
+    return block(x, attn_mask=mask)
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None, checkpoint: bool = False
+) -> torch.Tensor:
     mask = attention_mask(padding_mask)
     for block in blocks:
-        x = block(x, attn_mask=mask)
+        x = run_block(block, x, mask, checkpoint)
     return x
 
 
 class SharedBackbone(nn.Module):
     """Pre-LN transformer shared by every modality, with a learned embedding per modality and
-    optional prefix tokens (a pretrained ViT's CLS and registers) that attend with every sequence."""
+    optional prefix tokens (a pretrained ViT's CLS and registers) that attend with every sequence.
+    `grad_checkpointing`: recompute each block's activations in the backward pass (`run_block`)."""
 
     def __init__(self, cfg: BackboneConfig, modalities: list[str]):
         super().__init__()
         self.dim = cfg.dim
+        self.grad_checkpointing = False
         self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, cfg.dim)) for m in modalities})
         self.prefix = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens, cfg.dim)) if cfg.num_prefix_tokens else None
         self.norm_pre = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
@@ -104,33 +119,42 @@ class SharedBackbone(nn.Module):
     ) -> torch.Tensor:
         """x: [B, L, D] tokens of one modality; padding_mask: [B, L] bool, True = real token -> [B, L, D]
         (`keep_prefix`: [B, n + L, D], the n prefix tokens' outputs first, as an MAE decoder takes them)."""
-        x, padding_mask = self.embed(x, modality, padding_mask)  # [B, n + L, D]
-        x = self.norm(run_blocks(self.blocks, x, padding_mask))  # [B, n + L, D]
+        x, padding_mask = self.prepare(x, modality, padding_mask)  # [B, n + L, D]
+        x = self.norm(run_blocks(self.blocks, x, padding_mask, self.grad_checkpointing))  # [B, n + L, D]
         return x if keep_prefix else x[:, self.num_prefix_tokens :]
 
-    def embed(
+    def prepare(
         self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [B, L, D] -> the blocks' input [B, n + L, D] (modality embedding added, prefix tokens
-        first, `norm_pre`) and its padding mask [B, n + L]."""
+        """x: [B, L, D] -> the blocks' input [B, n + L, D] (modality embedding added, the n prefix
+        tokens first: they attend in every block; `norm_pre`) and its padding mask [B, n + L]."""
         x = x + self.modality_embed[modality]  # [B, L, D]
         n = self.num_prefix_tokens
-        if n:  # prefix tokens attend in every block, and are dropped after the final norm
+        if n:
             x = torch.cat([self.prefix.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # [B, n + L, D]
             padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
         return self.norm_pre(x), padding_mask
 
     def block_outputs(
-        self, x: torch.Tensor, modality: str, padding_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        modality: str,
+        padding_mask: torch.Tensor | None = None,
+        indices: Sequence[int] | None = None,
     ) -> list[torch.Tensor]:
-        """Like `forward`, but every block's output [B, L, D] (before the final norm, prefix tokens
-        dropped): the features latent targets average (omnivec/latent.py)."""
-        x, padding_mask = self.embed(x, modality, padding_mask)  # [B, n + L, D]
-        mask, n, outputs = attention_mask(padding_mask), self.num_prefix_tokens, []
-        for block in self.blocks:
-            x = block(x, attn_mask=mask)
-            outputs.append(x[:, n:])  # [B, L, D]
-        return outputs
+        """The outputs [B, n + L, D] (the n prefix tokens first, before the final norm) of blocks
+        `indices` (0-based, negative counting from the last; None: every block), for latent targets
+        (omnivec/latent.py) and for embeddings of earlier layers (omnivec/pooling.py). Blocks after
+        the last one asked for do not run."""
+        depth = len(self.blocks)
+        wanted = list(range(depth)) if indices is None else [i % depth for i in indices]
+        x, padding_mask = self.prepare(x, modality, padding_mask)  # [B, n + L, D]
+        mask, out = attention_mask(padding_mask), {}
+        for i, block in enumerate(self.blocks[: max(wanted) + 1]):
+            x = run_block(block, x, mask, self.grad_checkpointing)
+            if i in wanted:
+                out[i] = x  # [B, n + L, D]
+        return [out[i] for i in wanted]
 
 
 def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:

@@ -75,7 +75,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.protocol == "finetune":
         evaluate_saved(args.model, cfg, split, output, args.device)
     else:
-        settings = ProtocolSettings(k=args.k, temperature=args.temperature, epochs=args.epochs, lr=args.lr)
+        probe = "attentive_" if args.protocol == "attentive" else ""  # --epochs / --lr: the chosen probe's
+        given = {f"{probe}epochs": args.epochs, f"{probe}lr": args.lr, "attentive_heads": args.heads}
+        settings = ProtocolSettings(
+            k=args.k,
+            temperature=args.temperature,
+            pool=args.pool,
+            layers=args.layers,
+            **{k: v for k, v in given.items() if v is not None},
+        )
         evaluate_protocol(args.model, cfg, args.protocol, split, output, args.device, settings)
     return 0
 
@@ -93,6 +101,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.precision,
         args.skip_bad,
         args.format,
+        pool=args.pool,
+        layers=args.layers,
+        pooler=args.pooler,
     )
     return 0
 
@@ -104,6 +115,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = OmniVecModel.from_pretrained(args.model) if args.model else None  # else the index's
     for rank, hit in enumerate(search(args.index, args.query, args.k, model=model, modality=args.modality), 1):
         print(f"{rank:>2}  {hit['score']:.3f}  {hit['modality']:<12} {hit['path']}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .index import build_index
+
+    overrides = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: expected key=value")
+        overrides[key] = value
+    entry = build_index(args.store, args.kind, overrides)
+    settings = " ".join(f"{k}={v}" for k, v in entry["settings"].items())
+    print(
+        f"indexed {entry['count']} vectors ({entry['factory']}{', ' + settings if settings else ''}) in "
+        f"{entry['build_seconds']:.1f}s -> {args.store}/{entry['file']}"
+    )
     return 0
 
 
@@ -173,21 +203,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the fine-tuning config naming the tasks and their data")
     p.add_argument(
         "--protocol",
-        choices=["finetune", "knn", "linear"],
+        choices=["finetune", "knn", "linear", "attentive"],
         default="finetune",
         help="finetune: the model's own heads; knn / linear: weighted k-NN or a linear probe on the "
-        "frozen embeddings, fitted on the train split (any saved model, no heads needed)",
+        "frozen embeddings; attentive: V-JEPA 2's attentive probe on the frozen tokens (saved to "
+        "OUTPUT/attentive/TASK); each fitted on the train split (any saved model, no heads needed)",
     )
     p.add_argument("--split", help="train, val or test (default: the config's eval_split)")
     p.add_argument(
         "--output",
         help="folder for metrics.json (finetune, with confusion matrices) or "
-        "knn.json / linear.json (default: MODEL/eval)",
+        "knn.json / linear.json / attentive.json (default: MODEL/eval)",
     )
     p.add_argument("-k", type=int, default=20, help="knn: neighbours (default 20, DINO)")
     p.add_argument("--temperature", type=float, default=0.07, help="knn: vote temperature (default 0.07, DINO)")
-    p.add_argument("--epochs", type=int, default=90, help="linear: probe epochs on cached features (default 90, MAE)")
-    p.add_argument("--lr", type=float, default=0.1, help="linear: SGD learning rate, cosine schedule (default 0.1)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="linear / attentive: probe epochs on cached features (default 90, MAE; attentive 20, V-JEPA 2)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="linear: SGD learning rate, cosine schedule (default 0.1); attentive: AdamW (default 1e-3)",
+    )
+    p.add_argument("--heads", type=int, help="attentive: attention heads of the probe (default: width // 64)")
+    p.add_argument(
+        "--pool",
+        choices=["mean", "cls"],
+        default="mean",
+        help="knn / linear: pool the tokens by their mean or take the CLS token (default mean)",
+    )
+    p.add_argument(
+        "--layers",
+        default="last",
+        help="the blocks whose tokens are used: last, meanK (the last K averaged) or indices such as 4,8,11 "
+        "(averaged); default last",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p.set_defaults(func=cmd_evaluate)
@@ -203,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding files")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--skip-bad", action="store_true", help="record unreadable files as failed and go on")
+    p.add_argument(
+        "--pool",
+        choices=["mean", "cls", "attentive"],
+        default="mean",
+        help="mean of the tokens (default), the CLS token (a backbone with one), or a trained attentive pooler",
+    )
+    p.add_argument(
+        "--layers",
+        default="last",
+        help="the blocks whose tokens are pooled: last, meanK (the last K averaged) or indices such as 4,8,11 "
+        "(averaged: the width stays the backbone's); default last",
+    )
+    p.add_argument(
+        "--pooler",
+        help="--pool attentive: a probe folder omnivec evaluate --protocol attentive wrote (OUTPUT/attentive/TASK)",
+    )
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("search", help="nearest neighbours (cosine) of a file or text in saved embeddings")
     p.add_argument("--index", required=True, help="the OUT given to omnivec embed")
@@ -211,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", help="only return samples of this modality")
     p.add_argument("--model", help="the model that embedded the index (default: the folder the index records)")
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("index", help="build a FAISS index over an embedding store (needs pip install faiss-cpu)")
+    p.add_argument("store", help="the output folder omnivec embed wrote (embeddings.json and its parts)")
+    p.add_argument(
+        "--kind",
+        choices=["flat", "ivf-pq", "hnsw"],
+        default="flat",
+        help="flat: exact; ivf-pq: clustered product codes, re-ranked exactly; hnsw: a graph (default flat)",
+    )
+    p.add_argument(
+        "--set",
+        dest="settings",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ivf-pq: nlist, m, nbits, nprobe, rerank, train_size; hnsw: M, ef_construction, ef_search "
+        "(defaults: omnivec/index.py)",
+    )
+    p.set_defaults(func=cmd_index)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")
     p.add_argument("path", help="a manifest, a dataset folder, a folder of datasets, shards or hf:NAME[:split]")

@@ -24,6 +24,7 @@ from .datasets.sources import streamed_tasks
 from .errors import ConfigError, DataError, InputError
 from .files import Blob
 from .model import OmniVecModel
+from .pooling import load_pooler
 from .registry import MODALITIES
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,6 +101,7 @@ def embed_items(
     device: str | torch.device | None = None,
     precision: str = "fp32",
     indices: Sequence[int] | None = None,
+    **embed_options: Any,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings [len(items), D] (rows of `indices` only, the rest zero) and {index: error} for
     the samples that could not be read; transforms run in `num_workers` DataLoader workers."""
@@ -132,7 +134,7 @@ def embed_items(
             if batch["input"] is not None:
                 try:
                     with autocast:
-                        emb = model.embed({modality: to_device(batch["input"], device)})[modality]
+                        emb = model.embed({modality: to_device(batch["input"], device)}, **embed_options)[modality]
                 except InputError as e:  # e.g. values that overflow: this batch's samples fail, named
                     errors.update({i: f"{items[i]['path']}: {e}" for i in batch["index"].tolist()})
                 else:
@@ -291,6 +293,9 @@ def embed_command(
     precision: str = "fp32",
     skip_bad: bool = False,
     fmt: str | None = None,
+    pool: str = "mean",
+    layers: str = "last",
+    pooler: str | None = None,
 ) -> list[dict[str, Any]]:
     """`omnivec embed`: under `accelerate launch` each process embeds its shard of the samples and
     the main process merges them in input order and writes the output."""
@@ -302,7 +307,18 @@ def embed_command(
     model = OmniVecModel.from_pretrained(model_path)
     items = collect_inputs(inputs)
     shard = list(range(state.process_index, len(items), state.num_processes))
-    embeddings, errors = embed_items(model, items, batch_size, num_workers, device or state.device, precision, shard)
+    embeddings, errors = embed_items(
+        model,
+        items,
+        batch_size,
+        num_workers,
+        device or state.device,
+        precision,
+        shard,
+        pool=pool,
+        layers=layers,
+        pooler=load_pooler(pooler) if pooler else None,
+    )
     if state.num_processes > 1:  # merge the shards: each row comes from exactly one process
         gathered: list[Any] = [None] * state.num_processes
         torch.distributed.all_gather_object(gathered, (shard, embeddings[shard], errors))
@@ -316,6 +332,7 @@ def embed_command(
             "dim": int(embeddings.shape[1]),
             "precision": precision,
         }
+        meta.update(pool=pool, layers=layers, **({"pooler": str(Path(pooler).resolve())} if pooler else {}))
         for path in write_embeddings(output, embeddings, records, meta, fmt):
             print(f"wrote {path}")
         failed = sum(r["status"] != "ok" for r in records)

@@ -100,16 +100,18 @@ def embed_split(
     device: torch.device,
     batch_size: int = 64,
     desc: str | None = None,
+    pool: str = "mean",
+    layers: str | list[int] = "last",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`model.embed` of every sample of `split` -> (embeddings [N, D] on the CPU, targets [N] or
-    [N, C]), with a progress bar when `desc` is given."""
+    """`model.embed` (with `pool` and `layers`) of every sample of `split` -> (embeddings [N, D] on
+    the CPU, targets [N] or [N, C]), with a progress bar when `desc` is given."""
     modality = datasets[0].modality
     parts, labels = [], []
     with evaluating(model):
         for x, batch in eval_batches(
             task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
         ):
-            parts.append(model.embed({modality: x})[modality].float().cpu())
+            parts.append(model.embed({modality: x}, pool=pool, layers=layers)[modality].float().cpu())
             labels.append(batch["target"])
     return torch.cat(parts), torch.cat(labels)
 

@@ -151,7 +151,8 @@ class LatentTargets(nn.Module):
         the whole input (float32, no gradient)."""
         teacher = self.teacher.module
         out = teacher.encoders[modality](x)  # tokens [B, L, D]
-        layers = teacher.backbone.block_outputs(out.tokens, modality, out.padding_mask)  # depth x [B, L, D]
+        n = teacher.backbone.num_prefix_tokens
+        layers = [x[:, n:] for x in teacher.backbone.block_outputs(out.tokens, modality, out.padding_mask)]  # [B, L, D]
         return average_layers(
             layers[-(self.cfg.top_k or len(layers)) :], out.padding_mask, self.cfg.layer_norm_targets
         )  # [B, L, D]

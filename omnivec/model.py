@@ -17,6 +17,7 @@ from torch import nn
 from .backbone import SharedBackbone, masked_mean
 from .config import AugmentConfig, HeadConfig, OmniVecConfig
 from .errors import InputError, ModelError
+from .pooling import POOLS, AttentivePooler, Layers, check_pool, parse_layers
 from .pretrained.loading import LibraryEncoder, build_encoder
 from .pretrained.vit_backbone import load_vit_backbone
 from .registry import HEADS, MODALITIES
@@ -90,6 +91,14 @@ class OmniVecModel(nn.Module):
         out = self.encoders[modality](x, ids_keep)  # tokens [B, L, D]
         return self.backbone(out.tokens, modality, out.padding_mask), out.padding_mask
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the activations of the backbone's blocks and of every modality encoder's in the
+        backward pass instead of keeping them (torch.utils.checkpoint, non-reentrant; timm's
+        convention): less memory for about one more forward pass of compute."""
+        self.backbone.grad_checkpointing = enable
+        for encoder in self.encoders.values():
+            encoder.set_grad_checkpointing(enable)
+
     def forward_head(self, head: str, hidden: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         return self.heads[head](hidden, padding_mask)
 
@@ -125,13 +134,36 @@ class OmniVecModel(nn.Module):
         hidden, mask = self.forward_features(self.config.heads[head].modality, x)
         return self.heads[head].predict(hidden, mask)
 
-    def embed(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """{modality: batch} -> {modality: [B, D]} mean-pooled, L2-normalised embeddings."""
+    def layer_tokens(self, modality: str, x: Any, layers: Layers = "last") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One modality's batch -> the backbone tokens of `layers` [B, n + L, D] (the n prefix tokens
+        first; several blocks averaged: `parse_layers`) and the padding mask [B, L] (or None)."""
+        self._check_modality(modality)
+        out = self.encoders[modality](x)  # tokens [B, L, D]
+        if isinstance(layers, str) and layers == "last":
+            return self.backbone(out.tokens, modality, out.padding_mask, keep_prefix=True), out.padding_mask
+        indices = parse_layers(layers, len(self.backbone.blocks))
+        blocks = self.backbone.block_outputs(out.tokens, modality, out.padding_mask, indices)  # [B, n + L, D] each
+        return torch.stack([self.backbone.norm(b) for b in blocks]).mean(0), out.padding_mask
+
+    def embed(
+        self,
+        inputs: Mapping[str, Any],
+        pool: str = "mean",
+        layers: Layers = "last",
+        pooler: AttentivePooler | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """{modality: batch} -> {modality: [B, D]} L2-normalised embeddings: `pool` ("mean" of the
+        real tokens, "cls" the first prefix token, "attentive" a trained `pooler`) of the tokens of
+        `layers` ("last", "meanK" the last K blocks, or block indices; several are averaged, so the
+        width is always D). See omnivec/pooling.py."""
+        check_pool(
+            pool, layers, pooler, self.config.backbone.dim, len(self.backbone.blocks), self.backbone.num_prefix_tokens
+        )
         out = {}
         for modality, x in inputs.items():
             check_finite(modality, x)
-            hidden, mask = self.forward_features(modality, x)
-            out[modality] = F.normalize(masked_mean(hidden, mask), dim=-1)
+            tokens, mask = self.layer_tokens(modality, x, layers)  # [B, n + L, D]
+            out[modality] = F.normalize(POOLS[pool](tokens, mask, self.backbone.num_prefix_tokens, pooler), dim=-1)
             if not torch.isfinite(out[modality]).all():
                 broken = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
                 if broken:

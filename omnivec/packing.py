@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .backbone import SharedBackbone
+from .backbone import SharedBackbone, run_block
 
 
 def pack(x: torch.Tensor, padding_mask: torch.Tensor | None, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ def packed_backbone(
     x = backbone.norm_pre(torch.cat([rows for rows, _ in packed]))  # [R, length, D]
     mask = torch.cat([mask for _, mask in packed])[:, None]  # [R, 1, length, length]
     for block in backbone.blocks:
-        x = block(x, attn_mask=mask)
+        x = run_block(block, x, mask, backbone.grad_checkpointing)
     x = backbone.norm(x).split([len(rows) for rows, _ in packed])  # per modality [R_m, length, D]
     drop = 0 if keep_prefix else num_prefix
     return {m: unpack(rows, *samples[m][0].shape[:2])[:, drop:] for m, rows in zip(samples, x)}  # [B_m, K_m, D]

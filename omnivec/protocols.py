@@ -1,6 +1,7 @@
 """SSL evaluation protocols on a frozen model: weighted k-NN (DINO) and a linear probe (MAE) on the
-embeddings of every classification task, fitted on the train split and scored on the test split.
-Fine-tuning (`omnivec finetune` then `omnivec evaluate`) is the third protocol.
+embeddings of every classification task, and V-JEPA 2's attentive probe on its tokens, each fitted
+on the train split and scored on the test split. Fine-tuning (`omnivec finetune` then `omnivec
+evaluate`) is the fourth protocol.
 
     omnivec evaluate --protocol knn --model runs/pretrain-tiny/model --config configs/finetune/sample_sequential.yaml
 """
@@ -20,10 +21,12 @@ from tqdm.auto import tqdm
 
 from .datasets import TaskData
 from .errors import ConfigError
-from .evaluation import baselines, embed_split
+from .evaluation import baselines, embed_split, eval_batches, evaluating
 from .metrics import mean_average_precision, topk_accuracy
 from .model import OmniVecModel
+from .optim import param_groups
 from .parsing import join_key, require, require_positive
+from .pooling import AttentiveProbe, Layers, check_pool, layers_name
 
 
 @dataclass
@@ -42,6 +45,26 @@ class Features:
         return self.train_y.ndim == 2
 
 
+@dataclass
+class TokenFeatures:
+    """Frozen backbone tokens of one task, cached once for the attentive probe: train [N, L, D] and
+    test [M, L', D] (prefix tokens left out; zero-padded to the split's longest sample), their
+    padding masks [N, L] / [M, L'] (True = real token; None when no sample is padded), targets and
+    the class count."""
+
+    train: torch.Tensor
+    train_mask: torch.Tensor | None
+    train_y: torch.Tensor
+    test: torch.Tensor
+    test_mask: torch.Tensor | None
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def multi_label(self) -> bool:
+        return self.train_y.ndim == 2
+
+
 def task_features(
     model: OmniVecModel,
     datasets: list[TaskData],
@@ -49,17 +72,71 @@ def task_features(
     train_split: str = "train",
     test_split: str = "test",
     batch_size: int = 64,
+    pool: str = "mean",
+    layers: Layers = "last",
 ) -> Features:
-    """Embed `train_split` and `test_split` of a classification task (`datasets`) with the frozen model."""
+    """Embed `train_split` and `test_split` of a classification task (`datasets`) with the frozen
+    model (`model.embed`'s `pool` and `layers`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     name = datasets[0].name
-    train, train_y = embed_split(model, datasets, train_split, device, batch_size, desc=f"embed {name} {train_split}")
-    test, test_y = embed_split(model, datasets, test_split, device, batch_size, desc=f"embed {name} {test_split}")
+    train, train_y = embed_split(
+        model, datasets, train_split, device, batch_size, f"embed {name} {train_split}", pool, layers
+    )
+    test, test_y = embed_split(
+        model, datasets, test_split, device, batch_size, f"embed {name} {test_split}", pool, layers
+    )
     return Features(train, train_y, test, test_y, len(datasets[0].classes))
 
 
-def classification_metrics(scores: torch.Tensor, features: Features) -> dict[str, float]:
+def token_split(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    split: str,
+    device: torch.device,
+    layers: Layers = "last",
+    batch_size: int = 64,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The backbone tokens of `layers` for every sample of `split` -> (tokens [N, L, D] float32 on
+    the CPU, padding mask [N, L] or None, targets [N] or [N, C])."""
+    from .datasets.loaders import task_loader
+
+    modality, n = datasets[0].modality, model.backbone.num_prefix_tokens
+    parts, masks, labels = [], [], []
+    with evaluating(model):
+        for x, batch in eval_batches(
+            task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
+        ):
+            tokens, mask = model.layer_tokens(modality, x, layers)  # [B, n + L, D]
+            parts.append(tokens[:, n:].float().cpu())  # [B, L, D]
+            masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool) if mask is None else mask.cpu())
+            labels.append(batch["target"])
+    length = max(p.shape[1] for p in parts)
+    tokens = torch.cat([F.pad(p, (0, 0, 0, length - p.shape[1])) for p in parts])  # [N, L, D]
+    mask = torch.cat([F.pad(m, (0, length - m.shape[1]), value=False) for m in masks])  # [N, L]
+    return tokens, None if mask.all() else mask, torch.cat(labels)
+
+
+def task_tokens(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    batch_size: int = 64,
+    layers: Layers = "last",
+) -> TokenFeatures:
+    """The frozen model's tokens (of `layers`) for `train_split` and `test_split` of a classification task."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    name = datasets[0].name
+    train = token_split(model, datasets, train_split, device, layers, batch_size, f"tokens {name} {train_split}")
+    test = token_split(model, datasets, test_split, device, layers, batch_size, f"tokens {name} {test_split}")
+    return TokenFeatures(*train, *test, len(datasets[0].classes))
+
+
+def classification_metrics(scores: torch.Tensor, features: Features | TokenFeatures) -> dict[str, float]:
     """scores [M, C] on the test split -> top-1 / top-5 (single-label) or mAP (multi-label)."""
     if features.multi_label:
         return {"mAP": mean_average_precision(scores, features.test_y)}
@@ -140,28 +217,117 @@ def linear_evaluate(
         return classification_metrics(probe(features.test), features)
 
 
+def attentive_probe(
+    features: TokenFeatures,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_heads: int = 0,
+    layers: Layers = "last",
+) -> AttentiveProbe:
+    """V-JEPA 2's attentive probe on cached tokens: an `AttentiveProbe` (one learned query,
+    `num_heads`-head cross-attention (0: width // 64, as its ViT-L probe's 16 at 1024), an MLP, a
+    linear classifier) trained with AdamW at `lr`, cosine to 0, `weight_decay` on matrices (its first
+    probe head's settings), for `epochs`; cross-entropy, or binary cross-entropy for multi-label
+    targets. `layers` is recorded with the pooler. Deterministic for a `seed`; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dim = features.train.shape[-1]
+        probe = AttentiveProbe(dim, features.num_classes, num_heads or max(1, dim // 64), layers=layers_name(layers))
+        order = torch.Generator().manual_seed(seed)
+        n = len(features.train)
+        optimizer = torch.optim.AdamW(param_groups(probe, weight_decay, lr), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * -(-n // batch_size))
+        loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
+        probe.train()
+        for _ in tqdm(range(epochs), desc="attentive probe", leave=False):
+            for idx in torch.randperm(n, generator=order).split(batch_size):
+                mask = None if features.train_mask is None else features.train_mask[idx]
+                loss = loss_fn(probe(features.train[idx], mask), features.train_y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return probe.eval()
+
+
+def attentive_evaluate(
+    features: TokenFeatures,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_heads: int = 0,
+    layers: Layers = "last",
+) -> dict[str, Any]:
+    """`attentive_probe` fitted on the train tokens, scored on the test split; the trained probe
+    comes back under "_probe" (private keys stay out of reports)."""
+    probe = attentive_probe(features, epochs, lr, weight_decay, batch_size, seed, num_heads, layers)
+    mask = features.test_mask
+    with torch.no_grad():
+        scores = torch.cat(
+            [
+                probe(features.test[i : i + batch_size], None if mask is None else mask[i : i + batch_size])
+                for i in range(0, len(features.test), batch_size)
+            ]
+        )  # [M, C]
+    return {**classification_metrics(scores, features), "_probe": probe}
+
+
 @dataclass
 class ProtocolSettings:
     """k-NN: `k` neighbours, softmax `temperature` (DINO: 20, 0.07). Linear probe: `epochs`, `lr`,
-    `weight_decay`, `batch_size`, `seed` (see `linear_probe`)."""
+    `weight_decay` (see `linear_probe`). Attentive probe: `attentive_epochs`, `attentive_lr`,
+    `attentive_weight_decay`, `attentive_heads` (see `attentive_probe`). Both probes: `batch_size`,
+    `seed`. Every protocol: the tokens of `layers`; k-NN and linear: their `pool` (mean or cls)
+    into embeddings (omnivec/pooling.py)."""
 
     k: int = 20
     temperature: float = 0.07
     epochs: int = 90
     lr: float = 0.1
     weight_decay: float = 0.0
+    attentive_epochs: int = 20
+    attentive_lr: float = 1e-3
+    attentive_weight_decay: float = 1e-3
+    attentive_heads: int = 0
     batch_size: int = 256
     seed: int = 0
+    pool: str = "mean"
+    layers: str = "last"
 
     def validate(self, prefix: str = "") -> None:
-        require_positive(self, prefix, "k", "temperature", "epochs", "lr", "batch_size")
-        require(self.weight_decay >= 0, join_key(prefix, "weight_decay"), "a number >= 0", self.weight_decay)
+        require_positive(
+            self, prefix, "k", "temperature", "epochs", "lr", "batch_size", "attentive_epochs", "attentive_lr"
+        )
+        for name in ("weight_decay", "attentive_weight_decay", "attentive_heads"):
+            require(getattr(self, name) >= 0, join_key(prefix, name), "a number >= 0", getattr(self, name))
+        require(
+            self.pool in ("mean", "cls"),
+            join_key(prefix, "pool"),
+            "mean or cls (the attentive protocol trains its own pooler)",
+            self.pool,
+        )
 
 
-PROTOCOLS: dict[str, Callable[[Features, ProtocolSettings], dict[str, float]]] = {
+PROTOCOLS: dict[str, Callable[[Any, ProtocolSettings], dict[str, Any]]] = {
     "knn": lambda f, s: knn_evaluate(f, s.k, s.temperature),
     "linear": lambda f, s: linear_evaluate(f, s.epochs, s.lr, s.weight_decay, s.batch_size, s.seed),
+    "attentive": lambda f, s: attentive_evaluate(
+        f,
+        s.attentive_epochs,
+        s.attentive_lr,
+        s.attentive_weight_decay,
+        s.batch_size,
+        s.seed,
+        s.attentive_heads,
+        s.layers,
+    ),
 }
+TOKEN_PROTOCOLS = ("attentive",)  # trained on cached tokens (`task_tokens`); the others on embeddings (`task_features`)
 
 
 def knn_protocol(
@@ -188,6 +354,20 @@ def linear_protocol(
     return linear_evaluate(task_features(model, datasets, device, test_split=test_split), **settings)
 
 
+def attentive_protocol(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    test_split: str = "test",
+    layers: Layers = "last",
+    **settings: Any,
+) -> dict[str, Any]:
+    """Attentive probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `test_split`,
+    and the trained probe under "_probe"; `settings`: `attentive_probe`'s."""
+    features = task_tokens(model, datasets, device, test_split=test_split, layers=layers)
+    return attentive_evaluate(features, layers=layers, **settings)
+
+
 def unsupported(model: OmniVecModel, protocol: str, datasets: list[TaskData]) -> str | None:
     """Why `protocol` cannot score this task (None when it can)."""
     modality = datasets[0].modality
@@ -209,18 +389,35 @@ def run_protocols(
     device: str | torch.device | None = None,
     test_split: str = "test",
 ) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
-    """Each protocol on each task, embedding every task once -> ({protocol: {task: metrics}},
-    {"protocol/task": why it was skipped})."""
+    """Each protocol on each task, embedding every task once (and caching its tokens once for the
+    token protocols) -> ({protocol: {task: metrics}}, {"protocol/task": why it was skipped}); the
+    attentive probe's metrics hold the trained probe under "_probe"."""
     settings = settings or ProtocolSettings()
+    check_pool(
+        settings.pool,
+        settings.layers,
+        None,
+        model.config.backbone.dim,
+        len(model.backbone.blocks),
+        model.backbone.num_prefix_tokens,
+    )  # before any work
     results: dict[str, dict[str, dict]] = {p: {} for p in protocols}
     skipped: dict[str, str] = {}
     for task, datasets in data.items():
         wanted = [p for p in protocols if not unsupported(model, p, datasets)]
         skipped.update({f"{p}/{task}": unsupported(model, p, datasets) for p in protocols if p not in wanted})
-        if wanted:
-            features = task_features(model, datasets, device, test_split=test_split)
-            for p in wanted:
-                results[p][task] = {**PROTOCOLS[p](features, settings), "samples": len(features.test)}
+        cached: dict[bool, Any] = {}  # embeddings (False) and tokens (True), each computed once
+        for p in wanted:
+            tokens = p in TOKEN_PROTOCOLS
+            if tokens not in cached:
+                cached[tokens] = (
+                    task_tokens(model, datasets, device, test_split=test_split, layers=settings.layers)
+                    if tokens
+                    else task_features(
+                        model, datasets, device, test_split=test_split, pool=settings.pool, layers=settings.layers
+                    )
+                )
+            results[p][task] = {**PROTOCOLS[p](cached[tokens], settings), "samples": len(cached[tokens].test)}
     return results, skipped
 
 
@@ -233,9 +430,10 @@ def evaluate_protocol(
     device: str = "auto",
     settings: ProtocolSettings | None = None,
 ) -> dict[str, Any]:
-    """`omnivec evaluate --protocol knn|linear`: the frozen model on every classification task of the
-    fine-tuning config `cfg` (train split to fit, `split` to score); prints a table and writes
-    `OUTPUT/PROTOCOL.json`."""
+    """`omnivec evaluate --protocol knn|linear|attentive`: the frozen model on every classification
+    task of the fine-tuning config `cfg` (train split to fit, `split` to score); prints a table and
+    writes `OUTPUT/PROTOCOL.json` (attentive: and each task's probe to `OUTPUT/attentive/TASK/`,
+    whose pooler `omnivec embed --pool attentive --pooler` loads)."""
     from .reports import metrics_lines
     from .tasks import load_task_data
 
@@ -254,6 +452,11 @@ def evaluate_protocol(
         raise ConfigError(
             f"{model_dir}: no task of the config can be scored by {protocol} ({'; '.join(skipped.values())})"
         )
+    for task, m in metrics.items():
+        if "_probe" in m:
+            m.pop("_probe").save(
+                output / protocol / task, model=str(model_dir), task=task, classes=data[task][0].classes
+            )
     report = {
         "model": str(model_dir),
         "protocol": protocol,

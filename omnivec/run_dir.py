@@ -59,6 +59,7 @@ RESUME_MAY_CHANGE = (
     "keep_checkpoints",
     "skip_bad",
     "log_with",
+    "activation_checkpointing",
 )
 
 

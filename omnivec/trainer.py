@@ -57,6 +57,9 @@ class TrainConfig:
     seed: int = 0
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
     shuffle_buffer: int = 1000  # streamed datasets (shards, hf:): samples each worker shuffles among
+    # Recompute the activations of the backbone's and the modality encoders' blocks in the backward pass instead
+    # of keeping them (torch.utils.checkpoint, non-reentrant): far less activation memory, about a third more compute
+    activation_checkpointing: bool = False
     compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
     # Training augmentation per modality, e.g. {image: {rand_augment: rand-m9-mstd0.5-inc1}, audio: {}}: a
     # modality listed gets its augment class's settings (defaults: its anchors' fine-tuning recipe, see
@@ -154,6 +157,8 @@ class Trainer:
         fused = self.accelerator.device.type in ("cuda", "cpu")  # fused AdamW kernels exist for both
         lr_scales = module.lr_scales() if hasattr(module, "lr_scales") else None
         optimizer, scheduler = build_optimizer(module, cfg, lr_scales, fused)
+        if cfg.activation_checkpointing:
+            module.model.set_grad_checkpointing(True)
         if cfg.compile:
             compile_blocks(module)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)

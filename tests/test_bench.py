@@ -55,3 +55,41 @@ def test_gpu_check_smoke_runs_every_check_on_cpu():
     assert out.count("pretrain omnivec_tiny") == 3
     assert out.count("bf16 vs fp32 min cosine") == 5
     assert out.rstrip().endswith("gpu check: ok")
+
+
+@pytest.mark.integration
+def test_index_recall_smoke_prints_recall_and_latency():
+    pytest.importorskip("faiss")
+    out = run(
+        "index_recall.py",
+        "--n",
+        "4000",
+        "--clusters",
+        "20",
+        "--queries",
+        "50",
+        "--part-size",
+        "1500",
+        "--nprobe",
+        "4",
+        "--rerank",
+        "1",
+        "8",
+        "--set",
+        "nlist=16",
+        "m=8",
+        "nbits=6",
+        "--rounds",
+        "1",
+    )
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| flat") or line.startswith("| ivf")]
+    assert [r[0].strip() for r in rows] == ["flat (exact)", "ivf-pq", "ivf-pq"] and float(rows[0][2]) == 1.0
+    assert float(rows[2][2]) > float(rows[1][2])  # exact re-ranking raises the PQ codes' recall
+
+
+@pytest.mark.integration
+def test_memory_smoke_measures_both_variants_of_each_step():
+    out = run("memory.py", "--variants", "omnivec_tiny", "--batches", "2", "4", "--steps", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| omnivec_tiny |") and "| yes |" in line]
+    assert len(rows) == 4 + 2  # 2 steps x 2 batches measured with checkpointing, 2 estimate rows
+    assert all("(same)" in r for r in rows[:4])

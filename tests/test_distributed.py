@@ -180,3 +180,21 @@ def test_fsdp2_pretraining_resumes_where_it_stopped(tmp_path):
     assert sorted(losses["resumed"]) == [(5, "loss/image"), (5, "loss/text"), (6, "loss/image"), (6, "loss/text")]
     for key, value in losses["resumed"].items():
         assert value == pytest.approx(losses["straight"][key], abs=1e-5), key
+
+
+def test_fsdp2_with_activation_checkpointing_trains_as_without(tmp_path):
+    """The trunk's blocks, each an FSDP2 unit, recomputed in the backward pass (their all-gather runs
+    again there): the same losses and saved weights as the plain FSDP2 run."""
+    run(["finetune", str(finetune_config(tmp_path, "plain", batch_size=8))], processes=2, fsdp=True)
+    run(
+        ["finetune", str(finetune_config(tmp_path, "ckpt", batch_size=8, activation_checkpointing=True))],
+        processes=2,
+        fsdp=True,
+    )
+    plain, ckpt = (losses(tmp_path / name / "stages" / "1_digits") for name in ("plain", "ckpt"))
+    assert sorted(plain) == sorted(ckpt) == [1, 2, 3, 4]
+    for step in plain:
+        assert ckpt[step] == pytest.approx(plain[step], abs=1e-6), step
+    expected, saved = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("plain", "ckpt"))
+    for name in expected:
+        torch.testing.assert_close(saved[name], expected[name], atol=1e-6, rtol=0, msg=name)

@@ -110,7 +110,7 @@ def test_targets_are_the_teacher_s_top_k_block_outputs():
     x = omnivec.example_inputs(config, 3)["text"]
     teacher = p.latent.teacher.module
     out = teacher.encoders["text"](x)
-    layers = teacher.backbone.block_outputs(out.tokens, "text", out.padding_mask)
+    layers = teacher.backbone.block_outputs(out.tokens, "text", out.padding_mask)  # (no prefix tokens here)
     assert len(layers) == 3
     last = teacher.backbone(out.tokens, "text", out.padding_mask)  # forward: the last block's output, normed
     torch.testing.assert_close(teacher.backbone.norm(layers[-1]), last)

@@ -1,5 +1,6 @@
-"""SSL evaluation protocols: weighted k-NN and the linear probe on frozen features, the
-`omnivec evaluate --protocol` command, and the stratified label subsample fine-tuning uses."""
+"""SSL evaluation protocols: weighted k-NN and the linear probe on frozen features, the attentive
+probe on frozen tokens, the `omnivec evaluate --protocol` command, and the stratified label
+subsample fine-tuning uses."""
 
 import json
 from collections import Counter
@@ -15,7 +16,17 @@ from omnivec.datasets import load_task
 from omnivec.errors import ConfigError
 from omnivec.finetune_config import FinetuneConfig
 from omnivec.parsing import from_dict
-from omnivec.protocols import Features, knn_evaluate, knn_protocol, knn_scores, linear_evaluate, linear_probe
+from omnivec.protocols import (
+    Features,
+    TokenFeatures,
+    attentive_evaluate,
+    attentive_probe,
+    knn_evaluate,
+    knn_protocol,
+    knn_scores,
+    linear_evaluate,
+    linear_probe,
+)
 from omnivec.tasks import load_task_data, subsample_train
 
 
@@ -82,6 +93,53 @@ def test_multi_label_gets_map_from_the_linear_probe_and_no_knn():
         knn_evaluate(multi)
 
 
+def token_features(n_per_class: int, seed: int, multi_label: bool = False) -> TokenFeatures:
+    """Tokens [N, 16, 16] of noise; one token per sample, at a random place, is marked (feature 0)
+    and carries the class centre in the other features, which a mean over the tokens dilutes 14-16
+    fold; the last two slots of odd samples are padding holding junk."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 3 * F.normalize(torch.randn(4, 15, generator=torch.Generator().manual_seed(0)), dim=-1)
+    y = torch.arange(4).repeat_interleave(n_per_class)
+    tokens = torch.randn(len(y), 16, 16, generator=g)
+    tokens[..., 0] = 0
+    marked = torch.arange(len(y)), torch.randint(0, 14, (len(y),), generator=g)
+    tokens[marked + (0,)] = 4.0
+    tokens[marked + (slice(1, None),)] += centres[y]
+    mask = torch.ones(len(y), 16, dtype=torch.bool)
+    mask[1::2, 14:] = False
+    tokens[~mask] = 50.0
+    target = F.one_hot(y, 4).float() if multi_label else y
+    order = torch.randperm(len(y), generator=g)
+    train, test = order[: len(y) * 3 // 4], order[len(y) * 3 // 4 :]
+    return TokenFeatures(tokens[train], mask[train], target[train], tokens[test], mask[test], target[test], 4)
+
+
+def test_attentive_probe_finds_the_token_that_carries_the_class():
+    f = token_features(40, seed=0)
+    result = attentive_evaluate(f, epochs=30, lr=1e-2, batch_size=16, num_heads=2)
+    assert set(result) == {"top1", "top5", "_probe"}
+    mean_pooled = Features(masked(f.train, f.train_mask), f.train_y, masked(f.test, f.test_mask), f.test_y, 4)
+    linear = linear_evaluate(mean_pooled, epochs=30)["top1"]
+    assert result["top1"] > 0.8 and linear < 0.5  # chance: 0.25
+    multi = token_features(10, seed=0, multi_label=True)
+    assert set(attentive_evaluate(multi, epochs=2, batch_size=16)) == {"mAP", "_probe"}
+
+
+def masked(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return F.normalize((tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+
+
+def test_attentive_probe_is_deterministic_and_leaves_the_global_rng_alone():
+    f = token_features(5, seed=1)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = attentive_probe(f, epochs=2, batch_size=8, seed=5)(f.test, f.test_mask)
+    assert torch.rand(1) == before
+    assert torch.equal(a, attentive_probe(f, epochs=2, batch_size=8, seed=5)(f.test, f.test_mask))
+    assert not torch.equal(a, attentive_probe(f, epochs=2, batch_size=8, seed=6)(f.test, f.test_mask))
+
+
 def test_knn_protocol_on_a_frozen_model(tiny_model):
     result = knn_protocol(tiny_model, [load_task(SAMPLE / "shapes")], k=5, device="cpu")
     assert set(result) == {"top1", "top5"} and 0 <= result["top1"] <= result["top5"] <= 1
@@ -116,6 +174,57 @@ def test_evaluate_cli_knn_and_linear(tmp_path, tiny_config, capsys):
     )
     assert main([*args, "--protocol", "knn", "-k", "0"]) == 2  # a clear error, no traceback
     assert "k: expected a positive number" in capsys.readouterr().err
+
+
+def test_evaluate_cli_attentive_saves_a_probe_that_embed_uses(tmp_path, tiny_config, capsys):
+    torch.manual_seed(0)
+    omnivec.OmniVecModel(tiny_config).save_pretrained(tmp_path / "model")
+    config = tmp_path / "tasks.yaml"
+    config.write_text(
+        json.dumps({"tasks": {"shapes": {"data": [str(SAMPLE / "shapes")]}}, "stages": [{"tasks": ["shapes"]}]})
+    )
+    args = [
+        "evaluate",
+        "--model",
+        str(tmp_path / "model"),
+        "--config",
+        str(config),
+        "--output",
+        str(tmp_path / "eval"),
+        "--protocol",
+        "attentive",
+        "--epochs",
+        "2",
+        "--layers",
+        "mean1",
+    ]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "eval" / "attentive.json").read_text())
+    assert set(report["metrics"]["shapes"]) == {"top1", "top5", "samples"}
+    assert report["settings"]["attentive_epochs"] == 2 and report["settings"]["epochs"] == 90  # linear's untouched
+    probe = json.loads((tmp_path / "eval" / "attentive" / "shapes" / "probe.json").read_text())
+    assert probe["layers"] == "mean1" and probe["num_classes"] == 10 and len(probe["classes"]) == 10
+    embed = [
+        "embed",
+        "--model",
+        str(tmp_path / "model"),
+        "--input",
+        str(SAMPLE / "shapes"),
+        "--num-workers",
+        "0",
+        "--output",
+        str(tmp_path / "emb"),
+        "--pool",
+        "attentive",
+        "--layers",
+        "mean1",
+    ]
+    assert main(embed) == 2 and "pool: 'attentive' needs a trained attentive pooler" in capsys.readouterr().err
+    assert main([*embed, "--pooler", str(tmp_path / "eval" / "attentive" / "shapes")]) == 0
+    meta = json.loads((tmp_path / "emb.json").read_text())
+    assert meta["pool"] == "attentive" and meta["layers"] == "mean1" and meta["pooler"].endswith("shapes")
+    assert main([*args[:-2], "--layers", "mean9"]) == 2
+    assert "layers: expected last, meanK (K in 1..1)" in capsys.readouterr().err
 
 
 def test_train_fraction_is_a_stratified_subsample_fixed_by_the_seed():

@@ -96,7 +96,8 @@ class ModalityEncoder(nn.Module):
       ones, as MAE does), `display` and `plot_style` (None: no reconstruction figure);
     - assets saved beside the weights: `save_assets` / `load_assets` (a tokenizer).
 
-    The base class runs the optional modality-specific blocks and the projection.
+    The base class runs the optional modality-specific blocks and the projection;
+    `set_grad_checkpointing` makes its blocks recompute their activations in the backward pass.
     """
 
     name: str
@@ -120,6 +121,11 @@ class ModalityEncoder(nn.Module):
         self.blocks = transformer_blocks(self.width, cfg.depth, num_heads)
         self.norm = nn.LayerNorm(self.width) if cfg.depth else nn.Identity()
         self.proj = nn.Linear(self.width, dim) if self.width != dim else nn.Identity()
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the activations of the modality's blocks in the backward pass (`run_block`)."""
+        self.grad_checkpointing = enable
 
     @property
     def num_tokens(self) -> int:
@@ -281,7 +287,7 @@ class ModalityEncoder(nn.Module):
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """[B, K, width] kept tokens -> the modality's own blocks (encoders from other libraries run
         their transformer first, see omnivec/encoders)."""
-        return run_blocks(self.blocks, tokens, padding_mask)
+        return run_blocks(self.blocks, tokens, padding_mask, self.grad_checkpointing)
 
     def _fail(self, expected: str, got: Any) -> None:
         raise InputError(f"{self.name}: expected {expected}, got {got}")

@@ -4,9 +4,11 @@ patch-encoder path of ViT and AST."""
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
@@ -89,6 +91,16 @@ class HFEncoder(LibraryEncoder):
         except (OSError, ValueError) as e:
             raise ConfigError(f"modalities.{self.name}.pretrained: cannot load {hf_source(self.cfg)!r} ({e})") from e
         return Source(model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The library's layers too: transformers checkpoints each module whose `gradient_checkpointing`
+        is set, with its `_gradient_checkpointing_func` (here non-reentrant), as its
+        `gradient_checkpointing_enable` sets them."""
+        super().set_grad_checkpointing(enable)
+        for module in self.library.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enable
+                module._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
 
 class HFPatchEncoder(HFEncoder):

@@ -13,7 +13,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..backbone import attention_mask
+from ..backbone import attention_mask, run_block
 from ..errors import ConfigError, InputError
 from ..masking import Masking
 from ..modalities.base import ModalityEncoder, Tokens
@@ -95,12 +95,13 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
                 prefix = prefix + m.pos_embed[:, : self.pos_prefix]
             tokens = torch.cat([prefix, tokens], dim=1)  # [B, num_prefix + K, width]
         x = m.norm_pre(m.pos_drop(tokens))
-        if padding_mask is None:
-            x = m.blocks(x)
-        else:
-            mask = attention_mask(nn.functional.pad(padding_mask, (self.num_prefix_tokens, 0), value=True))
-            for block in m.blocks:
-                x = block(x, attn_mask=mask)
+        mask = (
+            None
+            if padding_mask is None
+            else attention_mask(nn.functional.pad(padding_mask, (self.num_prefix_tokens, 0), value=True))
+        )
+        for block in m.blocks:
+            x = run_block(block, x, mask, self.grad_checkpointing)
         return super().encode(m.norm(x)[:, self.num_prefix_tokens :], padding_mask)
 
     def resize(self, key: str, tensor: torch.Tensor, shape: torch.Size, source: Source) -> torch.Tensor | None:

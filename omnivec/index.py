@@ -1,0 +1,424 @@
+"""FAISS indexes over an embedding store (the output folder `omnivec embed` writes: embeddings.json
+and parts of L2-normalised rows), searched by inner product (= cosine):
+
+    omnivec index OUT --kind flat|ivf-pq|hnsw [key=value ...]    -> OUT/faiss-KIND.index
+
+- flat: exact search (`IndexFlatIP`), the reference the others are measured against.
+- ivf-pq: `nlist` k-means cells, each vector a PQ code of `m` sub-vectors of `nbits` bits; a query
+  visits its `nprobe` nearest cells; the best `k * rerank` candidates are re-ranked by their exact
+  inner products, read back from the store's own parts (no second copy of the vectors in the index).
+- hnsw: a graph of `M` links per vector (`IndexHNSWFlat`, vectors kept), `ef_search` candidates.
+
+The store is read part by part (only ivf-pq's training sample and the vectors being added are in
+memory beside the index). Failed rows are left out; a vector's id is its row in the store. The
+index's settings go into embeddings.json under "indexes" (rewritten atomically), with the store's
+parts it was built from: a store embedded again after the index was built is refused until it is
+rebuilt. Searching one modality passes FAISS an `IDSelectorBitmap` of that modality's rows, so
+every index returns the k best of that modality (HNSW: among the graph nodes it visits).
+
+Needs `faiss-cpu` (pip install faiss-cpu, or omnivec[faiss]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+STORE_META = "embeddings.json"
+PART_SUFFIXES = {"npy": ".npy", "safetensors": ".safetensors", "parquet": ".parquet"}
+
+
+def import_faiss() -> Any:
+    """The `faiss` module, or a `ConfigError` saying how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise ConfigError("FAISS indexes need faiss: pip install faiss-cpu (or pip install 'omnivec[faiss]')") from None
+    return faiss
+
+
+# --- the store --------------------------------------------------------------------------------------
+
+
+def read_store(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """embeddings.json of the store in `out_dir`; a `DataError` naming the file when it is not one."""
+    path = Path(out_dir) / STORE_META
+    if not path.is_file():
+        raise DataError(f"{path}: missing (omnivec embed --output {out_dir} writes it)")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if meta.get("format") != "omnivec-embeddings" or meta.get("part_format") not in PART_SUFFIXES:
+        raise DataError(
+            f"{path}: not an omnivec embedding store (expected format omnivec-embeddings with "
+            f"part_format one of {sorted(PART_SUFFIXES)})"
+        )
+    return meta
+
+
+def read_part(out_dir: Path, meta: Mapping[str, Any], part: Mapping[str, Any]) -> np.ndarray:
+    """One part's rows [n, D] float32 (npy parts memory-mapped)."""
+    path = out_dir / (part["name"] + PART_SUFFIXES[meta["part_format"]])
+    if not path.is_file():
+        raise DataError(f"{path}: missing (listed in {out_dir / STORE_META})")
+    if meta["part_format"] == "npy":
+        rows = np.load(path, mmap_mode="r")
+    elif meta["part_format"] == "safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+        rows = tensors["embeddings"] if "embeddings" in tensors else next(iter(tensors.values()))
+    else:
+        import pyarrow.parquet as pq
+
+        rows = np.stack(pq.read_table(path, columns=["embedding"]).column("embedding").to_numpy(zero_copy_only=False))
+    if rows.shape != (part["count"], meta["dim"]):
+        raise DataError(f"{path}: expected {part['count']} rows of {meta['dim']} values, found {list(rows.shape)}")
+    return rows
+
+
+def read_records(out_dir: Path, part: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One part's records (index, path, modality, status), in row order."""
+    path = out_dir / (part["name"] + ".jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if len(records) != part["count"] or any(r["index"] != part["start"] + i for i, r in enumerate(records)):
+        raise DataError(f"{path}: expected {part['count']} records indexed from {part['start']}")
+    return records
+
+
+def iter_parts(out_dir: Path, meta: Mapping[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids [n'] int64, rows [n', D] float32) of each part's successfully embedded rows, part by part."""
+    for part in meta["parts"]:
+        ok = np.array([r["status"] == "ok" for r in read_records(out_dir, part)], dtype=bool)
+        rows = read_part(out_dir, meta, part)
+        yield part["start"] + np.flatnonzero(ok), np.ascontiguousarray(rows[ok], dtype=np.float32)
+
+
+def training_sample(out_dir: Path, meta: Mapping[str, Any], size: int, seed: int = 0) -> np.ndarray:
+    """About `size` rows drawn uniformly from every part (a store in input order may be sorted by
+    modality: the first rows alone would train cells for one of them) -> [n, D] float32."""
+    total = sum(p["count"] for p in meta["parts"])
+    rng = np.random.default_rng(seed)
+    sample = []
+    for _, rows in iter_parts(out_dir, meta):
+        take = min(len(rows), math.ceil(len(rows) * size / max(total, 1)))
+        sample.append(rows[np.sort(rng.choice(len(rows), take, replace=False))])
+    return np.concatenate(sample)
+
+
+class StoreRows:
+    """Rows of the store by id, for exact re-ranking: parts read once each, on demand."""
+
+    def __init__(self, out_dir: Path, meta: Mapping[str, Any]):
+        self.out_dir, self.meta = out_dir, meta
+        self.starts = [p["start"] for p in meta["parts"]]
+        self.parts: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, ids: np.ndarray) -> np.ndarray:
+        """ids [n] (each a successfully embedded row) -> rows [n, D] float32."""
+        out = np.empty((len(ids), self.meta["dim"]), dtype=np.float32)
+        which = np.searchsorted(self.starts, ids, side="right") - 1  # [n] the part of each row
+        for p in np.unique(which):
+            if p not in self.parts:
+                self.parts[p] = read_part(self.out_dir, self.meta, self.meta["parts"][p])
+            here = which == p
+            out[here] = self.parts[p][ids[here] - self.starts[p]]
+        return out
+
+
+# --- index kinds --------------------------------------------------------------------------------------
+
+
+@dataclass
+class IndexKind:
+    """One kind of index: its settings' defaults for a store of `n` vectors of width `dim`, its
+    `faiss.index_factory` string, whether it trains, its search parameters (with a selector);
+    `finish` checks the settings and fills those that follow from others, `configure` sets what the
+    factory string cannot say."""
+
+    defaults: Callable[[int, int], dict[str, int]]
+    factory: Callable[[Mapping[str, int]], str]
+    trains: bool
+    search_params: Callable[[Any, Mapping[str, int], Any], Any]
+    finish: Callable[[int, int, dict[str, int], set[str]], None] = lambda n, dim, s, given: None
+    configure: Callable[[Any, Any, Mapping[str, int]], None] = lambda faiss, index, s: None
+
+
+def ivf_pq_defaults(n: int, dim: int) -> dict[str, int]:
+    """nlist: 4 sqrt(n) rounded to a power of two (FAISS's guideline), at most n / 39 (its least
+    training points per cell); m: the largest divisor of dim up to dim / 4 (4-value sub-vectors);
+    nbits: 8 (256 codes per sub-vector) when there are 39 * 256 training points, else fewer; nprobe:
+    nlist / 128 (at least 1); rerank: 8 (k * 8 candidates re-ranked exactly); train_size: 50 points
+    per cell and 39 per PQ code, at most n (`ivf_pq_finish`). On 1M clustered 128-d vectors
+    (bench/index_recall.py) the PQ codes alone reach recall@10 0.55 whatever nprobe; re-ranking 4x
+    gives 0.91, 8x 0.98; nprobe beyond 8 of 4096 cells gained nothing there (data less clustered needs more)."""
+    nlist = max(1, min(2 ** round(math.log2(max(4 * math.sqrt(n), 1))), n // 39))
+    m = max(d for d in range(1, max(dim // 4, 1) + 1) if dim % d == 0)
+    nbits = int(min(8, max(1, math.floor(math.log2(max(n // 39, 2))))))
+    return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": max(1, nlist // 128), "rerank": 8, "train_size": 0}
+
+
+def ivf_pq_finish(n: int, dim: int, s: dict[str, int], given: set[str]) -> None:
+    if dim % s["m"]:
+        raise ConfigError(f"m: expected a divisor of the embedding width {dim}, got {s['m']}")
+    if s["nbits"] > 16:
+        raise ConfigError(f"nbits: expected at most 16, got {s['nbits']}")
+    if "train_size" not in given:
+        s["train_size"] = min(n, max(50 * s["nlist"], 39 * 2 ** s["nbits"]))
+
+
+def params_with(faiss: Any, cls: str, sel: Any, **values: int) -> Any:
+    params = getattr(faiss, cls)()
+    for name, value in values.items():
+        setattr(params, name, value)
+    if sel is not None:
+        params.sel = sel
+    return params
+
+
+def set_ef_construction(faiss: Any, index: Any, s: Mapping[str, int]) -> None:
+    faiss.downcast_index(index.index).hnsw.efConstruction = s["ef_construction"]
+
+
+KINDS: dict[str, IndexKind] = {
+    "flat": IndexKind(
+        defaults=lambda n, dim: {},
+        factory=lambda s: "IDMap,Flat",
+        trains=False,
+        search_params=lambda faiss, s, sel: params_with(faiss, "SearchParameters", sel),
+    ),
+    "ivf-pq": IndexKind(
+        defaults=ivf_pq_defaults,
+        factory=lambda s: f"IVF{s['nlist']},PQ{s['m']}x{s['nbits']}",
+        trains=True,
+        search_params=lambda faiss, s, sel: params_with(faiss, "SearchParametersIVF", sel, nprobe=s["nprobe"]),
+        finish=ivf_pq_finish,
+    ),
+    "hnsw": IndexKind(
+        defaults=lambda n, dim: {"M": 32, "ef_construction": 80, "ef_search": 128},
+        factory=lambda s: f"IDMap,HNSW{s['M']}",
+        trains=False,
+        search_params=lambda faiss, s, sel: params_with(faiss, "SearchParametersHNSW", sel, efSearch=s["ef_search"]),
+        configure=set_ef_construction,
+    ),
+}
+
+
+def resolve_settings(kind: str, n: int, dim: int, overrides: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """The kind's defaults for `n` vectors of width `dim`, with `overrides` (positive ints; a
+    `ConfigError` naming an unknown key or a bad value)."""
+    if kind not in KINDS:
+        raise ConfigError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
+    settings = KINDS[kind].defaults(n, dim)
+    for key, value in (overrides or {}).items():
+        if key not in settings:
+            raise ConfigError(f"{key}: not a {kind} setting; expected one of {sorted(settings) or '(none)'}")
+        if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
+            raise ConfigError(f"{key}: expected a positive int, got {value!r}")
+        settings[key] = int(value)
+    KINDS[kind].finish(n, dim, settings, set(overrides or {}))
+    return settings
+
+
+# --- build and search -----------------------------------------------------------------------------
+
+
+def index_file(kind: str) -> str:
+    return f"faiss-{kind}.index"
+
+
+def build_index(
+    out_dir: str | os.PathLike, kind: str = "flat", overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build a `kind` index over the complete store in `out_dir`, write it to OUT/faiss-KIND.index
+    and record it in embeddings.json under "indexes" -> the recorded entry."""
+    faiss = import_faiss()
+    out_dir = Path(out_dir)
+    meta = read_store(out_dir)
+    if not meta.get("complete"):
+        raise DataError(
+            f"{out_dir / STORE_META}: the store is not complete (omnivec embed is still writing it, or "
+            "stopped): index it once the embedding run has finished"
+        )
+    dim, n = meta["dim"], sum(p["count"] for p in meta["parts"]) - meta.get("failed", 0)
+    if n < 1:
+        raise DataError(f"{out_dir}: the store holds no embedded rows to index")
+    settings = resolve_settings(kind, n, dim, overrides)
+    start = time.perf_counter()
+    index = faiss.index_factory(dim, KINDS[kind].factory(settings), faiss.METRIC_INNER_PRODUCT)
+    KINDS[kind].configure(faiss, index, settings)
+    if KINDS[kind].trains:
+        index.train(training_sample(out_dir, meta, settings["train_size"]))
+    for ids, rows in iter_parts(out_dir, meta):
+        if len(ids):
+            index.add_with_ids(rows, ids)
+    path = out_dir / index_file(kind)
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+    entry = {
+        "file": path.name,
+        "kind": kind,
+        "factory": KINDS[kind].factory(settings),
+        "metric": "inner_product",
+        "settings": settings,
+        "count": int(index.ntotal),
+        "dim": dim,
+        "parts": meta["parts"],
+        "faiss": faiss.__version__,
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "built": time.time(),
+    }
+    record_index(out_dir, kind, entry)
+    return entry
+
+
+def record_index(out_dir: Path, kind: str, entry: dict[str, Any]) -> None:
+    """Add `entry` to embeddings.json's "indexes" (read again just before: only that key changes),
+    written aside and renamed into place."""
+    path = out_dir / STORE_META
+    meta = json.loads(path.read_text())
+    meta.setdefault("indexes", {})[kind] = entry
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def chosen_index(out_dir: Path, meta: Mapping[str, Any], kind: str | None) -> dict[str, Any]:
+    """The recorded entry of `kind` (None: the index built last); a `DataError` when there is none
+    or the store changed since it was built."""
+    indexes = meta.get("indexes") or {}
+    if kind is None and indexes:
+        kind = max(indexes, key=lambda k: indexes[k]["built"])
+    if kind not in indexes:
+        raise DataError(
+            f"{out_dir}: no {kind or 'FAISS'} index (built: {sorted(indexes) or 'none'}); "
+            f"omnivec index {out_dir} --kind {kind or 'flat'} builds one"
+        )
+    if indexes[kind]["parts"] != meta["parts"]:
+        raise DataError(
+            f"{out_dir / indexes[kind]['file']}: built over another version of the store (its parts "
+            f"changed since); rebuild it: omnivec index {out_dir} --kind {kind}"
+        )
+    return indexes[kind]
+
+
+def modality_selector(faiss: Any, out_dir: Path, meta: Mapping[str, Any], modality: str) -> tuple[Any, np.ndarray]:
+    """An `IDSelectorBitmap` of the rows of `modality` (and the bitmap it reads, to keep alive)."""
+    total = sum(p["count"] for p in meta["parts"])
+    wanted = np.zeros(total, dtype=bool)
+    for part in meta["parts"]:
+        for r in read_records(out_dir, part):
+            wanted[r["index"]] = r["modality"] == modality
+    bitmap = np.packbits(wanted, bitorder="little")
+    return faiss.IDSelectorBitmap(total, faiss.swig_ptr(bitmap)), bitmap
+
+
+class StoreIndex:
+    """A FAISS index of a store, read once, for many searches: `StoreIndex(OUT, kind).search(queries, k)`."""
+
+    def __init__(self, out_dir: str | os.PathLike, kind: str | None = None):
+        """Read the `kind` index of the store in `out_dir` (None: the one built last)."""
+        self.faiss = import_faiss()
+        self.out_dir = Path(out_dir)
+        self.meta = read_store(self.out_dir)
+        self.entry = chosen_index(self.out_dir, self.meta, kind)
+        self.index = self.faiss.read_index(str(self.out_dir / self.entry["file"]))
+        self.rows = StoreRows(self.out_dir, self.meta)
+        self.selectors: dict[str, tuple[Any, np.ndarray]] = {}
+
+    def search(
+        self, queries: np.ndarray, k: int = 10, modality: str | None = None, **params: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """queries [Q, D] -> (scores [Q, k] inner products, best first; ids [Q, k] store rows, -1
+        where fewer than k were found), only rows of `modality` when given; `params` (nprobe,
+        rerank, ef_search) override the recorded settings for this search."""
+        allowed = sorted({"nprobe", "rerank", "ef_search"} & set(self.entry["settings"]))  # search-time settings
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{unknown[0]}: not a search setting of a {self.entry['kind']} index; expected one of "
+                f"{allowed or '(none)'}"
+            )
+        settings = {**self.entry["settings"], **params}
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.meta["dim"]:
+            raise ConfigError(
+                f"queries: expected [Q, {self.meta['dim']}] (the store's width), got {list(queries.shape)}"
+            )
+        if modality and modality not in self.selectors:
+            self.selectors[modality] = modality_selector(self.faiss, self.out_dir, self.meta, modality)
+        sel = self.selectors[modality][0] if modality else None
+        rerank = settings.get("rerank", 1)
+        params = KINDS[self.entry["kind"]].search_params(self.faiss, settings, sel)
+        scores, ids = self.index.search(queries, k * rerank, params=params)  # [Q, k * rerank]
+        if rerank > 1:
+            scores, ids = exact_rerank(self.rows, queries, ids, k)
+        return scores[:, :k], ids[:, :k]
+
+
+def search_ids(
+    out_dir: str | os.PathLike,
+    queries: np.ndarray,
+    k: int = 10,
+    modality: str | None = None,
+    kind: str | None = None,
+    **params: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`StoreIndex(out_dir, kind).search(queries, k, modality, **params)`: (scores [Q, k], ids [Q, k])."""
+    return StoreIndex(out_dir, kind).search(queries, k, modality, **params)
+
+
+def exact_rerank(rows: StoreRows, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ids [Q, c] (-1: none) -> their exact inner products with the queries, the best k
+    of each first -> (scores [Q, k], ids [Q, k])."""
+    found = ids >= 0
+    vectors = rows[ids[found]]  # [n, D]
+    exact = np.full(ids.shape, -np.inf, dtype=np.float32)
+    exact[found] = np.einsum("nd,nd->n", vectors, np.repeat(queries, found.sum(1), axis=0))
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # [Q, k]
+    return np.take_along_axis(exact, order, 1), np.where(
+        np.take_along_axis(found, order, 1), np.take_along_axis(ids, order, 1), -1
+    )
+
+
+def search_index(
+    out_dir: str | os.PathLike,
+    queries: np.ndarray,
+    k: int = 10,
+    modality: str | None = None,
+    kind: str | None = None,
+    **params: int,
+) -> list[list[dict[str, Any]]]:
+    """The k nearest rows of the store (inner product of L2-normalised vectors: cosine) to each of
+    `queries` [Q, D], with a FAISS index `omnivec index` built (`kind`; None: the one built last),
+    optionally only rows of `modality` -> for each query its hits, best first: the row's record
+    (index, path, modality, status) and "score"."""
+    scores, ids = search_ids(out_dir, queries, k, modality, kind, **params)
+    out_dir = Path(out_dir)
+    meta = read_store(out_dir)
+    starts = [p["start"] for p in meta["parts"]]
+    records: dict[int, list[dict[str, Any]]] = {}
+    hits = []
+    for row_scores, row_ids in zip(scores, ids):
+        hits.append([])
+        for score, i in zip(row_scores.tolist(), row_ids.tolist()):
+            if i < 0:
+                continue
+            p = bisect_right(starts, i) - 1
+            if p not in records:
+                records[p] = read_records(out_dir, meta["parts"][p])
+            hits[-1].append({**records[p][i - starts[p]], "score": score})
+    return hits
