@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -59,3 +61,10 @@ def precision_at_k(
     precision = (key_labels[top] == query_labels[:, None]).float().mean().item()
     same_class = (query_labels[:, None] == key_labels[None, :]).sum(1) - int(same_set)  # [Nq]
     return {f"precision@{k}": precision, "chance": (same_class / max(n, 1)).float().mean().item()}
+
+
+def classification_metrics(scores: torch.Tensor, features: Any) -> dict[str, float]:
+    """scores [M, C] on the test split -> top-1 / top-5 (single-label) or mAP (multi-label)."""
+    if features.multi_label:
+        return {"mAP": mean_average_precision(scores, features.test_y)}
+    return {"top1": topk_accuracy(scores, features.test_y, 1), "top5": topk_accuracy(scores, features.test_y, 5)}

@@ -34,7 +34,8 @@ from omnivec.finetune_config import FinetuneConfig, StageSpec
 from omnivec.model import OmniVecModel
 from omnivec.plots import plot_label_efficiency
 from omnivec.pretraining import PretrainConfig, pretrain
-from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, task_features, unsupported
+from omnivec.probes import task_features
+from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, unsupported
 from omnivec.recipe_config import load_recipe_config
 from omnivec.registry import HEADS
 from omnivec.reports import label_efficiency_report, summarize_runs

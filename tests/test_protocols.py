@@ -11,22 +11,14 @@ import torch.nn.functional as F
 from helpers import SAMPLE
 
 import omnivec
+from omnivec.attentive import TokenFeatures, attentive_evaluate, attentive_probe
 from omnivec.cli import main
 from omnivec.datasets import load_task
 from omnivec.errors import ConfigError
 from omnivec.finetune_config import FinetuneConfig
 from omnivec.parsing import from_dict
-from omnivec.protocols import (
-    Features,
-    TokenFeatures,
-    attentive_evaluate,
-    attentive_probe,
-    knn_evaluate,
-    knn_protocol,
-    knn_scores,
-    linear_evaluate,
-    linear_probe,
-)
+from omnivec.probes import Features, knn_evaluate, knn_scores, linear_evaluate, linear_probe
+from omnivec.protocols import knn_protocol
 from omnivec.tasks import load_task_data, subsample_train
 
 

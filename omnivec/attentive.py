@@ -1,0 +1,160 @@
+"""V-JEPA 2's frozen evaluation: an attentive probe (one learned query cross-attending to the frozen
+backbone's tokens, then a classifier) trained on tokens cached once per task. omnivec/protocols.py
+runs it beside k-NN and the linear probe (`omnivec evaluate --protocol attentive`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .datasets import TaskData
+from .datasets.loaders import task_loader
+from .evaluation import eval_batches, evaluating
+from .metrics import classification_metrics
+from .model import OmniVecModel
+from .optim import param_groups
+from .pooling import AttentiveProbe, Layers, layers_name
+
+
+@dataclass
+class TokenFeatures:
+    """Frozen backbone tokens of one task, cached once for the attentive probe: train [N, L, D] and
+    test [M, L', D] (prefix tokens left out; zero-padded to the split's longest sample), their
+    padding masks [N, L] / [M, L'] (True = real token; None when no sample is padded), targets and
+    the class count."""
+
+    train: torch.Tensor
+    train_mask: torch.Tensor | None
+    train_y: torch.Tensor
+    test: torch.Tensor
+    test_mask: torch.Tensor | None
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def multi_label(self) -> bool:
+        return self.train_y.ndim == 2
+
+
+def token_split(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    split: str,
+    device: torch.device,
+    layers: Layers = "last",
+    batch_size: int = 64,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The backbone tokens of `layers` for every sample of `split` -> (tokens [N, L, D] float32 on
+    the CPU, padding mask [N, L] or None, targets [N] or [N, C])."""
+
+    modality, n = datasets[0].modality, model.backbone.num_prefix_tokens
+    parts, masks, labels = [], [], []
+    with evaluating(model):
+        for x, batch in eval_batches(
+            task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
+        ):
+            tokens, mask = model.layer_tokens(modality, x, layers)  # [B, n + L, D]
+            parts.append(tokens[:, n:].float().cpu())  # [B, L, D]
+            masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool) if mask is None else mask.cpu())
+            labels.append(batch["target"])
+    length = max(p.shape[1] for p in parts)
+    tokens = torch.cat([F.pad(p, (0, 0, 0, length - p.shape[1])) for p in parts])  # [N, L, D]
+    mask = torch.cat([F.pad(m, (0, length - m.shape[1]), value=False) for m in masks])  # [N, L]
+    return tokens, None if mask.all() else mask, torch.cat(labels)
+
+
+def task_tokens(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    batch_size: int = 64,
+    layers: Layers = "last",
+) -> TokenFeatures:
+    """The frozen model's tokens (of `layers`) for `train_split` and `test_split` of a classification task."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    name = datasets[0].name
+    train = token_split(model, datasets, train_split, device, layers, batch_size, f"tokens {name} {train_split}")
+    test = token_split(model, datasets, test_split, device, layers, batch_size, f"tokens {name} {test_split}")
+    return TokenFeatures(*train, *test, len(datasets[0].classes))
+
+
+def attentive_probe(
+    features: TokenFeatures,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_heads: int = 0,
+    layers: Layers = "last",
+) -> AttentiveProbe:
+    """V-JEPA 2's attentive probe on cached tokens: an `AttentiveProbe` (one learned query,
+    `num_heads`-head cross-attention (0: width // 64, as its ViT-L probe's 16 at 1024), an MLP, a
+    linear classifier) trained with AdamW at `lr`, cosine to 0, `weight_decay` on matrices (its first
+    probe head's settings), for `epochs`; cross-entropy, or binary cross-entropy for multi-label
+    targets. `layers` is recorded with the pooler. Deterministic for a `seed`; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dim = features.train.shape[-1]
+        probe = AttentiveProbe(dim, features.num_classes, num_heads or max(1, dim // 64), layers=layers_name(layers))
+        order = torch.Generator().manual_seed(seed)
+        n = len(features.train)
+        optimizer = torch.optim.AdamW(param_groups(probe, weight_decay, lr), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * -(-n // batch_size))
+        loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
+        probe.train()
+        for _ in tqdm(range(epochs), desc="attentive probe", leave=False):
+            for idx in torch.randperm(n, generator=order).split(batch_size):
+                mask = None if features.train_mask is None else features.train_mask[idx]
+                loss = loss_fn(probe(features.train[idx], mask), features.train_y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return probe.eval()
+
+
+def attentive_evaluate(
+    features: TokenFeatures,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_heads: int = 0,
+    layers: Layers = "last",
+) -> dict[str, Any]:
+    """`attentive_probe` fitted on the train tokens, scored on the test split; the trained probe
+    comes back under "_probe" (private keys stay out of reports)."""
+    probe = attentive_probe(features, epochs, lr, weight_decay, batch_size, seed, num_heads, layers)
+    mask = features.test_mask
+    with torch.no_grad():
+        scores = torch.cat(
+            [
+                probe(features.test[i : i + batch_size], None if mask is None else mask[i : i + batch_size])
+                for i in range(0, len(features.test), batch_size)
+            ]
+        )  # [M, C]
+    return {**classification_metrics(scores, features), "_probe": probe}
+
+
+def attentive_protocol(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    test_split: str = "test",
+    layers: Layers = "last",
+    **settings: Any,
+) -> dict[str, Any]:
+    """Attentive probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `test_split`,
+    and the trained probe under "_probe"; `settings`: `attentive_probe`'s."""
+    features = task_tokens(model, datasets, device, test_split=test_split, layers=layers)
+    return attentive_evaluate(features, layers=layers, **settings)

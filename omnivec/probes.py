@@ -1,0 +1,132 @@
+"""Frozen probes on a task's embeddings: DINO's weighted k-NN and MAE's linear probe, each fitted on
+the train split and scored on the test split (omnivec/protocols.py runs them per task)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .datasets import TaskData
+from .errors import ConfigError
+from .evaluation import embed_split
+from .metrics import classification_metrics
+from .model import OmniVecModel
+from .pooling import Layers
+
+
+@dataclass
+class Features:
+    """Frozen embeddings of one task: train [N, D] and test [M, D] (L2-normalised, from
+    `model.embed`), their targets (class ids [N], or multi-hot [N, C]) and the class count."""
+
+    train: torch.Tensor
+    train_y: torch.Tensor
+    test: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def multi_label(self) -> bool:
+        return self.train_y.ndim == 2
+
+
+def task_features(
+    model: OmniVecModel,
+    datasets: list[TaskData],
+    device: str | torch.device | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    batch_size: int = 64,
+    pool: str = "mean",
+    layers: Layers = "last",
+) -> Features:
+    """Embed `train_split` and `test_split` of a classification task (`datasets`) with the frozen
+    model (`model.embed`'s `pool` and `layers`)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    name = datasets[0].name
+    train, train_y = embed_split(
+        model, datasets, train_split, device, batch_size, f"embed {name} {train_split}", pool, layers
+    )
+    test, test_y = embed_split(
+        model, datasets, test_split, device, batch_size, f"embed {name} {test_split}", pool, layers
+    )
+    return Features(train, train_y, test, test_y, len(datasets[0].classes))
+
+
+def knn_scores(features: Features, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """DINO's weighted k-NN: each test sample's k most similar train samples (cosine) vote for their
+    class with weight exp(similarity / temperature) -> class scores [M, C]."""
+    k = min(k, len(features.train))
+    scores = []
+    for queries in features.test.split(chunk):
+        sims, idx = (queries @ features.train.T).topk(k, dim=1)  # [m, k]
+        votes = torch.zeros(len(queries), features.num_classes)
+        scores.append(votes.scatter_add_(1, features.train_y[idx], (sims / temperature).exp()))  # [m, C]
+    return torch.cat(scores)
+
+
+def knn_evaluate(features: Features, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """Weighted k-NN top-1 / top-5 on the test split (single-label tasks only)."""
+    if features.multi_label:
+        raise ConfigError(
+            "knn: a multi-label task has no k-NN protocol here (use --protocol linear, which reports mAP)"
+        )
+    return classification_metrics(knn_scores(features, k, temperature), features)
+
+
+def linear_probe(
+    features: Features,
+    epochs: int = 90,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> nn.Module:
+    """MAE's linear probe on cached features: BatchNorm without affine parameters, then a linear
+    layer (weights N(0, 0.01)), trained with SGD (momentum 0.9; MAE's LARS only matters at its 16k
+    batch) at `lr` with a cosine schedule, no weight decay, for `epochs`; cross-entropy, or binary
+    cross-entropy for multi-label targets. Deterministic for a `seed`; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = nn.Sequential(
+            nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6),
+            nn.Linear(features.train.shape[1], features.num_classes),
+        )
+        nn.init.trunc_normal_(probe[1].weight, std=0.01)
+        nn.init.zeros_(probe[1].bias)
+        order = torch.Generator().manual_seed(seed)
+        n = len(features.train)
+        steps_per_epoch = -(-n // batch_size)
+        optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+        loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
+        probe.train()
+        for _ in tqdm(range(epochs), desc="linear probe", leave=False):
+            for idx in torch.randperm(n, generator=order).split(batch_size):
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                loss = loss_fn(probe(features.train[idx]), features.train_y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return probe.eval()
+
+
+def linear_evaluate(
+    features: Features,
+    epochs: int = 90,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """`linear_probe` fitted on the train features, scored on the test split."""
+    probe = linear_probe(features, epochs, lr, weight_decay, batch_size, seed)
+    with torch.no_grad():
+        return classification_metrics(probe(features.test), features)
