@@ -158,20 +158,22 @@ def _absolute_tokenizer(cfg: Any, root: Path) -> None:
 
 
 def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> None:
-    """Embed `per_task` test samples of every classification task into `out/embeddings.*` and plot
+    """Embed `per_task` test samples of every classification task into the store `out/embeddings/` and plot
     a 2-D PCA projection (colour = class, marker = modality) to `out/embeddings.png`."""
-    from .embedding import embed_items, write_embeddings
+    from .embedding import embed_items
+    from .embedding_store import model_digest, store_header, write_store
     from .model import OmniVecModel
     from .plots import plot_projection
     from .registry import HEADS
     from .tasks import load_task_data
 
     model = OmniVecModel.from_pretrained(model_dir)
-    items, labels = [], []
+    items, labels, inputs = [], [], []
     for task, datasets in load_task_data(cfg).items():
         if HEADS.get(cfg.tasks[task].head).target != "label":  # single-label tasks only
             continue
         rows = [r for d in datasets for r in d.split("test")][:per_task]
+        inputs.append({"input": f"{task} (test split)", "samples": len(rows)})
         for r in rows:
             item = {"text": r["text"], "path": r["where"]} if "text" in r else {"path": str(r["path"])}
             items.append({**item, "modality": datasets[0].modality})
@@ -187,17 +189,18 @@ def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> No
         }
         for i, it in enumerate(items)
     ]
-    write_embeddings(out / "embeddings", emb, records, {"model": str(model_dir), "dim": int(emb.shape[1])})
+    header = store_header(str(model_dir), model_digest(model_dir), int(emb.shape[1]), len(records), inputs)
+    write_store(out / "embeddings", header, emb, records)
     plot_projection(torch.from_numpy(emb), [r["modality"] for r in records], labels, out / "embeddings.png")
 
 
 def retrieval_summary(out: Path, k: int = 5) -> dict[str, Any]:
-    """From `out/embeddings.*`: per modality, the share of each sample's k nearest neighbours of
+    """From the store `out/embeddings/`: per modality, the share of each sample's k nearest neighbours of
     the same modality that have its class (precision@k, against chance), and one example query."""
-    from .embedding import load_index
+    from .embedding_store import open_store
     from .metrics import precision_at_k
 
-    emb, records, _ = load_index(out / "embeddings")
+    emb, records = open_store(out / "embeddings").load()
     sims = torch.from_numpy(emb) @ torch.from_numpy(emb).T
     label_ids = {label: i for i, label in enumerate(dict.fromkeys(r["label"] for r in records))}
     labels = torch.tensor([label_ids[r["label"]] for r in records])
