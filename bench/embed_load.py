@@ -84,10 +84,9 @@ def run_embed(model: str, inputs: Path, output: Path, workers: int) -> dict:
 
 
 def check_rows(output: Path, paths: list[Path]) -> dict:
-    import numpy as np
+    from omnivec.embedding_store import open_store
 
-    rows = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
-    embeddings = np.load(output.with_suffix(".npy"))
+    embeddings, rows = open_store(output).load()
     seen = [Path(r["path"]).resolve() for r in rows]
     expected = sorted(p.resolve() for p in paths)
     assert len(rows) == len(paths) == embeddings.shape[0], (len(rows), len(paths), embeddings.shape)

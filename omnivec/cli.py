@@ -89,7 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .embedding import embed_command
+    from .embedding_stream import embed_command
 
     embed_command(
         args.model,
@@ -97,10 +97,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.output,
         args.batch_size,
         args.num_workers,
-        None if args.device == "auto" else args.device,
+        args.device,
         args.precision,
         args.skip_bad,
         args.format,
+        args.part_size,
+        args.overwrite,
         pool=args.pool,
         layers=args.layers,
         pooler=args.pooler,
@@ -109,12 +111,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .embedding import search
-    from .model import OmniVecModel
+    from .search import search
 
-    model = OmniVecModel.from_pretrained(args.model) if args.model else None  # else the index's
-    for rank, hit in enumerate(search(args.index, args.query, args.k, model=model, modality=args.modality), 1):
-        print(f"{rank:>2}  {hit['score']:.3f}  {hit['modality']:<12} {hit['path']}")
+    hits = search(args.index, args.query, args.text, args.k, model=args.model, modality=args.modality)
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>2}  {hit['score']:.3f}  {hit['modality']:<12} {hit.get('path') or hit['where']}")
     return 0
 
 
@@ -243,13 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("embed", help="embed files, folders or manifests of any modality")
+    p = sub.add_parser("embed", help="embed files, folders, manifests, shards or hf: datasets of any modality")
     p.add_argument("--model", required=True, help="a saved model folder or hub id")
-    p.add_argument("--input", nargs="+", required=True, help="files, folders or manifests")
+    p.add_argument("--input", nargs="+", required=True, help="files, folders, manifests, shards or hf:NAME")
     p.add_argument(
-        "--output", required=True, help="OUT: writes OUT.npy (or .safetensors/.parquet), OUT.jsonl, OUT.json"
+        "--output",
+        required=True,
+        help="OUT, a folder: OUT/embeddings.json and OUT/part-NNNNN.{npy,jsonl}; the same command again resumes it",
     )
-    p.add_argument("--format", choices=["npy", "safetensors", "parquet"], help="default: from OUT's suffix, else npy")
+    p.add_argument("--format", default="npy", help="of the parts: npy (default), safetensors or parquet")
+    p.add_argument("--part-size", type=int, default=10_000, help="rows per part (default 10000)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store OUT holds that another command made")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding files")
@@ -272,10 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--pool attentive: a probe folder omnivec evaluate --protocol attentive wrote (OUTPUT/attentive/TASK)",
     )
     p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("search", help="nearest neighbours (cosine) of a file or text in saved embeddings")
-    p.add_argument("--index", required=True, help="the OUT given to omnivec embed")
-    p.add_argument("--query", required=True, help="a file of any modality, or a text")
-    p.add_argument("-k", type=int, default=5)
+    p = sub.add_parser("search", help="nearest neighbours (cosine) of a file or a text in embedding stores")
+    p.add_argument("--index", nargs="+", required=True, help="the OUT given to omnivec embed (several: made alike)")
+    p.add_argument("--query", help="a file of any modality")
+    p.add_argument("--text", help="a text")
+    p.add_argument("-k", type=int, default=5, help="neighbours (default 5)")
     p.add_argument("--modality", help="only return samples of this modality")
     p.add_argument("--model", help="the model that embedded the index (default: the folder the index records)")
     p.set_defaults(func=cmd_search)

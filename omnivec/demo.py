@@ -165,28 +165,33 @@ def _absolute_tokenizer(cfg: Any, root: Path) -> None:
 
 
 def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> None:
-    """Embed `per_task` test samples of every classification task into `out/embeddings.*` and plot
+    """Embed `per_task` test samples of every classification task into the store `out/embeddings/` and plot
     a 2-D PCA projection (colour = class, marker = modality) to `out/embeddings.png`."""
-    from .embedding import embed_items, input_item, write_embeddings
+    from .embedding import embed_items
+    from .embedding_inputs import item_of
+    from .embedding_store import store_header, write_store
+    from .embedding_stream import name_of
     from .model import OmniVecModel
     from .plots import plot_projection
     from .registry import HEADS
+    from .saved_model import model_digest
     from .targets import single_label
     from .tasks import load_task_data
 
     model = OmniVecModel.from_pretrained(model_dir)
-    items, labels = [], []
+    items, labels, inputs = [], [], []
     for task, datasets in load_task_data(cfg).items():
         if not single_label(HEADS.get(cfg.tasks[task].head).target):
             continue
         rows = [r for d in datasets for r in d.split("test")][:per_task]
+        inputs.append({"input": f"{task} (test split)", "samples": len(rows)})
         for r in rows:
-            items.append(input_item(r, datasets[0].modality))
+            items.append(item_of(r, datasets[0].modality))
             labels.append(f"{task}:{r['label']}")
     emb, errors = embed_items(model, items, batch_size=64, num_workers=0)
     records = [
         {
-            "path": it["path"],
+            "path": name_of(it),
             "modality": it["modality"],
             "index": i,
             "label": labels[i],
@@ -194,5 +199,6 @@ def embed_and_project(model_dir: Path, cfg: Any, out: Path, per_task: int) -> No
         }
         for i, it in enumerate(items)
     ]
-    write_embeddings(out / "embeddings", emb, records, {"model": str(model_dir), "dim": int(emb.shape[1])})
+    header = store_header(str(model_dir), model_digest(model_dir), int(emb.shape[1]), len(records), inputs)
+    write_store(out / "embeddings", header, emb, records)
     plot_projection(torch.from_numpy(emb), [r["modality"] for r in records], labels, out / "embeddings.png")

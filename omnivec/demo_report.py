@@ -12,17 +12,17 @@ from typing import Any
 
 import torch
 
-from .embedding import load_index
+from .embedding_store import open_store
 from .metrics import precision_at_k
 from .plots import plot_losses
 from .reports import finetune_comparison_table, forgetting_matrix_table, metrics_table, retrieval_table, summarize_runs
 
 
 def retrieval_summary(out: Path, k: int = 5) -> dict[str, Any]:
-    """From `out/embeddings.*`: per modality, the share of each sample's k nearest neighbours of
+    """From the store `out/embeddings/`: per modality, the share of each sample's k nearest neighbours of
     the same modality that have its class (precision@k, against chance), and one example query."""
 
-    emb, records, _ = load_index(out / "embeddings")
+    emb, records = open_store(out / "embeddings").load()
     sims = torch.from_numpy(emb) @ torch.from_numpy(emb).T
     label_ids = {label: i for i, label in enumerate(dict.fromkeys(r["label"] for r in records))}
     labels = torch.tensor([label_ids[r["label"]] for r in records])

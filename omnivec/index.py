@@ -26,17 +26,15 @@ import math
 import os
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .embedding_store import META, EmbeddingStore, open_store
 from .errors import ConfigError, DataError
-
-STORE_META = "embeddings.json"
-PART_SUFFIXES = {"npy": ".npy", "safetensors": ".safetensors", "parquet": ".parquet"}
+from .index_kinds import KINDS, resolve_settings
 
 
 def import_faiss() -> Any:
@@ -48,60 +46,28 @@ def import_faiss() -> Any:
     return faiss
 
 
-# --- the store --------------------------------------------------------------------------------------
+# --- the store (omnivec/embedding_store.py) ----------------------------------------------------------
 
 
 def read_store(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """embeddings.json of the store in `out_dir`; a `DataError` naming the file when it is not one."""
-    path = Path(out_dir) / STORE_META
-    if not path.is_file():
-        raise DataError(f"{path}: missing (omnivec embed --output {out_dir} writes it)")
-    try:
-        meta = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
-    if meta.get("format") != "omnivec-embeddings" or meta.get("part_format") not in PART_SUFFIXES:
-        raise DataError(
-            f"{path}: not an omnivec embedding store (expected format omnivec-embeddings with "
-            f"part_format one of {sorted(PART_SUFFIXES)})"
-        )
-    return meta
+    """The metadata of the complete store in `out_dir` (`DataError` naming what is wrong)."""
+    return open_store(out_dir).meta
 
 
 def read_part(out_dir: Path, meta: Mapping[str, Any], part: Mapping[str, Any]) -> np.ndarray:
     """One part's rows [n, D] float32 (npy parts memory-mapped)."""
-    path = out_dir / (part["name"] + PART_SUFFIXES[meta["part_format"]])
-    if not path.is_file():
-        raise DataError(f"{path}: missing (listed in {out_dir / STORE_META})")
-    if meta["part_format"] == "npy":
-        rows = np.load(path, mmap_mode="r")
-    elif meta["part_format"] == "safetensors":
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(path))
-        rows = tensors["embeddings"] if "embeddings" in tensors else next(iter(tensors.values()))
-    else:
-        import pyarrow.parquet as pq
-
-        rows = np.stack(pq.read_table(path, columns=["embedding"]).column("embedding").to_numpy(zero_copy_only=False))
-    if rows.shape != (part["count"], meta["dim"]):
-        raise DataError(f"{path}: expected {part['count']} rows of {meta['dim']} values, found {list(rows.shape)}")
-    return rows
+    return EmbeddingStore(Path(out_dir), dict(meta)).embeddings(dict(part))
 
 
-def read_records(out_dir: Path, part: Mapping[str, Any]) -> list[dict[str, Any]]:
+def read_records(out_dir: Path, meta: Mapping[str, Any], part: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One part's records (index, path, modality, status), in row order."""
-    path = out_dir / (part["name"] + ".jsonl")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if len(records) != part["count"] or any(r["index"] != part["start"] + i for i, r in enumerate(records)):
-        raise DataError(f"{path}: expected {part['count']} records indexed from {part['start']}")
-    return records
+    return EmbeddingStore(Path(out_dir), dict(meta)).records(dict(part))
 
 
 def iter_parts(out_dir: Path, meta: Mapping[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids [n'] int64, rows [n', D] float32) of each part's successfully embedded rows, part by part."""
     for part in meta["parts"]:
-        ok = np.array([r["status"] == "ok" for r in read_records(out_dir, part)], dtype=bool)
+        ok = np.array([r["status"] == "ok" for r in read_records(out_dir, meta, part)], dtype=bool)
         rows = read_part(out_dir, meta, part)
         yield part["start"] + np.flatnonzero(ok), np.ascontiguousarray(rows[ok], dtype=np.float32)
 
@@ -138,100 +104,6 @@ class StoreRows:
         return out
 
 
-# --- index kinds --------------------------------------------------------------------------------------
-
-
-@dataclass
-class IndexKind:
-    """One kind of index: its settings' defaults for a store of `n` vectors of width `dim`, its
-    `faiss.index_factory` string, whether it trains, its search parameters (with a selector);
-    `finish` checks the settings and fills those that follow from others, `configure` sets what the
-    factory string cannot say."""
-
-    defaults: Callable[[int, int], dict[str, int]]
-    factory: Callable[[Mapping[str, int]], str]
-    trains: bool
-    search_params: Callable[[Any, Mapping[str, int], Any], Any]
-    finish: Callable[[int, int, dict[str, int], set[str]], None] = lambda n, dim, s, given: None
-    configure: Callable[[Any, Any, Mapping[str, int]], None] = lambda faiss, index, s: None
-
-
-def ivf_pq_defaults(n: int, dim: int) -> dict[str, int]:
-    """nlist: 4 sqrt(n) rounded to a power of two (FAISS's guideline), at most n / 39 (its least
-    training points per cell); m: the largest divisor of dim up to dim / 4 (4-value sub-vectors);
-    nbits: 8 (256 codes per sub-vector) when there are 39 * 256 training points, else fewer; nprobe:
-    nlist / 128 (at least 1); rerank: 8 (k * 8 candidates re-ranked exactly); train_size: 50 points
-    per cell and 39 per PQ code, at most n (`ivf_pq_finish`). On 1M clustered 128-d vectors
-    (bench/index_recall.py) the PQ codes alone reach recall@10 0.55 whatever nprobe; re-ranking 4x
-    gives 0.91, 8x 0.98; nprobe beyond 8 of 4096 cells gained nothing there (data less clustered needs more)."""
-    nlist = max(1, min(2 ** round(math.log2(max(4 * math.sqrt(n), 1))), n // 39))
-    m = max(d for d in range(1, max(dim // 4, 1) + 1) if dim % d == 0)
-    nbits = int(min(8, max(1, math.floor(math.log2(max(n // 39, 2))))))
-    return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": max(1, nlist // 128), "rerank": 8, "train_size": 0}
-
-
-def ivf_pq_finish(n: int, dim: int, s: dict[str, int], given: set[str]) -> None:
-    if dim % s["m"]:
-        raise ConfigError(f"m: expected a divisor of the embedding width {dim}, got {s['m']}")
-    if s["nbits"] > 16:
-        raise ConfigError(f"nbits: expected at most 16, got {s['nbits']}")
-    if "train_size" not in given:
-        s["train_size"] = min(n, max(50 * s["nlist"], 39 * 2 ** s["nbits"]))
-
-
-def params_with(faiss: Any, cls: str, sel: Any, **values: int) -> Any:
-    params = getattr(faiss, cls)()
-    for name, value in values.items():
-        setattr(params, name, value)
-    if sel is not None:
-        params.sel = sel
-    return params
-
-
-def set_ef_construction(faiss: Any, index: Any, s: Mapping[str, int]) -> None:
-    faiss.downcast_index(index.index).hnsw.efConstruction = s["ef_construction"]
-
-
-KINDS: dict[str, IndexKind] = {
-    "flat": IndexKind(
-        defaults=lambda n, dim: {},
-        factory=lambda s: "IDMap,Flat",
-        trains=False,
-        search_params=lambda faiss, s, sel: params_with(faiss, "SearchParameters", sel),
-    ),
-    "ivf-pq": IndexKind(
-        defaults=ivf_pq_defaults,
-        factory=lambda s: f"IVF{s['nlist']},PQ{s['m']}x{s['nbits']}",
-        trains=True,
-        search_params=lambda faiss, s, sel: params_with(faiss, "SearchParametersIVF", sel, nprobe=s["nprobe"]),
-        finish=ivf_pq_finish,
-    ),
-    "hnsw": IndexKind(
-        defaults=lambda n, dim: {"M": 32, "ef_construction": 80, "ef_search": 128},
-        factory=lambda s: f"IDMap,HNSW{s['M']}",
-        trains=False,
-        search_params=lambda faiss, s, sel: params_with(faiss, "SearchParametersHNSW", sel, efSearch=s["ef_search"]),
-        configure=set_ef_construction,
-    ),
-}
-
-
-def resolve_settings(kind: str, n: int, dim: int, overrides: Mapping[str, Any] | None = None) -> dict[str, int]:
-    """The kind's defaults for `n` vectors of width `dim`, with `overrides` (positive ints; a
-    `ConfigError` naming an unknown key or a bad value)."""
-    if kind not in KINDS:
-        raise ConfigError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
-    settings = KINDS[kind].defaults(n, dim)
-    for key, value in (overrides or {}).items():
-        if key not in settings:
-            raise ConfigError(f"{key}: not a {kind} setting; expected one of {sorted(settings) or '(none)'}")
-        if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
-            raise ConfigError(f"{key}: expected a positive int, got {value!r}")
-        settings[key] = int(value)
-    KINDS[kind].finish(n, dim, settings, set(overrides or {}))
-    return settings
-
-
 # --- build and search -----------------------------------------------------------------------------
 
 
@@ -249,7 +121,7 @@ def build_index(
     meta = read_store(out_dir)
     if not meta.get("complete"):
         raise DataError(
-            f"{out_dir / STORE_META}: the store is not complete (omnivec embed is still writing it, or "
+            f"{out_dir / META}: the store is not complete (omnivec embed is still writing it, or "
             "stopped): index it once the embedding run has finished"
         )
     dim, n = meta["dim"], sum(p["count"] for p in meta["parts"]) - meta.get("failed", 0)
@@ -288,7 +160,7 @@ def build_index(
 def record_index(out_dir: Path, kind: str, entry: dict[str, Any]) -> None:
     """Add `entry` to embeddings.json's "indexes" (read again just before: only that key changes),
     written aside and renamed into place."""
-    path = out_dir / STORE_META
+    path = out_dir / META
     meta = json.loads(path.read_text())
     meta.setdefault("indexes", {})[kind] = entry
     tmp = path.with_name(f".{path.name}.tmp")
@@ -320,7 +192,7 @@ def modality_selector(faiss: Any, out_dir: Path, meta: Mapping[str, Any], modali
     total = sum(p["count"] for p in meta["parts"])
     wanted = np.zeros(total, dtype=bool)
     for part in meta["parts"]:
-        for r in read_records(out_dir, part):
+        for r in read_records(out_dir, meta, part):
             wanted[r["index"]] = r["modality"] == modality
     bitmap = np.packbits(wanted, bitorder="little")
     return faiss.IDSelectorBitmap(total, faiss.swig_ptr(bitmap)), bitmap
@@ -419,6 +291,6 @@ def search_index(
                 continue
             p = bisect_right(starts, i) - 1
             if p not in records:
-                records[p] = read_records(out_dir, meta["parts"][p])
+                records[p] = read_records(out_dir, meta, meta["parts"][p])
             hits[-1].append({**records[p][i - starts[p]], "score": score})
     return hits

@@ -4,6 +4,7 @@ or a Hugging Face hub id, refusing weights that do not fit the config or hold Na
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -118,3 +119,15 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str
         if names
     ]
     return "; ".join(parts)
+
+
+def model_digest(model: str | os.PathLike) -> str | None:
+    """sha256 of a model folder's weights (None for a hub id): a store knows which weights made it."""
+    weights = Path(model) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

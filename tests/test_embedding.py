@@ -10,7 +10,9 @@ import torch
 
 import omnivec
 from omnivec.datasets import read_file
-from omnivec.embedding import collect_inputs, embed_files, load_index, search, write_embeddings
+from omnivec.embedding import collect_inputs, embed_files
+from omnivec.embedding_store import open_store
+from omnivec.search import search
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
 TASKS = ["digits", "moving_digits", "spoken_digits", "shapes", "acl_highlights"]
@@ -49,6 +51,13 @@ def test_collect_inputs_from_files_folders_and_manifests(mini):
     assert items[0]["path"] == str(clip) and "text" in items[-1]
 
 
+def test_a_folder_is_read_in_the_order_of_its_sorted_paths(tmp_path):
+    for name in ("a/x.txt", "a.b/y.txt", "ab/z.txt", "a.txt", "a-1.txt", "ab.txt", "A.txt", "a/notes.doc"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("hi")
+    assert [i["path"] for i in collect_inputs([tmp_path])] == [str(p) for p in sorted(tmp_path.rglob("*.txt"))]
+
+
 def test_embeddings_come_back_in_input_order_and_repeat(mini, saved_model):
     model = omnivec.OmniVecModel.from_pretrained(saved_model)
     emb, records = embed_files(model, [mini], batch_size=2, num_workers=0)
@@ -80,19 +89,6 @@ def test_bad_file_stops_or_is_recorded(mini, saved_model, tmp_path):
     assert records[0]["status"] == records[2]["status"] == "ok" and not emb[1].any()
 
 
-@pytest.mark.parametrize("fmt", ["npy", "safetensors", "parquet"])
-def test_write_and_load_index(tmp_path, fmt):
-    if fmt == "parquet":
-        pytest.importorskip("pyarrow")
-    emb = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    records = [{"path": f"{i}.png", "modality": "image", "index": i, "status": "ok"} for i in range(3)]
-    write_embeddings(tmp_path / "out", emb, records, {"model": "m"}, fmt)
-    loaded, loaded_records, meta = load_index(tmp_path / "out")
-    np.testing.assert_array_equal(loaded, emb)
-    assert loaded_records == records and meta["format"] == fmt and meta["count"] == 3
-    assert not list(tmp_path.glob(".*tmp"))
-
-
 @pytest.mark.integration
 def test_embed_and_search_cli(mini, saved_model, tmp_path):
     out = tmp_path / "emb"
@@ -114,10 +110,12 @@ def test_embed_and_search_cli(mini, saved_model, tmp_path):
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    emb, records, meta = load_index(out)
-    assert emb.shape == (15, 32) and len(records) == 15 and meta["model"] == str(saved_model)
-    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0
-    np.testing.assert_array_equal(load_index(out)[0], emb)  # a second run gives identical embeddings
+    store = open_store(out)
+    emb, records = store.load()
+    assert emb.shape == (15, 32) and len(records) == 15 and store.meta["model"] == str(saved_model)
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0  # resumes: nothing to do
+    assert subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=300).returncode == 0
+    np.testing.assert_array_equal(open_store(out).load()[0], emb)  # a second run gives identical embeddings
     query = records[4]["path"]
     hits = search(out, query, k=3)
     assert hits[0]["path"] == query and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -129,7 +127,7 @@ def test_embed_and_search_cli(mini, saved_model, tmp_path):
             "search",
             "--index",
             str(out),
-            "--query",
+            "--text",
             "a new method for parsing",
             "-k",
             "2",

@@ -259,7 +259,7 @@ def test_a_modality_and_a_head_defined_outside_the_package_run_every_command(tmp
         )
         == 0
     )
-    emb = np.load(tmp_path / "emb.npy")
+    emb = np.load(tmp_path / "emb" / "part-00000.npy")
     assert emb.shape == (24, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 
     (data / "flat_0.npy").write_bytes(b"\x93NUMPY garbage")

@@ -12,6 +12,8 @@ from omnivec.cli import main
 from omnivec.errors import ConfigError, DataError
 
 faiss = pytest.importorskip("faiss")
+from omnivec import embedding_store  # noqa: E402
+from omnivec.embedding_store import store_header  # noqa: E402
 from omnivec.index import build_index, search_ids, search_index  # noqa: E402
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
@@ -26,40 +28,13 @@ def write_store(
     fmt: str = "npy",
     complete: bool = True,
 ) -> Path:
-    """A store as `omnivec embed` writes it: embeddings.json, and per part its rows and records."""
-    out.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for start in range(0, len(records), part_size):
-        name, rows = f"part-{len(parts):05d}", embeddings[start : start + part_size].astype(np.float32)
-        if fmt == "npy":
-            np.save(out / f"{name}.npy", rows)
-        elif fmt == "safetensors":
-            from safetensors.numpy import save_file
-
-            save_file({"embeddings": rows}, str(out / f"{name}.safetensors"))
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            pq.write_table(pa.table({"embedding": list(rows)}), out / f"{name}.parquet")
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[start : start + part_size]))
-        parts.append({"name": name, "start": start, "count": len(rows)})
-    meta = {
-        "format": "omnivec-embeddings",
-        "version": 2,
-        "model": "m",
-        "dim": embeddings.shape[1],
-        "pool": "mean",
-        "layers": "last",
-        "normalized": True,
-        "dtype": "float32",
-        "part_format": fmt,
-        "part_size": part_size,
-        "parts": parts,
-        "complete": complete,
-        "failed": sum(r["status"] != "ok" for r in records),
-    }
-    (out / "embeddings.json").write_text(json.dumps(meta))
+    """A store as `omnivec embed` writes it (omnivec/embedding_store.py), marked unfinished unless `complete`."""
+    header = store_header("m", None, embeddings.shape[1], len(records), [{"input": "test", "samples": len(records)}],
+                          fmt, part_size)  # fmt: skip
+    embedding_store.write_store(out, header, embeddings.astype(np.float32), records)
+    if not complete:
+        meta = json.loads((out / "embeddings.json").read_text())
+        (out / "embeddings.json").write_text(json.dumps({**meta, "complete": False}))
     return out
 
 
@@ -162,7 +137,7 @@ def test_settings_are_recorded_and_a_changed_store_is_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="built over another version of the store"):
         search_ids(store, x[:1], 5, kind="flat")
     write_store(tmp_path / "partial", x, records, complete=False)
-    with pytest.raises(DataError, match="the store is not complete"):
+    with pytest.raises(DataError, match="partial: unfinished"):
         build_index(tmp_path / "partial")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +27,40 @@ MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
 
 
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
+    return list(iter_rows(path))
+
+
+def iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, raw row) of a manifest, read line by line (a manifest of any length in little memory)."""
     try:
-        return _parse_rows(path)
+        yield from _parse_rows(path)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
 
 
-def _parse_rows(path: Path) -> list[tuple[str, dict]]:
+def _parse_rows(path: Path) -> Iterator[tuple[str, dict]]:
     if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e})") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            rows.append((f"{path}:{i}", row))
-        return rows
-    if path.suffix == ".csv":
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i}: not valid JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}:{i}", row
+    elif path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
-            return [(f"{path}:{i}", dict(row)) for i, row in enumerate(csv.DictReader(f), 2)]
-    raise DataError(f"{path}: expected a .jsonl or .csv manifest")
+            yield from ((f"{path}:{i}", dict(row)) for i, row in enumerate(csv.DictReader(f), 2))
+    else:
+        raise DataError(f"{path}: expected a .jsonl or .csv manifest")
 
 
-def _row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> dict[str, Any]:
+def parse_row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> dict[str, Any]:
+    """A manifest row (`where`: file:line) -> the row omnivec holds: the sample (path under `root`, or
+    an inline column), split, modality and target, each checked; `DataError` naming `where`."""
     inline = inline_columns()
     given = [c for c in ("path", *inline) if c in raw]
     if len(given) != 1:
@@ -136,7 +144,7 @@ def _folder_rows(root: Path, allow_outside_root: bool = False) -> list[dict[str,
 
 def load_manifest(path: Path, allow_outside_root: bool = False) -> TaskData:
     """The dataset of a manifest file (JSONL or CSV); paths in it may not leave its folder unless allowed."""
-    rows = [_row(where, raw, path.parent, allow_outside_root) for where, raw in _read_rows(path)]
+    rows = [parse_row(where, raw, path.parent, allow_outside_root) for where, raw in _read_rows(path)]
     return _task_from_rows(path.parent.name, path, rows)
 
 

@@ -21,6 +21,7 @@ from .base import ModalityEncoder, Tokens, register_modality
 
 BYTES = "bytes"  # the built-in tokenizer: one token per UTF-8 byte, needs no files
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHARS_PER_TOKEN = 16  # characters tokenized per token kept, at first (a word piece is rarely longer)
 
 
 @dataclass
@@ -84,6 +85,14 @@ def read_text(path: Path) -> str:
     return text
 
 
+def text_head(text: str, size: int) -> str:
+    """The first `size` characters of `text`, cut back to its last space, newline or tab if it has one."""
+    if size >= len(text):
+        return text
+    cut = max(text.rfind(c, 0, size) for c in " \n\t")
+    return text[:cut] if cut > 0 else text[:size]
+
+
 class TextTransform:
     """str -> {"input_ids": [L], "attention_mask": [L]} (truncated to max_length; collate pads)."""
 
@@ -104,8 +113,16 @@ class TextTransform:
         return {"cfg": self.cfg}
 
     def __call__(self, text: str) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(text, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0]}
+        """Tokenize the start of `text` only: CHARS_PER_TOKEN * max_length characters cut at a space
+        (a 20 MB file is never tokenized whole), more while that fills fewer than max_length tokens,
+        so the ids are those of the whole text."""
+        size = self.cfg.max_length * CHARS_PER_TOKEN
+        while True:
+            head = text_head(text, size)
+            enc = self.tokenizer(head, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+            if head is text or enc["input_ids"].shape[1] == self.cfg.max_length:
+                return {"input_ids": enc["input_ids"][0], "attention_mask": enc["attention_mask"][0]}
+            size *= 4
 
 
 @register_modality("text")
