@@ -78,7 +78,7 @@ def write_report(out: Path) -> Path:
         "",
         f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
         f"of the abstract for summarization. The demo trains briefly ({settings['finetune_scale']:.0%} of the steps "
-        "of configs/finetune/sample_sequential.yaml; see the README for that config's results).",
+        "of configs/finetune/sample_sequential.yaml; see docs/finetuning.md for that config's results).",
         "",
         *metrics_table({"pretrained": pre["final"], "scratch": scr["final"]}, pre["baselines"]),
         "",
@@ -99,7 +99,7 @@ def write_report(out: Path) -> Path:
         f"{low['seeds']}, "
         f"on the {pre['split']} split. recipes/label_efficiency.py runs the full grid (5 / 25 / 100%, probes). "
         f"The demo pretrains for {settings['pretrain_steps']} steps only: on digits, frozen features overtook a random "
-        'backbone\'s only after about 1000 (README, "What pretraining buys").',
+        'backbone\'s only after about 1000 (docs/evaluation.md, "What pretraining buys").',
         "",
         *finetune_comparison_table(low_label),
         "",
