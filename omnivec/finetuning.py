@@ -14,103 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import PartialState
-from timm.data import Mixup
-from timm.utils import ModelEmaV3
-from torch import nn
 from tqdm.auto import tqdm
 
-from .backbone import masked_mean, set_drop_path
+from .backbone import set_drop_path
 from .datasets import TaskData
 from .datasets.loaders import task_loader
 from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError
 from .evaluation import baselines, cross_modal_retrieval, evaluate_tasks, public
 from .finetune_config import FinetuneConfig, StageSpec
+from .finetune_module import FinetuneModule, mixers
 from .model import OmniVecModel
-from .optim import layer_decay_scales
 from .reports import format_report
 from .run_dir import prepare_output_dir
 from .tasks import head_config, load_task_data
 from .trainer import Trainer
 from .variants import load_model
-
-
-class FinetuneModule(nn.Module):
-    """The model plus the list of tasks being trained: `forward` gives each task's head loss.
-
-    `mixers`: {task: timm `Mixup`} mixes those tasks' batches and labels (soft targets);
-    `ema_decay` > 0 keeps `ema`, a timm `ModelEmaV3` of the model, updated after every step."""
-
-    def __init__(
-        self,
-        model: OmniVecModel,
-        backbone_lr_scale: float = 1.0,
-        stage: StageSpec | None = None,
-        layer_decay: float = 1.0,
-        mixers: Mapping[str, Mixup] | None = None,
-        ema_decay: float = 0.0,
-    ):
-        super().__init__()
-        self.model, self.backbone_lr_scale, self.layer_decay = model, backbone_lr_scale, layer_decay
-        self.align = list(stage.align) if stage else []
-        self.align_weight = stage.align_weight if stage else 1.0
-        self.align_temperature = stage.align_temperature if stage else 0.1
-        self.mixers = dict(mixers or {})
-        # A submodule, so checkpoints carry it and a resumed run continues its average.
-        self.ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True).requires_grad_(False) if ema_decay else None
-
-    def after_step(self, step: int) -> None:
-        """After each optimizer step: update the weight EMA."""
-        if self.ema is not None:
-            self.ema.update(self.model, step=step)
-
-    def mix(self, task: str, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """timm `Mixup` on the batch (it pairs sample i with B-1-i, so an odd batch's last sample
-        is left out) -> mixed inputs, soft targets [B, num_classes]."""
-        even = len(x) - len(x) % 2
-        return self.mixers[task](x[:even], target[:even]) if even else (x, target)
-
-    def lr_scales(self) -> dict[str, float]:
-        """Learning-rate multipliers by parameter name: `backbone_lr_scale` on the encoders and the
-        backbone, times `layer_decay ** (layers above)` (BEiT / MAE fine-tuning); heads get 1."""
-        return {
-            f"model.{name}": self.backbone_lr_scale * scale
-            for name, scale in layer_decay_scales(self.model, self.layer_decay).items()
-        }
-
-    def forward(self, batch: Mapping[str, Any], step: int = 0) -> dict[str, torch.Tensor]:
-        losses, embeddings = {}, {}
-        for task, b in batch.items():
-            x, target = self.mix(task, b["input"], b["target"]) if task in self.mixers else (b["input"], b["target"])
-            hidden, mask = self.model.forward_features(self.model.config.heads[task].modality, x)
-            losses[task] = self.model.heads[task].loss(hidden, mask, target)
-            if task in self.align:
-                embeddings[task] = (F.normalize(masked_mean(hidden, mask), dim=-1), b["target"])  # model.embed's
-        if len(embeddings) >= 2 and self.align_weight > 0:
-            losses["align"] = self.align_weight * cross_modal_alignment(embeddings, self.align_temperature)
-        return losses
-
-
-def cross_modal_alignment(
-    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], temperature: float
-) -> torch.Tensor:
-    """Supervised contrastive loss across tasks: {task: ([B, D] unit embeddings, [B] class ids of
-    one shared label space)} -> for every anchor of one task and every other task, -log of the
-    softmax mass (over that task's batch) on the samples of the anchor's class; averaged over the
-    anchors that have such a sample."""
-    terms = []
-    for a, (emb_a, y_a) in embeddings.items():
-        for b, (emb_b, y_b) in embeddings.items():
-            if a == b:
-                continue
-            log_prob = (emb_a @ emb_b.T / temperature).float().log_softmax(dim=1)  # [Ba, Bb]
-            positive = y_a[:, None] == y_b[None, :]  # [Ba, Bb]
-            has = positive.any(1)
-            mass = torch.logsumexp(log_prob.masked_fill(~positive, -float("inf")), dim=1)  # [Ba]
-            terms.append(-(mass[has]).sum() / has.sum().clamp(min=1))
-    return torch.stack(terms).mean()
 
 
 class ReplayLoader:
@@ -134,19 +54,8 @@ class ReplayLoader:
             self.replay.load_state_dict(state["replay"])
 
 
-def mixers(cfg: FinetuneConfig, model: OmniVecModel, tasks: list[str]) -> dict[str, Mixup]:
-    """A timm `Mixup` for each of `tasks` whose modality's `augment` mixes batches (image mixup,
-    cutmix) and whose head takes soft targets (one label per sample), with the head's smoothing."""
-    out = {}
-    for task in tasks:
-        head = model.config.heads[task]
-        mix = cfg.augment[head.modality].batch_mix() if head.modality in cfg.augment else {}
-        if mix and model.heads[task].soft_targets:
-            out[task] = Mixup(**mix, label_smoothing=head.label_smoothing, num_classes=head.num_classes)
-    return out
-
-
 def set_frozen(model: OmniVecModel, freeze: list[str]) -> None:
+    """Freeze the backbone and / or the encoders (`freeze` names them) for a stage."""
     model.backbone.requires_grad_("backbone" not in freeze)
     model.encoders.requires_grad_("encoders" not in freeze)
 
@@ -154,6 +63,58 @@ def set_frozen(model: OmniVecModel, freeze: list[str]) -> None:
 def stage_folder(cfg: FinetuneConfig, i: int) -> Path:
     """Where stage `i` (1-based) writes its checkpoints, model and results."""
     return Path(cfg.output_dir) / "stages" / f"{i}_{'+'.join(cfg.stages[i - 1].tasks)}"
+
+
+def stage_loaders(
+    cfg: FinetuneConfig, model: OmniVecModel, data: Mapping[str, list[TaskData]], stage: StageSpec, accelerator: Any
+) -> tuple[MultiModalLoader, MultiModalLoader | None]:
+    """A stage's training data: its tasks mixed by `cfg.schedule`, and its replayed tasks in turn (or None)."""
+    loaders = {
+        t: task_loader(
+            model,
+            data[t],
+            "train",
+            cfg.tasks[t].batch_size or cfg.batch_size,
+            cfg.num_workers,
+            train=True,
+            seed=cfg.seed,
+            skip_bad=cfg.skip_bad,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            shuffle_buffer=cfg.shuffle_buffer,
+            augment=cfg.augment,
+        )
+        for t in stage.tasks + stage.replay
+    }
+    current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
+    replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None
+    return current, replay
+
+
+def evaluate_stage(
+    cfg: FinetuneConfig,
+    model: OmniVecModel,
+    ema: Any,
+    data: Mapping[str, list[TaskData]],
+    seen: list[str],
+    device: torch.device,
+    stage_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Every task seen so far, evaluated on `cfg.eval_split`; with an EMA copy, its metrics beside the raw
+    ones as "ema:METRIC" and its weights saved in `stage_dir/model_ema`."""
+
+    def evaluate(m: OmniVecModel) -> dict[str, dict[str, Any]]:
+        found = evaluate_tasks(
+            m, {t: data[t] for t in seen}, cfg.eval_split, cfg.eval_batch_size, device, max_batches=cfg.eval_max_batches
+        )
+        return {t: public(r) for t, r in found.items()}
+
+    results = evaluate(model)
+    if ema is not None:
+        for t, r in evaluate(ema.module).items():
+            results[t].update({f"ema:{k}": v for k, v in r.items() if isinstance(v, float)})
+        ema.module.save_pretrained(stage_dir / "model_ema")
+    return results
 
 
 def run_stage(
@@ -202,28 +163,10 @@ def run_stage(
             + (f", rehearsing: {', '.join(stage.replay)}" if stage.replay else "")
             + ")"
         )
-    loaders = {
-        t: task_loader(
-            model,
-            data[t],
-            "train",
-            cfg.tasks[t].batch_size or cfg.batch_size,
-            cfg.num_workers,
-            train=True,
-            seed=cfg.seed,
-            skip_bad=cfg.skip_bad,
-            rank=accelerator.process_index,
-            world_size=accelerator.num_processes,
-            shuffle_buffer=cfg.shuffle_buffer,
-            augment=cfg.augment,
-        )
-        for t in stage.tasks + stage.replay
-    }
-    current = MultiModalLoader({t: loaders[t] for t in stage.tasks}, cfg.schedule, seed=cfg.seed)
-    replay = MultiModalLoader({t: loaders[t] for t in stage.replay}, "round_robin") if stage.replay else None
+    current, replay = stage_loaders(cfg, model, data, stage, accelerator)
     trainer.fit(ReplayLoader(current, replay))
     trainer.close()
-    del loaders, current, replay
+    del current, replay
     gc.collect()  # stop this stage's DataLoader workers here, not in the next stage's forked workers
     ema = trainer.unwrapped.ema
     trainer.save_model(stage_dir / "model")
@@ -232,25 +175,7 @@ def run_stage(
     model = OmniVecModel.from_pretrained(stage_dir / "model").to(trainer.device)
     done = None
     if trainer.is_main:
-
-        def evaluate(m: OmniVecModel) -> dict[str, dict[str, Any]]:
-            return {
-                t: public(r)
-                for t, r in evaluate_tasks(
-                    m,
-                    {t: data[t] for t in seen},
-                    cfg.eval_split,
-                    cfg.eval_batch_size,
-                    trainer.device,
-                    max_batches=cfg.eval_max_batches,
-                ).items()
-            }
-
-        results = evaluate(model)
-        if ema is not None:  # the EMA weights' metrics beside the raw ones, as "ema:METRIC"
-            for t, r in evaluate(ema.module).items():
-                results[t].update({f"ema:{k}": v for k, v in r.items() if isinstance(v, float)})
-            ema.module.save_pretrained(stage_dir / "model_ema")
+        results = evaluate_stage(cfg, model, ema, data, seen, trainer.device, stage_dir)
         row = {t: results[t][model.heads[t].main_metric] for t in seen}
         info = {
             "stage": i,

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY
 
 import omnivec
-from omnivec.finetuning import FinetuneModule
+from omnivec.finetune_module import FinetuneModule
 from omnivec.mae import DecoderConfig, MaskedPretrainer
 
 # Two trunk blocks with stochastic depth and one image block: the recomputed forward must draw the same drops.

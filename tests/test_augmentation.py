@@ -11,7 +11,7 @@ import omnivec
 from omnivec.config import augment_configs
 from omnivec.datasets.dataset import seeded
 from omnivec.finetune_config import FinetuneConfig
-from omnivec.finetuning import FinetuneModule, mixers
+from omnivec.finetune_module import FinetuneModule, mixers
 from omnivec.parsing import from_dict
 from omnivec.registry import MODALITIES
 

@@ -144,7 +144,7 @@ def test_replay_rehearses_earlier_tasks(tmp_path):
 
 
 def test_backbone_lr_scale_sets_the_param_group_rates():
-    from omnivec.finetuning import FinetuneModule
+    from omnivec.finetune_module import FinetuneModule
     from omnivec.optim import param_groups
 
     model = omnivec.build_model("omnivec_tiny", **{"backbone.depth": 1})
@@ -158,7 +158,7 @@ def test_backbone_lr_scale_sets_the_param_group_rates():
 
 
 def test_cross_modal_alignment_loss_prefers_same_class_neighbours():
-    from omnivec.finetuning import cross_modal_alignment
+    from omnivec.finetune_module import cross_modal_alignment
 
     labels = torch.tensor([0, 1, 2, 0])
     aligned = torch.nn.functional.normalize(torch.eye(3)[labels] + 0.01, dim=-1)

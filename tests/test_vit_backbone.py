@@ -216,7 +216,7 @@ def test_mae_decoder_positions_follow_the_configured_size_and_init_skips_it(vit_
 
 
 def test_layer_decay_scales_follow_depth_across_encoder_and_vit_backbone_blocks():
-    from omnivec.finetuning import FinetuneModule
+    from omnivec.finetune_module import FinetuneModule
     from omnivec.optim import layer_decay_scales, param_groups
 
     model = omnivec.build_model(
