@@ -17,6 +17,16 @@ from .parsing import coerce, from_dict, mapping, require, require_positive
 from .registry import BACKBONES, ENCODERS, HEADS, MODALITIES
 
 
+def require_timm_checkpoint(prefix: str, family: str, checkpoint: str) -> None:
+    """A local weights file (`checkpoint:`) goes with a timm model only."""
+    require(
+        not checkpoint or family == "timm",
+        f"{prefix}.checkpoint",
+        "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
+        checkpoint,
+    )
+
+
 @dataclass
 class ModalityConfig:
     """Settings shared by every modality; each modality file subclasses it with its own."""
@@ -35,17 +45,12 @@ class ModalityConfig:
         require_positive(self, prefix, "width", "num_heads")
         family, sep, source = self.pretrained.partition(":")
         require(
-            not self.pretrained or (sep and family and source),
+            not self.pretrained or bool(sep and family and source),
             f"{prefix}.pretrained",
             "'' or FAMILY:SOURCE such as 'timm:vit_base_patch16_224' or 'hf:google/vit-base-patch16-224'",
             self.pretrained,
         )
-        require(
-            not self.checkpoint or family == "timm",
-            f"{prefix}.checkpoint",
-            "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
-            self.checkpoint,
-        )
+        require_timm_checkpoint(prefix, family, self.checkpoint)
         require(self.depth >= 0, f"{prefix}.depth", "an int >= 0", self.depth)
         require(0.0 <= self.mask_ratio < 1.0, f"{prefix}.mask_ratio", "a float in [0, 1)", self.mask_ratio)
 
@@ -121,19 +126,14 @@ class BackboneConfig:
         require(0.0 <= self.drop_path < 1.0, f"{prefix}.drop_path", "a float in [0, 1)", self.drop_path)
         require(self.act in ("gelu", "quick_gelu"), f"{prefix}.act", "gelu or quick_gelu", self.act)
         require(self.num_prefix_tokens >= 0, f"{prefix}.num_prefix_tokens", "an int >= 0", self.num_prefix_tokens)
-        family, sep, source = self.pretrained.partition(":")
+        family, _, source = self.pretrained.partition(":")
         require(
-            not self.pretrained or (family in ("timm", "hf") and source),
+            not self.pretrained or bool(family in ("timm", "hf") and source),
             f"{prefix}.pretrained",
             "'' or timm:MODEL_NAME or hf:HUB_ID_OR_DIR",
             self.pretrained,
         )
-        require(
-            not self.checkpoint or family == "timm",
-            f"{prefix}.checkpoint",
-            "'' unless pretrained names a timm model (transformers checkpoints are directories: hf:DIR)",
-            self.checkpoint,
-        )
+        require_timm_checkpoint(prefix, family, self.checkpoint)
 
 
 @dataclass

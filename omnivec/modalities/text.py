@@ -42,7 +42,6 @@ class TextConfig(ModalityConfig):
 def byte_tokenizer():
     """A byte-level tokenizer ([CLS] bytes [SEP]) built with `tokenizers`: offline, any language."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
@@ -54,6 +53,13 @@ def byte_tokenizer():
         pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
+    return wordpiece_tokenizer(tok)
+
+
+def wordpiece_tokenizer(tok: Any) -> Any:
+    """A `tokenizers.Tokenizer` -> a transformers `PreTrainedTokenizerFast` with BERT's special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="[PAD]",
@@ -274,7 +280,6 @@ def train_tokenizer(texts, vocab_size: int, output_dir: str, lowercase: bool = T
     """Train a BERT-style WordPiece tokenizer on `texts` (an iterable of str) with the `tokenizers`
     library, offline, and save it with `save_pretrained` so `TextConfig.tokenizer` can name the folder."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
@@ -285,13 +290,6 @@ def train_tokenizer(texts, vocab_size: int, output_dir: str, lowercase: bool = T
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    fast = wordpiece_tokenizer(tok)
     fast.save_pretrained(output_dir)
     return fast
