@@ -327,17 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import ConfigError, DataError, ModelError, TrainingError
+    from .errors import exit_status
 
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers and os.environ.get("RANK", "0") == "0":  # load reports, once per run
         logging.basicConfig(format="%(message)s")
         logging.getLogger("omnivec").setLevel(logging.INFO)
-    try:
-        return args.func(args)
-    except (ConfigError, DataError, ModelError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_status(args.func, args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Errors users see: each names the key, modality or file at fault and what was expected."""
+"""Errors users see: each names the key, modality or file at fault and what was expected; commands
+(`omnivec`, the recipes) print them as one line `error: ...` (`exit_status`)."""
+
+import sys
+from collections.abc import Callable
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -24,3 +29,18 @@ class ModelFileMissing(ModelError, FileNotFoundError):
 class TrainingError(RuntimeError):
     """Training cannot go on (a loss or weight became NaN or infinite); the message names the step
     and what was not finite, and the last good checkpoint is kept."""
+
+
+USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError)  # a command prints these, never a traceback
+
+
+def exit_status(command: Callable[..., Any], *args: Any) -> int:
+    """Run `command(*args)` (an `omnivec` command, or a recipe's `main`) -> the exit status: the
+    command's own when it returns an int, else 0; 2 after printing an omnivec error (a bad setting,
+    file or model, a diverged run) as one line `error: ...`."""
+    try:
+        status = command(*args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0

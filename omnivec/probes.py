@@ -60,13 +60,16 @@ def task_features(
 
 def knn_scores(features: Features, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """DINO's weighted k-NN: each test sample's k most similar train samples (cosine) vote for their
-    class with weight exp(similarity / temperature) -> class scores [M, C]."""
+    class with weight exp(similarity / temperature) -> class scores [M, C]. The weights are divided
+    by the test sample's largest one (its nearest neighbour weighs 1): the same ranking, without
+    overflowing float32 at a small temperature (exp(1 / T) does below T = 0.0113)."""
     k = min(k, len(features.train))
     scores = []
     for queries in features.test.split(chunk):
-        sims, idx = (queries @ features.train.T).topk(k, dim=1)  # [m, k]
+        sims, idx = (queries @ features.train.T).topk(k, dim=1)  # [m, k], the most similar first
+        weights = ((sims - sims[:, :1]).double() / temperature).exp().float()  # float64: no 0 / 0 at a tiny T
         votes = torch.zeros(len(queries), features.num_classes)
-        scores.append(votes.scatter_add_(1, features.train_y[idx], (sims / temperature).exp()))  # [m, C]
+        scores.append(votes.scatter_add_(1, features.train_y[idx], weights))  # [m, C]
     return torch.cat(scores)
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from omnivec.errors import ConfigError, exit_status
 from omnivec.finetune_config import FinetuneConfig, StageSpec
 from omnivec.model import OmniVecModel
+from omnivec.parsing import require
 from omnivec.plots import plot_label_efficiency
 from omnivec.pretraining import PretrainConfig, pretrain
 from omnivec.probes import task_features
@@ -110,23 +114,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_overrides(args: argparse.Namespace) -> None:
-    """Refuse overrides of what the recipe sets itself, and `--pretrain-set` when nothing is pretrained."""
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse (`ConfigError`, before any work) the numbers the configs would refuse only at their
+    run, overrides of what the recipe sets itself, and `--pretrain-set` when nothing is pretrained."""
+    for fraction in args.fractions:
+        require(0 < fraction <= 1, "--fractions", "shares of the training labels in (0, 1]", fraction)
+    for seed in args.seeds:
+        require(0 <= seed < 2**32, "--seeds", "ints in [0, 2**32)", seed)
+    require(
+        math.isfinite(args.steps_scale) and args.steps_scale > 0,
+        "--steps-scale",
+        "a finite number > 0 (the share of each task's fine-tuning steps)",
+        args.steps_scale,
+    )
+    require(
+        args.pretrain_steps is None or args.pretrain_steps > 0, "--pretrain-steps", "an int > 0", args.pretrain_steps
+    )
     for override in args.finetune_set:
         key = override.partition("=")[0]
         if key in RECIPE_FINETUNE_KEYS or key.endswith(".train_fraction"):
-            raise SystemExit(
+            raise ConfigError(
                 f"--set {override}: the recipe sets {', '.join(RECIPE_FINETUNE_KEYS)} and "
                 "tasks.*.train_fraction itself (--fractions, --seeds, --steps-scale)"
             )
     for override in args.pretrain_set:
         if override.partition("=")[0] in RECIPE_PRETRAIN_KEYS:
-            raise SystemExit(
+            raise ConfigError(
                 f"--pretrain-set {override}: the recipe sets {', '.join(RECIPE_PRETRAIN_KEYS)} itself "
                 "(steps: --pretrain-steps)"
             )
     if args.pretrain_set and args.pretrained and not args.target_only:
-        raise SystemExit("--pretrain-set: nothing is pretrained (--pretrained and --no-target-only)")
+        raise ConfigError("--pretrain-set: nothing is pretrained (--pretrained and --no-target-only)")
 
 
 def pretrain_config(args: argparse.Namespace, out: Path) -> PretrainConfig:
@@ -213,10 +231,10 @@ def check_settings(out: Path, settings: dict) -> None:
         try:
             before = json.loads(path.read_text())
         except ValueError as e:
-            raise SystemExit(f"{path}: not valid JSON ({e}); delete it only if you know the folder's settings") from e
+            raise ConfigError(f"{path}: not valid JSON ({e}); delete it only if you know the folder's settings") from e
         changed = config_changes(before, settings)
         if changed:
-            raise SystemExit(
+            raise ConfigError(
                 f"{out}: its results or backbones were made with other settings ("
                 + "; ".join(changed[:4])
                 + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
@@ -234,20 +252,21 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     out = Path(args.output)
     started = time.perf_counter()
-    check_overrides(args)
+    check_args(args)
     cfg = load_recipe_config(
         FinetuneConfig,
         args.finetune_config,
         [f"device={args.device}", "save_every=0", "overwrite=true", *args.finetune_set],
     )
+    unknown = sorted(set(args.tasks) - set(cfg.tasks))
+    if unknown:
+        raise ConfigError(f"--tasks: {unknown} are not tasks of {args.finetune_config} ({sorted(cfg.tasks)})")
     if args.pretrained:
+        OmniVecModel.from_pretrained(args.pretrained)  # a missing or unreadable model fails here, before any work
         args.pretrain_steps = args.pretrain_steps or recorded_steps(Path(args.pretrained))
     pretraining = pretrain_config(args, out / "pretrain-all") if not args.pretrained or args.target_only else None
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, recipe_settings(args, cfg, pretraining))
-    unknown = sorted(set(args.tasks) - set(cfg.tasks))
-    if unknown:
-        raise SystemExit(f"--tasks: {unknown} are not tasks of {args.finetune_config} ({sorted(cfg.tasks)})")
     cfg.tasks = {t: cfg.tasks[t] for t in args.tasks}
     cfg.stages = [
         StageSpec(tasks=[t], steps=max(2, round(args.steps_scale * next(s.steps for s in cfg.stages if t in s.tasks))))
@@ -286,7 +305,8 @@ def main(argv: list[str] | None = None) -> Path:
                     )
                 if features is None or init == "random":  # the other backbones do not change with the seed
                     features = task_features(model, data[task], device)
-                for protocol in [p for p in PROTOCOLS if not unsupported(model, p, data[task])]:
+                # the embedding protocols (the attentive probe needs the tokens, not `features`)
+                for protocol in [p for p in ("knn", "linear") if not unsupported(model, p, data[task])]:
                     scores = PROTOCOLS[protocol](features, dataclasses.replace(settings, seed=seed))
                     for metric, value in scores.items():
                         results.add(
@@ -355,4 +375,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))

@@ -101,9 +101,9 @@ def test_label_efficiency_overrides_and_no_target_only(tmp_path, monkeypatch):
     # the same settings spelled otherwise extend the folder; other settings are refused before any work
     recipe.main(args + ["--seeds", "1", "--set", "tasks.shapes.head_args.dropout=0.2", "lr=0.001"])
     assert len((out / "results.jsonl").read_text().splitlines()) > len(records)
-    with pytest.raises(SystemExit, match=r"fine-tuning.lr: 0.001 there, 0.002 now"):
+    with pytest.raises(omnivec.ConfigError, match=r"fine-tuning.lr: 0.001 there, 0.002 now"):
         recipe.main(args + ["--seeds", "2", "--set", "lr=2e-3", "tasks.shapes.head_args.dropout=0.2"])
-    with pytest.raises(SystemExit, match=r"pretraining.model_overrides.modalities.point_cloud.mask_ratio"):
+    with pytest.raises(omnivec.ConfigError, match=r"pretraining.model_overrides.modalities.point_cloud.mask_ratio"):
         recipe.main(
             args[:-1]
             + [
@@ -113,7 +113,7 @@ def test_label_efficiency_overrides_and_no_target_only(tmp_path, monkeypatch):
                 "tasks.shapes.head_args.dropout=0.2",
             ]
         )
-    with pytest.raises(SystemExit, match="the recipe sets init, seed"):
+    with pytest.raises(omnivec.ConfigError, match="the recipe sets init, seed"):
         recipe.main(["--quick", "--output", str(tmp_path / "bad"), "--set", "seed=3"])
     with pytest.raises(omnivec.ConfigError, match="nonsense"):  # a bad key fails before any work
         recipe.main(["--quick", "--tasks", "shapes", "--output", str(tmp_path / "bad"), "--pretrain-set", "nonsense=1"])

@@ -44,9 +44,8 @@ def test_knn_votes_are_weighted_by_similarity():
     assert knn_scores(f, k=3, temperature=0.07).argmax(1).item() == 0  # sharp weights: the nearest wins
     assert knn_scores(f, k=3, temperature=100.0).argmax(1).item() == 1  # nearly uniform: the majority wins
     sims = (f.test @ train.T)[0]
-    assert torch.allclose(
-        knn_scores(f, k=3, temperature=0.5)[0], torch.stack([(sims[0] / 0.5).exp(), (sims[1:] / 0.5).exp().sum()])
-    )
+    votes = torch.stack([(sims[0] / 0.5).exp(), (sims[1:] / 0.5).exp().sum()])
+    assert torch.allclose(knn_scores(f, k=3, temperature=0.5)[0], votes / (sims[0] / 0.5).exp())  # nearest weighs 1
 
 
 def test_knn_and_linear_probe_separate_clusters_and_not_noise():
