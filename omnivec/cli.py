@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from .pipes import pipes_allowed
+
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="read every sample of the datasets under PATH and report bad files")
     p.add_argument("path", help="a manifest, a dataset folder, a folder of datasets, shards or hf:NAME[:split]")
-    p.add_argument("--allow-outside-root", action="store_true", help="let manifest paths leave their folder")
+    p.add_argument("--allow-outside-root", action="store_true", help="let file paths in the data leave their folder")
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("shard", help="write WebDataset tar shards (and index.json) from manifests or folder trees")
     p.add_argument("input", nargs="+", help="manifests, dataset folders or class-per-folder trees")
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], help="only this split (default: every split)")
     p.add_argument("--allow-outside-root", action="store_true", help="let manifest paths leave their folder")
     p.set_defaults(func=cmd_data_shard)
+    for p in [*map(sub.choices.get, ("pretrain", "finetune", "evaluate", "embed")), data.choices["check"]]:
+        p.add_argument("--allow-pipe", action="store_true", help="let shard specs be pipe: commands (run in a shell)")
     tok = sub.add_parser("tokenizer", help="text tokenizer tools").add_subparsers(dest="tok_command", required=True)
     p = tok.add_parser("train", help="train a WordPiece tokenizer offline from manifests or .txt files")
     p.add_argument("--input", nargs="+", required=True, help="manifests / dataset folders (text, summary) or .txt")
@@ -333,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers and os.environ.get("RANK", "0") == "0":  # load reports, once per run
         logging.basicConfig(format="%(message)s")
         logging.getLogger("omnivec").setLevel(logging.INFO)
-    return exit_status(args.func, args)
+    with pipes_allowed(getattr(args, "allow_pipe", False)):
+        return exit_status(args.func, args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import HeadConfig
-from .datasets import TaskData, find_tasks
+from .datasets import TaskData
 from .datasets.records import relabel_row
+from .datasets.sources import find_all_tasks
 from .errors import ConfigError
 from .finetune_config import FinetuneConfig, TaskSpec
 from .registry import HEADS
@@ -24,8 +25,7 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
     for name, spec in cfg.tasks.items():
         datasets = [
             subsample_train(relabel(t, spec.label_map, f"tasks.{name}.label_map"), spec.train_fraction, cfg.seed)
-            for path in spec.data
-            for t in find_tasks(path)
+            for t in find_all_tasks(spec.data, key=f"tasks.{name}.data")
         ]
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")

@@ -6,8 +6,10 @@ maps omnivec columns to the dataset's: the sample column under its modality (`im
 `audio=clip`, `text=sentence`, `point_cloud=file`, ...) and the target (`label=fine_label`,
 `labels=tags`, `summary=highlights`); without it, columns named like those are used, and an
 Image / Audio feature column is the sample. Cells keep their encoded bytes (features are read with
-`decode=False`) and go through the modality's own reader, as files do. A split `validation` or
-`dev` is omnivec's `val`; a dataset without splits is `train`.
+`decode=False`) and go through the modality's own reader, as files do; a cell holding a path is
+read from the dataset's folder (the parquet file's, for one file) and may not leave it (a hub
+dataset has no folder) unless `allow_outside_root`. A split `validation` or `dev` is omnivec's
+`val`; a dataset without splits is `train`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..errors import DataError
 from ..files import Blob
 from ..registry import MODALITIES
 from ..targets import Target, is_missing
+from .manifest import confined
 from .records import Shard, Stream, TaskData, target_kinds
 
 ROWS_PER_SHARD = 1000  # rows of one slice read in order (the unit split across processes and workers)
@@ -98,8 +101,9 @@ def label_names(feature: Any) -> list[str] | None:
     return list(inner.names) if type(inner).__name__ == "ClassLabel" else None
 
 
-def load_hf_task(spec: str) -> TaskData:
-    """The dataset of an `hf:` spec, streamed in slices of `ROWS_PER_SHARD` rows."""
+def load_hf_task(spec: str, allow_outside_root: bool = False) -> TaskData:
+    """The dataset of an `hf:` spec, streamed in slices of `ROWS_PER_SHARD` rows; path cells may
+    not leave the dataset's folder unless `allow_outside_root`."""
     source, split, mapping = parse_spec(spec)
     splits = open_splits(source, split)
     first = next(iter(splits.values()))
@@ -118,14 +122,16 @@ def load_hf_task(spec: str) -> TaskData:
                 for c in kind.classes(target_cell(value, kind, None, f"{where}[{split}][{i}]", target_column))
             }
         )
+    path = Path(source)
+    root = path if path.is_dir() else path.parent if path.is_file() else None  # None: a hub dataset
     shards = []
     for name, ds in splits.items():
         feature = type(ds.features[column]).__name__
         if feature in FEATURES:
             ds = ds.cast_column(column, type(ds.features[column])(decode=False))
-        root = Path(source) if Path(source).is_dir() else None
+        split_name = f"{spec.partition('?')[0]}[{name}]"
         read = partial(
-            read_rows, f"{spec.partition('?')[0]}[{name}]", ds, name, modality, column, kind, target_column, names, root
+            read_rows, split_name, ds, name, modality, column, kind, target_column, names, root, allow_outside_root
         )
         shards += [
             Shard(
@@ -159,6 +165,7 @@ def read_rows(
     target_column: str | None,
     names: list[str] | None,
     root: Path | None,
+    allow_outside_root: bool,
     start: int,
     stop: int,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -169,14 +176,15 @@ def read_rows(
         for k, cell in enumerate(chunk[column]):
             i = chunk_start + k
             row: dict[str, Any] = {"where": f"{where}[{i}]", "split": split}
-            row.update(sample_cell(f"{where}[{i}]", cell, modality, root))
+            row.update(sample_cell(f"{where}[{i}]", cell, modality, root, allow_outside_root))
             if kind is not None:
                 row[kind.column] = target_cell(chunk[target_column][k], kind, names, f"{where}[{i}]", target_column)
             yield str(i), row
 
 
-def sample_cell(where: str, cell: Any, modality: str, root: Path | None) -> dict[str, Any]:
-    """A dataset cell -> `{"path": Blob or Path}`, or the modality's inline sample (`{"text": str}`)."""
+def sample_cell(where: str, cell: Any, modality: str, root: Path | None, allow_outside_root: bool) -> dict[str, Any]:
+    """A dataset cell -> `{"path": Blob or Path}` (a path under `root`, the dataset's folder, unless
+    `allow_outside_root`), or the modality's inline sample (`{"text": str}`)."""
     default_suffix = MODALITIES.get(modality).suffixes[0] if MODALITIES.get(modality).suffixes else ""
     if isinstance(cell, dict) and (cell.get("bytes") or cell.get("path")):
         name = Path(cell.get("path") or "").name
@@ -189,7 +197,11 @@ def sample_cell(where: str, cell: Any, modality: str, root: Path | None) -> dict
     if inline and not isinstance(cell, dict):
         return {inline: MODALITIES.get(modality).parse_inline(cell, where)}
     if isinstance(cell, str) and cell:
-        return {"path": (root / cell) if root is not None and not Path(cell).is_absolute() else Path(cell)}
+        if root is not None:
+            return {"path": confined(where, "path", cell, root, allow_outside_root)}
+        if not allow_outside_root:
+            raise DataError(f"{where}: path {cell!r}: a hub dataset has no folder that files on this machine may be in")
+        return {"path": Path(cell)}
     raise DataError(f"{where}: no {modality} sample in this cell ({type(cell).__name__})")
 
 

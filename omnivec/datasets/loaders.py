@@ -13,7 +13,7 @@ from ..targets import Target
 from .dataset import Collate, TaskDataset
 from .records import TaskData
 from .sampler import EpochSampler
-from .sources import find_tasks
+from .sources import find_all_tasks
 from .streams import StreamDataset
 
 
@@ -88,7 +88,7 @@ def build_loaders(
     `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
     loaders = {}
     for modality, paths in data.items():
-        found = [t for p in paths for t in find_tasks(p)]
+        found = find_all_tasks(paths, key=f"data.{modality}")
         tasks = [t for t in found if t.stream is None or t.modality == modality]  # shard folders hold several
         for t in tasks or found:
             if t.modality != modality:

@@ -68,10 +68,7 @@ def parse_row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> di
         raise DataError(f"{where}: expected exactly one of the columns {expected}, got {sorted(raw)}")
     row: dict[str, Any] = {"where": where}
     if "path" in raw:
-        path = (root / str(raw["path"])).resolve()
-        if not allow_outside_root and not path.is_relative_to(root.resolve()):
-            raise DataError(f"{where}: path {raw['path']!r} leaves the dataset folder {root}")
-        row["path"] = path
+        row["path"] = confined(where, "path", raw["path"], root, allow_outside_root)
     else:
         column = given[0]
         row[column] = MODALITIES.get(inline[column]).parse_inline(raw[column], where)
@@ -85,6 +82,19 @@ def parse_row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> di
     if raw.get("modality"):
         row["modality"] = raw["modality"]
     return row
+
+
+def confined(where: str, key: str, value: Any, root: Path, allow_outside_root: bool) -> Path:
+    """`root / value` resolved (symbolic links followed): a manifest's `path`, an index's shard
+    file, an `hf:` dataset's path cell. `DataError` naming `where`, `key` and the value when it
+    leaves `root` (an absolute path, `..`, a link), unless `allow_outside_root`."""
+    try:
+        path = (root / str(value)).resolve()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{where}: {key} {value!r} is not a usable path ({e})") from e
+    if not allow_outside_root and not path.is_relative_to(root.resolve()):
+        raise DataError(f"{where}: {key} {value!r} leaves the dataset folder {root}")
+    return path
 
 
 def _task_from_rows(name: str, source: Path, rows: list[dict[str, Any]]) -> TaskData:

@@ -17,8 +17,8 @@ from webdataset.writer import TarWriter
 from ..errors import ConfigError, DataError
 from ..registry import MODALITIES
 from .records import TaskData, inline_columns, target_kind, target_kinds
-from .shards import FORMAT, INDEX
-from .sources import find_tasks
+from .shards import FORMAT, INDEX, is_shard_spec
+from .sources import find_all_tasks
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
@@ -48,9 +48,10 @@ def write_shards(
     Returns the index."""
 
     limit, out = parse_size(shard_size), Path(output)
-    tasks = [t for source in inputs for t in find_tasks(source, allow_outside_root)]
-    if any(t.stream is not None for t in tasks):
-        raise DataError(f"{', '.join(str(t.source) for t in tasks if t.stream is not None)}: already sharded")
+    streamed = [str(s) for s in inputs if str(s).startswith("hf:") or is_shard_spec(s)]
+    if streamed:  # refused before reading them (a pipe: spec would run)
+        raise DataError(f"{', '.join(streamed)}: already sharded")
+    tasks = find_all_tasks(inputs, allow_outside_root)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for task in tasks:
         for row in task.split(split):

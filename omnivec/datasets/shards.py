@@ -1,5 +1,8 @@
 """WebDataset tar shards read back: a shard spec (a folder with `index.json`, a brace pattern, URLs,
 `pipe:` commands) as streamed datasets. `omnivec data shard` writes them (datasets/shard_writer.py).
+An existing path is taken as it is, braces and all; `pipe:` commands are refused unless the
+command line allowed them (omnivec/pipes.py); index entries stay in the index's folder unless
+`allow_outside_root`.
 
 A sample is a group of tar members sharing a key: its original encoded file (`KEY.png`,
 `KEY.wav`, ... or `KEY.txt` for inline text) and `KEY.json` with its target (`label` / `labels` /
@@ -21,12 +24,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from webdataset.gopen import gopen, gopen_schemes
-from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..errors import DataError
 from ..files import Blob
+from ..pipes import refuse_pipes
 from ..targets import is_missing
+from .manifest import confined
+from .patterns import expand_pattern
 from .readers import extensions, known_suffixes, modality_of
 from .records import Shard, Stream, TaskData, target_kinds
 
@@ -34,9 +39,20 @@ INDEX = "index.json"
 FORMAT = "omnivec-shards/1"
 
 
+def exists(path: Path) -> bool:
+    """`path` exists (False, not an error, for a pattern too long to be a path)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def is_shard_spec(spec: str | os.PathLike) -> bool:
-    """A folder holding `index.json`, a `.tar` file, a brace pattern, a URL or a `pipe:` command."""
+    """A folder holding `index.json`, a `.tar` file, or (not an existing path) a brace pattern, a URL
+    or a `pipe:` command."""
     text = str(spec)
+    if exists(Path(text)):  # a folder named `set{1,2}` is that folder
+        return text.endswith((".tar", ".tar.gz", ".tgz")) or has_index(Path(text))
     return (
         text.startswith("pipe:")
         or "://" in text
@@ -111,17 +127,22 @@ def sample_row(url: str, sample: dict[str, Any], split: str | None) -> dict[str,
     return row
 
 
-def load_shard_tasks(spec: str | os.PathLike) -> list[TaskData]:
+def load_shard_tasks(spec: str | os.PathLike, allow_outside_root: bool = False) -> list[TaskData]:
     """The datasets (one per modality) of a shard spec. A folder or a pattern next to an
-    `index.json` takes splits, sizes, targets and label sets from it; other shards are training
-    data of the modality of their first sample, without targets."""
+    `index.json` takes splits, sizes, targets and label sets from it (its shards confined to its
+    folder unless `allow_outside_root`); other shards are training data of the modality of their
+    first sample, without targets."""
     folder = Path(str(spec))
     if has_index(folder):
-        return tasks_from_index(folder, None)
-    urls = expand_urls(str(spec))
+        return tasks_from_index(folder, None, allow_outside_root=allow_outside_root)
+    if exists(folder):  # an existing file is read as a file, whatever its name looks like
+        urls = [str(spec) if urlparse(str(spec)).scheme == "" else str(folder.absolute())]
+    else:
+        urls = expand_pattern(str(spec))
+        refuse_pipes(urls, str(spec))
     local = Path(urls[0]).parent if urlparse(urls[0]).scheme in ("", "file") else None
     if local is not None and has_index(local):
-        return tasks_from_index(local, {Path(u).name for u in urls}, str(spec))
+        return tasks_from_index(local, {Path(u).name for u in urls}, str(spec), allow_outside_root)
     first = next(read_tar(urls[0], "train"), None)
     if first is None:
         raise DataError(f"{urls[0]}: holds no samples")
@@ -131,16 +152,23 @@ def load_shard_tasks(spec: str | os.PathLike) -> list[TaskData]:
     return [TaskData(name=str(spec), source=Path(str(spec)), modality=modality, rows=[], stream=stream)]
 
 
-def tasks_from_index(folder: Path, names: set[str] | None, spec: str | None = None) -> list[TaskData]:
-    """The datasets of `folder/index.json` (only the shards named in `names`, when given)."""
+def tasks_from_index(
+    folder: Path, names: set[str] | None, spec: str | None = None, allow_outside_root: bool = False
+) -> list[TaskData]:
+    """The datasets of `folder/index.json` (only the shards named in `names`, when given); a shard
+    file leading out of `folder` is a `DataError` unless `allow_outside_root`."""
     index_file = folder / INDEX
     try:
         index = json.loads(index_file.read_text())
         entries, modalities = index["shards"], index["modalities"]
+        files = [e["file"] for e in entries]
+        if not all(isinstance(f, str) for f in files):
+            raise TypeError("a shard's file is not a string")
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{index_file}: not a shard index written by omnivec data shard ({e})") from e
+    paths = {f: confined(str(index_file), "shard file", f, folder, allow_outside_root) for f in files}
     if names is not None:
-        unknown = sorted(names - {e["file"] for e in entries})
+        unknown = sorted(names - set(files))
         if unknown:
             raise DataError(f"{index_file}: does not list {unknown[0]} (of {spec})")
         entries = [e for e in entries if e["file"] in names]
@@ -151,7 +179,7 @@ def tasks_from_index(folder: Path, names: set[str] | None, spec: str | None = No
                 str(folder / e["file"]),
                 e["split"],
                 e["samples"],
-                partial(read_tar, str(folder / e["file"]), e["split"]),
+                partial(read_tar, str(paths[e["file"]]), e["split"]),  # absolute: never read as a URL
             )
             for e in entries
             if e["modality"] == modality
