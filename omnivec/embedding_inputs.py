@@ -58,7 +58,7 @@ def item_of(row: dict[str, Any], modality: str | None = None) -> dict[str, Any]:
 
 def shard_items(shard: Any, modality: str) -> Iterator[dict[str, Any]]:
     for _, row in shard.read():
-        yield item_of(row, modality)
+        yield {**row, "modality": modality} if "error" in row else item_of(row, modality)
 
 
 def manifest_items(path: Path) -> Iterator[dict[str, Any]]:

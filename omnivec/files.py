@@ -33,13 +33,25 @@ class Blob:
         return False
 
     def open(self, mode: str = "rb") -> BinaryIO:
-        return io.BytesIO(self.data)
+        return BlobFile(self.name, self.data)
 
     def read_bytes(self) -> bytes:
         return self.data
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.data.decode(encoding)
+
+
+class BlobFile(io.BytesIO):
+    """A `Blob`'s bytes as a file object that decoders' errors name by the blob's file name (such as
+    `train-image-000003.tar:00000042.png`), not as `<_io.BytesIO object at 0x...>`."""
+
+    def __init__(self, name: str, data: bytes):
+        super().__init__(data)
+        self.blob_name = name
+
+    def __repr__(self) -> str:
+        return repr(Path(self.blob_name).name)
 
 
 def opened(path: Path | Blob) -> str | BinaryIO:

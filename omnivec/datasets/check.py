@@ -29,6 +29,8 @@ class TaskReport:
 
 def check_row(task: TaskData, row: dict) -> str | None:
     """None when the row's sample decodes to a usable raw sample, else the reason (naming the file)."""
+    if "error" in row:  # a shard's sample that could not be read
+        return row["error"]
     try:
         load_sample(row, task.modality, verify=True)
     except DataError as e:
@@ -59,16 +61,16 @@ def check_stream(task: TaskData, workers: int = 4) -> TaskReport:
 
     def rows() -> Iterator[dict]:
         for shard in task.stream.shards:
-            n = 0
+            n, error = 0, None
             try:
                 for _, row in shard.read():
                     n += 1
                     yield row
             except DataError as e:
-                bad_shards.append(str(e))
-            else:
-                if shard.samples is not None and n != shard.samples:
-                    bad_shards.append(f"{shard.name}: holds {n} samples, its index says {shard.samples}")
+                error = str(e)
+            problem = shard.shortfall(n, error)
+            if problem:
+                bad_shards.append(problem)
 
     def count(row: dict) -> dict:
         count_row(report.counts, row, task.target_kind)

@@ -51,6 +51,15 @@ class Shard:
     samples: int | None  # known from an index, else None
     read: Callable[[], Iterator[tuple[str, dict[str, Any]]]]
 
+    def shortfall(self, read: int, error: str | None = None) -> str | None:
+        """What went wrong reading this shard: `error` (it broke off) and how the `read` samples
+        differ from the count its index gives; None when nothing did."""
+        if self.samples is None or read == self.samples:
+            return error
+        if error:
+            return f"{error}; {read} of the {self.samples} samples its index lists were read"
+        return f"{self.name}: holds {read} samples, its index says {self.samples}"
+
 
 @dataclass(frozen=True)
 class Stream:

@@ -14,25 +14,15 @@ from typing import Any
 from tqdm.auto import tqdm
 from webdataset.writer import TarWriter
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..registry import MODALITIES
 from .records import TaskData, inline_columns, target_kind, target_kinds
-from .shards import FORMAT, INDEX, is_shard_spec
+from .shard_index import FORMAT, INDEX, read_index
+from .shard_tar import parse_size
+from .shards import is_shard_spec
 from .sources import find_all_tasks
 
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-
-
-def parse_size(text: str | int) -> int:
-    """ "500MB", "2GB", "1e6" or a number of bytes -> bytes."""
-    m = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]?b?)\s*", str(text).lower())
-    try:
-        size = int(float(m[1]) * UNITS[m[2]]) if m else 0
-    except ValueError:
-        size = 0
-    if size <= 0:
-        raise ConfigError(f"shard size: expected a positive size such as 500MB or 2GB, got {text!r}")
-    return size
+TEMPORARY = re.compile(r"\.tmp-(index\.json|\w+-\w+-\d{6}\.tar)")  # what a run writes before its swap
 
 
 def write_shards(
@@ -45,12 +35,16 @@ def write_shards(
     """Write the samples of `inputs` (manifests, dataset folders, class-per-folder trees) as tar
     shards of at most `shard_size` bytes in `output`, one split and modality per shard, with
     `index.json`; only split `split` when given. The same inputs give byte-identical shards.
-    Returns the index."""
+
+    Every input file is checked before anything is written, and the shards are written beside an
+    earlier set in `output` (as `.tmp-` files) and swapped in at the end: a run that fails leaves
+    the earlier set as it was. `.tmp-` files an earlier killed run left are removed. Returns the index."""
 
     limit, out = parse_size(shard_size), Path(output)
     streamed = [str(s) for s in inputs if str(s).startswith("hf:") or is_shard_spec(s)]
     if streamed:  # refused before reading them (a pipe: spec would run)
         raise DataError(f"{', '.join(streamed)}: already sharded")
+    old = old_shards(out)
     tasks = find_all_tasks(inputs, allow_outside_root)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for task in tasks:
@@ -58,8 +52,36 @@ def write_shards(
             groups.setdefault((row.get("split") or "", task.modality), []).append(row)
     if not groups:
         raise DataError(f"{', '.join(map(str, inputs))}: no samples" + (f" in split {split!r}" if split else ""))
+    for rows in groups.values():
+        for row in rows:
+            check_source(row, out)
     out.mkdir(parents=True, exist_ok=True)
-    remove_old_shards(out)
+    remove_temporary(out)
+    try:
+        entries = write_groups(groups, out, limit)
+        index = {
+            "format": FORMAT,
+            "shards": entries,
+            "modalities": modality_info(tasks, split),
+            "splits": {
+                s or "-": sum(e["samples"] for e in entries if e["split"] == (s or None))
+                for s in sorted({e["split"] or "" for e in entries})
+            },
+        }
+        (out / f".tmp-{INDEX}").write_text(json.dumps(index, indent=1) + "\n")
+    except DataError as e:  # e.g. a file that became unreadable since it was checked
+        remove_temporary(out)
+        raise DataError(f"{e}; nothing was written to {out}") from e
+    except BaseException:
+        remove_temporary(out)
+        raise
+    swap(out, entries, old)
+    return index
+
+
+def write_groups(groups: dict[tuple[str, str], list[dict[str, Any]]], out: Path, limit: int) -> list[dict[str, Any]]:
+    """Write each (split, modality) group's rows as shards of at most `limit` bytes, each as
+    `out/.tmp-FILE`; returns their index entries."""
     entries: list[dict[str, Any]] = []
     bar = tqdm(total=sum(map(len, groups.values())), desc="shard", unit="sample")
     for (split_name, modality), rows in sorted(groups.items()):
@@ -69,7 +91,7 @@ def write_shards(
             sample_bytes = sum(512 + -(-len(v) // 512) * 512 for k, v in members.items() if k != "__key__")
             if writer is None or (size + sample_bytes > limit and entries[-1]["samples"]):
                 if writer is not None:
-                    close_shard(writer, out, entries[-1])
+                    writer.close()
                 number = 0 if writer is None else number + 1
                 entries.append(
                     {
@@ -84,21 +106,25 @@ def write_shards(
             entries[-1]["samples"] += 1
             size += sample_bytes
             bar.update(1)
-        close_shard(writer, out, entries[-1])
+        writer.close()
     bar.close()
-    index = {
-        "format": FORMAT,
-        "shards": entries,
-        "modalities": modality_info(tasks, split),
-        "splits": {
-            s or "-": sum(e["samples"] for e in entries if e["split"] == (s or None))
-            for s in sorted({e["split"] or "" for e in entries})
-        },
-    }
-    tmp = out / f".tmp-{INDEX}"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX)
-    return index
+    return entries
+
+
+def check_source(row: dict[str, Any], out: Path) -> None:
+    """`DataError` naming a row's file when it is missing, a folder or unreadable (inline rows pass)."""
+    path = row.get("path")
+    if path is None or any(c in row for c in inline_columns()):
+        return
+    if path.is_dir():
+        problem = "a folder of frames cannot be sharded; encode the video as a file first"
+    elif not path.is_file():
+        problem = "file not found"
+    elif not os.access(path, os.R_OK):
+        problem = "cannot read (permission denied)"
+    else:
+        return
+    raise DataError(f"{path}: {problem} ({row.get('where', path)}); nothing was written to {out}")
 
 
 def sample_members(row: dict[str, Any], modality: str, split: str) -> dict[str, bytes]:
@@ -108,9 +134,7 @@ def sample_members(row: dict[str, Any], modality: str, split: str) -> dict[str, 
     if inline is not None:
         suffix, data = MODALITIES.get(inline_columns()[inline]).inline_member(row[inline])
     else:
-        path = row["path"]
-        if path.is_dir():
-            raise DataError(f"{path}: a folder of frames cannot be sharded; encode the video as a file first")
+        path = row["path"]  # a file (`check_source`)
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -121,24 +145,31 @@ def sample_members(row: dict[str, Any], modality: str, split: str) -> dict[str, 
     return {suffix.lstrip("."): data, "json": json.dumps(meta, sort_keys=True).encode()}
 
 
-def close_shard(writer: Any, out: Path, entry: dict[str, Any]) -> None:
-    writer.close()
-    os.replace(out / f".tmp-{entry['file']}", out / entry["file"])
-
-
-def remove_old_shards(out: Path) -> None:
-    """Remove the shards an earlier `index.json` in `out` lists (a rerun replaces them)."""
+def old_shards(out: Path) -> set[str]:
+    """The shard files an earlier `index.json` in `out` lists (a rerun replaces them)."""
     if not (out / INDEX).is_file():
-        return
+        return set()
     try:
-        old = json.loads((out / INDEX).read_text())["shards"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(
-            f"{out / INDEX}: not a shard index written by omnivec data shard ({e}); choose another --output"
-        ) from e
-    (out / INDEX).unlink()  # first: an index never lists shards that are gone
-    for entry in old:
-        (out / Path(entry["file"]).name).unlink(missing_ok=True)
+        return {e["file"] for e in read_index(out)["shards"]}
+    except DataError as e:
+        raise DataError(f"{e}; not replaced: choose another --output, or remove it") from e
+
+
+def remove_temporary(out: Path) -> None:
+    """Remove the `.tmp-` shards and index a failed or killed run of this tool left in `out`."""
+    for path in out.iterdir():
+        if TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def swap(out: Path, entries: list[dict[str, Any]], old: set[str]) -> None:
+    """Put the written `.tmp-` shards and index in place of the `old` set."""
+    (out / INDEX).unlink(missing_ok=True)  # first: an index never lists shards that are not its own
+    for entry in entries:
+        os.replace(out / f".tmp-{entry['file']}", out / entry["file"])
+    for name in old - {e["file"] for e in entries}:
+        (out / name).unlink(missing_ok=True)
+    os.replace(out / f".tmp-{INDEX}", out / INDEX)
 
 
 def modality_info(tasks: list[TaskData], split: str | None) -> dict[str, dict[str, Any]]:

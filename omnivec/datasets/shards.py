@@ -23,20 +23,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from webdataset.gopen import gopen, gopen_schemes
-from webdataset.tariterators import group_by_keys, tar_file_expander
-
 from ..errors import DataError
 from ..files import Blob
 from ..pipes import refuse_pipes
+from ..registry import MODALITIES
 from ..targets import is_missing
 from .manifest import confined
 from .patterns import expand_pattern
 from .readers import extensions, known_suffixes, modality_of
-from .records import Shard, Stream, TaskData, target_kinds
-
-INDEX = "index.json"
-FORMAT = "omnivec-shards/1"
+from .records import SPLITS, Shard, Stream, TaskData, target_kinds
+from .shard_index import INDEX, read_index
+from .shard_tar import max_member_size, open_url, oversized, tar_samples
 
 
 def exists(path: Path) -> bool:
@@ -71,29 +68,28 @@ def has_index(folder: Path) -> bool:
         return False
 
 
-def open_url(url: str):
-    """A readable binary stream: webdataset's `gopen` (files, pipe:, http, gs, ...), or fsspec for
-    the other schemes (s3://, az://, ...)."""
-    scheme = urlparse(url).scheme
-    if scheme in ("", "file") or scheme in gopen_schemes:
-        return gopen(url)
-    import fsspec
-
-    return fsspec.open(url, "rb").open()
-
-
-def read_tar(url: str, split: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, row) of every sample of the tar shard at `url`, in order; `DataError` naming the shard
-    when it cannot be opened or ends early."""
-    count = 0
+def read_tar(url: str, split: str | None, indexed: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row) of every sample of the tar shard at `url`, in order. A sample that cannot be used
+    (its JSON, its target, a member over `max_member_size()`) is a row `{"where", "split", "error"}`;
+    `DataError` naming the shard when it cannot be opened or ends early, and (`indexed`: `split` is
+    the index's) when a sample's split is not the index's."""
+    count, limit = 0, max_member_size()  # read first: a bad setting is named before the shard is opened
     try:
         stream = open_url(url)
     except (OSError, ValueError) as e:
         raise DataError(f"{url}: cannot open this shard ({e})") from e
     try:
-        for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-            yield sample["__key__"], sample_row(url, sample, split)
+        for sample in tar_samples(stream, url, limit):
+            row = sample_row(url, sample, split)
+            if indexed and "error" not in row and row["split"] != split:
+                raise DataError(
+                    f"{row['where']}: split {row['split']!r} in its JSON, but {INDEX} lists {Path(url).name} "
+                    f"under split {split!r} (they disagree: write the shards again with omnivec data shard)"
+                )
+            yield sample["__key__"], row
             count += 1
+    except DataError:
+        raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         raise DataError(
             f"{url}: truncated or corrupt shard after {count} samples ({e.args[0] if e.args else e})"
@@ -103,12 +99,19 @@ def read_tar(url: str, split: str | None) -> Iterator[tuple[str, dict[str, Any]]
 
 
 def sample_row(url: str, sample: dict[str, Any], split: str | None) -> dict[str, Any]:
-    """A tar sample (`{"__key__", "json", "png", ...}`) -> a manifest-like row holding a `Blob`."""
+    """A tar sample (`{"__key__", "json", "png", ...}`) -> a manifest-like row holding a `Blob`, or
+    `{"where", "split", "error"}` naming the sample's member or key at fault."""
     where = f"{url}:{sample['__key__']}"
     try:
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-    except ValueError as e:
-        raise DataError(f"{where}.json: not valid JSON ({e})") from e
+        return usable_row(where, sample, split)
+    except DataError as e:
+        return {"where": where, "split": split, "error": str(e)}
+
+
+def usable_row(where: str, sample: dict[str, Any], split: str | None) -> dict[str, Any]:
+    if sample.get("__oversized__"):
+        raise DataError(oversized(where, sample["__oversized__"]))
+    meta = sample_meta(where, sample)
     # the sample's member: of its modality's types when its JSON names one, else any but a transcript (txt)
     suffixes = set(extensions().get(meta.get("modality"), ())) or known_suffixes()
     members = [k for k in sorted(sample) if f".{k}" in suffixes]
@@ -119,12 +122,31 @@ def sample_row(url: str, sample: dict[str, Any], split: str | None) -> dict[str,
     for column, kind in kinds.items():
         for alias in kind.aliases:  # e.g. webdataset's usual class member `cls`
             if alias in sample and column not in meta:
-                meta[column] = sample[alias].decode().strip()
+                try:
+                    meta[column] = sample[alias].decode().strip()
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{where}.{alias}: not UTF-8 text ({e})") from e
     row = {"path": Blob(f"{where}.{member}", sample[member]), "where": where, "split": meta.get("split", split)}
     if meta.get("modality"):
         row["modality"] = meta["modality"]
-    row.update({k: kind.parse(meta[k], where) for k, kind in kinds.items() if not is_missing(meta.get(k))})
+    row.update({k: kind.parse(meta[k], f"{where}.json") for k, kind in kinds.items() if not is_missing(meta.get(k))})
     return row
+
+
+def sample_meta(where: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample's `KEY.json` (`{}` without one), checked: an object whose `modality` and `split`
+    are omnivec's."""
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except ValueError as e:
+        raise DataError(f"{where}.json: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}.json: expected a JSON object, got a {type(meta).__name__}")
+    if meta.get("modality") is not None and meta["modality"] not in MODALITIES.names():
+        raise DataError(f"{where}.json: modality: expected one of {MODALITIES.names()}, got {meta['modality']!r}")
+    if meta.get("split") is not None and meta["split"] not in SPLITS:
+        raise DataError(f"{where}.json: split: expected one of {list(SPLITS)} or null, got {meta['split']!r}")
+    return meta
 
 
 def load_shard_tasks(spec: str | os.PathLike, allow_outside_root: bool = False) -> list[TaskData]:
@@ -143,10 +165,9 @@ def load_shard_tasks(spec: str | os.PathLike, allow_outside_root: bool = False) 
     local = Path(urls[0]).parent if urlparse(urls[0]).scheme in ("", "file") else None
     if local is not None and has_index(local):
         return tasks_from_index(local, {Path(u).name for u in urls}, str(spec), allow_outside_root)
-    first = next(read_tar(urls[0], "train"), None)
-    if first is None:
-        raise DataError(f"{urls[0]}: holds no samples")
-    row = first[1]
+    row = next((row for _, row in read_tar(urls[0], "train") if "error" not in row), None)
+    if row is None:
+        raise DataError(f"{urls[0]}: holds no usable samples (omnivec data check names what is wrong)")
     modality = row.get("modality") or modality_of(row["path"])
     stream = Stream(tuple(Shard(u, "train", None, partial(read_tar, u, "train")) for u in urls))
     return [TaskData(name=str(spec), source=Path(str(spec)), modality=modality, rows=[], stream=stream)]
@@ -157,20 +178,14 @@ def tasks_from_index(
 ) -> list[TaskData]:
     """The datasets of `folder/index.json` (only the shards named in `names`, when given); a shard
     file leading out of `folder` is a `DataError` unless `allow_outside_root`."""
-    index_file = folder / INDEX
-    try:
-        index = json.loads(index_file.read_text())
-        entries, modalities = index["shards"], index["modalities"]
-        files = [e["file"] for e in entries]
-        if not all(isinstance(f, str) for f in files):
-            raise TypeError("a shard's file is not a string")
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{index_file}: not a shard index written by omnivec data shard ({e})") from e
-    paths = {f: confined(str(index_file), "shard file", f, folder, allow_outside_root) for f in files}
+    index = read_index(folder)
+    entries, modalities = index["shards"], index["modalities"]
+    files = [e["file"] for e in entries]
+    paths = {f: confined(str(folder / INDEX), "shard file", f, folder, allow_outside_root) for f in files}
     if names is not None:
         unknown = sorted(names - set(files))
         if unknown:
-            raise DataError(f"{index_file}: does not list {unknown[0]} (of {spec})")
+            raise DataError(f"{folder / INDEX}: does not list {unknown[0]} (of {spec})")
         entries = [e for e in entries if e["file"] in names]
     tasks = []
     for modality, info in modalities.items():
@@ -179,7 +194,7 @@ def tasks_from_index(
                 str(folder / e["file"]),
                 e["split"],
                 e["samples"],
-                partial(read_tar, str(paths[e["file"]]), e["split"]),  # absolute: never read as a URL
+                partial(read_tar, str(paths[e["file"]]), e["split"], True),  # absolute: never read as a URL
             )
             for e in entries
             if e["modality"] == modality

@@ -92,11 +92,12 @@ class StreamDataset(IterableDataset):
         return order[self.rank :: self.world_size][worker::workers]
 
     def raw(self, shard_ids: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(index, row) of every sample of the shards, in order; a shard that cannot be read raises
-        `DataError` naming it (with `skip_bad`: an error row, and the rest of that shard is skipped)."""
+        """(index, row) of every sample of the shards, in order; a shard that cannot be read, or holds
+        other than the samples its index counts, raises `DataError` naming it (with `skip_bad`: an
+        error row saying how many samples were read of how many, after those read)."""
         for k in shard_ids:
             stream, shard = self.shards[k]
-            n = 0
+            n, error = 0, None
             try:
                 for key, row in shard.read():
                     if stream.label_map:
@@ -113,12 +114,12 @@ class StreamDataset(IterableDataset):
             except DataError as e:
                 if not self.skip_bad:
                     raise
-                yield -1, {"error": str(e)}
-            if shard.samples is not None and n != shard.samples and not self.skip_bad:
-                raise DataError(
-                    f"{shard.name}: holds {n} samples, its index says {shard.samples}; "
-                    "write the shards again (omnivec data shard)"
-                )
+                error = str(e)
+            problem = shard.shortfall(n, error)
+            if problem and not self.skip_bad:
+                raise DataError(f"{problem}; write the shards again (omnivec data shard)")
+            if problem:
+                yield -1, {"error": problem}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = self.worker()
@@ -132,7 +133,9 @@ class StreamDataset(IterableDataset):
                 yield {**self.load(index, row), "position": (worker, position)}
 
     def load(self, index: int, row: dict[str, Any]) -> dict[str, Any]:
-        if "error" in row:
+        if "error" in row:  # a shard's sample that cannot be used, or (skip_bad) what a shard lacked
+            if not self.skip_bad:
+                raise DataError(row["error"])
             return {"index": index, "error": row["error"]}
         try:
             x = seeded_load(lambda: load_sample(row, self.task.modality, self.transform), self.seed, self.epoch, index)
