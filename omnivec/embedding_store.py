@@ -60,7 +60,7 @@ def write_npy(path: Path, emb: np.ndarray, start: int) -> None:
 
 
 def read_npy(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.lib.format.open_memmap(path, mode="r")  # np.load's mmap, naming a file that is not .npy
 
 
 def write_safetensors(path: Path, emb: np.ndarray, start: int) -> None:

@@ -169,36 +169,35 @@ def embed_parts(
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     open_parts: dict[int, PartBuffer] = {}
     unwritten: list[str] = []
-    bar = tqdm(total=sum(writer.rows(p)[1] for p in parts), desc="embed", unit="sample")
-    for batch in loader:
-        p = batch["part"]
-        part = open_parts.get(p) or open_parts.setdefault(p, PartBuffer(*writer.rows(p), header["dim"]))
-        errors = dict(batch["errors"])
-        if batch["input"] is not None:
-            try:
-                with autocast:
-                    x = {batch["modality"]: to_device(batch["input"], device)}
-                    emb = model.embed(x, **(options or {}))[batch["modality"]]
-            except InputError as e:  # e.g. values that overflow: this batch's samples fail, named
-                byrow = {r["index"] - part.start: r for r in batch["records"]}
-                errors.update({row: f"{name_of(byrow[row])}: {e}" for row in batch["rows"].tolist()})
-            else:
-                part.emb[batch["rows"].numpy()] = emb.float().cpu().numpy()  # [b, D]
-        part.add(batch["records"], errors)
-        bar.update(len(batch["records"]))
-        if part.filled < part.count:
-            continue
-        del open_parts[p]
-        name = f"part-{p:05d} (rows {part.start}-{part.start + part.count - 1})"
-        if part.errors and not skip_bad:
-            unwritten += [part.errors[row] for row in sorted(part.errors)]
-            say(f"not written: {name}, {len(part.errors)} samples could not be embedded")
-            continue
-        writer.write_part(p, part.emb, part.records)
-        if main:
-            writer.update()
-        say(f"wrote {name}, {len(part.errors)} failed")
-    bar.close()
+    with tqdm(total=sum(writer.rows(p)[1] for p in parts), desc="embed", unit="sample") as bar:  # closed on errors too
+        for batch in loader:
+            p = batch["part"]
+            part = open_parts.get(p) or open_parts.setdefault(p, PartBuffer(*writer.rows(p), header["dim"]))
+            errors = dict(batch["errors"])
+            if batch["input"] is not None:
+                try:
+                    with autocast:
+                        x = {batch["modality"]: to_device(batch["input"], device)}
+                        emb = model.embed(x, **(options or {}))[batch["modality"]]
+                except InputError as e:  # e.g. values that overflow: this batch's samples fail, named
+                    byrow = {r["index"] - part.start: r for r in batch["records"]}
+                    errors.update({row: f"{name_of(byrow[row])}: {e}" for row in batch["rows"].tolist()})
+                else:
+                    part.emb[batch["rows"].numpy()] = emb.float().cpu().numpy()  # [b, D]
+            part.add(batch["records"], errors)
+            bar.update(len(batch["records"]))
+            if part.filled < part.count:
+                continue
+            del open_parts[p]
+            name = f"part-{p:05d} (rows {part.start}-{part.start + part.count - 1})"
+            if part.errors and not skip_bad:
+                unwritten += [part.errors[row] for row in sorted(part.errors)]
+                say(f"not written: {name}, {len(part.errors)} samples could not be embedded")
+                continue
+            writer.write_part(p, part.emb, part.records)
+            if main:
+                writer.update()
+            say(f"wrote {name}, {len(part.errors)} failed")
     return unwritten
 
 

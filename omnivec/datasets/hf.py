@@ -14,6 +14,7 @@ dataset has no folder) unless `allow_outside_root`. A split `validation` or `dev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -48,6 +49,12 @@ def open_splits(source: str, split: str | None) -> dict[str, Any]:
     import datasets
 
     path = Path(source)
+    empty = saved_empty(path) if path.is_dir() else None
+    if empty:
+        raise DataError(
+            f"hf:{source}: {empty} was saved without rows, and `datasets` cannot load an empty save_to_disk "
+            f"dataset; save it with rows{' (or leave that split out)' if empty.startswith('split') else ''}"
+        )
     try:
         if path.is_dir() and any(
             (path / n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json")
@@ -67,6 +74,18 @@ def open_splits(source: str, split: str | None) -> dict[str, Any]:
             raise DataError(f"hf:{source}: no split {split!r}; it has {sorted(found)}")
         found = {split: found[split]}
     return {SPLIT_NAMES.get(name, name): ds for name, ds in found.items()}
+
+
+def saved_empty(path: Path) -> str | None:
+    """What of a `save_to_disk` folder has no data files ("the dataset" or "split 'NAME'"), if any."""
+    for state in [path / "state.json", *sorted(path.glob("*/state.json"))]:
+        try:
+            files = json.loads(state.read_text()).get("_data_files", [None]) if state.is_file() else [None]
+        except (OSError, ValueError, AttributeError):
+            continue  # `datasets` names an unreadable state.json itself
+        if not files:
+            return "the dataset" if state.parent == path else f"split {state.parent.name!r}"
+    return None
 
 
 def pick_columns(spec: str, ds: Any, mapping: dict[str, str]) -> tuple[str, str, dict[str, str]]:

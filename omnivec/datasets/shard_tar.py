@@ -31,7 +31,7 @@ def parse_size(text: str | int, what: str = "shard size") -> int:
     m = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]?b?)\s*", str(text).lower())
     try:
         size = int(float(m[1]) * UNITS[m[2]]) if m else 0
-    except ValueError:
+    except (ValueError, OverflowError):  # "1e400" is infinite
         size = 0
     if size <= 0:
         raise ConfigError(f"{what}: expected a positive size such as 500MB or 2GB, got {text!r}")

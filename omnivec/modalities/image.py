@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,14 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..config import AugmentConfig, PatchConfig
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ..files import Blob, opened
 from ..parsing import require, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
+
+DRAFT_SIDE = 1024  # a JPEG decodes reduced while both sides stay >= this: 4x a 224 input, ~290 px in an 8% crop
+MAX_PIXELS = 8192 * 8192  # most pixels decoded per image (Pillow refuses over 178 M; 13000^2 RGBA took 3 GB)
+PIXELS_SETTING = "OMNIVEC_MAX_IMAGE_PIXELS"  # the environment variable that overrides MAX_PIXELS
 
 
 @dataclass
@@ -120,6 +125,7 @@ class ImageTransform:
         )
 
     def __call__(self, image) -> torch.Tensor:
+        check_image(image, self.in_chans)
         if self.augment and not hasattr(image, "convert"):  # timm's transforms take PIL images
             image = v2.functional.to_pil_image(image)
         if hasattr(image, "convert"):  # PIL: match the configured channels
@@ -128,6 +134,23 @@ class ImageTransform:
         if x.shape[0] == 1 and self.in_chans == 3:
             x = x.expand(3, -1, -1)
         return x
+
+
+def check_image(image, in_chans: int) -> None:
+    """`InputError` for a tensor that is not [C, H, W] (C 1 or `in_chans`) or [H, W], or for an image
+    without pixels (resizing it would divide by zero)."""
+    if isinstance(image, torch.Tensor):
+        shape = list(image.shape)
+        ok = len(shape) in (2, 3) and min(shape[-2:]) >= 1 and (len(shape) == 2 or shape[0] in (1, in_chans))
+    elif hasattr(image, "convert"):  # PIL
+        shape, ok = [image.height, image.width], image.height >= 1 and image.width >= 1
+    else:
+        return
+    if not ok:
+        raise InputError(
+            f"image: expected [C, H, W] with C 1 or {in_chans} (or [H, W], or a PIL image), H and W >= 1; "
+            f"got shape {shape}"
+        )
 
 
 def posterize(img, bits_to_keep: int, **kwargs):
@@ -140,16 +163,38 @@ def posterize(img, bits_to_keep: int, **kwargs):
     return timm_posterize(img, bits_to_keep, **kwargs)
 
 
+def max_pixels() -> int:
+    """The most pixels an image may decode to: $OMNIVEC_MAX_IMAGE_PIXELS when set, else `MAX_PIXELS`."""
+    value = os.environ.get(PIXELS_SETTING)
+    if value is None:
+        return MAX_PIXELS
+    if not value.strip().isdigit() or int(value) < 1:
+        raise DataError(f"{PIXELS_SETTING}={value!r}: expected a whole number of pixels >= 1")
+    return int(value)
+
+
 def read_image(path: Path | Blob):
-    """An image file (or `Blob`) -> a fully decoded PIL image."""
+    """An image file (or `Blob`) -> a decoded PIL image. A large JPEG is decoded reduced (`Image.draft`:
+    1/2, 1/4 or 1/8) while both sides stay >= `DRAFT_SIDE`; an image that would still decode to more
+    than `max_pixels()` pixels is a `DataError` naming it, before it is decoded."""
     from PIL import Image
 
+    bound = max_pixels()
     try:
         with Image.open(opened(path)) as image:
+            image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))  # JPEG: sets the reduced size; other formats: no-op
+            w, h = image.size
+            if w * h > bound:
+                raise DataError(
+                    f"{path}: a {w}x{h} image ({w * h / 1e6:.1f} M pixels) is over the bound of {bound} pixels "
+                    f"(set {PIXELS_SETTING} to raise it; default {MAX_PIXELS})"
+                )
             image.load()
             if image.width == 0 or image.height == 0:
                 raise DataError(f"{path}: image has size {image.size}")
             return image.copy()
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
 

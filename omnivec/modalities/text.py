@@ -22,6 +22,7 @@ from .base import ModalityEncoder, Tokens, register_modality
 BYTES = "bytes"  # the built-in tokenizer: one token per UTF-8 byte, needs no files
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARS_PER_TOKEN = 16  # characters tokenized per token kept, at first (a word piece is rarely longer)
+MIN_CHARS = 256  # at least: a word cut inside stays over WordPiece's 100 characters, [UNK] as when whole
 
 
 @dataclass
@@ -119,10 +120,10 @@ class TextTransform:
         return {"cfg": self.cfg}
 
     def __call__(self, text: str) -> dict[str, torch.Tensor]:
-        """Tokenize the start of `text` only: CHARS_PER_TOKEN * max_length characters cut at a space
-        (a 20 MB file is never tokenized whole), more while that fills fewer than max_length tokens,
-        so the ids are those of the whole text."""
-        size = self.cfg.max_length * CHARS_PER_TOKEN
+        """Tokenize the start of `text` only: CHARS_PER_TOKEN * max_length characters (MIN_CHARS at
+        least) cut at a space (a 20 MB file is never tokenized whole), more while that fills fewer
+        than max_length tokens, so the ids are those of the whole text."""
+        size = max(self.cfg.max_length * CHARS_PER_TOKEN, MIN_CHARS)
         while True:
             head = text_head(text, size)
             enc = self.tokenizer(head, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
