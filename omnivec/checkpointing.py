@@ -21,15 +21,31 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .errors import ConfigError, TrainingError
+from .parsing import require
 from .saved_model import WEIGHTS_NAME, state_dict_mismatch
 
 CHECKPOINTS, STATE_FILE = "checkpoints", "trainer_state.json"
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a complete checkpoint folder (its `trainer_state.json` is written last)."""
+    return (path / STATE_FILE).is_file()
+
+
+def check_resume(resume: str | None, key: str) -> None:
+    """`resume` must be none, auto or a complete checkpoint folder: else a `ConfigError` naming `key`."""
+    require(
+        resume in (None, "auto") or is_checkpoint(Path(resume)),
+        key,
+        "auto (the latest checkpoint in output_dir) or a checkpoint folder (OUTPUT/checkpoints/step_N)",
+        resume,
+    )
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint under `output_dir/checkpoints` (half-written ones are never named)."""
     folder = Path(output_dir) / CHECKPOINTS
-    done = sorted(p for p in folder.glob("step_*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
+    done = sorted(p for p in folder.glob("step_*") if is_checkpoint(p)) if folder.is_dir() else []
     return done[-1] if done else None
 
 
@@ -120,9 +136,12 @@ class Checkpoints:
             weights = {name.removeprefix("model."): t for name, t in state.items() if name.startswith("model.")}
             self.accelerator.unwrap_model(module).model.save_pretrained(directory, weights)
 
-    def save(self, step: int, module: nn.Module, optimizer: Any, batches: Any, skipped: list[str]) -> Path:
+    def save(
+        self, step: int, module: nn.Module, optimizer: Any, batches: Any, skipped: list[str], val_step: int | None
+    ) -> Path:
         """Write `checkpoints/step_N/` aside as `.tmp-step_N` and rename it into place when complete
-        (never weights holding NaN or Inf: `check_weights`); keep the newest `keep`."""
+        (never weights holding NaN or Inf: `check_weights`); keep the newest `keep`. `val_step`: the
+        step of the run's last `val/` record, so a run resumed at its end does not log it again."""
         self.check_weights(module, step)
         folder = self.output_dir / CHECKPOINTS
         final, tmp = folder / f"step_{step:08d}", folder / f".tmp-step_{step:08d}"
@@ -139,7 +158,7 @@ class Checkpoints:
         self.save_model(module, tmp / "model")
         self.accelerator.wait_for_everyone()  # every process's part of the state is written before it moves
         if self.is_main:
-            state = {"step": step, "data": data[0], "data_ranks": data, "skipped": skipped}
+            state = {"step": step, "data": data[0], "data_ranks": data, "skipped": skipped, "val_step": val_step}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -148,15 +167,15 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()
         return final
 
-    def load(self, path: Path, module: nn.Module, batches: Any) -> tuple[int, list[str]]:
+    def load(self, path: Path, module: nn.Module, batches: Any) -> tuple[int, list[str], int | None]:
         """Restore the checkpoint `path` into the prepared module, optimizer, scheduler, RNG and
-        `batches` (this process's data position) -> (step, skipped samples)."""
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
+        `batches` (this process's data position) -> (step, skipped samples, step of the last `val/` record)."""
+        if not is_checkpoint(path):
+            raise ConfigError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE})")
         check_compatible(path, self.accelerator.unwrap_model(module).state_dict())
         self.accelerator.load_state(str(path / "state"))
         state = json.loads((path / STATE_FILE).read_text())
         ranks = state.get("data_ranks") or []  # each process's position (streams differ per process)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         batches.load_state_dict(ranks[rank] if len(ranks) == world else state["data"])
-        return state["step"], list(dict.fromkeys(state.get("skipped", [])))
+        return state["step"], list(dict.fromkeys(state.get("skipped", []))), state.get("val_step")

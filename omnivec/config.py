@@ -40,6 +40,7 @@ class ModalityConfig:
     pretrained: str = ""
     checkpoint: str = ""  # timm only: a local weights file (.safetensors, .pth) instead of the hub's
     library_config: dict = field(default_factory=dict)  # the library's architecture, filled when built
+    strict: bool = True  # refuse a checkpoint lacking tensors or holding others' shapes; false: start those afresh
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "width", "num_heads")
@@ -114,6 +115,7 @@ class BackboneConfig:
     pretrained: str = ""
     checkpoint: str = ""  # timm only: a local weights file (.safetensors, .pth) instead of the hub's
     library_config: dict = field(default_factory=dict)  # timm: create_model kwargs; hf: its config, filled when built
+    strict: bool = True  # refuse a checkpoint lacking tensors or holding others' shapes; false: start those afresh
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "init_values")
@@ -209,11 +211,15 @@ class OmniVecConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> OmniVecConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path))
+
+
+def read_json(path: str | Path) -> Any:
+    """The data of a JSON file; a `ConfigError` naming it when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
 
 
 def take_backbone_architecture(cfg: BackboneConfig, given: Mapping[str, Any]) -> Any:

@@ -124,6 +124,12 @@ class FinetuneConfig(TrainConfig):
         require(self.eval_max_batches >= 0, join_key(prefix, "eval_max_batches"), "an int >= 0", self.eval_max_batches)
         earlier: set[str] = set()
         for i, stage in enumerate(self.stages):
+            require(
+                stage.lr is None or stage.lr >= self.min_lr,
+                join_key(prefix, f"stages[{i}].lr"),
+                f"at least min_lr ({self.min_lr:g}): the schedule decays from lr to min_lr",
+                stage.lr,
+            )
             for task in stage.tasks:
                 require(
                     task in self.tasks,

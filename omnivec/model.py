@@ -65,12 +65,17 @@ class OmniVecModel(nn.Module):
         self.load_reports = {}
         if load_library_weights and config.backbone.pretrained:  # the backbone (and image patches) from a ViT
             self.load_reports["backbone"] = load_vit_backbone(self)
-            logger.info("backbone: %s", self.load_reports["backbone"].summary())
         if load_library_weights:
             for modality, encoder in self.encoders.items():
                 if isinstance(encoder, LibraryEncoder):
                     self.load_reports[modality] = encoder.load_pretrained()
-                    logger.info("%s encoder: %s", modality, self.load_reports[modality].summary())
+        for part, report in self.load_reports.items():  # a warning when weights were missing (strict: false)
+            logger.log(
+                logging.WARNING if report.missing or report.mismatched else logging.INFO,
+                "%s: %s",
+                part,
+                report.summary(),
+            )
 
     @property
     def modalities(self) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+NONE_WORDS = ("none", "null")  # key=none on the command line, and the same word in YAML, mean None
 BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
 
 
@@ -27,7 +28,8 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        # YAML reads `init: none` as the word "none": as on the command line, it means None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)):
             return None
         for arg in args:
             if arg is type(None):

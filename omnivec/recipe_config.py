@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .parsing import BOOL_WORDS, from_dict
+from .parsing import BOOL_WORDS, NONE_WORDS, from_dict
 
 
 def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -> Any:
@@ -36,7 +36,7 @@ def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -
             raise ConfigError(f"{item!r}: expected key=value")
         word = value.strip().lower()
         # YAML 1.1 reads yes/no/on/off as booleans: keep them as words (precision=no); bool keys accept them
-        parsed = None if word in ("none", "null") else value.strip() if word in BOOL_WORDS else yaml.safe_load(value)
+        parsed = None if word in NONE_WORDS else value.strip() if word in BOOL_WORDS else yaml.safe_load(value)
         check_config_size(parsed, key)
         data = merge(data, {key: parsed})
     return from_dict(cls, data, "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -74,7 +75,8 @@ def prepare_output_dir(cfg: Any, recipe: str) -> Path:
       without `run_config.json` (an older omnivec, a copied checkpoint) can be resumed only from a
       checkpoint it holds (then its tensors are checked against the model).
 
-    Every process checks; only the main one (`RANK` 0) removes or writes. Returns the folder."""
+    Every process checks; only the main one (`RANK` 0) removes or writes, and it first removes what
+    a killed run left aside (`remove_partial_writes`). Returns the folder."""
     out = Path(cfg.output_dir)
     check_writable(out)
     held = [name for name in RUN_MARKERS if (out / name).exists()]
@@ -90,11 +92,30 @@ def prepare_output_dir(cfg: Any, recipe: str) -> Path:
     elif held:
         check_resumable(cfg, recipe, out, held)
     if main:
+        remove_partial_writes(out)
         record = {"recipe": recipe, "config": as_json(cfg)}
         tmp = out / f".tmp-{RUN_CONFIG}"
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, out / RUN_CONFIG)
     return out
+
+
+MODEL_TMP = re.compile(r"\.tmp-[a-z0-9_]{8}")  # save_pretrained's folder aside (tempfile.TemporaryDirectory)
+
+
+def remove_partial_writes(out: Path) -> None:
+    """Remove what a run killed while writing left aside, by omnivec's own names only: in the run
+    folder and each fine-tuning stage's, `.tmp-run_config.json`, `.tmp-metrics.jsonl`, half-written
+    checkpoints (`checkpoints/.tmp-step_N`) and model files (`model/.tmp-XXXXXXXX`, `model_ema/...`)."""
+    for run in [out, *sorted(out.glob("stages/*"))]:
+        leftovers = [run / f".tmp-{RUN_CONFIG}", run / f".tmp-{METRICS}"]
+        leftovers += run.glob(f"{CHECKPOINTS}/.tmp-step_{'[0-9]' * 8}")
+        leftovers += [p for m in ("model", "model_ema") for p in run.glob(f"{m}/.tmp-*") if MODEL_TMP.fullmatch(p.name)]
+        for path in leftovers:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.is_file() or path.is_symlink():
+                path.unlink()
 
 
 def check_writable(folder: Path) -> None:

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .card import model_card
-from .config import OmniVecConfig
+from .config import OmniVecConfig, read_json
+from .declared_sizes import check_declared_sizes, weights_header
 from .errors import ModelError, ModelFileMissing
 from .registry import MODALITIES
 
@@ -54,17 +55,15 @@ def load_model_folder(cls: Any, name_or_path: str | os.PathLike, revision: str |
     for required in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / required).is_file():
             raise ModelFileMissing(f"{directory / required}: missing (save_pretrained writes it)")
-    config = OmniVecConfig.load(directory / CONFIG_NAME)
+    data = read_json(directory / CONFIG_NAME)
+    check_declared_sizes(
+        data, weights_header(directory / WEIGHTS_NAME), directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    )
+    config = OmniVecConfig.from_dict(data)  # (a huge declared model fails above, before anything is built)
     for modality, cfg in config.modalities.items():
         MODALITIES.get(modality).load_assets(cfg, directory)
     model = cls(config, load_library_weights=False)
-    try:
-        state = load_file(directory / WEIGHTS_NAME)
-    except Exception as e:  # safetensors: truncated, empty, or another format under that name
-        raise ModelError(
-            f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({e}); save_pretrained "
-            "writes one (pickled PyTorch files are never loaded)"
-        ) from e
+    state = load_file(directory / WEIGHTS_NAME)  # (its header was read above)
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
         raise ModelError(f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}")

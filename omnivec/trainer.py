@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbone import compile_blocks
-from .checkpointing import Checkpoints, kept_checkpoint, latest_checkpoint
+from .checkpointing import Checkpoints, check_resume, kept_checkpoint, latest_checkpoint
 from .config import augment_configs
 from .datasets.dataset import to_device
 from .errors import ConfigError, TrainingError
@@ -83,6 +83,12 @@ class TrainConfig:
         ):
             require(getattr(self, name) >= 0, join_key(prefix, name), "a number >= 0", getattr(self, name))
         require(
+            self.min_lr <= self.lr,
+            join_key(prefix, "min_lr"),
+            f"at most lr ({self.lr:g}): the schedule decays from lr to min_lr",
+            self.min_lr,
+        )
+        require(
             self.precision in ("no", "bf16", "fp16"), join_key(prefix, "precision"), "no, bf16 or fp16", self.precision
         )
         require(self.device in ("auto", "cpu"), join_key(prefix, "device"), "auto or cpu", self.device)
@@ -90,6 +96,7 @@ class TrainConfig:
         require(all(0 <= b < 1 for b in self.betas), join_key(prefix, "betas"), "two values in [0, 1)", self.betas)
         require(0 <= self.seed < 2**32, join_key(prefix, "seed"), "an int in [0, 2**32)", self.seed)
         require(bool(self.output_dir), join_key(prefix, "output_dir"), "a folder", self.output_dir)
+        check_resume(self.resume, join_key(prefix, "resume"))
         require(
             not (self.overwrite and self.resume),
             join_key(prefix, "overwrite"),
@@ -164,6 +171,7 @@ class Trainer:
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
         self.checkpoints = Checkpoints(self.accelerator, self.output_dir, cfg.keep_checkpoints)
         self.step = 0
+        self.val_step: int | None = None  # the step of the last `val/` record (a checkpoint keeps it)
         self.skipped: list[str] = []
         self.is_main = self.accelerator.is_main_process
 
@@ -197,7 +205,7 @@ class Trainer:
             return
         path = latest_checkpoint(self.output_dir) if self.cfg.resume == "auto" else Path(self.cfg.resume)
         if path is not None:
-            self.step, self.skipped = self.checkpoints.load(path, self.module, batches)
+            self.step, self.skipped, self.val_step = self.checkpoints.load(path, self.module, batches)
             if self.is_main:
                 tqdm.write(f"resumed from {path} at step {self.step}")
         if self.is_main:
@@ -208,7 +216,12 @@ class Trainer:
         self.checkpoints.save_model(self.module, directory)
 
     def save_checkpoint(self, batches: Any) -> Path:
-        return self.checkpoints.save(self.step, self.module, self.optimizer, batches, self.skipped)
+        return self.checkpoints.save(self.step, self.module, self.optimizer, batches, self.skipped, self.val_step)
+
+    def log_evaluation(self, evaluate: Callable[[], dict[str, float]]) -> None:
+        """Log a `val/` record of `evaluate()` at this step (every process evaluates; the main one writes)."""
+        self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
+        self.val_step = self.step
 
     def interval_means(self, interval: LossInterval) -> dict[str, float]:
         """The mean loss per name over the micro-batches since the last log that had it, and over
@@ -305,7 +318,7 @@ class Trainer:
         cfg = self.cfg
         self.resume(batches)
         if evaluate is not None and self.step == 0:
-            self.log({"step": 0, **{f"val/{k}": v for k, v in evaluate().items()}})
+            self.log_evaluation(evaluate)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not self.is_main, dynamic_ncols=True)
         start, samples, interval = time.perf_counter(), 0, LossInterval()
         while self.step < cfg.max_steps:
@@ -322,7 +335,7 @@ class Trainer:
                 interval = LossInterval()
             before_end = self.step < cfg.max_steps
             if evaluate is not None and cfg.eval_every and self.step % cfg.eval_every == 0 and before_end:
-                self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
+                self.log_evaluation(evaluate)
             if cfg.save_every and self.step % cfg.save_every == 0 and before_end:
                 self.interval_means(interval)  # losses since the last log must be finite
                 self.monitor(clear=False)  # and the module sound (no collapsed teacher in a checkpoint)
@@ -330,6 +343,6 @@ class Trainer:
         bar.close()
         if self.accelerator.num_processes > 1:  # every process's skipped samples, for the summary
             self.skipped = list(dict.fromkeys(gather_object(self.skipped)))
-        if evaluate is not None:
-            self.log({"step": self.step, **{f"val/{k}": v for k, v in evaluate().items()}})
+        if evaluate is not None and self.val_step != self.step:  # (resumed from the final checkpoint: logged)
+            self.log_evaluation(evaluate)
         self.save_checkpoint(batches)

@@ -44,6 +44,25 @@ def library_config(cfg: ModalityConfig, modality: str, **sizes: Any):
     return config
 
 
+def hf_from_pretrained(model_class: Any, source: str, key: str) -> tuple[nn.Module, dict[str, Any]]:
+    """`model_class.from_pretrained(source)` and its loading info. A checkpoint tensor whose shape
+    differs from the config's is left initialised and listed in `info["mismatched_keys"]` (name,
+    checkpoint shape, model shape) for omnivec's report; files that cannot be read fail as a
+    `ConfigError` naming `key` and `source`, a pickled file with code in it is refused."""
+    from safetensors import SafetensorError
+
+    try:
+        return model_class.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
+    except pickle.UnpicklingError as e:  # a pytorch_model.bin with code in it
+        raise refused_pickle(f"{key}: {source}", e) from e
+    except SafetensorError as e:  # an empty, truncated or foreign model.safetensors
+        raise ConfigError(
+            f"{key}: cannot load {source!r}: its weights are not a readable safetensors file ({e})"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}: cannot load {source!r} ({e})") from e
+
+
 def require_same(modality: str, key: str, ours: Any, theirs: Any, source: str) -> None:
     """The omnivec setting `key` must equal the checkpoint's architecture."""
     if ours != theirs:
@@ -84,13 +103,11 @@ class HFEncoder(LibraryEncoder):
         """The checkpoint's base-model weights (prefixes like `vit.` stripped, heads dropped by transformers)."""
         from transformers import AutoModel
 
-        try:
-            model, info = AutoModel.from_pretrained(hf_source(self.cfg), output_loading_info=True)
-        except pickle.UnpicklingError as e:  # a pytorch_model.bin with code in it
-            raise refused_pickle(f"modalities.{self.name}.pretrained: {hf_source(self.cfg)}", e) from e
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"modalities.{self.name}.pretrained: cannot load {hf_source(self.cfg)!r} ({e})") from e
-        return Source(model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config)
+        model, info = hf_from_pretrained(AutoModel, hf_source(self.cfg), f"modalities.{self.name}.pretrained")
+        mismatched = {k: f"{list(a)} -> {list(b)}" for k, a, b in info["mismatched_keys"]}
+        return Source(
+            model.state_dict(), set(info["missing_keys"]), sorted(info["unexpected_keys"]), model.config, mismatched
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """The library's layers too: transformers checkpoints each module whose `gradient_checkpointing`

@@ -22,13 +22,17 @@ from ..registry import ENCODERS, MODALITIES
 class LoadReport:
     """Which of an encoder's tensors came from the checkpoint, which were resized to the configured
     input size (position embeddings), which are new (initialised here) and which checkpoint tensors
-    went unused (e.g. a classifier)."""
+    went unused (e.g. a classifier); and what the checkpoint lacked (`missing`: tensors the model
+    takes from it, in the library's names) or could not fit (`mismatched`), both initialised here
+    under `strict: false` and refused otherwise (`check_complete`)."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)  # "name [old shape] -> [new shape]"
     new: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "name [checkpoint shape] -> [model shape]"
 
     def summary(self) -> str:
         def some(names: list[str]) -> str:
@@ -36,7 +40,30 @@ class LoadReport:
 
         return (
             f"{self.source}: {len(self.loaded)} tensors loaded, {len(self.resized)} resized{some(self.resized)}, "
-            f"{len(self.new)} new{some(self.new)}, {len(self.unused)} unused{some(self.unused)}"
+            f"{len(self.missing)} missing{some(self.missing)}, {len(self.mismatched)} mismatched"
+            f"{some(self.mismatched)}, {len(self.new)} new{some(self.new)}, "
+            f"{len(self.unused)} unused{some(self.unused)}"
+        )
+
+    def check_complete(self, strict: bool, key: str) -> None:
+        """Under `strict`, a `ConfigError` naming the first tensor (config `key`, e.g. `backbone`) the
+        checkpoint could not fit (with both shapes) or lacks; nothing is started from random values
+        unless `KEY.strict: false` says so."""
+        if not strict or not (self.mismatched or self.missing):
+            return
+        names = self.mismatched or self.missing
+        if self.mismatched:
+            name, _, shapes = names[0].partition(" ")
+            checkpoint, _, model = shapes.partition(" -> ")
+            more = f" ({len(names) - 1} more tensors do not fit either)" if len(names) > 1 else ""
+            what = (
+                f"tensor {name!r} has shape {checkpoint} in the checkpoint, the configured model expects {model}{more}"
+            )
+        else:
+            what = f"the checkpoint lacks {len(names)} tensors the model takes from it ({some_names(names)})"
+        raise ConfigError(
+            f"{key}.pretrained: {self.source}: {what}; use a checkpoint of this architecture, or set "
+            f"{key}.strict: false to start them from random values"
         )
 
     def save(self, path: str | Path) -> None:
@@ -45,13 +72,20 @@ class LoadReport:
 
 @dataclass
 class Source:
-    """A checkpoint's tensors, the names it lacked (the library initialised them), the names the
-    library dropped while reading it (e.g. a classifier), and its config."""
+    """A checkpoint's tensors, the names it lacked or held in another shape (the library
+    initialised them), the names the library dropped while reading it (e.g. a classifier), and
+    its config."""
 
     state: dict[str, torch.Tensor]
     absent: set[str] = field(default_factory=set)
     dropped: list[str] = field(default_factory=list)
     config: Any = None
+    mismatched: dict[str, str] = field(default_factory=dict)  # name -> "[checkpoint shape] -> [library shape]"
+
+
+def some_names(names: list[str], shown: int = 4) -> str:
+    """The first `shown` of `names` and how many more."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def refused_pickle(where: str, error: Exception) -> ConfigError:
@@ -68,6 +102,7 @@ def refused_pickle(where: str, error: Exception) -> ConfigError:
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A weights file -> state dict: safetensors, or a PyTorch file read with `weights_only=True`
     (no pickled code runs); a `state_dict` / `model` entry and `module.` prefixes are unwrapped."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from timm.models import clean_state_dict
 
@@ -75,7 +110,10 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as e:  # empty, truncated, or not safetensors at all
+            raise ConfigError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -104,28 +142,35 @@ class LibraryEncoder:
         return None
 
     def load_pretrained(self) -> LoadReport:
-        """Copy the checkpoint's weights into `self.library` and report what happened."""
+        """Copy the checkpoint's weights into `self.library` and report what happened; a tensor the
+        checkpoint lacks or cannot fit stops the build unless `strict: false` (`check_complete`)."""
         source = self.source()
         report = LoadReport(self.cfg.pretrained)
         target = self.library.state_dict()
         state = {}
         for key, value in target.items():
+            if key in source.mismatched:  # (the library left it initialised)
+                report.mismatched.append(f"{key} {source.mismatched[key]}")
+                report.new.append(key)
+                continue
             if key not in source.state or key in source.absent:
                 report.new.append(key)
+                if not key.endswith("num_batches_tracked"):  # (a BatchNorm counter, not a weight)
+                    report.missing.append(key)
                 continue
             tensor = source.state[key]
             if tensor.shape != value.shape:
                 fitted = self.resize(key, tensor, value.shape, source)
                 if fitted is None:
-                    raise ConfigError(
-                        f"{self.cfg.pretrained}: tensor {key!r} has shape {list(tensor.shape)} in the checkpoint, "
-                        f"the configured encoder expects {list(value.shape)}"
-                    )
+                    report.mismatched.append(f"{key} {list(tensor.shape)} -> {list(value.shape)}")
+                    report.new.append(key)
+                    continue
                 report.resized.append(f"{key} {list(tensor.shape)} -> {list(value.shape)}")
                 tensor = fitted
             else:
                 report.loaded.append(key)
             state[key] = tensor.to(value.dtype)
+        report.check_complete(self.cfg.strict, f"modalities.{self.name}")
         self.library.load_state_dict(state, strict=False)
         report.new += [name for name, _ in self.named_parameters() if not name.startswith("library.")]
         report.unused = sorted((set(source.state) - source.absent - set(target)) | set(source.dropped))

@@ -13,7 +13,6 @@ the final norm (tests/test_vit_backbone.py).
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,9 @@ from torch import nn
 from ..config import BackboneConfig, ModalityConfig
 from ..errors import ConfigError
 from ..registry import BACKBONES
-from .loading import LoadReport, read_weights, refused_pickle
+from .hf import hf_from_pretrained
+from .hf_names import hf_to_timm, timm_name
+from .loading import LoadReport, read_weights
 
 IMAGE = "image"  # the modality a ViT's patch embedding feeds
 MAE_DECODER = {"num_heads": 16, "norm_eps": 1e-6}  # every MAE repo decoder's; its checkpoints do not store them
@@ -43,6 +44,8 @@ class ViTCheckpoint:
     pos_prefix: int  # prefix tokens that have a slot in pos_embed
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder: dict[str, Any] = field(default_factory=lambda: dict(MAE_DECODER))  # an MAE decoder's unstored settings
+    missing: list[str] = field(default_factory=list)  # the architecture's tensors the checkpoint lacks
+    mismatched: list[str] = field(default_factory=list)  # "name [checkpoint shape] -> [model shape]"
 
     def check_modalities(self, modalities: dict[str, ModalityConfig], source: str) -> None:
         """The image modality must cut the checkpoint's patches and not bring a ViT of its own."""
@@ -116,43 +119,11 @@ def read_timm_vit(cfg: BackboneConfig, with_weights: bool = True) -> ViTCheckpoi
         tuple(model.patch_embed.grid_size),
         0 if model.no_embed_class else model.num_prefix_tokens,
         state,
+        missing=sorted(set(model.state_dict()) - set(state)) if with_weights else [],
     )
 
 
 HF_TYPES = ("vit", "vit_mae", "dinov2")
-HF_BLOCKS = [  # transformers' layer lists -> timm's (encoder) and the MAE repo's (decoder)
-    (r"^(vit\.)?(layers|encoder\.layer)\.(\d+)\.", r"blocks.\3."),
-    (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."),
-]
-HF_NAMES = [  # transformers ViT / ViTMAE / DINOv2 names -> timm's; ViTMAE's decoder -> the MAE repo's
-    (r"^(vit\.)?embeddings\.cls_token$", "cls_token"),
-    (r"^(vit\.)?embeddings\.position_embeddings$", "pos_embed"),
-    (r"^(vit\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^(vit\.)?layernorm\.", "norm."),
-    (r"^decoder\.", ""),  # decoder.decoder_embed.weight -> decoder_embed.weight, decoder.mask_token -> mask_token
-    (r"\.attention\.o_proj\.", ".attn.proj."),
-    (r"\.(layernorm_before|norm1)\.", ".norm1."),
-    (r"\.(layernorm_after|norm2)\.", ".norm2."),
-    (r"\.layer_scale(\d)\.lambda1$", r".ls\1.gamma"),
-]
-
-
-def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers ViT / ViTMAE / DINOv2 state dict in timm's names (q, k, v joined into qkv), a
-    `ViTMAEForPreTraining` decoder in the MAE repo's (`decoder_blocks.0.attn.qkv.weight`, ...); other
-    tensors (a classifier, DINOv2's mask token) keep their names."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        for pattern, name in HF_BLOCKS:
-            key = re.sub(pattern, name, key)
-        qkv = re.match(r"^(.*blocks\.\d+)\.attention\.([qkv])_proj\.(weight|bias)$", key)
-        if qkv:
-            out.setdefault(f"{qkv[1]}.attn.qkv.{qkv[3]}", {})[qkv[2]] = value
-            continue
-        for pattern, name in HF_NAMES:
-            key = re.sub(pattern, name, key)
-        out[key] = value
-    return {k: torch.cat([v["q"], v["k"], v["v"]]) if isinstance(v, dict) else v for k, v in out.items()}
 
 
 @BACKBONES.register("hf")
@@ -195,28 +166,27 @@ def read_hf_vit(cfg: BackboneConfig, with_weights: bool = True) -> ViTCheckpoint
         if config.model_type == "vit_mae"
         else {}
     )
-    state = {}
-    if with_weights:
-        try:
-            state = hf_to_timm(hf_state(source, with_decoder=bool(decoder)))
-        except pickle.UnpicklingError as e:
-            raise refused_pickle(f"backbone.pretrained: {source}", e) from e
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"backbone.pretrained: cannot load {source!r} ({e})") from e
     grid = config.image_size // config.patch_size
-    return ViTCheckpoint(arch, config.patch_size, config.num_channels, (grid, grid), 1, state, decoder)
+    vit = ViTCheckpoint(arch, config.patch_size, config.num_channels, (grid, grid), 1, decoder=decoder)
+    if with_weights:
+        vit.state, vit.missing, vit.mismatched = hf_state(source, with_decoder=bool(decoder))
+    return vit
 
 
-def hf_state(source: str, with_decoder: bool) -> dict[str, torch.Tensor]:
-    """A transformers checkpoint's tensors; `with_decoder` (ViTMAE) reads it as `ViTMAEForPreTraining`
-    and keeps the decoder when the checkpoint has one (an encoder-only checkpoint loads no decoder)."""
+def hf_state(source: str, with_decoder: bool) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """A transformers checkpoint's tensors in timm's names, without those it lacks (listed, in timm's
+    names) or holds in another shape than its config's (listed: name and both shapes); `with_decoder`
+    (ViTMAE) reads it as `ViTMAEForPreTraining` and keeps the decoder when the checkpoint has one
+    (an encoder-only checkpoint loads no decoder)."""
     from transformers import AutoModel, ViTMAEForPreTraining
 
-    if not with_decoder:
-        return AutoModel.from_pretrained(source).state_dict()
-    model, info = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+    model, info = hf_from_pretrained(ViTMAEForPreTraining if with_decoder else AutoModel, source, "backbone.pretrained")
     absent = any(k.startswith("decoder.") for k in info["missing_keys"])  # initialised here, not loaded
-    return {k: v for k, v in model.state_dict().items() if not (absent and k.startswith("decoder."))}
+    state = {k: v for k, v in model.state_dict().items() if not (absent and k.startswith("decoder."))}
+    missing = {timm_name(k)[0] for k in info["missing_keys"] if k in state}
+    mismatched = {timm_name(k)[0]: f"{k} {list(a)} -> {list(b)}" for k, a, b in info["mismatched_keys"]}
+    state = {k: v for k, v in hf_to_timm(state).items() if k not in missing and k not in mismatched}
+    return state, sorted(missing), sorted(mismatched.values())
 
 
 @dataclass
@@ -292,44 +262,51 @@ def backbone_tensors(vit: ViTCheckpoint, grid: tuple[int, int] | None) -> tuple[
     used.update(k for k in ("cls_token", "reg_token") if k in src)
     if prefix:
         prefix = torch.cat(prefix, dim=1)  # [1, n, D]
-        out["backbone.prefix"] = prefix + src["pos_embed"][:, : vit.pos_prefix] if vit.pos_prefix else prefix
+        positions = vit.pos_prefix and "pos_embed" in src  # (a checkpoint lacking them loads only with strict: false)
+        out["backbone.prefix"] = prefix + src["pos_embed"][:, : vit.pos_prefix] if positions else prefix
     if grid is not None:
         for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
             if key in src:
                 out[f"encoders.{IMAGE}.{key}"] = src[key]
                 used.add(key)
-        pos = src["pos_embed"][:, vit.pos_prefix :]  # [1, h*w, D]
-        out[f"encoders.{IMAGE}.pos_embed"] = (
-            pos
-            if tuple(grid) == vit.grid
-            else resample_abs_pos_embed(pos, list(grid), list(vit.grid), num_prefix_tokens=0)
-        )
+        pos = src["pos_embed"][:, vit.pos_prefix :] if "pos_embed" in src else None  # [1, h*w, D]
+        if pos is not None:
+            out[f"encoders.{IMAGE}.pos_embed"] = (
+                pos
+                if tuple(grid) == vit.grid
+                else resample_abs_pos_embed(pos, list(grid), list(vit.grid), num_prefix_tokens=0)
+            )
     used.add("pos_embed")
     return out, used
 
 
 def load_vit_backbone(model: nn.Module) -> LoadReport:
     """Copy the backbone checkpoint of `model.config.backbone` into the model (backbone, and the image
-    modality's patch embedding and positions) and report what was loaded, resized, new, unused."""
+    modality's patch embedding and positions) and report what was loaded, resized, new, unused, and
+    what the checkpoint lacks or cannot fit (refused unless `backbone.strict: false`)."""
     cfg = model.config.backbone
     vit = BACKBONES.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
     image = model.encoders[IMAGE] if IMAGE in model.encoders else None
     grid = None if image is None else (image.cfg.image_size // image.cfg.patch_size,) * 2  # (h, w) patches
     tensors, used = backbone_tensors(vit, grid)
     report = LoadReport(cfg.pretrained)
+    taken = ("blocks.", "norm.", "norm_pre.", "cls_token", "reg_token", "pos_embed") + (
+        ("patch_embed.",) if image else ()
+    )
+    report.missing, report.mismatched = [k for k in vit.missing if k.startswith(taken)], list(vit.mismatched)
     target = model.state_dict()
-    for key, value in tensors.items():
+    for key, value in list(tensors.items()):
         if key not in target:
             raise ConfigError(f"{cfg.pretrained}: tensor {key!r} has no place in the model (architecture mismatch)")
         if value.shape != target[key].shape:
-            raise ConfigError(
-                f"{cfg.pretrained}: tensor {key!r} has shape {list(value.shape)} in the checkpoint, "
-                f"the model expects {list(target[key].shape)}"
-            )
+            report.mismatched.append(f"{key} {list(value.shape)} -> {list(target[key].shape)}")
+            del tensors[key]
+            continue
         if key.endswith("pos_embed") and grid != vit.grid:
             report.resized.append(f"{key} {list(vit.state['pos_embed'].shape)} -> {list(value.shape)}")
         else:
             report.loaded.append(key)
+    report.check_complete(cfg.strict, "backbone")
     model.load_state_dict(tensors, strict=False)
     fed = [
         k
