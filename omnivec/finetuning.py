@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -248,9 +248,10 @@ def run_stage(
 
         results = evaluate(model)
         if ema is not None:  # the EMA weights' metrics beside the raw ones, as "ema:METRIC"
-            for t, r in evaluate(ema.module).items():
+            ema_model = cast(OmniVecModel, ema.module)  # a copy of the OmniVecModel
+            for t, r in evaluate(ema_model).items():
                 results[t].update({f"ema:{k}": v for k, v in r.items() if isinstance(v, float)})
-            ema.module.save_pretrained(stage_dir / "model_ema")
+            ema_model.save_pretrained(stage_dir / "model_ema")
         row = {t: results[t][model.heads[t].main_metric] for t in seen}
         info = {
             "stage": i,

@@ -94,7 +94,7 @@ def sample_row(url: str, sample: dict[str, Any], split: str | None) -> dict[str,
     except ValueError as e:
         raise DataError(f"{where}.json: not valid JSON ({e})") from e
     # the sample's member: of its modality's types when its JSON names one, else any but a transcript (txt)
-    suffixes = set(extensions().get(meta.get("modality"), ())) or known_suffixes()
+    suffixes = set(extensions().get(str(meta.get("modality")), ())) or known_suffixes()
     members = [k for k in sorted(sample) if f".{k}" in suffixes]
     member = next((k for k in members if k != "txt"), members[0] if members else None)
     if member is None:

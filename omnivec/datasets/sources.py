@@ -5,6 +5,7 @@ streamed kinds (shards, hf:) hold a `Stream` of shards instead of rows."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import DataError
@@ -14,7 +15,7 @@ from .records import TaskData
 from .shards import is_shard_spec, load_shard_tasks
 
 
-def streamed_tasks(spec: str | Path) -> list[TaskData] | None:
+def streamed_tasks(spec: str | os.PathLike) -> list[TaskData] | None:
     """The datasets of a `hf:` or shard spec (one per modality), or None for other paths."""
     if str(spec).startswith("hf:"):
         return [load_hf_task(str(spec))]
@@ -35,7 +36,7 @@ def load_task(path: str | Path, allow_outside_root: bool = False) -> TaskData:
     return load_folder(path, allow_outside_root) if path.is_dir() else load_manifest(path, allow_outside_root)
 
 
-def find_tasks(path: str | Path, allow_outside_root: bool = False) -> list[TaskData]:
+def find_tasks(path: str | os.PathLike, allow_outside_root: bool = False) -> list[TaskData]:
     """All datasets under `path`: `path` itself if it is one, else every sub-folder with a manifest;
     a shard spec gives one dataset per modality it holds."""
     streamed = streamed_tasks(path)

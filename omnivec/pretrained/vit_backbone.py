@@ -16,7 +16,7 @@ from __future__ import annotations
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -106,7 +106,7 @@ def read_timm_vit(cfg: BackboneConfig, with_weights: bool = True) -> ViTCheckpoi
         "act": "quick_gelu" if isinstance(block.mlp.act, QuickGELU) else "gelu",
         "num_prefix_tokens": model.num_prefix_tokens,
     }
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     if with_weights:
         state = read_weights(cfg.checkpoint) if cfg.checkpoint else model.state_dict()
     return ViTCheckpoint(
@@ -214,7 +214,8 @@ def hf_state(source: str, with_decoder: bool) -> dict[str, torch.Tensor]:
 
     if not with_decoder:
         return AutoModel.from_pretrained(source).state_dict()
-    model, info = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+    loaded = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+    model, info = cast(tuple[nn.Module, dict[str, list[str]]], loaded)  # output_loading_info: (model, info)
     absent = any(k.startswith("decoder.") for k in info["missing_keys"])  # initialised here, not loaded
     return {k: v for k, v in model.state_dict().items() if not (absent and k.startswith("decoder."))}
 
@@ -288,10 +289,10 @@ def backbone_tensors(vit: ViTCheckpoint, grid: tuple[int, int] | None) -> tuple[
         if key.startswith(("blocks.", "norm.", "norm_pre.")):
             out[f"backbone.{key}"] = value
             used.add(key)
-    prefix = [src[k] for k in ("cls_token", "reg_token") if k in src]
+    prefix_tokens = [src[k] for k in ("cls_token", "reg_token") if k in src]
     used.update(k for k in ("cls_token", "reg_token") if k in src)
-    if prefix:
-        prefix = torch.cat(prefix, dim=1)  # [1, n, D]
+    if prefix_tokens:
+        prefix = torch.cat(prefix_tokens, dim=1)  # [1, n, D]
         out["backbone.prefix"] = prefix + src["pos_embed"][:, : vit.pos_prefix] if vit.pos_prefix else prefix
     if grid is not None:
         for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
@@ -311,7 +312,7 @@ def backbone_tensors(vit: ViTCheckpoint, grid: tuple[int, int] | None) -> tuple[
 def load_vit_backbone(model: nn.Module) -> LoadReport:
     """Copy the backbone checkpoint of `model.config.backbone` into the model (backbone, and the image
     modality's patch embedding and positions) and report what was loaded, resized, new, unused."""
-    cfg = model.config.backbone
+    cfg = cast(BackboneConfig, model.config.backbone)  # `model` is an OmniVecModel (model.py imports this module)
     vit = BACKBONES.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
     image = model.encoders[IMAGE] if IMAGE in model.encoders else None
     grid = None if image is None else (image.cfg.image_size // image.cfg.patch_size,) * 2  # (h, w) patches
