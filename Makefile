@@ -20,6 +20,7 @@ test: install
 lint: install
 	$(ENV_DIR)/bin/ruff check .
 	$(ENV_DIR)/bin/ruff format --check .
+	$(ENV_DIR)/bin/mypy
 
 format: install
 	$(ENV_DIR)/bin/ruff check --fix .

@@ -43,7 +43,7 @@ def transformer_blocks(
             qkv_bias=qkv_bias,
             init_values=init_values,
             drop_path=r,
-            norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            norm_layer=partial(nn.LayerNorm, eps=norm_eps),  # type: ignore[arg-type]  # timm types it type[Module]; calls it
             act_layer=ACTIVATIONS[act],
         )
         for r in drop_path_rates(drop_path, depth)

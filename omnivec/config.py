@@ -188,7 +188,7 @@ class OmniVecConfig:
         for name, sub in mapping(data.get("heads"), "heads").items():
             sub = mapping(sub, f"heads.{name}")
             kind = sub.get("type")
-            if kind not in HEADS:
+            if not isinstance(kind, str) or kind not in HEADS:
                 raise ConfigError(f"heads.{name}.type: expected one of {HEADS.names()}, got {kind!r}")
             heads[name] = from_dict(HEADS.get(kind).config_class, sub, f"heads.{name}")
             if heads[name].modality not in modalities:

@@ -33,7 +33,7 @@ PRETRAIN_STEPS = {False: 200, True: 20}  # of configs/pretrain/tiny.yaml's 1000 
 FINETUNE_SCALE = {False: 0.3, True: 0.03}  # share of the fine-tuning config's steps the demo runs (key: --quick)
 # The few-label comparison: this share of each classification task's training labels, these seeds,
 # and the steps per run (key: --quick).
-LOW_LABEL = {"fraction": 0.05, "seeds": {False: (0, 1, 2), True: (0, 1)}, "steps": {False: 40, True: 2}}
+LOW_LABEL: dict[str, Any] = {"fraction": 0.05, "seeds": {False: (0, 1, 2), True: (0, 1)}, "steps": {False: 40, True: 2}}
 
 
 def _scaled_stages(stages: list, scale: float) -> list:

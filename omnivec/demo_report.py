@@ -193,7 +193,8 @@ def write_report(out: Path) -> Path:
 
 def _markdown_to_html(md: str) -> str:
     """Just enough Markdown for the report: headings, tables, list items, paragraphs, inline images."""
-    body, table = [], []
+    body: list[str] = []
+    table: list[str] = []
 
     def flush_table() -> None:
         if table:

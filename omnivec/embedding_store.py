@@ -44,7 +44,7 @@ def part_name(p: int) -> str:
     return f"part-{p:05d}"
 
 
-def place(path: Path, write: Callable[[Path], None]) -> None:
+def place(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` beside `path`, then rename it into place (a crash never leaves half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
@@ -300,7 +300,8 @@ class StoreWriter:
         """Part `p`'s entry in `embeddings.json` (its failures and modalities read from its records once)."""
         if p not in self.known:
             start, count = self.rows(p)
-            failed, modalities = 0, {}
+            failed = 0
+            modalities: dict[str, int] = {}
             with open(self.root / f"{part_name(p)}.jsonl", encoding="utf-8") as f:
                 for line in f:
                     r = json.loads(line)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -85,7 +85,8 @@ class PartsDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        items, at = None, None
+        items: Iterator[dict[str, Any]] = iter(())  # set at the first part (at != start)
+        at: int | None = None
         for p in contiguous(self.parts, info.id if info else 0, info.num_workers if info else 1):
             start, stop = p * self.part_size, min((p + 1) * self.part_size, self.count)
             if at != start:  # the next part of a run continues where the last one stopped
@@ -106,7 +107,7 @@ class PartsDataset(IterableDataset):
     def batch(self, p: int, modality: str | None, rows: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """The rows `rows` of part `p` loaded and collated (`modality` None: rows that failed already)."""
         start = p * self.part_size
-        out = {
+        out: dict[str, Any] = {
             "part": p,
             "modality": modality,
             "records": [record_of(start + r, item) for r, item in rows],
@@ -194,7 +195,7 @@ def embed_parts(
                 unwritten += [part.errors[row] for row in sorted(part.errors)]
                 say(f"not written: {name}, {len(part.errors)} samples could not be embedded")
                 continue
-            writer.write_part(p, part.emb, part.records)
+            writer.write_part(p, part.emb, cast(list[dict[str, Any]], part.records))  # filled: every row set
             if main:
                 writer.update()
             say(f"wrote {name}, {len(part.errors)} failed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def embed_split(
     batch_size: int = 64,
     desc: str | None = None,
     pool: str = "mean",
-    layers: str | list[int] = "last",
+    layers: str | Sequence[int] = "last",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`model.embed` (with `pool` and `layers`) of every sample of `split` -> (embeddings [N, D] on
     the CPU, targets [N] or [N, C]), with a progress bar when `desc` is given."""
@@ -185,7 +185,7 @@ def evaluate_saved(model_dir: str | Path, cfg: Any, split: str, output: Path, de
                 output / f"confusion_{task}.png",
                 title=f"{task} ({split})",
             )
-    report = {
+    report: dict[str, Any] = {
         "model": str(model_dir),
         "split": split,
         "metrics": {t: public(m) for t, m in results.items()},

@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import PartialState
@@ -111,9 +111,10 @@ def evaluate_stage(
 
     results = evaluate(model)
     if ema is not None:
-        for t, r in evaluate(ema.module).items():
+        ema_model = cast(OmniVecModel, ema.module)  # a copy of the OmniVecModel
+        for t, r in evaluate(ema_model).items():
             results[t].update({f"ema:{k}": v for k, v in r.items() if isinstance(v, float)})
-        ema.module.save_pretrained(stage_dir / "model_ema")
+        ema_model.save_pretrained(stage_dir / "model_ema")
     return results
 
 

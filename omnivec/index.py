@@ -283,7 +283,7 @@ def search_index(
     meta = read_store(out_dir)
     starts = [p["start"] for p in meta["parts"]]
     records: dict[int, list[dict[str, Any]]] = {}
-    hits = []
+    hits: list[list[dict[str, Any]]] = []
     for row_scores, row_ids in zip(scores, ids):
         hits.append([])
         for score, i in zip(row_scores.tolist(), row_ids.tolist()):

@@ -23,6 +23,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from .errors import ConfigError
+from .model import OmniVecModel
 from .parsing import join_key, require
 
 OBJECTIVES = ("mae", "latent")  # what the decoder of a modality predicts: its own targets, or the teacher's features
@@ -119,7 +120,7 @@ class LatentTargets(nn.Module):
     student's encoders of `modalities` and its backbone; a submodule, so checkpoints carry it and a
     resumed run continues it), its targets, the loss, and the record of the targets' spread."""
 
-    def __init__(self, model: nn.Module, modalities: list[str], cfg: LatentConfig):
+    def __init__(self, model: OmniVecModel, modalities: list[str], cfg: LatentConfig):
         super().__init__()
         depth = len(model.backbone.blocks)
         if cfg.top_k is not None and cfg.top_k > depth:
@@ -128,7 +129,7 @@ class LatentTargets(nn.Module):
         self.teacher = ModelEmaV3(self.student(model), decay=cfg.ema_decay).requires_grad_(False)
         self.history: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (step, modality, target std, pred std)
 
-    def student(self, model: nn.Module) -> nn.ModuleDict:
+    def student(self, model: OmniVecModel) -> nn.ModuleDict:
         """The part of `model` the teacher copies: its encoders of the latent modalities and the backbone."""
         return nn.ModuleDict(
             {"encoders": nn.ModuleDict({m: model.encoders[m] for m in self.modalities}), "backbone": model.backbone}
@@ -141,7 +142,7 @@ class LatentTargets(nn.Module):
         return self
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: OmniVecModel, step: int) -> None:
         """After optimizer step `step`: teacher <- decay * teacher + (1 - decay) * student."""
         self.teacher.apply_update_(self.student(model), teacher_decay(self.cfg, step))
 

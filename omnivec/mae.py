@@ -9,7 +9,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.layers import trunc_normal_
@@ -19,7 +19,7 @@ from .backbone import run_blocks, transformer_blocks
 from .errors import ConfigError
 from .latent import LatentConfig, LatentTargets
 from .masking import Masking
-from .modalities.base import Tokens
+from .modalities.base import ModalityEncoder, Tokens
 from .model import OmniVecModel, init_weights
 from .packing import packed_backbone
 from .parsing import join_key, require, require_positive
@@ -155,7 +155,7 @@ class MaskedPretrainer(nn.Module):
                     enc.decoder_position_dim,
                     num_prefix,
                 )
-                for m, enc in model.encoders.items()
+                for m, enc in cast(Mapping[str, ModalityEncoder], model.encoders).items()
             }
         )
         self.latent = LatentTargets(model, latent_modalities, latent or LatentConfig()) if latent_modalities else None
@@ -226,6 +226,7 @@ class MaskedPretrainer(nn.Module):
         enc, latent = self.model.encoders[modality], self.is_latent(modality)
         padding_mask = self.latent.repeat(enc.padding_mask(x)) if latent else enc.padding_mask(x)  # [B, L]
         pred = self.decoders[modality](hidden, masking, padding_mask, out.positions)  # [N, P]
+        assert out.target is not None  # `encode` asks the encoder for it
         target = masking.hidden(out.target)  # [N, P]
         loss = self.latent.loss(pred, target) if latent else enc.reconstruction_loss(pred, target)
         return {

@@ -65,6 +65,7 @@ def random_masking(
     real = torch.ones(batch_size, length, dtype=torch.bool, device=device) if padding_mask is None else padding_mask
     ids_shuffle = torch.argsort(noise + 2.0 * (~real), dim=1)  # real tokens first (in random order), then pads
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # position of each token in the shuffled order, [B, L]
+    n_keep: int | torch.Tensor
     if padding_mask is None:  # every sample keeps as many tokens: counted on the host, no device sync
         n_keep = max_keep = int(keep_count(torch.tensor(length), ratio))
         keep_valid, num_hidden = None, length - max_keep

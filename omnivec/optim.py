@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .model import OmniVecModel
+
 
 def param_groups(
     module: nn.Module, weight_decay: float, lr: float, lr_scales: Mapping[str, float] | None = None
@@ -57,7 +59,7 @@ ENCODER_TOP = re.compile(r"^encoders\.[^.]+\.(?:norm|proj)\.")  # after the moda
 BACKBONE_BLOCK = re.compile(r"^backbone\.blocks\.(\d+)\.")
 
 
-def layer_decay_scales(model: nn.Module, decay: float) -> dict[str, float]:
+def layer_decay_scales(model: OmniVecModel, decay: float) -> dict[str, float]:
     """{parameter name: decay ** (layers above it)} for the encoders and the backbone: tokenizers and
     embeddings are layer 0, modality blocks 1..E, backbone blocks E+1..E+depth, the final norm (and the
     heads, not listed) the top. One layer count serves every modality, as the backbone is shared."""

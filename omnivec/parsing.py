@@ -39,7 +39,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is dict or origin is dict:
         if not isinstance(value, Mapping):
@@ -98,8 +98,8 @@ def join_key(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
-def require(ok: bool, key: str, expected: str, value: Any) -> None:
-    """Raise a `ConfigError` naming `key` unless `ok`."""
+def require(ok: object, key: str, expected: str, value: Any) -> None:
+    """Raise a `ConfigError` naming `key` unless `ok` is truthy."""
     if not ok:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 

@@ -147,7 +147,7 @@ def plot_confusion(
                 ax.text(
                     j,
                     i,
-                    int(cm[i, j]),
+                    str(int(cm[i, j])),
                     ha="center",
                     va="center",
                     fontsize=7,

@@ -198,7 +198,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             trainer.device,
         )  # latent predictions are no picture
         tqdm.write(format_summary(summary, out))
-    batches = train = val = None  # drop the last references to the loaders
+    del batches, train  # drop the last references to the loaders
+    val.clear()  # (`evaluate` holds this dict)
     gc.collect()  # stop the DataLoader workers now, not in the forked workers of whatever runs next
     accelerator.wait_for_everyone()
     accelerator.end_training()

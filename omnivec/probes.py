@@ -96,12 +96,10 @@ def linear_probe(
     cross-entropy for multi-label targets. Deterministic for a `seed`; the global RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = nn.Sequential(
-            nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6),
-            nn.Linear(features.train.shape[1], features.num_classes),
-        )
-        nn.init.trunc_normal_(probe[1].weight, std=0.01)
-        nn.init.zeros_(probe[1].bias)
+        linear = nn.Linear(features.train.shape[1], features.num_classes)
+        probe = nn.Sequential(nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6), linear)
+        nn.init.trunc_normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
         order = torch.Generator().manual_seed(seed)
         n = len(features.train)
         steps_per_epoch = -(-n // batch_size)

@@ -192,7 +192,7 @@ def evaluate_protocol(
             m.pop("_probe").save(
                 output / protocol / task, model=str(model_dir), task=task, classes=data[task][0].classes
             )
-    report = {
+    report: dict[str, Any] = {
         "model": str(model_dir),
         "protocol": protocol,
         "split": split,

@@ -5,7 +5,7 @@ YAML aliases that would expand past `MAX_CONFIG_VALUES` values are refused."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .parsing import BOOL_WORDS, NONE_WORDS, from_dict
 
 
-def load_recipe_config(cls: type, path: str | Path, overrides: list[str] = ()) -> Any:
+def load_recipe_config(cls: type, path: str | Path, overrides: Sequence[str] = ()) -> Any:
     """Read a recipe's YAML config, apply `key=value` overrides (dotted keys reach nested values;
     values parse as YAML, `none` as null) and validate it: a bad key fails here, before any work.
     A config whose YAML aliases expand to more than `MAX_CONFIG_VALUES` values is refused."""

@@ -4,7 +4,7 @@ label-efficiency recipe."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -110,7 +110,7 @@ def summarize_runs(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def cell_lookup(summary: list[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
+def cell_lookup(summary: Sequence[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
     """{(task, protocol, init, fraction, metric): cell} for a `summarize_runs` result."""
     return {(c["task"], c["protocol"], c["init"], c["fraction"], c["metric"]): c for c in summary}
 
@@ -121,7 +121,7 @@ def cell_text(cells: Mapping[tuple, Mapping[str, Any]], key: tuple) -> str:
     return f"{c['mean']:.3f} ± {c['std']:.3f}" if c else ""
 
 
-def finetune_comparison_table(summary: list[Mapping[str, Any]]) -> list[str]:
+def finetune_comparison_table(summary: Sequence[Mapping[str, Any]]) -> list[str]:
     """Fine-tuning from the pretrained backbone vs from scratch per task and label fraction (mean ±
     standard deviation over seeds, their difference, whether it exceeds twice the larger standard
     deviation), and the target-modality-only backbone where it was run."""

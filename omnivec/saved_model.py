@@ -33,8 +33,8 @@ def save_model_folder(
     """Write `model` (an `OmniVecModel`) to `directory`: see `OmniVecModel.save_pretrained`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-") as tmp_name:
+        tmp = Path(tmp_name)
         model.config.save(tmp / CONFIG_NAME)
         weights = model.state_dict() if state_dict is None else state_dict
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS_NAME))

@@ -59,8 +59,8 @@ def nearest(
                 continue
             scores = np.ascontiguousarray((store.embeddings(part) @ queries.T).T)  # [Q, n]
             if part["failed"] or (modality is not None and set(part["modalities"]) != {modality}):
-                records = store.records(part)
-                keep = np.array([r["status"] == "ok" and modality in (None, r["modality"]) for r in records])
+                part_records = store.records(part)
+                keep = np.array([r["status"] == "ok" and modality in (None, r["modality"]) for r in part_records])
                 scores[:, ~keep] = -np.inf
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.indices(scores.shape)[1]
             ids = np.stack(np.broadcast_arrays(s, p, top), axis=-1)  # [Q, k, 3]
@@ -100,6 +100,7 @@ def query_item(query: str | os.PathLike | None, text: str | None) -> dict[str, A
         if not text.strip():
             raise ConfigError("--text: empty; give the text to search for")
         return {"text": text, "where": "<query>", "modality": "text"}
+    assert query is not None  # exactly one of query, text
     if not str(query).strip():
         raise ConfigError("--query: empty; give a file (or --text TEXT to search for a text)")
     path = Path(query)

@@ -56,7 +56,8 @@ def check_path(path: str | Path, workers: int = 4, allow_outside_root: bool = Fa
 def check_stream(task: TaskData, workers: int = 4) -> TaskReport:
     """Read every shard of a streamed dataset in order, decoding every sample; a shard that cannot
     be read is reported (with the samples read before its end) and the next one checked."""
-    report = TaskReport(task, counts={})
+    counts: dict[str, tuple[int, Counter]] = {}
+    report = TaskReport(task, counts=counts)
     bad_shards: list[str] = []
 
     def rows() -> Iterator[dict]:
@@ -73,7 +74,7 @@ def check_stream(task: TaskData, workers: int = 4) -> TaskReport:
                 bad_shards.append(problem)
 
     def count(row: dict) -> dict:
-        count_row(report.counts, row, task.target_kind)
+        count_row(counts, row, task.target_kind)
         return row
 
     total = task.stream.count(None)

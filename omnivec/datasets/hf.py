@@ -132,6 +132,7 @@ def load_hf_task(spec: str, allow_outside_root: bool = False) -> TaskData:
     names = label_names(first.features[target_column]) if target_column else None
     classes: list[str] = []
     if kind is not None and kind.has_classes:
+        assert target_column is not None  # picked with its kind
         where = spec.partition("?")[0]
         classes = names or sorted(
             {
@@ -197,6 +198,7 @@ def read_rows(
             row: dict[str, Any] = {"where": f"{where}[{i}]", "split": split}
             row.update(sample_cell(f"{where}[{i}]", cell, modality, root, allow_outside_root))
             if kind is not None:
+                assert target_column is not None  # given with its kind
                 row[kind.column] = target_cell(chunk[target_column][k], kind, names, f"{where}[{i}]", target_column)
             yield str(i), row
 

@@ -113,7 +113,7 @@ def usable_row(where: str, sample: dict[str, Any], split: str | None) -> dict[st
         raise DataError(oversized(where, sample["__oversized__"]))
     meta = sample_meta(where, sample)
     # the sample's member: of its modality's types when its JSON names one, else any but a transcript (txt)
-    suffixes = set(extensions().get(meta.get("modality"), ())) or known_suffixes()
+    suffixes = set(extensions().get(str(meta.get("modality")), ())) or known_suffixes()
     members = [k for k in sorted(sample) if f".{k}" in suffixes]
     member = next((k for k in members if k != "txt"), members[0] if members else None)
     if member is None:

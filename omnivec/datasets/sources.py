@@ -18,7 +18,7 @@ from .records import TaskData
 from .shards import is_shard_spec, load_shard_tasks
 
 
-def streamed_tasks(spec: str | Path, allow_outside_root: bool = False) -> list[TaskData] | None:
+def streamed_tasks(spec: str | os.PathLike, allow_outside_root: bool = False) -> list[TaskData] | None:
     """The datasets of a `hf:` or shard spec (one per modality), or None for other paths; files
     they name may not leave their folder unless `allow_outside_root`."""
     if str(spec).startswith("hf:"):
@@ -40,7 +40,7 @@ def load_task(path: str | Path, allow_outside_root: bool = False) -> TaskData:
     return load_folder(path, allow_outside_root) if path.is_dir() else load_manifest(path, allow_outside_root)
 
 
-def find_tasks(path: str | Path, allow_outside_root: bool = False) -> list[TaskData]:
+def find_tasks(path: str | os.PathLike, allow_outside_root: bool = False) -> list[TaskData]:
     """All datasets under `path`: `path` itself if it is one, else every sub-folder with a manifest;
     a shard spec gives one dataset per modality it holds."""
     streamed = streamed_tasks(path, allow_outside_root)

@@ -59,7 +59,8 @@ class StreamDataset(IterableDataset):
                 "processes without reading one twice; write smaller shards (omnivec data shard "
                 "--shard-size)"
             )
-        offsets, total = [], 0
+        offsets: list[int | None] = []
+        total: int | None = 0
         for _, shard in self.shards:
             offsets.append(total)
             total = None if total is None or shard.samples is None else total + shard.samples
@@ -67,7 +68,8 @@ class StreamDataset(IterableDataset):
         self.class_index = {c: i for i, c in enumerate(self.task.classes)}
         same = all(t.target == self.task.target and t.classes == self.task.classes for t in tasks)
         self.target_kind = self.task.target_kind if same else None
-        self.epoch, self.start, self.rotation = 0, {}, 0
+        self.epoch, self.rotation = 0, 0
+        self.start: dict[int, int] = {}  # worker -> samples to pass over (set_position)
 
     def __len__(self) -> int:
         """Samples in the split over every process (when the index gives shard sizes)."""
@@ -97,16 +99,12 @@ class StreamDataset(IterableDataset):
         error row saying how many samples were read of how many, after those read)."""
         for k in shard_ids:
             stream, shard = self.shards[k]
-            n, error = 0, None
+            offset, n, error = self.offsets[k], 0, None
             try:
                 for key, row in shard.read():
                     if stream.label_map:
                         row = relabel_row(row, stream.label_map)
-                    index = (
-                        self.offsets[k] + n
-                        if self.offsets[k] is not None
-                        else zlib.crc32(f"{shard.name}:{key}".encode())
-                    )
+                    index = offset + n if offset is not None else zlib.crc32(f"{shard.name}:{key}".encode())
                     n += 1
                     if row.get("split") and shard.split and row["split"] != shard.split:
                         continue  # e.g. a val sample in shards read without an index: never trained on

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -289,7 +289,7 @@ class ModalityEncoder(nn.Module):
         their transformer first, see omnivec/encoders)."""
         return run_blocks(self.blocks, tokens, padding_mask, self.grad_checkpointing)
 
-    def _fail(self, expected: str, got: Any) -> None:
+    def _fail(self, expected: str, got: Any) -> NoReturn:
         raise InputError(f"{self.name}: expected {expected}, got {got}")
 
     def _check_tensor(self, x: Any, expected_shape: tuple, description: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +102,9 @@ class ImageTransform:
             self.pipeline = create_transform(
                 size,
                 is_training=True,
-                scale=a.crop_scale,
+                scale=cast(tuple[float, float], a.crop_scale),  # validated: two fractions
                 hflip=a.hflip,
-                color_jitter=None,
+                color_jitter=None,  # type: ignore[arg-type]  # timm types it float | tuple, takes None for off
                 auto_augment=a.rand_augment or None,
                 interpolation="bicubic",
                 mean=cfg.mean,
@@ -218,6 +219,7 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
 class ImageEncoder(ModalityEncoder):
     """[B, C, H, W] -> [B, (H/p)*(W/p), D] patch tokens."""
 
+    cfg: ImageConfig
     config_class = ImageConfig
     augment_class = ImageAugment
     suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")

@@ -5,6 +5,7 @@ from a whole one before open3d reads it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ PLY_SIZES = {
 }
 
 
-def _split_header(path: Path, last: str) -> tuple[list[list[str]], bytes] | None:
+def _split_header(path: Path | Blob, last: str) -> tuple[list[list[str]], bytes] | None:
     """The header lines (split into words) up to the line starting with `last`, and the body."""
     with path.open("rb") as f:
         header = []
@@ -54,7 +55,7 @@ def _body_too_short(body: bytes, fmt: str, items: int, item_bytes: int | None) -
     return item_bytes is not None and fmt.startswith("binary") and len(body) < item_bytes
 
 
-def is_truncated(path: Path) -> bool:
+def is_truncated(path: Path | Blob) -> bool:
     """True when a PLY or PCD file holds less data than its header declares (open3d reads such
     files without an error, filling the missing points with zeros)."""
     suffix = path.suffix.lower()
@@ -62,7 +63,8 @@ def is_truncated(path: Path) -> bool:
         split = _split_header(path, "end_header")
         if split is None:
             return True
-        fmt, elements = "", []  # [count, bytes per item (None once a list property makes it vary)]
+        fmt = ""
+        elements: list[list[Any]] = []  # [count, bytes per item (None once a list property makes it vary)]
         for parts in filter(None, split[0]):
             if parts[0] == "format":
                 fmt = parts[1]
@@ -102,15 +104,15 @@ def read_point_cloud(path: Path | Blob) -> np.ndarray:
     if truncated:
         raise DataError(f"{path}: truncated file (less data than its header declares)")
     cloud = None
-    with local_path(path) as file:  # open3d reads named files only
+    with local_path(path) as file:  # open3d reads named files only (its stubs say os.PathLike; it takes str)
         if suffix in MESH_EXTENSIONS:
-            mesh = o3d.io.read_triangle_mesh(str(file))
+            mesh = o3d.io.read_triangle_mesh(str(file))  # type: ignore[arg-type]
             if len(mesh.triangles) > 0:
                 cloud = mesh.sample_points_uniformly(MESH_POINTS, use_triangle_normal=True)
             elif suffix != ".ply":
                 raise DataError(f"{path}: mesh has no triangles (unreadable or empty)")
         if cloud is None:
-            cloud = o3d.io.read_point_cloud(str(file), format="xyz" if suffix == ".pts" else "auto")
+            cloud = o3d.io.read_point_cloud(str(file), format="xyz" if suffix == ".pts" else "auto")  # type: ignore[arg-type]
     points = np.asarray(cloud.points, dtype=np.float32)
     if points.ndim != 2 or points.shape[0] == 0:
         raise DataError(f"{path}: no points could be read")

@@ -115,9 +115,9 @@ class HFEncoder(LibraryEncoder):
         `gradient_checkpointing_enable` sets them."""
         super().set_grad_checkpointing(enable)
         for module in self.library.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = enable
-                module._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+            if hasattr(module, "gradient_checkpointing"):  # (torch types Module attributes as Tensor | Module)
+                module.gradient_checkpointing = enable  # type: ignore[assignment]
+                module._gradient_checkpointing_func = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)  # type: ignore[assignment]
 
 
 class HFPatchEncoder(HFEncoder):

@@ -8,6 +8,8 @@ keyword arguments of `timm.create_model` (e.g. {depth: 6}) for checkpoints of mo
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
@@ -65,6 +67,8 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
     """[B, C, H, W] -> a timm VisionTransformer's patch tokens [B, L, width] (prefix tokens such as
     CLS take part in attention and are dropped at the end); hidden patches are dropped before the blocks."""
 
+    library: VisionTransformer
+
     def __init__(self, cfg: ImageConfig, dim: int, model: VisionTransformer):
         ModalityEncoder.__init__(self, cfg, dim, width=model.embed_dim)  # the library's patch embedding, not ours
         patch = model.patch_embed.patch_size[0]
@@ -88,10 +92,10 @@ class TimmViTEncoder(TimmSource, ImageEncoder):
 
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         m, B = self.library, tokens.shape[0]
-        prefix = [t.expand(B, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
-        if prefix:
-            prefix = torch.cat(prefix, dim=1)  # [B, num_prefix, width]
-            if self.pos_prefix:
+        prefix_tokens = [t.expand(B, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
+        if prefix_tokens:
+            prefix = torch.cat(prefix_tokens, dim=1)  # [B, num_prefix, width]
+            if self.pos_prefix and m.pos_embed is not None:  # (timm's pos_embed="none" has no positions)
                 prefix = prefix + m.pos_embed[:, : self.pos_prefix]
             tokens = torch.cat([prefix, tokens], dim=1)  # [B, num_prefix + K, width]
         x = m.norm_pre(m.pos_drop(tokens))
@@ -121,7 +125,7 @@ class TimmConvEncoder(TimmSource, ImageEncoder):
     masked_pretraining = False
 
     def __init__(self, cfg: ImageConfig, dim: int, model: nn.Module):
-        ModalityEncoder.__init__(self, cfg, dim, width=model.num_features)
+        ModalityEncoder.__init__(self, cfg, dim, width=cast(int, model.num_features))  # timm models' feature width
         self.library = model
         was_training = model.training
         with torch.no_grad():
@@ -161,4 +165,6 @@ def timm_image_encoder(cfg: ImageConfig, dim: int) -> ModalityEncoder:
         raise ConfigError(
             f"modalities.image.library_config: {cfg.library_config} does not fit {model_name(cfg)!r} ({e})"
         ) from e
-    return (TimmViTEncoder if isinstance(model, VisionTransformer) else TimmConvEncoder)(cfg, dim, model)
+    if isinstance(model, VisionTransformer):
+        return TimmViTEncoder(cfg, dim, model)
+    return TimmConvEncoder(cfg, dim, model)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -109,7 +109,7 @@ def read_timm_vit(cfg: BackboneConfig, with_weights: bool = True) -> ViTCheckpoi
         "act": "quick_gelu" if isinstance(block.mlp.act, QuickGELU) else "gelu",
         "num_prefix_tokens": model.num_prefix_tokens,
     }
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     if with_weights:
         state = read_weights(cfg.checkpoint) if cfg.checkpoint else model.state_dict()
     return ViTCheckpoint(
@@ -258,10 +258,10 @@ def backbone_tensors(vit: ViTCheckpoint, grid: tuple[int, int] | None) -> tuple[
         if key.startswith(("blocks.", "norm.", "norm_pre.")):
             out[f"backbone.{key}"] = value
             used.add(key)
-    prefix = [src[k] for k in ("cls_token", "reg_token") if k in src]
+    prefix_tokens = [src[k] for k in ("cls_token", "reg_token") if k in src]
     used.update(k for k in ("cls_token", "reg_token") if k in src)
-    if prefix:
-        prefix = torch.cat(prefix, dim=1)  # [1, n, D]
+    if prefix_tokens:
+        prefix = torch.cat(prefix_tokens, dim=1)  # [1, n, D]
         positions = vit.pos_prefix and "pos_embed" in src  # (a checkpoint lacking them loads only with strict: false)
         out["backbone.prefix"] = prefix + src["pos_embed"][:, : vit.pos_prefix] if positions else prefix
     if grid is not None:
@@ -284,7 +284,7 @@ def load_vit_backbone(model: nn.Module) -> LoadReport:
     """Copy the backbone checkpoint of `model.config.backbone` into the model (backbone, and the image
     modality's patch embedding and positions) and report what was loaded, resized, new, unused, and
     what the checkpoint lacks or cannot fit (refused unless `backbone.strict: false`)."""
-    cfg = model.config.backbone
+    cfg = cast(BackboneConfig, model.config.backbone)  # `model` is an OmniVecModel (model.py imports this module)
     vit = BACKBONES.get(cfg.pretrained.partition(":")[0])(cfg, with_weights=True)
     image = model.encoders[IMAGE] if IMAGE in model.encoders else None
     grid = None if image is None else (image.cfg.image_size // image.cfg.patch_size,) * 2  # (h, w) patches
