@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .datasets import TaskData
 from .datasets.loaders import task_loader
@@ -18,6 +17,7 @@ from .metrics import classification_metrics
 from .model import OmniVecModel
 from .optim import param_groups
 from .pooling import AttentiveProbe, Layers, layers_name
+from .probes import train_probe
 
 
 @dataclass
@@ -105,36 +105,21 @@ def attentive_probe(
         torch.manual_seed(seed)
         dim = features.train.shape[-1]
         probe = AttentiveProbe(dim, features.num_classes, num_heads or max(1, dim // 64), layers=layers_name(layers))
-        order = torch.Generator().manual_seed(seed)
-        n = len(features.train)
         optimizer = torch.optim.AdamW(param_groups(probe, weight_decay, lr), lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * -(-n // batch_size))
-        loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
-        probe.train()
-        for _ in tqdm(range(epochs), desc="attentive probe", leave=False):
-            for idx in torch.randperm(n, generator=order).split(batch_size):
-                mask = None if features.train_mask is None else features.train_mask[idx]
-                loss = loss_fn(probe(features.train[idx], mask), features.train_y[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        mask = features.train_mask
+
+        def logits(idx: torch.Tensor) -> torch.Tensor:
+            return probe(features.train[idx], None if mask is None else mask[idx])  # [b, C]
+
+        train_probe(probe, optimizer, logits, features, epochs, batch_size, seed, "attentive probe")
     return probe.eval()
 
 
-def attentive_evaluate(
-    features: TokenFeatures,
-    epochs: int = 20,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-3,
-    batch_size: int = 256,
-    seed: int = 0,
-    num_heads: int = 0,
-    layers: Layers = "last",
-) -> dict[str, Any]:
-    """`attentive_probe` fitted on the train tokens, scored on the test split; the trained probe
-    comes back under "_probe" (private keys stay out of reports)."""
-    probe = attentive_probe(features, epochs, lr, weight_decay, batch_size, seed, num_heads, layers)
+def attentive_evaluate(features: TokenFeatures, batch_size: int = 256, **settings: Any) -> dict[str, Any]:
+    """`attentive_probe` (with `batch_size` and `settings`, its other keyword arguments) fitted on the
+    train tokens, scored on the test split; the trained probe comes back under "_probe" (private keys
+    stay out of reports)."""
+    probe = attentive_probe(features, batch_size=batch_size, **settings)
     mask = features.test_mask
     with torch.no_grad():
         scores = torch.cat(

@@ -3,7 +3,9 @@ the train split and scored on the test split (omnivec/protocols.py runs them per
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,37 @@ class Features:
     @property
     def multi_label(self) -> bool:
         return self.train_y.ndim == 2
+
+
+def train_probe(
+    probe: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    features: Features | Any,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    min_batch: int = 1,
+) -> None:
+    """Train `probe` for `epochs` over the train samples of `features` in batches of `batch_size` (a
+    new order each epoch, from `seed`; batches under `min_batch` samples passed over): `logits(idx)`
+    -> [b, C] for the samples `idx`; `optimizer`'s learning rate follows a cosine to 0; cross-entropy,
+    or binary cross-entropy for multi-label targets; `desc` names the progress bar."""
+    order = torch.Generator().manual_seed(seed)
+    n = len(features.train)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * -(-n // batch_size))
+    loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
+    probe.train()
+    for _ in tqdm(range(epochs), desc=desc, leave=False):
+        for idx in torch.randperm(n, generator=order).split(batch_size):
+            if len(idx) < min_batch:
+                continue
+            loss = loss_fn(logits(idx), features.train_y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
 
 
 def task_features(
@@ -100,34 +133,15 @@ def linear_probe(
         probe = nn.Sequential(nn.BatchNorm1d(features.train.shape[1], affine=False, eps=1e-6), linear)
         nn.init.trunc_normal_(linear.weight, std=0.01)
         nn.init.zeros_(linear.bias)
-        order = torch.Generator().manual_seed(seed)
-        n = len(features.train)
-        steps_per_epoch = -(-n // batch_size)
         optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
-        loss_fn = F.binary_cross_entropy_with_logits if features.multi_label else F.cross_entropy
-        probe.train()
-        for _ in tqdm(range(epochs), desc="linear probe", leave=False):
-            for idx in torch.randperm(n, generator=order).split(batch_size):
-                if len(idx) < 2:  # BatchNorm needs two samples
-                    continue
-                loss = loss_fn(probe(features.train[idx]), features.train_y[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        logits = lambda idx: probe(features.train[idx])  # noqa: E731  [b, C]
+        train_probe(probe, optimizer, logits, features, epochs, batch_size, seed, "linear probe", min_batch=2)
     return probe.eval()
 
 
-def linear_evaluate(
-    features: Features,
-    epochs: int = 90,
-    lr: float = 0.1,
-    weight_decay: float = 0.0,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> dict[str, float]:
-    """`linear_probe` fitted on the train features, scored on the test split."""
-    probe = linear_probe(features, epochs, lr, weight_decay, batch_size, seed)
+def linear_evaluate(features: Features, **settings: Any) -> dict[str, float]:
+    """`linear_probe` (with `settings`, its keyword arguments) fitted on the train features, scored
+    on the test split."""
+    probe = linear_probe(features, **settings)
     with torch.no_grad():
         return classification_metrics(probe(features.test), features)

@@ -64,16 +64,18 @@ class ProtocolSettings:
 
 PROTOCOLS: dict[str, Callable[[Any, ProtocolSettings], dict[str, Any]]] = {
     "knn": lambda f, s: knn_evaluate(f, s.k, s.temperature),
-    "linear": lambda f, s: linear_evaluate(f, s.epochs, s.lr, s.weight_decay, s.batch_size, s.seed),
+    "linear": lambda f, s: linear_evaluate(
+        f, epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay, batch_size=s.batch_size, seed=s.seed
+    ),
     "attentive": lambda f, s: attentive_evaluate(
         f,
-        s.attentive_epochs,
-        s.attentive_lr,
-        s.attentive_weight_decay,
-        s.batch_size,
-        s.seed,
-        s.attentive_heads,
-        s.layers,
+        epochs=s.attentive_epochs,
+        lr=s.attentive_lr,
+        weight_decay=s.attentive_weight_decay,
+        batch_size=s.batch_size,
+        seed=s.seed,
+        num_heads=s.attentive_heads,
+        layers=s.layers,
     ),
 }
 TOKEN_PROTOCOLS = ("attentive",)  # trained on cached tokens (`task_tokens`); the others on embeddings (`task_features`)

@@ -16,6 +16,7 @@ from torch import nn
 from omnivec.backbone import masked_mean
 from omnivec.cli import main
 from omnivec.config import HeadConfig, ModalityConfig, PatchConfig
+from omnivec.embedding_store import open_store
 from omnivec.errors import DataError
 from omnivec.heads import TaskHead, register_head
 from omnivec.metrics import topk_accuracy
@@ -450,4 +451,4 @@ def test_a_new_target_kind_and_an_inline_modality_defined_outside_the_package_ru
 
     assert main(["embed", "--model", str(tmp_path / "ft-shards" / "model"), "--input", str(data),
                  "--output", str(tmp_path / "emb"), "--num-workers", "0"]) == 0  # fmt: skip
-    assert np.load(tmp_path / "emb.npy").shape == (48, 32)
+    assert open_store(tmp_path / "emb").load()[0].shape == (48, 32)

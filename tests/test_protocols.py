@@ -14,6 +14,7 @@ import omnivec
 from omnivec.attentive import TokenFeatures, attentive_evaluate, attentive_probe
 from omnivec.cli import main
 from omnivec.datasets import load_task
+from omnivec.embedding_store import open_store
 from omnivec.errors import ConfigError
 from omnivec.finetune_config import FinetuneConfig
 from omnivec.parsing import from_dict
@@ -212,7 +213,7 @@ def test_evaluate_cli_attentive_saves_a_probe_that_embed_uses(tmp_path, tiny_con
     ]
     assert main(embed) == 2 and "pool: 'attentive' needs a trained attentive pooler" in capsys.readouterr().err
     assert main([*embed, "--pooler", str(tmp_path / "eval" / "attentive" / "shapes")]) == 0
-    meta = json.loads((tmp_path / "emb.json").read_text())
+    meta = open_store(tmp_path / "emb").meta
     assert meta["pool"] == "attentive" and meta["layers"] == "mean1" and meta["pooler"].endswith("shapes")
     assert main([*args[:-2], "--layers", "mean9"]) == 2
     assert "layers: expected last, meanK (K in 1..1)" in capsys.readouterr().err

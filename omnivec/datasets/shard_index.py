@@ -47,7 +47,7 @@ def read_index(folder: Path) -> dict[str, Any]:
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise bad(f"modalities.{name}.classes", "a list of class names", classes)
     checks = {
-        "file": (lambda v: isinstance(v, str) and v.strip() and "/" not in v, "the name of a shard file beside it"),
+        "file": (lambda v: isinstance(v, str) and v.strip(), "the path of a shard file (beside it)"),
         "split": (lambda v: v is None or v in SPLITS, f"one of {list(SPLITS)} or null"),
         "modality": (lambda v: isinstance(v, str) and v in modalities, f"one of the modalities {list(modalities)}"),
         "samples": (lambda v: type(v) is int and v >= 0, "a number of samples"),
