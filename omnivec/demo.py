@@ -1,10 +1,11 @@
 """`omnivec demo`: the whole pipeline on data/sample with omnivec_tiny, and a report.
 
 1. masked pretraining on all five modalities; 2. sequential fine-tuning of every sample task from
-the pretrained backbone; 3. the same from scratch; 4. few labels: each classification task
-fine-tuned on 5% of its training labels from the pretrained backbone and from scratch, 3 seeds;
-5. evaluation on the test splits (confusion matrices); 6. embeddings of test samples, a 2-D
-projection and a retrieval example; 7. report.md and report.html (images inline)."""
+the pretrained backbone; 3. the same from scratch; 4. frozen probes: k-NN and a linear probe of
+the pretrained backbone (before fine-tuning) and of 3 randomly initialised ones on every
+classification task (omnivec/demo_probes.py); 5. evaluation on the test splits (confusion
+matrices); 6. embeddings of test samples, a 2-D projection and a retrieval example; 7. report.md
+and report.html (images inline)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .demo_probes import RANDOM_SEEDS, SPLIT, probe_backbones
 from .demo_report import write_report
+from .protocols import ProtocolSettings
 
 ROOT = Path(__file__).resolve().parents[1]  # a clone of the repository: configs/ and data/sample/
 
@@ -31,9 +34,7 @@ def _root() -> Path:
 
 PRETRAIN_STEPS = {False: 200, True: 20}  # of configs/pretrain/tiny.yaml's 1000 (key: --quick)
 FINETUNE_SCALE = {False: 0.3, True: 0.03}  # share of the fine-tuning config's steps the demo runs (key: --quick)
-# The few-label comparison: this share of each classification task's training labels, these seeds,
-# and the steps per run (key: --quick).
-LOW_LABEL: dict[str, Any] = {"fraction": 0.05, "seeds": {False: (0, 1, 2), True: (0, 1)}, "steps": {False: 40, True: 2}}
+PROBE_EPOCHS = {False: 90, True: 10}  # the linear probe's epochs (key: --quick); k-NN and the rest: ProtocolSettings
 
 
 def _scaled_stages(stages: list, scale: float) -> list:
@@ -50,13 +51,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
 
     root, out = _root(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    low = {
-        "fraction": LOW_LABEL["fraction"],
-        "seeds": list(LOW_LABEL["seeds"][quick]),
-        "steps": LOW_LABEL["steps"][quick],
-    }
+    probes = {"random_seeds": list(RANDOM_SEEDS), "split": SPLIT, "linear_epochs": PROBE_EPOCHS[quick]}
     settings = {"quick": quick, "pretrain_steps": PRETRAIN_STEPS[quick], "finetune_scale": FINETUNE_SCALE[quick]}
-    (out / "demo.json").write_text(json.dumps({**settings, "low_label": low}, indent=2))
+    (out / "demo.json").write_text(json.dumps({**settings, "probes": probes}, indent=2))
     dev = "cpu" if device == "cpu" else "auto"
     timings: dict[str, float] = {}
     steps = 7
@@ -96,15 +93,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
         finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
         timings[f"fine-tuning ({name})"] = time.perf_counter() - t
 
-    t = stage(
-        4,
-        f"few labels: {LOW_LABEL['fraction']:.0%} of each classification task's training labels, "
-        f"pretrained vs scratch, {len(LOW_LABEL['seeds'][quick])} seeds",
+    t = stage(4, f"frozen probes: the pretrained backbone vs {len(RANDOM_SEEDS)} random ones, k-NN and linear")
+    probe_backbones(
+        out / "pretrain" / "model",
+        ft_cfg,
+        out / "probes.json",
+        ProtocolSettings(epochs=PROBE_EPOCHS[quick]),
+        torch.device("cpu") if device == "cpu" else None,
     )
-    low_label_comparison(
-        ft_cfg, out / "pretrain" / "model", out / "low-label", LOW_LABEL["steps"][quick], LOW_LABEL["seeds"][quick]
-    )
-    timings["few-label fine-tuning"] = time.perf_counter() - t
+    timings["frozen probes"] = time.perf_counter() - t
 
     t = stage(5, f"evaluation on the {ft_cfg.eval_split} split (confusion matrices)")
     evaluate_saved(out / "finetune-pretrained" / "model", ft_cfg, ft_cfg.eval_split, out / "eval", device)
@@ -119,43 +116,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     html = write_report(out)
     tqdm.write(f"demo done in {sum(timings.values()) / 60:.1f} min: {out / 'report.md'} and {html}")
     return html
-
-
-def low_label_comparison(
-    cfg: Any, pretrained: Path, out: Path, steps: int, seeds: tuple[int, ...]
-) -> list[dict[str, Any]]:
-    """Every classification task of the fine-tuning config `cfg` fine-tuned alone for `steps` steps
-    on `LOW_LABEL["fraction"]` of its training labels, from `pretrained` and from scratch, once per
-    seed -> the records (also in `out/results.jsonl`)."""
-    from .protocols import finetune_protocol
-    from .registry import HEADS
-
-    tasks = [t for t, spec in cfg.tasks.items() if HEADS.get(spec.head).target.has_classes]
-    runs = [(t, init, seed) for t in tasks for seed in seeds for init in ("pretrained", "scratch")]
-    records = []
-    for task, init, seed in tqdm(runs, desc="few-label runs"):
-        value = finetune_protocol(
-            cfg,
-            task,
-            pretrained if init == "pretrained" else None,
-            LOW_LABEL["fraction"],
-            seed,
-            out / f"{task}-{init}-seed{seed}",
-            steps,
-        )
-        records.append(
-            {
-                "task": task,
-                "protocol": "finetune",
-                "init": init,
-                "fraction": LOW_LABEL["fraction"],
-                "seed": seed,
-                "metric": HEADS.get(cfg.tasks[task].head).main_metric,
-                "value": value,
-            }
-        )
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return records
 
 
 def _absolute_tokenizer(cfg: Any, root: Path) -> None:

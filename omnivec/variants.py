@@ -27,7 +27,7 @@ def omnivec_tiny() -> dict:
         "backbone": {"dim": 128, "depth": 4, "num_heads": 4},
         "modalities": {
             "image": {"image_size": 32, "patch_size": 4},
-            "video": {"num_frames": 8, "image_size": 32, "patch_size": 8, "tubelet_size": 2},
+            "video": {"num_frames": 8, "image_size": 32, "patch_size": 4, "tubelet_size": 2},
             "audio": {"num_mel_bins": 64, "target_frames": 128},
             "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 256},
             "point_cloud": {"num_points": 512, "num_groups": 32, "group_size": 16, "pointnet_dims": [64, 128, 256]},

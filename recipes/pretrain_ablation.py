@@ -36,7 +36,8 @@ VARIANTS = {
     "200 steps": ["max_steps=200"],
     "mask 0.5": ["model_overrides.modalities.MODALITY.mask_ratio=0.5"],
     "mask 0.75": ["model_overrides.modalities.MODALITY.mask_ratio=0.75"],
-    "patch 4": ["model_overrides.modalities.MODALITY.patch_size=4"],  # 4x the tokens (image, video, audio)
+    "patch 4": ["model_overrides.modalities.MODALITY.patch_size=4"],  # audio: 16x the tokens; image, video: default
+    "patch 8": ["model_overrides.modalities.MODALITY.patch_size=8"],  # video: the default before issue 26
     "lr 1.5e-3": ["lr=1.5e-3"],
     "decoder 64 x 1": ["decoder.dim=64", "decoder.depth=1"],
     "pixel target": ["model_overrides.modalities.MODALITY.norm_pix_loss=false"],

@@ -32,7 +32,7 @@ def test_quick_demo_writes_the_report(tmp_path):
     report = (out / "report.md").read_text()
     for section in (
         "## Results",
-        "## Few labels: pretrained vs scratch",
+        "## Frozen probes: pretrained vs random backbones",
         "## Forgetting matrix",
         "## Pretraining",
         "## Fine-tuning loss curves",
@@ -41,10 +41,21 @@ def test_quick_demo_writes_the_report(tmp_path):
         "## Time per stage",
     ):
         assert section in report, section
-    few = report[report.index("## Few labels") : report.index("## Forgetting matrix")]
-    for task in ("digits", "spoken_digits", "spoken_mix", "shapes", "moving_digits", "acl_highlights"):
-        assert re.search(rf"^\| {task} \| \w+ \| 5% \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|", few, re.M), task
-    assert "acl_summaries" not in few and "voices of two accents never heard in training" in report
+    probes = report[report.index("## Frozen probes") : report.index("## Forgetting matrix")]
+    for task, modality in (
+        ("digits", "image"),
+        ("spoken_digits", "audio"),
+        ("shapes", "point_cloud"),
+        ("moving_digits", "video"),
+        ("acl_highlights", "text"),
+    ):  # k-NN pretrained, random mean ± sd, the gap, > 2 sd, linear pretrained, random mean ± sd
+        cells = r"[\d.]+ \| [\d.]+ ± [\d.]+ \| [+-][\d.]+ \| (yes|no) \| [\d.]+ \| [\d.]+ ± [\d.]+ \|$"
+        assert re.search(rf"^\| {task} \| {modality} \| top1 \| {cells}", probes, re.M), task
+    assert re.search(r"^\| spoken_mix \| audio \| mAP \|  \|  \|  \| - \| [\d.]+ \| [\d.]+ ± [\d.]+ \|$", probes, re.M)
+    assert re.search(r"^pretrained k-NN above random by > 2 sd on \d of 5 modalities", probes, re.M)
+    assert "scored on the test split" in probes and "acl_summaries" not in probes
+    assert "voices of two accents never heard in training" in report
+    assert "frozen probes" in json.loads((out / "timings.json").read_text())
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
         assert (out / image).is_file(), image
     html = (out / "report.html").read_text()
