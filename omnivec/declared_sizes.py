@@ -39,7 +39,7 @@ def check_declared_sizes(data: Mapping[str, Any], shapes: Mapping[str, list[int]
         if m := STACK.match(name):
             stacks[m[1]] = max(stacks.get(m[1], 0), int(m[2]) + 1)
 
-    def depth(key: str, declared: Any, prefix: str) -> tuple[str, Any, int, str]:
+    def depth(key: str, declared: Any, prefix: str) -> tuple[str, Any, int | None, str]:
         """The blocks numbered at `prefix` (or, ending in ".", at the deepest stack under it)."""
         found = [n for p, n in stacks.items() if p == prefix or (prefix.endswith(".") and p.startswith(prefix))]
         return key, declared, max(found, default=0), f"blocks in {prefix.rstrip('.')}"
@@ -49,17 +49,17 @@ def check_declared_sizes(data: Mapping[str, Any], shapes: Mapping[str, list[int]
 
     backbone, modalities = section(data, "backbone"), section(data, "modalities")
     library = section(backbone, "library_config")
-    checks = [depth("backbone.depth", backbone.get("depth"), "backbone.blocks")]
+    checks: list[tuple[str, Any, int | None, str]] = [depth("backbone.depth", backbone.get("depth"), "backbone.blocks")]
     checks += [depth(f"backbone.library_config.{k}", library.get(k), "backbone.blocks") for k in LIBRARY_DEPTH]
     checks += [width("backbone.dim", backbone.get("dim"), "backbone.norm.weight")]
     checks += [width(f"backbone.library_config.{k}", library.get(k), "backbone.norm.weight") for k in LIBRARY_WIDTH]
-    for m in modalities:
-        sub, prefix = section(modalities, m), f"encoders.{m}."
-        checks += [depth(f"modalities.{m}.depth", sub.get("depth"), f"{prefix}blocks")]
-        checks += [width(f"modalities.{m}.width", sub.get("width"), f"{prefix}norm.weight")]
+    for mod in modalities:
+        sub, prefix = section(modalities, mod), f"encoders.{mod}."
+        checks += [depth(f"modalities.{mod}.depth", sub.get("depth"), f"{prefix}blocks")]
+        checks += [width(f"modalities.{mod}.width", sub.get("width"), f"{prefix}norm.weight")]
         library = section(sub, "library_config")
         checks += [
-            depth(f"modalities.{m}.library_config.{k}", library.get(k), f"{prefix}library.") for k in LIBRARY_DEPTH
+            depth(f"modalities.{mod}.library_config.{k}", library.get(k), f"{prefix}library.") for k in LIBRARY_DEPTH
         ]
     for key, declared, found, what in checks:
         if isinstance(declared, int) and not isinstance(declared, bool) and found is not None and declared != found:
