@@ -82,27 +82,14 @@ def _img(path: Path, html: bool, alt: str) -> str:
     return f"![{alt}]({path.name if path.parent.name == '' else path.as_posix()})"
 
 
-def write_report(out: Path) -> Path:
-    """report.md (images linked) and report.html (images inline) with every section, from what the
-    demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
-
-    settings = json.loads((out / "demo.json").read_text())
-    quick = settings["quick"]
-    pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
-    timings = json.loads((out / "timings.json").read_text())
-    retrieval = retrieval_summary(out)
-    summary = json.loads((out / "pretrain" / "summary.json").read_text())
-    probes = json.loads((out / "probes.json").read_text())
+def results_section(pre: dict[str, Any], scr: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The fine-tuned models' metrics against the baselines, and what the voice split measures."""
     voices = {
         n: r["final"]["spoken_digits"]["top1"]
         for n, r in (("pretrained", pre), ("scratch", scr))
         if "spoken_digits" in r["final"]
     }
-    lines = [
-        f"# omnivec demo{' (quick)' if quick else ''}",
-        "",
-        f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.",
-        "",
+    return [
         "## Results",
         "",
         f"On the {pre['split']} split; baselines: chance for classification, the lead sentence "
@@ -119,7 +106,12 @@ def write_report(out: Path) -> Path:
             if len(voices) == 2
             else "."
         ),
-        "",
+    ]
+
+
+def probes_section(probes: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The frozen probes of the pretrained backbone against the random ones (`probes.json`)."""
+    return [
         "## Frozen probes: pretrained vs random backbones",
         "",
         f"The backbone pretrained above (before any fine-tuning) and {len(probes['random_seeds'])} randomly "
@@ -136,14 +128,18 @@ def write_report(out: Path) -> Path:
         probe_count(probes["modalities_above"]),
         "",
         *probe_table(probes["rows"]),
-        "",
+    ]
+
+
+def training_sections(out: Path, pre: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The forgetting matrix, pretraining losses and reconstructions, fine-tuning loss curves and
+    confusion matrices (`@@path|alt@@` marks an image)."""
+    lines = [
         "## Forgetting matrix (from the pretrained backbone)",
         "",
         "Row: after stage i; column: a task's main metric; blank before the task is trained.",
         "",
         *forgetting_matrix_table(pre["forgetting_matrix"]),
-    ]
-    lines += [
         "",
         "## Pretraining",
         "",
@@ -177,9 +173,12 @@ def write_report(out: Path) -> Path:
             "",
         ]
     lines += ["## Confusion matrices (fine-tuned from the pretrained backbone)", ""]
-    lines += [f"@@eval/{p.name}|{p.stem}@@" for p in sorted((out / "eval").glob("confusion_*.png"))]
-    lines += [
-        "",
+    return lines + [f"@@eval/{p.name}|{p.stem}@@" for p in sorted((out / "eval").glob("confusion_*.png"))]
+
+
+def embeddings_section(retrieval: dict[str, Any]) -> list[str]:
+    """The 2-D projection, retrieval precision per modality and one query per modality."""
+    lines = [
         "## Embeddings",
         "",
         f"{retrieval['count']} test samples embedded; PCA to 2-D, colour = class, marker = modality.",
@@ -190,26 +189,51 @@ def write_report(out: Path) -> Path:
         "that have its class.",
         "",
         *retrieval_table(retrieval["rows"], "modality", retrieval["k"]),
+        "",
+        "One query per modality:",
+        "",
     ]
-    lines += ["", "One query per modality:", ""]
     for q in retrieval["examples"]:
         same = ", ".join(f"{r['label']} ({s:.2f})" for r, s in q["same"])
         other = ", ".join(f"{r['label']} [{r['modality']}] ({s:.2f})" for r, s in q["other"])
         lines.append(
             f"- {q['query']['label']} [{q['query']['modality']}]: same modality: {same}; other modalities: {other}"
         )
-    lines += [
+    return lines + [
         "",
         "No objective aligns the modalities (the sample data has no pairs), so neighbours across "
         "modalities carry no meaning.",
+    ]
+
+
+def write_report(out: Path) -> Path:
+    """report.md (images linked) and report.html (images inline) with every section, from what the
+    demo wrote to `out` (so a report can be regenerated without rerunning anything)."""
+    settings = json.loads((out / "demo.json").read_text())
+    pre, scr = (json.loads((out / f"finetune-{n}" / "eval.json").read_text()) for n in ("pretrained", "scratch"))
+    timings = json.loads((out / "timings.json").read_text())
+    summary = json.loads((out / "pretrain" / "summary.json").read_text())
+    probes = json.loads((out / "probes.json").read_text())
+    lines = [
+        f"# omnivec demo{' (quick)' if settings['quick'] else ''}",
+        "",
+        f"omnivec_tiny on data/sample, {sum(timings.values()) / 60:.1f} minutes in all.",
+        "",
+        *results_section(pre, scr, settings),
+        "",
+        *probes_section(probes, settings),
+        "",
+        *training_sections(out, pre, summary),
+        "",
+        *embeddings_section(retrieval_summary(out)),
         "",
         "## Time per stage",
         "",
         "| stage | seconds |",
         "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in timings.items()],
+        f"| all | {sum(timings.values()):.0f} |",
     ]
-    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += [f"| all | {sum(timings.values()):.0f} |"]
     text = "\n".join(lines) + "\n"
 
     def render(html: bool) -> str:
