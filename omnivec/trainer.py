@@ -304,7 +304,8 @@ class Trainer:
         losses = self.interval_means(interval)
         speed = samples / max(elapsed, 1e-9)
         record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
-        record |= {f"loss/{k}": v for k, v in losses.items()} | self.monitor() | {"samples_per_s": speed}
+        record |= {f"loss/{k}": v for k, v in losses.items()} | self.monitor()
+        record |= {"samples_per_s": speed, "elapsed_s": round(elapsed, 3)}  # seconds in the loop (since a resume)
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"samples/s": f"{speed:.0f}"})
         self.log(record)
 
