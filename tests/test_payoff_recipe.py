@@ -11,7 +11,7 @@ import yaml
 
 from omnivec.errors import ConfigError
 
-from .helpers import ENV, SAMPLE, SMALL_MODEL_OVERRIDES
+from helpers import ENV, SAMPLE, SMALL_MODEL_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pretraining_payoff.py"
