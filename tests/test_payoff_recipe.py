@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ENV, SAMPLE, SMALL_MODEL_OVERRIDES
 
 from omnivec.errors import ConfigError
-
-from helpers import ENV, SAMPLE, SMALL_MODEL_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pretraining_payoff.py"
