@@ -4,6 +4,7 @@ once over processes and workers, resuming continues at the same sample, bad shar
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -248,6 +249,22 @@ def test_an_unknown_hf_column_is_named(tmp_path):
         find_tasks(f"hf:{tmp_path / 't'}?text=txt")
     (task,) = find_tasks(f"hf:{tmp_path / 't'}?text=sentence")
     assert task.modality == "text" and task.target is None
+
+
+@pytest.mark.parametrize("column, value", [("label", None), ("label", float("nan")), ("summary", None)])
+def test_an_empty_hf_target_cell_is_named_not_made_a_class(tmp_path, column, value):
+    import datasets  # (#27 item 8: None became the class "None", NaN "nan", a None summary the text "None")
+
+    good = ["1", "2"] if column == "label" else ["s", "t"]
+    cells = [good[0], value, good[1]] if column == "summary" or value is None else [1.0, value, 2.0]
+    datasets.Dataset.from_dict({"text": ["a b", "c d", "e f"], column: cells}).save_to_disk(str(tmp_path / "d"))
+    spec = f"hf:{tmp_path / 'd'}"
+    where = f"{spec}[train][1]: {column} is empty ({value!r})"
+    if column == "label":  # the label set is read up front
+        with pytest.raises(DataError, match=re.escape(where)):
+            find_tasks(spec)
+    else:  # summaries are read with their samples: the row is reported bad
+        assert where in format_report(check_path(spec))
 
 
 def pretrain_config(tmp_path: Path, shards: Path, name: str, **kw) -> dict:
