@@ -17,27 +17,18 @@ from .metrics import classification_metrics
 from .model import OmniVecModel
 from .optim import param_groups
 from .pooling import AttentiveProbe, Layers, layers_name
-from .probes import train_probe
+from .probes import Features, train_probe
 
 
 @dataclass
-class TokenFeatures:
+class TokenFeatures(Features):
     """Frozen backbone tokens of one task, cached once for the attentive probe: train [N, L, D] and
     test [M, L', D] (prefix tokens left out; zero-padded to the split's longest sample), their
-    padding masks [N, L] / [M, L'] (True = real token; None when no sample is padded), targets and
-    the class count."""
+    targets, the class count and their padding masks [N, L] / [M, L'] (True = real token; None when
+    no sample is padded)."""
 
-    train: torch.Tensor
-    train_mask: torch.Tensor | None
-    train_y: torch.Tensor
-    test: torch.Tensor
-    test_mask: torch.Tensor | None
-    test_y: torch.Tensor
-    num_classes: int
-
-    @property
-    def multi_label(self) -> bool:
-        return self.train_y.ndim == 2
+    train_mask: torch.Tensor | None = None
+    test_mask: torch.Tensor | None = None
 
 
 def token_split(
@@ -81,9 +72,13 @@ def task_tokens(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     name = datasets[0].name
-    train = token_split(model, datasets, train_split, device, layers, batch_size, f"tokens {name} {train_split}")
-    test = token_split(model, datasets, test_split, device, layers, batch_size, f"tokens {name} {test_split}")
-    return TokenFeatures(*train, *test, len(datasets[0].classes))
+    train, train_mask, train_y = token_split(
+        model, datasets, train_split, device, layers, batch_size, f"tokens {name} {train_split}"
+    )
+    test, test_mask, test_y = token_split(
+        model, datasets, test_split, device, layers, batch_size, f"tokens {name} {test_split}"
+    )
+    return TokenFeatures(train, train_y, test, test_y, len(datasets[0].classes), train_mask, test_mask)
 
 
 def attentive_probe(

@@ -46,20 +46,20 @@ def add_demo(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def add_pretrain(sub: Subparsers) -> None:
-    p = sub.add_parser("pretrain", help="masked pretraining of the shared backbone on every modality")
-    p.add_argument("config", help="a YAML config, e.g. configs/pretrain/tiny.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=200 output_dir=runs/x")
-    allow_pipe(p)
-    p.set_defaults(func=cmd_pretrain)
-
-
-def add_finetune(sub: Subparsers) -> None:
-    p = sub.add_parser("finetune", help="sequential fine-tuning of task heads on the shared backbone")
-    p.add_argument("config", help="a YAML config, e.g. configs/finetune/sample_sequential.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. init=none output_dir=runs/x")
-    allow_pipe(p)
-    p.set_defaults(func=cmd_finetune)
+def add_recipes(sub: Subparsers) -> None:
+    """`omnivec pretrain` and `omnivec finetune`: a YAML config and key=value overrides."""
+    recipes = {
+        "pretrain": (cmd_pretrain, "masked pretraining of the shared backbone on every modality", "max_steps=200"),
+        "finetune": (cmd_finetune, "sequential fine-tuning of task heads on the shared backbone", "init=none"),
+    }
+    configs = {"pretrain": "pretrain/tiny", "finetune": "finetune/sample_sequential"}
+    for name, (func, what, example) in recipes.items():
+        config = configs[name]
+        p = sub.add_parser(name, help=what)
+        p.add_argument("config", help=f"a YAML config, e.g. configs/{config}.yaml")
+        p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example} output_dir=runs/x")
+        allow_pipe(p)
+        p.set_defaults(func=func)
 
 
 def add_evaluate(sub: Subparsers) -> None:
@@ -213,8 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         add_models,
         add_demo,
-        add_pretrain,
-        add_finetune,
+        add_recipes,
         add_evaluate,
         add_embed,
         add_search,

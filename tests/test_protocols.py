@@ -103,7 +103,7 @@ def token_features(n_per_class: int, seed: int, multi_label: bool = False) -> To
     target = F.one_hot(y, 4).float() if multi_label else y
     order = torch.randperm(len(y), generator=g)
     train, test = order[: len(y) * 3 // 4], order[len(y) * 3 // 4 :]
-    return TokenFeatures(tokens[train], mask[train], target[train], tokens[test], mask[test], target[test], 4)
+    return TokenFeatures(tokens[train], target[train], tokens[test], target[test], 4, mask[train], mask[test])
 
 
 def test_attentive_probe_finds_the_token_that_carries_the_class():

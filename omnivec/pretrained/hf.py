@@ -63,6 +63,20 @@ def hf_from_pretrained(model_class: Any, source: str, key: str) -> tuple[nn.Modu
         raise ConfigError(f"{key}: cannot load {source!r} ({e})") from e
 
 
+def checked_config(
+    cfg: ModalityConfig, modality: str, model_types: tuple[str, ...], same: dict[str, Any], **sizes: Any
+):
+    """`library_config`, refused unless the checkpoint is one of `model_types` and each omnivec
+    setting `same[key]` equals the checkpoint's (`key` may be "setting=attribute", as
+    "in_chans=num_channels", when the names differ)."""
+    config = library_config(cfg, modality, **sizes)
+    require_type(modality, config, model_types, cfg.pretrained)
+    for key, ours in same.items():
+        name, _, attribute = key.partition("=")
+        require_same(modality, name, ours, getattr(config, attribute or name), cfg.pretrained)
+    return config
+
+
 def require_same(modality: str, key: str, ours: Any, theirs: Any, source: str) -> None:
     """The omnivec setting `key` must equal the checkpoint's architecture."""
     if ours != theirs:

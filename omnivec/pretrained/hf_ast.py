@@ -15,7 +15,7 @@ import torch
 
 from ..modalities.audio import AudioConfig, AudioEncoder
 from ..modalities.base import ModalityEncoder
-from .hf import HFPatchEncoder, library_config, require_same, require_type
+from .hf import HFPatchEncoder, checked_config
 from .loading import register_encoder
 
 
@@ -30,11 +30,10 @@ class HFASTEncoder(HFPatchEncoder, AudioEncoder):
     def __init__(self, cfg: AudioConfig, dim: int):
         from transformers import ASTModel
 
-        config = library_config(cfg, "audio", num_mel_bins=cfg.num_mel_bins, max_length=cfg.target_frames)
-        require_type("audio", config, ("audio-spectrogram-transformer",), cfg.pretrained)
-        require_same("audio", "patch_size", cfg.patch_size, config.patch_size, cfg.pretrained)
-        require_same("audio", "patch_stride", cfg.patch_stride, config.frequency_stride, cfg.pretrained)
-        require_same("audio", "patch_stride", cfg.patch_stride, config.time_stride, cfg.pretrained)
+        same = {"patch_size": cfg.patch_size, "patch_stride=frequency_stride": cfg.patch_stride}
+        same["patch_stride=time_stride"] = cfg.patch_stride
+        sizes = {"num_mel_bins": cfg.num_mel_bins, "max_length": cfg.target_frames}
+        config = checked_config(cfg, "audio", ("audio-spectrogram-transformer",), same, **sizes)
         ModalityEncoder.__init__(self, cfg, dim, width=config.hidden_size)
         self.library = ASTModel(config)
         self.grid = cfg.grid

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..modalities.base import ModalityEncoder, Tokens
 from ..modalities.video import VideoConfig, VideoEncoder
-from .hf import HFEncoder, library_config, require_same, require_type
+from .hf import HFEncoder, checked_config
 from .loading import register_encoder
 
 
@@ -29,11 +29,9 @@ class HFVideoMAEEncoder(HFEncoder, VideoEncoder):
     def __init__(self, cfg: VideoConfig, dim: int):
         from transformers import VideoMAEModel
 
-        config = library_config(cfg, "video", num_frames=cfg.num_frames, image_size=cfg.image_size)
-        require_type("video", config, ("videomae",), cfg.pretrained)
-        require_same("video", "patch_size", cfg.patch_size, config.patch_size, cfg.pretrained)
-        require_same("video", "tubelet_size", cfg.tubelet_size, config.tubelet_size, cfg.pretrained)
-        require_same("video", "in_chans", cfg.in_chans, config.num_channels, cfg.pretrained)
+        same = {"patch_size": cfg.patch_size, "tubelet_size": cfg.tubelet_size, "in_chans=num_channels": cfg.in_chans}
+        sizes = {"num_frames": cfg.num_frames, "image_size": cfg.image_size}
+        config = checked_config(cfg, "video", ("videomae",), same, **sizes)
         ModalityEncoder.__init__(self, cfg, dim, width=config.hidden_size)
         self.library = VideoMAEModel(config)
         t, p = cfg.tubelet_size, cfg.patch_size

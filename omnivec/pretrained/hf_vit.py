@@ -7,7 +7,7 @@ from typing import Any
 
 from ..modalities.base import ModalityEncoder
 from ..modalities.image import ImageConfig, ImageEncoder
-from .hf import HFPatchEncoder, library_config, require_same, require_type
+from .hf import HFPatchEncoder, checked_config
 from .loading import register_encoder
 
 
@@ -20,10 +20,8 @@ class HFViTEncoder(HFPatchEncoder, ImageEncoder):
     def __init__(self, cfg: ImageConfig, dim: int):
         from transformers import ViTModel
 
-        config = library_config(cfg, "image", image_size=cfg.image_size)
-        require_type("image", config, ("vit",), cfg.pretrained)
-        require_same("image", "patch_size", cfg.patch_size, config.patch_size, cfg.pretrained)
-        require_same("image", "in_chans", cfg.in_chans, config.num_channels, cfg.pretrained)
+        same = {"patch_size": cfg.patch_size, "in_chans=num_channels": cfg.in_chans}
+        config = checked_config(cfg, "image", ("vit",), same, image_size=cfg.image_size)
         ModalityEncoder.__init__(self, cfg, dim, width=config.hidden_size)
         self.library = ViTModel(config, add_pooling_layer=False)
         self.grid = (cfg.image_size // cfg.patch_size,) * 2
