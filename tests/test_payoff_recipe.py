@@ -55,7 +55,8 @@ def small_configs(tmp_path: Path) -> tuple[Path, Path]:
         "tasks": {
             "digits": {"head": "classification", "data": [str(digits)]},
             "shapes": {"head": "classification", "data": [str(shapes)]},
-        }
+        },
+        "stages": [{"tasks": ["digits", "shapes"]}],  # (a fine-tuning config needs one; the recipe reads only the data)
     }
     paths = tmp_path / "pretrain.yaml", tmp_path / "tasks.yaml"
     for path, data in zip(paths, (pretrain, tasks)):
