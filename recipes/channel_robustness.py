@@ -5,8 +5,8 @@ A model fine-tuned on the sample's synthetic voices scored at chance on a real s
 noise at a fixed SNR (omnivec/channel.py) into OUTPUT/proxy, a dataset every command reads. Then:
   1. fine-tune the task alone (one stage of --steps steps, from --init or from scratch) with audio
      augmentation off (`augment: {}`), on (`augment.audio`: AudioAugment's defaults) and on with
-     telephone band-limiting (`band_limit: 0.5`), once per seed (`--augment band_only`: band-limiting
-     alone, without the defaults' other augmentations);
+     telephone band-limiting (`band_limit: 0.5`), and band-limiting alone, without the defaults' other
+     augmentations (`band_only`), once per seed;
   2. score each model (top-1) on val and test, clean and through the channel.
 The setting to keep is the best on val proxy: it is chosen on val only; test is reported, never used
 to choose. Every run appends a line to OUTPUT/runs.jsonl (a rerun skips what is there and may add
@@ -56,7 +56,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "off": {},
     "audio": {"audio": {}},  # AudioAugment's defaults
     "band_limit": {"audio": {"band_limit": 0.5}},  # the defaults and half the clips through 8 kHz
-    # band-limiting alone (not run by default): the channel without the defaults' SpecAugment and the rest
+    # band-limiting alone: the channel without the defaults' SpecAugment and the rest (the sample config's since
+    # 2026-12-05: it won on val proxy, docs/evaluation.md)
     "band_only": {
         "audio": {
             "band_limit": 0.5,
@@ -69,7 +70,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         }
     },
 }
-DEFAULT_SETTINGS = ["off", "audio", "band_limit"]
+DEFAULT_SETTINGS = ["off", "audio", "band_limit", "band_only"]
 COLUMNS = ("val clean", "val proxy", "test clean", "test proxy")
 # set per run by the recipe, so not overridable with --set
 RECIPE_KEYS = ("init", "seed", "output_dir", "stages", "overwrite", "save_every", "augment", "eval_split")

@@ -153,11 +153,11 @@ def test_channel_robustness_quick(spoken, tmp_path):
     table = (out / "channel.md").read_text().splitlines()
     assert "| augmentation | augment | val clean | val proxy | test clean | test proxy |" in table
     rows = [line for line in table if line.startswith("| ") and "±" in line]
-    assert [r.split(" | ")[0] for r in rows] == ["| off", "| audio", "| band_limit"]
+    assert [r.split(" | ")[0] for r in rows] == ["| off", "| audio", "| band_limit", "| band_only"]
     assert all(r.count("±") == 4 for r in rows)
     assert any(line.startswith("Best on val proxy: **") for line in table)
     report = json.loads((out / "channel.json").read_text())
-    assert [(r["setting"], r["seed"]) for r in report["runs"]] == [("off", 3), ("audio", 3), ("band_limit", 3)]
+    assert [(r["setting"], r["seed"]) for r in report["runs"]] == [(s, 3) for s in recipe.DEFAULT_SETTINGS]
     assert report["best_on_val_proxy"] in recipe.SETTINGS
     for run in report["runs"]:
         assert all(0 <= run[c] <= 1 for c in recipe.COLUMNS)
