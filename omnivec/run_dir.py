@@ -210,3 +210,20 @@ def trim_metrics(output_dir: Path, step: int) -> None:
         tmp = path.with_name(f".tmp-{METRICS}")
         tmp.write_text("".join(keep))
         os.replace(tmp, path)
+
+
+def changes_summary(changed: list[str]) -> str:
+    """The first four of `config_changes` and how many more."""
+    return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
+def refuse_other_settings(path: Path, settings: Mapping[str, Any], what: str) -> None:
+    """A recipe's rerun in a folder with results: `ConfigError` ("`what` were made with other
+    settings (...)") unless the settings recorded in `path` (JSON) are `settings`."""
+    try:
+        before = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); delete it only if you know the folder's settings") from e
+    changed = config_changes(before, settings)
+    if changed:
+        raise ConfigError(f"{what} were made with other settings ({changes_summary(changed)}); use a new --output")

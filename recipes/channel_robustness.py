@@ -47,7 +47,7 @@ from omnivec.model import OmniVecModel
 from omnivec.parsing import require
 from omnivec.recipe_config import load_recipe_config
 from omnivec.registry import HEADS
-from omnivec.run_dir import RESUME_MAY_CHANGE, as_json, config_changes
+from omnivec.run_dir import RESUME_MAY_CHANGE, as_json, refuse_other_settings
 from omnivec.tasks import load_task_data
 from omnivec.variants import load_model
 
@@ -173,18 +173,7 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     """OUTPUT/settings.json: refuse a rerun under other settings in a folder with results."""
     path = out / "settings.json"
     if (out / "runs.jsonl").is_file() and path.is_file():
-        try:
-            before = json.loads(path.read_text())
-        except ValueError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e}); delete it only if you know the folder's settings") from e
-        changed = config_changes(before, settings)
-        if changed:
-            raise ConfigError(
-                f"{out}: its results were made with other settings ("
-                + "; ".join(changed[:4])
-                + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
-                + "); use a new --output"
-            )
+        refuse_other_settings(path, settings, f"{out}: its results")
     path.write_text(json.dumps(settings, indent=2))
 
 

@@ -43,7 +43,7 @@ from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, un
 from omnivec.recipe_config import load_recipe_config
 from omnivec.registry import HEADS
 from omnivec.reports import label_efficiency_report, summarize_runs
-from omnivec.run_dir import RESUME_MAY_CHANGE, RUN_CONFIG, as_json, config_changes
+from omnivec.run_dir import RESUME_MAY_CHANGE, RUN_CONFIG, as_json, refuse_other_settings
 from omnivec.tasks import load_task_data
 from omnivec.variants import load_model
 
@@ -228,18 +228,7 @@ def check_settings(out: Path, settings: dict) -> None:
     path = out / "settings.json"
     made = (out / "results.jsonl").is_file() or any(out.glob("pretrain-*/model/config.json"))
     if made and path.is_file():
-        try:
-            before = json.loads(path.read_text())
-        except ValueError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e}); delete it only if you know the folder's settings") from e
-        changed = config_changes(before, settings)
-        if changed:
-            raise ConfigError(
-                f"{out}: its results or backbones were made with other settings ("
-                + "; ".join(changed[:4])
-                + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
-                + "); use a new --output"
-            )
+        refuse_other_settings(path, settings, f"{out}: its results or backbones")
     elif made:
         print(
             f"warning: {out} has results but no settings.json (an older run of this recipe); its settings are "

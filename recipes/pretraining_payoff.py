@@ -41,7 +41,7 @@ from omnivec.model import OmniVecModel
 from omnivec.pretraining import PretrainConfig, pretrain
 from omnivec.protocols import ProtocolSettings
 from omnivec.recipe_config import load_recipe_config
-from omnivec.run_dir import as_json, config_changes
+from omnivec.run_dir import as_json, changes_summary, config_changes
 from omnivec.tasks import load_task_data
 from omnivec.variants import load_model
 
@@ -134,8 +134,8 @@ def reuse(path: Path, settings: dict, what: str) -> dict | None:
     changed = config_changes(record["settings"], settings)
     if changed:
         raise ConfigError(
-            f"{path}: {what} was made with other settings ({'; '.join(changed[:4])}"
-            f"{f'; and {len(changed) - 4} more' if len(changed) > 4 else ''}); rerun with those, or use a new --output"
+            f"{path}: {what} was made with other settings ({changes_summary(changed)}); "
+            "rerun with those, or use a new --output"
         )
     return record
 
