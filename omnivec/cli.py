@@ -232,8 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers and os.environ.get("RANK", "0") == "0":  # load reports, once per run
         logging.basicConfig(format="%(message)s")
         logging.getLogger("omnivec").setLevel(logging.INFO)
-    with pipes_allowed(getattr(args, "allow_pipe", False)):
-        return exit_status(args.func, args)
+    try:
+        with pipes_allowed(getattr(args, "allow_pipe", False)):
+            return exit_status(args.func, args)
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """End a command run under torchrun / `accelerate launch` as torchtune's recipes do, by destroying
+    the process group: gloo's threads outliving the interpreter end the process with std::terminate."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

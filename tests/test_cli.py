@@ -163,3 +163,15 @@ def test_finetune_and_evaluate_cli_on_the_sample_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for task in ("digits", "spoken_digits", "shapes", "moving_digits", "acl_highlights"):
         assert (tmp_path / "eval" / f"confusion_{task}.png").is_file()
+
+
+def test_a_command_leaves_the_process_group_even_when_it_fails(tmp_path, capsys):
+    """Under torchrun each command ends by destroying the process group (else gloo may abort at exit)."""
+    import torch.distributed as dist
+
+    for argv, status in ((["models"], 0), (["finetune", str(tmp_path / "missing.yaml")], 2)):
+        store = dist.FileStore(str(tmp_path / f"store-{status}"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        assert main(argv) == status
+        assert not dist.is_initialized()
+    assert "missing.yaml" in capsys.readouterr().err

@@ -374,7 +374,7 @@ def test_sigkill_then_resume_from_shards_gives_the_uninterrupted_weights(tmp_pat
 
 
 EPOCH_SCRIPT = """
-import json, sys
+import gc, json, sys
 from types import SimpleNamespace
 import torch.distributed as dist
 from accelerate import PartialState
@@ -394,8 +394,12 @@ for name, path in (("shards", {shards!r}), ("manifest", {manifest!r})):
     gathered = [None] * state.num_processes
     dist.all_gather_object(gathered, mine)
     out[name] = gathered
+del loader, loaders
+gc.collect()  # stop the DataLoader workers before the process group goes
 if state.is_main_process:
     open({result!r}, "w").write(json.dumps(out))
+dist.barrier()
+dist.destroy_process_group()  # else gloo's threads may outlive the interpreter (std::terminate, SIGABRT)
 """
 
 
