@@ -63,24 +63,26 @@ def probe_backbones(
     settings: ProtocolSettings,
     device: str | torch.device | None = None,
     seeds: tuple[int, ...] = RANDOM_SEEDS,
+    split: str = SPLIT,
 ) -> dict[str, Any]:
     """k-NN and a linear probe of the saved model `pretrained` and of one randomly initialised twin
     per seed (its config, built after `torch.manual_seed(seed)`) on every classification task of the
-    fine-tuning config `cfg` -> the record written to `out` (JSON). The global RNG is left as it was."""
+    fine-tuning config `cfg`, fitted on train and scored on `split` (a screen: val) -> the record
+    written to `out` (JSON). The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):  # the demo's later stages see the global RNG as it was
         data = {
             task: datasets
-            for task, datasets in load_task_data(cfg, ["train", SPLIT]).items()
+            for task, datasets in load_task_data(cfg, ["train", split]).items()
             if HEADS.get(cfg.tasks[task].head).target.has_classes
         }
         model = OmniVecModel.from_pretrained(pretrained)
-        results, skipped = run_protocols(model, data, PROBES, dataclasses.replace(settings, seed=0), device, SPLIT)
+        results, skipped = run_protocols(model, data, PROBES, dataclasses.replace(settings, seed=0), device, split)
         randoms = []
         for seed in seeds:
             torch.manual_seed(seed)
             random = OmniVecModel(model.config)
             randoms.append(
-                run_protocols(random, data, PROBES, dataclasses.replace(settings, seed=seed), device, SPLIT)[0]
+                run_protocols(random, data, PROBES, dataclasses.replace(settings, seed=seed), device, split)[0]
             )
     rows = [
         probe_row(
@@ -94,7 +96,7 @@ def probe_backbones(
     record = {
         "pretrained": str(pretrained),
         "fit_split": "train",
-        "split": SPLIT,
+        "split": split,
         "random_seeds": list(seeds),
         "settings": dataclasses.asdict(settings),
         "rows": rows,
