@@ -223,6 +223,7 @@ class ImageEncoder(ModalityEncoder):
     cfg: ImageConfig
     config_class = ImageConfig
     augment_class = ImageAugment
+    transform_class = ImageTransform
     suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
     plot_style = "image"
 
@@ -269,12 +270,6 @@ class ImageEncoder(ModalityEncoder):
     def check_input(self, x: torch.Tensor) -> None:
         c, s = self.cfg.in_chans, self.cfg.image_size
         self._check_tensor(x, (None, c, s, s), f"[B, {c}, {s}, {s}]")
-
-    @classmethod
-    def build_transform(
-        cls, cfg: ImageConfig, train: bool = False, augment: ImageAugment | None = None
-    ) -> ImageTransform:
-        return ImageTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: ImageConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -132,6 +132,7 @@ class VideoEncoder(ModalityEncoder):
 
     config_class = VideoConfig
     augment_class = VideoAugment
+    transform_class = VideoTransform
     suffixes = (".mp4", ".webm", ".avi", ".mkv", ".mov")
     plot_style = "image"
 
@@ -266,12 +267,6 @@ class VideoEncoder(ModalityEncoder):
         values = nn.utils.rnn.pad_sequence(inputs, batch_first=True)  # [B, T, C, H, W]
         mask = (torch.arange(values.shape[1])[None] < lengths[:, None]).long()  # [B, T]
         return {"pixel_values": values, "attention_mask": mask}
-
-    @classmethod
-    def build_transform(
-        cls, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None
-    ) -> VideoTransform:
-        return VideoTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: VideoConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
