@@ -118,6 +118,14 @@ def require_divisor(obj: Any, prefix: str, part: str, whole: str) -> None:
     require(total % value == 0, join_key(prefix, part), f"a divisor of {whole}={total}", value)
 
 
+def split_key_value(item: str) -> tuple[str, str]:
+    """A command line's `key=value` -> (key, value); a `ConfigError` for anything else."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{item!r}: expected key=value")
+    return key, value
+
+
 def mapping(value: Any, key: str) -> dict:
     """`value` as a dict ({} for None); a `ConfigError` naming `key` when it is not a mapping."""
     if value is None:
