@@ -46,9 +46,7 @@ def token_split(
     modality, n = datasets[0].modality, model.backbone.num_prefix_tokens
     parts, masks, labels = [], [], []
     with evaluating(model):
-        for x, batch in eval_batches(
-            task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
-        ):
+        for x, batch in eval_batches(task_loader(model, datasets, split, batch_size), device, desc=desc):
             tokens, mask = model.layer_tokens(modality, x, layers)  # [B, n + L, D]
             parts.append(tokens[:, n:].float().cpu())  # [B, L, D]
             masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool) if mask is None else mask.cpu())
