@@ -159,3 +159,30 @@ def test_farthest_point_sampling_and_groups():
     assert centres.shape == (1, 2, 3) and groups.shape == (1, 2, 5, 5)
     assert groups[..., :3].abs().max() < 0.1  # neighbours of a centre are near it
     assert (groups[..., 3:] == 1).all()  # extra channels carried through
+
+
+def test_video_frames_are_pyavs_rgb_pixels_and_decode_in_forked_workers():
+    """VideoFile converts frames without swscale's slice threads: the same pixels as PyAV's default
+    `to_ndarray(format="rgb24")`, and a DataLoader worker forked after the main process decoded
+    a clip decodes too (threads a fork does not copy once deadlocked it)."""
+    import av
+    from helpers import SAMPLE
+    from torch.utils.data import DataLoader
+
+    from omnivec.modalities.video_files import VideoFile
+
+    clips = sorted((SAMPLE / "moving_digits" / "clips").iterdir())[:4]
+    expected = []
+    for clip in clips:
+        with av.open(str(clip)) as container:
+            expected.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    first = VideoFile(clips[0]).frames(range(len(expected[0]))).numpy()  # decoded in this process first
+
+    def decode(clip):
+        video = VideoFile(clip)
+        return video.frames(range(len(video))).numpy()
+
+    loader = DataLoader(clips[1:], batch_size=None, num_workers=1, timeout=60, collate_fn=decode)
+    got = [first, *loader]
+    for want, have in zip(expected, got, strict=True):
+        assert np.array_equal(want, have)
