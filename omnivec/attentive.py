@@ -17,7 +17,7 @@ from .metrics import classification_metrics
 from .model import OmniVecModel
 from .optim import param_groups
 from .pooling import AttentiveProbe, Layers, layers_name
-from .probes import Features, train_probe
+from .probes import Features, FrozenPass, train_probe
 
 
 @dataclass
@@ -46,9 +46,7 @@ def token_split(
     modality, n = datasets[0].modality, model.backbone.num_prefix_tokens
     parts, masks, labels = [], [], []
     with evaluating(model):
-        for x, batch in eval_batches(
-            task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
-        ):
+        for x, batch in eval_batches(task_loader(model, datasets, split, batch_size), device, desc=desc):
             tokens, mask = model.layer_tokens(modality, x, layers)  # [B, n + L, D]
             parts.append(tokens[:, n:].float().cpu())  # [B, L, D]
             masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool) if mask is None else mask.cpu())
@@ -59,24 +57,13 @@ def token_split(
     return tokens, None if mask.all() else mask, torch.cat(labels)
 
 
-def task_tokens(
-    model: OmniVecModel,
-    datasets: list[TaskData],
-    device: str | torch.device | None = None,
-    train_split: str = "train",
-    test_split: str = "test",
-    batch_size: int = 64,
-    layers: Layers = "last",
-) -> TokenFeatures:
-    """The frozen model's tokens (of `layers`) for `train_split` and `test_split` of a classification task."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
-    name = datasets[0].name
-    train, train_mask, train_y = token_split(
-        model, datasets, train_split, device, layers, batch_size, f"tokens {name} {train_split}"
-    )
-    test, test_mask, test_y = token_split(
-        model, datasets, test_split, device, layers, batch_size, f"tokens {name} {test_split}"
+def task_tokens(model: OmniVecModel, datasets: list[TaskData], run: FrozenPass = FrozenPass()) -> TokenFeatures:
+    """The frozen model's tokens (of `run.layers`) for the train and test splits of a classification task."""
+    (train, train_mask, train_y), (test, test_mask, test_y) = run.over_splits(
+        model,
+        datasets,
+        "tokens",
+        lambda split, device, desc: token_split(model, datasets, split, device, run.layers, run.batch_size, desc),
     )
     return TokenFeatures(train, train_y, test, test_y, len(datasets[0].classes), train_mask, test_mask)
 
@@ -124,17 +111,3 @@ def attentive_evaluate(features: TokenFeatures, batch_size: int = 256, **setting
             ]
         )  # [M, C]
     return {**classification_metrics(scores, features), "_probe": probe}
-
-
-def attentive_protocol(
-    model: OmniVecModel,
-    datasets: list[TaskData],
-    device: str | torch.device | None = None,
-    test_split: str = "test",
-    layers: Layers = "last",
-    **settings: Any,
-) -> dict[str, Any]:
-    """Attentive probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `test_split`,
-    and the trained probe under "_probe"; `settings`: `attentive_probe`'s."""
-    features = task_tokens(model, datasets, device, test_split=test_split, layers=layers)
-    return attentive_evaluate(features, layers=layers, **settings)

@@ -32,6 +32,17 @@ def allow_pipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pipe", action="store_true", help="let shard specs be pipe: commands (run in a shell)")
 
 
+def pooling_options(p: argparse.ArgumentParser, pools: list[str], pool_help: str) -> None:
+    """`--pool` (one of `pools`) and `--layers`: which vector represents a sample (omnivec/pooling.py)."""
+    p.add_argument("--pool", choices=pools, default="mean", help=pool_help)
+    p.add_argument(
+        "--layers",
+        default="last",
+        help="the blocks whose tokens are used: last, meanK (the last K averaged) or indices such as 4,8,11 "
+        "(averaged: the width stays the backbone's); default last",
+    )
+
+
 def add_models(sub: Subparsers) -> None:
     p = sub.add_parser("models", help="list the registered model variants")
     p.add_argument("--details", action="store_true", help="build each variant and print parameters per part")
@@ -93,17 +104,8 @@ def add_evaluate(sub: Subparsers) -> None:
         help="linear: SGD learning rate, cosine schedule (default 0.1); attentive: AdamW (default 1e-3)",
     )
     p.add_argument("--heads", type=int, help="attentive: attention heads of the probe (default: width // 64)")
-    p.add_argument(
-        "--pool",
-        choices=["mean", "cls"],
-        default="mean",
-        help="knn / linear: pool the tokens by their mean or take the CLS token (default mean)",
-    )
-    p.add_argument(
-        "--layers",
-        default="last",
-        help="the blocks whose tokens are used: last, meanK (the last K averaged) or indices such as 4,8,11 "
-        "(averaged); default last",
+    pooling_options(
+        p, ["mean", "cls"], "knn / linear: pool the tokens by their mean or take the CLS token (default mean)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -128,17 +130,10 @@ def add_embed(sub: Subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding files")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--skip-bad", action="store_true", help="record unreadable files as failed and go on")
-    p.add_argument(
-        "--pool",
-        choices=["mean", "cls", "attentive"],
-        default="mean",
-        help="mean of the tokens (default), the CLS token (a backbone with one), or a trained attentive pooler",
-    )
-    p.add_argument(
-        "--layers",
-        default="last",
-        help="the blocks whose tokens are pooled: last, meanK (the last K averaged) or indices such as 4,8,11 "
-        "(averaged: the width stays the backbone's); default last",
+    pooling_options(
+        p,
+        ["mean", "cls", "attentive"],
+        "mean of the tokens (default), the CLS token (a backbone with one), or a trained attentive pooler",
     )
     p.add_argument(
         "--pooler",

@@ -118,16 +118,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
     from .index import build_index
+    from .parsing import split_key_value
 
-    overrides = {}
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{item!r}: expected key=value")
-        overrides[key] = value
-    entry = build_index(args.store, args.kind, overrides)
+    entry = build_index(args.store, args.kind, dict(map(split_key_value, args.settings)))
     settings = " ".join(f"{k}={v}" for k, v in entry["settings"].items())
     print(
         f"indexed {entry['count']} vectors ({entry['factory']}{', ' + settings if settings else ''}) in "
@@ -149,10 +143,8 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
     index = write_shards(args.input, args.output, args.shard_size, args.split, args.allow_outside_root)
     splits = ", ".join(f"{s} {n}" for s, n in index["splits"].items())
-    print(
-        f"wrote {len(index['shards'])} shards ({splits} samples; {', '.join(index['modalities'])}) "
-        f"-> {args.output}/index.json"
-    )
+    modalities = ", ".join(index["modalities"])
+    print(f"wrote {len(index['shards'])} shards ({splits} samples; {modalities}) -> {args.output}/index.json")
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .parsing import coerce, from_dict, mapping, require, require_positive
+from .parsing import coerce, from_dict, mapping, require, require_divisor, require_positive
 from .registry import BACKBONES, ENCODERS, HEADS, MODALITIES
 
 
@@ -119,12 +119,8 @@ class BackboneConfig:
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "init_values")
-        require(
-            self.pretrained or self.dim % self.num_heads == 0,
-            f"{prefix}.num_heads",
-            f"a divisor of dim={self.dim}",
-            self.num_heads,
-        )  # (a pretrained backbone's sizes come from its checkpoint)
+        if not self.pretrained:  # a pretrained backbone's sizes come from its checkpoint
+            require_divisor(self, prefix, "num_heads", "dim")
         require(0.0 <= self.drop_path < 1.0, f"{prefix}.drop_path", "a float in [0, 1)", self.drop_path)
         require(self.act in ("gelu", "quick_gelu"), f"{prefix}.act", "gelu or quick_gelu", self.act)
         require(self.num_prefix_tokens >= 0, f"{prefix}.num_prefix_tokens", "an int >= 0", self.num_prefix_tokens)

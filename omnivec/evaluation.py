@@ -108,9 +108,7 @@ def embed_split(
     modality = datasets[0].modality
     parts, labels = [], []
     with evaluating(model):
-        for x, batch in eval_batches(
-            task_loader(model, datasets, split, batch_size, 0, train=False), device, desc=desc
-        ):
+        for x, batch in eval_batches(task_loader(model, datasets, split, batch_size), device, desc=desc):
             parts.append(model.embed({modality: x}, pool=pool, layers=layers)[modality].float().cpu())
             labels.append(batch["target"])
     return torch.cat(parts), torch.cat(labels)

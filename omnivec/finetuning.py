@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .backbone import set_drop_path
 from .datasets import TaskData
-from .datasets.loaders import task_loader
+from .datasets.loaders import recipe_settings, task_loader
 from .datasets.sampler import MultiModalLoader
 from .errors import ConfigError
 from .evaluation import baselines, cross_modal_retrieval, evaluate_tasks, public
@@ -75,14 +75,10 @@ def stage_loaders(
             data[t],
             "train",
             cfg.tasks[t].batch_size or cfg.batch_size,
-            cfg.num_workers,
             train=True,
-            seed=cfg.seed,
-            skip_bad=cfg.skip_bad,
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
-            shuffle_buffer=cfg.shuffle_buffer,
-            augment=cfg.augment,
+            **recipe_settings(cfg),
         )
         for t in stage.tasks + stage.replay
     }

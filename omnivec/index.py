@@ -241,18 +241,6 @@ class StoreIndex:
         return scores[:, :k], ids[:, :k]
 
 
-def search_ids(
-    out_dir: str | os.PathLike,
-    queries: np.ndarray,
-    k: int = 10,
-    modality: str | None = None,
-    kind: str | None = None,
-    **params: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`StoreIndex(out_dir, kind).search(queries, k, modality, **params)`: (scores [Q, k], ids [Q, k])."""
-    return StoreIndex(out_dir, kind).search(queries, k, modality, **params)
-
-
 def exact_rerank(rows: StoreRows, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidates ids [Q, c] (-1: none) -> their exact inner products with the queries, the best k
     of each first -> (scores [Q, k], ids [Q, k])."""
@@ -278,9 +266,9 @@ def search_index(
     `queries` [Q, D], with a FAISS index `omnivec index` built (`kind`; None: the one built last),
     optionally only rows of `modality` -> for each query its hits, best first: the row's record
     (index, path, modality, status) and "score"."""
-    scores, ids = search_ids(out_dir, queries, k, modality, kind, **params)
-    out_dir = Path(out_dir)
-    meta = read_store(out_dir)
+    index = StoreIndex(out_dir, kind)
+    scores, ids = index.search(queries, k, modality, **params)
+    out_dir, meta = index.out_dir, index.meta
     starts = [p["start"] for p in meta["parts"]]
     records: dict[int, list[dict[str, Any]]] = {}
     hits: list[list[dict[str, Any]]] = []

@@ -22,7 +22,7 @@ from .masking import Masking
 from .modalities.base import ModalityEncoder, Tokens
 from .model import OmniVecModel, init_weights
 from .packing import packed_backbone
-from .parsing import join_key, require, require_positive
+from .parsing import require_divisor, require_positive
 from .pretrained.vit_backbone import IMAGE, load_mae_decoder
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,7 @@ class DecoderConfig:
 
     def validate(self, prefix: str) -> None:
         require_positive(self, prefix, "dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
-        require(
-            self.dim % self.num_heads == 0,
-            join_key(prefix, "num_heads"),
-            f"a divisor of dim={self.dim}",
-            self.num_heads,
-        )
+        require_divisor(self, prefix, "num_heads", "dim")
 
 
 class MaskedDecoder(nn.Module):

@@ -1,7 +1,7 @@
 """Dataclass configs from plain data: `from_dict` builds a dataclass from a mapping, rejecting
 unknown keys (with a close match), wrong types and impossible values with a `ConfigError` naming
-the full dotted key (e.g. `modalities.image.patch_size`); `require` and `require_positive` are what
-each config's `validate(prefix)` is written with."""
+the full dotted key (e.g. `modalities.image.patch_size`); `require`, `require_positive` and
+`require_divisor` are what each config's `validate(prefix)` is written with."""
 
 from __future__ import annotations
 
@@ -109,6 +109,21 @@ def require_positive(obj: Any, prefix: str, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         require(value is None or value > 0, join_key(prefix, name), "a positive number", value)
+
+
+def require_divisor(obj: Any, prefix: str, part: str, whole: str) -> None:
+    """`require` the attribute `part` of `obj` to divide its attribute `whole` (patches tiling an
+    image, attention heads splitting a width)."""
+    value, total = getattr(obj, part), getattr(obj, whole)
+    require(total % value == 0, join_key(prefix, part), f"a divisor of {whole}={total}", value)
+
+
+def split_key_value(item: str) -> tuple[str, str]:
+    """A command line's `key=value` -> (key, value); a `ConfigError` for anything else."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{item!r}: expected key=value")
+    return key, value
 
 
 def mapping(value: Any, key: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,34 @@ from .evaluation import embed_split
 from .metrics import classification_metrics
 from .model import OmniVecModel
 from .pooling import Layers
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FrozenPass:
+    """How a frozen model runs over a classification task's data: its `device` (None: cuda when there
+    is one), the split it is fitted on and the one it is scored on, the batch size, and the blocks
+    (`layers`) whose tokens it uses."""
+
+    device: str | torch.device | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    batch_size: int = 64
+    layers: Layers = "last"
+
+    def over_splits(
+        self, model: OmniVecModel, datasets: list[TaskData], verb: str, one_split: Callable[[str, torch.device, str], T]
+    ) -> tuple[T, T]:
+        """Move `model` to the device, then `one_split(split, device, progress bar label)` on the train
+        split and on the test split -> (train result, test result)."""
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(device)
+        label = f"{verb} {datasets[0].name}"
+        return (
+            one_split(self.train_split, device, f"{label} {self.train_split}"),
+            one_split(self.test_split, device, f"{label} {self.test_split}"),
+        )
 
 
 @dataclass
@@ -68,25 +96,15 @@ def train_probe(
 
 
 def task_features(
-    model: OmniVecModel,
-    datasets: list[TaskData],
-    device: str | torch.device | None = None,
-    train_split: str = "train",
-    test_split: str = "test",
-    batch_size: int = 64,
-    pool: str = "mean",
-    layers: Layers = "last",
+    model: OmniVecModel, datasets: list[TaskData], run: FrozenPass = FrozenPass(), pool: str = "mean"
 ) -> Features:
-    """Embed `train_split` and `test_split` of a classification task (`datasets`) with the frozen
-    model (`model.embed`'s `pool` and `layers`)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
-    name = datasets[0].name
-    train, train_y = embed_split(
-        model, datasets, train_split, device, batch_size, f"embed {name} {train_split}", pool, layers
-    )
-    test, test_y = embed_split(
-        model, datasets, test_split, device, batch_size, f"embed {name} {test_split}", pool, layers
+    """Embed the train and test splits of a classification task (`datasets`) with the frozen model
+    (`model.embed`'s `pool` and `run.layers`)."""
+    (train, train_y), (test, test_y) = run.over_splits(
+        model,
+        datasets,
+        "embed",
+        lambda split, device, desc: embed_split(model, datasets, split, device, run.batch_size, desc, pool, run.layers),
     )
     return Features(train, train_y, test, test_y, len(datasets[0].classes))
 

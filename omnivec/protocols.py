@@ -23,7 +23,7 @@ from .evaluation import baselines
 from .model import OmniVecModel
 from .parsing import join_key, require, require_positive
 from .pooling import check_pool
-from .probes import knn_evaluate, linear_evaluate, task_features
+from .probes import FrozenPass, knn_evaluate, linear_evaluate, task_features
 
 
 @dataclass
@@ -84,25 +84,29 @@ TOKEN_PROTOCOLS = ("attentive",)  # trained on cached tokens (`task_tokens`); th
 def knn_protocol(
     model: OmniVecModel,
     datasets: list[TaskData],
+    run: FrozenPass = FrozenPass(),
     k: int = 20,
     temperature: float = 0.07,
-    device: str | torch.device | None = None,
-    test_split: str = "test",
 ) -> dict[str, float]:
-    """Weighted k-NN of a frozen model on one task: {"top1", "top5"} on `test_split`."""
-    return knn_evaluate(task_features(model, datasets, device, test_split=test_split), k, temperature)
+    """Weighted k-NN of a frozen model on one task: {"top1", "top5"} on `run.test_split`."""
+    return knn_evaluate(task_features(model, datasets, run), k, temperature)
 
 
 def linear_protocol(
-    model: OmniVecModel,
-    datasets: list[TaskData],
-    device: str | torch.device | None = None,
-    test_split: str = "test",
-    **settings: Any,
+    model: OmniVecModel, datasets: list[TaskData], run: FrozenPass = FrozenPass(), **settings: Any
 ) -> dict[str, float]:
-    """Linear probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `test_split`;
+    """Linear probe of a frozen model on one task: {"top1", "top5"} (or {"mAP"}) on `run.test_split`;
     `settings`: `linear_probe`'s epochs, lr, weight_decay, batch_size, seed."""
-    return linear_evaluate(task_features(model, datasets, device, test_split=test_split), **settings)
+    return linear_evaluate(task_features(model, datasets, run), **settings)
+
+
+def attentive_protocol(
+    model: OmniVecModel, datasets: list[TaskData], run: FrozenPass = FrozenPass(), **settings: Any
+) -> dict[str, Any]:
+    """Attentive probe of a frozen model on one task, on the tokens of `run.layers`: {"top1", "top5"}
+    (or {"mAP"}) on `run.test_split`, and the trained probe under "_probe"; `settings`:
+    `attentive_probe`'s epochs, lr, weight_decay, batch_size, seed, num_heads."""
+    return attentive_evaluate(task_tokens(model, datasets, run), layers=run.layers, **settings)
 
 
 def unsupported(model: OmniVecModel, protocol: str, datasets: list[TaskData]) -> str | None:
@@ -138,6 +142,7 @@ def run_protocols(
         len(model.backbone.blocks),
         model.backbone.num_prefix_tokens,
     )  # before any work
+    run = FrozenPass(device, test_split=test_split, layers=settings.layers)
     results: dict[str, dict[str, dict]] = {p: {} for p in protocols}
     skipped: dict[str, str] = {}
     for task, datasets in data.items():
@@ -148,11 +153,7 @@ def run_protocols(
             tokens = p in TOKEN_PROTOCOLS
             if tokens not in cached:
                 cached[tokens] = (
-                    task_tokens(model, datasets, device, test_split=test_split, layers=settings.layers)
-                    if tokens
-                    else task_features(
-                        model, datasets, device, test_split=test_split, pool=settings.pool, layers=settings.layers
-                    )
+                    task_tokens(model, datasets, run) if tokens else task_features(model, datasets, run, settings.pool)
                 )
             results[p][task] = {**PROTOCOLS[p](cached[tokens], settings), "samples": len(cached[tokens].test)}
     return results, skipped

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .parsing import BOOL_WORDS, NONE_WORDS, from_dict
+from .parsing import BOOL_WORDS, NONE_WORDS, from_dict, split_key_value
 
 
 def load_recipe_config(cls: type, path: str | Path, overrides: Sequence[str] = ()) -> Any:
@@ -31,9 +31,7 @@ def load_recipe_config(cls: type, path: str | Path, overrides: Sequence[str] = (
         raise ConfigError(f"{path}: nested too deeply to be a config") from e
     check_config_size(data, str(path))
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{item!r}: expected key=value")
+        key, value = split_key_value(item)
         word = value.strip().lower()
         # YAML 1.1 reads yes/no/on/off as booleans: keep them as words (precision=no); bool keys accept them
         parsed = None if word in NONE_WORDS else value.strip() if word in BOOL_WORDS else yaml.safe_load(value)

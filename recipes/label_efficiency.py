@@ -38,7 +38,7 @@ from omnivec.model import OmniVecModel
 from omnivec.parsing import require
 from omnivec.plots import plot_label_efficiency
 from omnivec.pretraining import PretrainConfig, pretrain
-from omnivec.probes import task_features
+from omnivec.probes import FrozenPass, task_features
 from omnivec.protocols import PROTOCOLS, ProtocolSettings, finetune_protocol, unsupported
 from omnivec.recipe_config import load_recipe_config
 from omnivec.registry import HEADS
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> Path:
                         backbones[init if init == "pretrained" else f"target_only:{modality[task]}"]
                     )
                 if features is None or init == "random":  # the other backbones do not change with the seed
-                    features = task_features(model, data[task], device)
+                    features = task_features(model, data[task], FrozenPass(device))
                 # the embedding protocols (the attentive probe needs the tokens, not `features`)
                 for protocol in [p for p in ("knn", "linear") if not unsupported(model, p, data[task])]:
                     scores = PROTOCOLS[protocol](features, dataclasses.replace(settings, seed=seed))

@@ -14,7 +14,7 @@ from omnivec.errors import ConfigError, DataError
 faiss = pytest.importorskip("faiss")
 from omnivec import embedding_store  # noqa: E402
 from omnivec.embedding_store import store_header  # noqa: E402
-from omnivec.index import build_index, search_ids, search_index  # noqa: E402
+from omnivec.index import StoreIndex, build_index, search_index  # noqa: E402
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
 MODALITIES = ["image", "audio", "text"]
@@ -74,7 +74,7 @@ def test_flat_is_exact_search_without_the_failed_rows(tmp_path, fmt):
     assert entry["count"] == 447 and (store / "faiss-flat.index").is_file()
     queries = clustered(20, seed=1)
     for modality in (None, "audio"):
-        scores, ids = search_ids(store, queries, 10, modality)
+        scores, ids = StoreIndex(store).search(queries, 10, modality)
         want_ids, want_scores = exact(x, records, queries, 10, modality)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_allclose(scores, want_scores, atol=1e-5)
@@ -92,16 +92,17 @@ def test_approximate_indexes_find_the_true_neighbours(tmp_path, kind, settings):
     store = write_store(tmp_path / "store", x, records, part_size=700)
     build_index(store, kind, settings)
     queries = clustered(100, seed=1)
-    scores, ids = search_ids(store, queries, 10, kind=kind)
+    index = StoreIndex(store, kind)
+    scores, ids = index.search(queries, 10)
     want, _ = exact(x, records, queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, want)])
     assert recall >= 0.9, recall
     assert 5 not in ids
     if kind == "ivf-pq":  # re-ranked: the scores are exact inner products
         np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", x[ids], queries), atol=1e-5)
-        _, plain = search_ids(store, queries, 10, kind=kind, rerank=1)
+        _, plain = index.search(queries, 10, rerank=1)
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(plain, want)]) < recall  # PQ codes alone
-    _, audio = search_ids(store, queries, 10, "audio", kind=kind)
+    _, audio = index.search(queries, 10, "audio")
     assert all(records[i]["modality"] == "audio" for i in audio.ravel())
 
 
@@ -123,9 +124,9 @@ def test_settings_are_recorded_and_a_changed_store_is_refused(tmp_path, capsys):
     }  # every row: fewer than 39 per code
     assert meta["indexes"]["ivf-pq"]["factory"] == "IVF4,PQ4x4" and meta["indexes"]["flat"]["count"] == 400
     assert not list(store.glob(".*tmp"))
-    search_ids(store, x[:1], 5)  # the index built last: flat
+    StoreIndex(store).search(x[:1], 5)  # the index built last: flat
     with pytest.raises(ConfigError, match="nprobe: not a search setting of a flat index"):
-        search_ids(store, x[:1], 5, nprobe=3)
+        StoreIndex(store).search(x[:1], 5, nprobe=3)
     assert main(["index", str(store), "--kind", "ivf-pq", "--set", "nlists=4"]) == 2
     assert "nlists: not a ivf-pq setting; expected one of ['m', 'nbits', 'nlist'" in capsys.readouterr().err
     assert main(["index", str(store), "--kind", "hnsw", "--set", "M=0"]) == 2
@@ -135,7 +136,7 @@ def test_settings_are_recorded_and_a_changed_store_is_refused(tmp_path, capsys):
         json.dumps({**json.loads((store / "embeddings.json").read_text()), "indexes": meta["indexes"]})
     )
     with pytest.raises(DataError, match="built over another version of the store"):
-        search_ids(store, x[:1], 5, kind="flat")
+        StoreIndex(store, "flat").search(x[:1], 5)
     write_store(tmp_path / "partial", x, records, complete=False)
     with pytest.raises(DataError, match="partial: unfinished"):
         build_index(tmp_path / "partial")
@@ -166,9 +167,9 @@ def test_sample_set_flat_search_is_exact_search(tmp_path):
     build_index(store, "flat")
     queries = embeddings[::10]
     for modality in (None, "point_cloud", "audio", "video"):
-        scores, ids = search_ids(store, queries, 10, modality)
+        scores, ids = StoreIndex(store).search(queries, 10, modality)
         want_ids, want_scores = exact(embeddings, records, queries, 10, modality)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_allclose(scores, want_scores, atol=1e-5, rtol=0)
         assert all(modality in (None, records[i]["modality"]) for i in ids.ravel())
-    assert (search_ids(store, queries, 10, "image")[1] == -1).all()  # no image in the store
+    assert (StoreIndex(store).search(queries, 10, "image")[1] == -1).all()  # no image in the store

@@ -18,7 +18,7 @@ from omnivec.embedding_store import open_store
 from omnivec.errors import ConfigError
 from omnivec.finetune_config import FinetuneConfig
 from omnivec.parsing import from_dict
-from omnivec.probes import Features, knn_evaluate, knn_scores, linear_evaluate, linear_probe
+from omnivec.probes import Features, FrozenPass, knn_evaluate, knn_scores, linear_evaluate, linear_probe
 from omnivec.protocols import knn_protocol
 from omnivec.tasks import load_task_data, subsample_train
 
@@ -133,7 +133,7 @@ def test_attentive_probe_is_deterministic_and_leaves_the_global_rng_alone():
 
 
 def test_knn_protocol_on_a_frozen_model(tiny_model):
-    result = knn_protocol(tiny_model, [load_task(SAMPLE / "shapes")], k=5, device="cpu")
+    result = knn_protocol(tiny_model, [load_task(SAMPLE / "shapes")], FrozenPass("cpu"), k=5)
     assert set(result) == {"top1", "top5"} and 0 <= result["top1"] <= result["top5"] <= 1
 
 

@@ -28,8 +28,8 @@ def task_loader(
     data: list[TaskData],
     split: str,
     batch_size: int,
-    num_workers: int,
-    train: bool,
+    num_workers: int = 0,
+    train: bool = False,
     seed: int = 0,
     skip_bad: bool = False,
     rank: int = 0,
@@ -40,7 +40,8 @@ def task_loader(
 ) -> DataLoader:
     """`split` of `data` through the model's (train or eval) transforms, with the training
     augmentation `augment` ({modality: its augment config}) when `train`; shuffled per epoch and
-    sharded per process when `train`. Workers persist across epochs (default: when training).
+    sharded per process when `train` (default: an evaluation loader, read in this process).
+    Workers persist across epochs (default: when training).
     Streamed datasets (shards, `hf:`) are read by `StreamDataset`: shards split over processes and
     workers, shuffled through `shuffle_buffer` samples; their workers start afresh each epoch."""
     modality = data[0].modality
@@ -81,6 +82,12 @@ def task_loader(
     )
 
 
+def recipe_settings(cfg: Any) -> dict[str, Any]:
+    """The `task_loader` settings a recipe config (a `TrainConfig`) holds under the same names:
+    `num_workers`, `seed`, `skip_bad`, `shuffle_buffer` and `augment`."""
+    return {name: getattr(cfg, name) for name in ("num_workers", "seed", "skip_bad", "shuffle_buffer", "augment")}
+
+
 def build_loaders(
     data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool, rank: int = 0, world_size: int = 1
 ) -> dict[str, DataLoader]:
@@ -98,14 +105,10 @@ def build_loaders(
             tasks,
             split,
             cfg.batch_size,
-            cfg.num_workers,
-            train,
-            seed=cfg.seed,
-            skip_bad=cfg.skip_bad,
+            train=train,
             rank=rank if train else 0,
             world_size=world_size if train else 1,
             persistent=True,
-            shuffle_buffer=cfg.shuffle_buffer,
-            augment=cfg.augment,
+            **recipe_settings(cfg),
         )
     return loaders

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import HeadConfig
 from ..errors import ConfigError
 from ..metrics import rouge
-from ..parsing import require, require_positive
+from ..parsing import require, require_divisor, require_positive
 from ..targets import SUMMARY
 from .base import TaskHead, register_head
 
@@ -37,7 +37,7 @@ class SummarizationHeadConfig(HeadConfig):
         require_positive(
             self, prefix, "vocab_size", "dim", "depth", "num_heads", "max_target_length", "max_new_tokens", "num_beams"
         )
-        require(self.dim % self.num_heads == 0, f"{prefix}.num_heads", f"a divisor of dim={self.dim}", self.num_heads)
+        require_divisor(self, prefix, "num_heads", "dim")
         require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "a float in [0, 1)", self.dropout)
 
 

@@ -136,6 +136,7 @@ class AudioEncoder(ModalityEncoder):
 
     config_class = AudioConfig
     augment_class = AudioAugment
+    transform_class = AudioTransform
     suffixes = (".wav", ".flac", ".ogg", ".mp3")
     plot_style = "spectrogram"
 
@@ -259,12 +260,6 @@ class AudioEncoder(ModalityEncoder):
         values = nn.utils.rnn.pad_sequence(inputs, batch_first=True, padding_value=value)  # [B, T, mel]
         mask = (torch.arange(values.shape[1])[None] < lengths[:, None]).long()  # [B, T]
         return {"input_values": values, "attention_mask": mask}
-
-    @classmethod
-    def build_transform(
-        cls, cfg: AudioConfig, train: bool = False, augment: AudioAugment | None = None
-    ) -> AudioTransform:
-        return AudioTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: AudioConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

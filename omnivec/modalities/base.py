@@ -84,8 +84,8 @@ class ModalityEncoder(nn.Module):
       `parse_inline` (a cell -> the row's value), `read_inline` (-> the raw sample, `DataError` for an
       unusable one) and `inline_member` (the sample as a file `read` decodes, for shards);
     - samples: `build_transform(cfg, train, augment)` (raw sample -> model-ready tensor; `augment`, an
-      `augment_class`, adds training augmentation), `collate(inputs,
-      cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
+      `augment_class`, adds training augmentation; default: `transform_class(cfg, train, augment)`),
+      `collate(inputs, cfg)` (samples -> batch, padding included), `example_input`, `check_input`;
     - tokens: `tokenize` (batch -> tokens with positions, and the reconstruction target on request),
       `tokenize_kept` (only the tokens masked pretraining keeps; default: `tokenize` all, then gather:
       a modality whose tokens cost real work each, like point groups, computes only the kept ones);
@@ -103,6 +103,7 @@ class ModalityEncoder(nn.Module):
     name: str
     config_class: type[ModalityConfig] = ModalityConfig
     augment_class: type[AugmentConfig] = AugmentConfig  # its training augmentation switches (none: text)
+    transform_class: Callable[..., Callable[..., Any]] | None = None  # `build_transform` makes it (cfg, train, augment)
     masked_pretraining = True  # False: its tokens cannot hide input (a convolution sees every pixel)
     suffixes: tuple[str, ...] = ()  # file types `read` decodes
     decoder_position_dim = 0  # > 0: the masked decoder places tokens by `Tokens.positions` [B, L, n]
@@ -249,8 +250,11 @@ class ModalityEncoder(nn.Module):
         cls, cfg: ModalityConfig, train: bool = False, augment: AugmentConfig | None = None
     ) -> Callable[..., Any]:
         """The per-sample transform from a decoded file to the model-ready tensor; `augment` (an
-        `augment_class`) adds its augmentation when `train`, and is ignored otherwise."""
-        raise NotImplementedError
+        `augment_class`) adds its augmentation when `train`, and is ignored otherwise. Default:
+        `transform_class(cfg, train, augment)`."""
+        if cls.transform_class is None:
+            raise NotImplementedError
+        return cls.transform_class(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: ModalityConfig, batch_size: int, generator: torch.Generator) -> Any:

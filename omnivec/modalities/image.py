@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from ..config import AugmentConfig, PatchConfig
 from ..errors import DataError, InputError
 from ..files import Blob, opened
-from ..parsing import require, require_positive
+from ..parsing import require, require_divisor, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
 
 DRAFT_SIDE = 1024  # a JPEG decodes reduced while both sides stay >= this: 4x a 224 input, ~290 px in an 8% crop
@@ -38,16 +38,17 @@ class ImageConfig(PatchConfig):
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
-        require_positive(self, prefix, "image_size", "patch_size", "in_chans")
-        require(
-            self.image_size % self.patch_size == 0,
-            f"{prefix}.patch_size",
-            f"a divisor of image_size={self.image_size}",
-            self.patch_size,
-        )
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
+        validate_pixels(self, prefix)
+
+
+def validate_pixels(cfg: Any, prefix: str) -> None:
+    """The settings of square images cut into patches (an `ImageConfig`, a video's frames): positive
+    `image_size`, `patch_size` (a divisor of it) and `in_chans`, and a `mean` and `std` per channel."""
+    require_positive(cfg, prefix, "image_size", "patch_size", "in_chans")
+    require_divisor(cfg, prefix, "patch_size", "image_size")
+    for key in ("mean", "std"):
+        value = getattr(cfg, key)
+        require(len(value) == cfg.in_chans, f"{prefix}.{key}", f"{cfg.in_chans} values (in_chans)", value)
 
 
 @dataclass
@@ -222,6 +223,7 @@ class ImageEncoder(ModalityEncoder):
     cfg: ImageConfig
     config_class = ImageConfig
     augment_class = ImageAugment
+    transform_class = ImageTransform
     suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
     plot_style = "image"
 
@@ -268,12 +270,6 @@ class ImageEncoder(ModalityEncoder):
     def check_input(self, x: torch.Tensor) -> None:
         c, s = self.cfg.in_chans, self.cfg.image_size
         self._check_tensor(x, (None, c, s, s), f"[B, {c}, {s}, {s}]")
-
-    @classmethod
-    def build_transform(
-        cls, cfg: ImageConfig, train: bool = False, augment: ImageAugment | None = None
-    ) -> ImageTransform:
-        return ImageTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: ImageConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

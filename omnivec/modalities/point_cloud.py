@@ -216,6 +216,7 @@ class PointCloudEncoder(ModalityEncoder):
 
     config_class = PointCloudConfig
     augment_class = PointCloudAugment
+    transform_class = PointCloudTransform
     suffixes = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".obj", ".off", ".stl")
     decoder_position_dim = 3  # the decoder places groups by their centres (Point-MAE)
     plot_style = "points"
@@ -271,12 +272,6 @@ class PointCloudEncoder(ModalityEncoder):
     @classmethod
     def read(cls, path: Path) -> np.ndarray:
         return read_point_cloud(path)
-
-    @classmethod
-    def build_transform(
-        cls, cfg: PointCloudConfig, train: bool = False, augment: PointCloudAugment | None = None
-    ) -> PointCloudTransform:
-        return PointCloudTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: PointCloudConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:

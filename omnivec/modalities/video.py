@@ -17,9 +17,9 @@ from torchvision.transforms import v2
 from ..config import AugmentConfig, PatchConfig
 from ..errors import InputError
 from ..masking import Masking, keep_count, tube_masking
-from ..parsing import require, require_positive
+from ..parsing import require, require_divisor, require_positive
 from .base import ModalityEncoder, Tokens, register_modality
-from .image import denormalize
+from .image import denormalize, validate_pixels
 from .video_files import VideoFile, read_frame_folder
 
 
@@ -36,22 +36,9 @@ class VideoConfig(PatchConfig):
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
-        require_positive(self, prefix, "num_frames", "image_size", "patch_size", "tubelet_size", "in_chans")
-        require(
-            self.image_size % self.patch_size == 0,
-            f"{prefix}.patch_size",
-            f"a divisor of image_size={self.image_size}",
-            self.patch_size,
-        )
-        require(
-            self.num_frames % self.tubelet_size == 0,
-            f"{prefix}.tubelet_size",
-            f"a divisor of num_frames={self.num_frames}",
-            self.tubelet_size,
-        )
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            require(len(value) == self.in_chans, f"{prefix}.{key}", f"{self.in_chans} values (in_chans)", value)
+        validate_pixels(self, prefix)  # of each frame
+        require_positive(self, prefix, "num_frames", "tubelet_size")
+        require_divisor(self, prefix, "tubelet_size", "num_frames")
 
 
 @dataclass
@@ -145,6 +132,7 @@ class VideoEncoder(ModalityEncoder):
 
     config_class = VideoConfig
     augment_class = VideoAugment
+    transform_class = VideoTransform
     suffixes = (".mp4", ".webm", ".avi", ".mkv", ".mov")
     plot_style = "image"
 
@@ -279,12 +267,6 @@ class VideoEncoder(ModalityEncoder):
         values = nn.utils.rnn.pad_sequence(inputs, batch_first=True)  # [B, T, C, H, W]
         mask = (torch.arange(values.shape[1])[None] < lengths[:, None]).long()  # [B, T]
         return {"pixel_values": values, "attention_mask": mask}
-
-    @classmethod
-    def build_transform(
-        cls, cfg: VideoConfig, train: bool = False, augment: VideoAugment | None = None
-    ) -> VideoTransform:
-        return VideoTransform(cfg, train, augment)
 
     @classmethod
     def example_input(cls, cfg: VideoConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
