@@ -1,6 +1,6 @@
 """Choose omnivec_tiny's mask ratio per modality on validation data (issue 26).
 
-Pretrains the demo's first stage (--pretrain-config on all its modalities, --steps steps, one seed)
+Pretrains as the demo's first stage does (--pretrain-config on all its modalities, --steps steps, one seed)
 once per setting, a setting being one mask ratio per modality, and judges each frozen backbone by
 k-NN and a linear probe on the val split of every classification task of --finetune-config (fitted
 on train), beside 3 random backbones. Per modality, the ratio whose backbone has the best mean val
@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from pretrain_ablation import SCREEN_RUN
+
 from omnivec.demo_probes import probe_backbones
 from omnivec.errors import exit_status
 from omnivec.finetune_config import FinetuneConfig
@@ -44,7 +46,7 @@ SPLIT = "val"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", required=True, help="run folder (a rerun reuses its finished settings)")
-    p.add_argument("--steps", type=int, default=400, help="pretraining steps per setting (default 400: the demo's)")
+    p.add_argument("--steps", type=int, default=400, help="steps per setting (default 400, twice the demo's)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), help=f"default: all of {list(SETTINGS)}")
     p.add_argument("--pretrain-config", default="configs/pretrain/tiny.yaml")
     p.add_argument("--finetune-config", default="configs/finetune/sample_sequential.yaml", help="the tasks' data")
@@ -59,21 +61,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def setting_config(args: argparse.Namespace, name: str, folder: Path) -> PretrainConfig:
     """The pretrain config of setting `name` (its mask ratio on every modality of the data) into `folder`."""
     modalities = load_recipe_config(PretrainConfig, args.pretrain_config, []).data
-    cfg = load_recipe_config(
+    return load_recipe_config(
         PretrainConfig,
         args.pretrain_config,
         [
             *(f"model_overrides.modalities.{m}.mask_ratio={SETTINGS[name][m]}" for m in modalities),
             f"output_dir={folder}",
-            "device=cpu",
-            "overwrite=true",
-            "save_every=0",
-            "eval_every=0",
+            *SCREEN_RUN,
             f"max_steps={3 if args.quick else args.steps}",
             *(["eval_batches=1", "plot_samples=1"] if args.quick else []),
         ],
     )
-    return cfg
 
 
 def choose(results: dict[str, dict]) -> dict[str, dict]:

@@ -45,6 +45,8 @@ VARIANTS = {
     "200 steps, pixel target": ["max_steps=200", "model_overrides.modalities.MODALITY.norm_pix_loss=false"],
 }
 
+SCREEN_RUN = ["device=cpu", "overwrite=true", "save_every=0", "eval_every=0"]  # a screen's pretraining run
+
 
 def check_blocks(blocks: list[int], model: OmniVecModel) -> None:
     """Refuse a `--blocks` count that is not one of the model's first blocks."""
@@ -78,10 +80,7 @@ def variant_config(args: argparse.Namespace, name: str, modality: str, folder: P
         args.pretrain_config,
         [
             f"output_dir={folder}",
-            "device=cpu",
-            "overwrite=true",
-            "save_every=0",
-            "eval_every=0",
+            *SCREEN_RUN,
             *variant_overrides(name, modality),
             *([f"seed={args.seed}"] if args.seed is not None else []),
             *(["max_steps=3", "eval_batches=1", "plot_samples=1"] if args.quick else []),

@@ -1,5 +1,5 @@
 """Shared by the tests: the sample data, a very small omnivec_tiny for recipes, a pretraining config
-writer, the CLI as a subprocess, and run folders to compare."""
+writer, the CLI as a subprocess, run folders to compare, and sample subsets with configs for recipes."""
 
 import json
 import os
@@ -83,3 +83,42 @@ def fake_run(folder: Path, **files: str) -> dict[str, bytes]:
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def subset(name: str, folder: Path, per_split: int) -> Path:
+    """A sample dataset cut to `per_split` rows of each split, evenly spaced (every class kept)."""
+    rows = [json.loads(line) for line in (SAMPLE / name / "manifest.jsonl").read_text().splitlines()]
+    kept = []
+    for split in ("train", "val", "test"):
+        of_split = [r for r in rows if r["split"] == split]
+        kept += of_split[:: max(1, len(of_split) // per_split)][:per_split]
+    for r in kept:
+        (folder / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (folder / r["path"]).write_bytes((SAMPLE / name / r["path"]).read_bytes())
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return folder
+
+
+def small_configs(tmp_path: Path) -> tuple[Path, Path]:
+    """A width-32 pretraining config on image and point-cloud subsets, and the two tasks on them."""
+    digits, shapes = subset("digits", tmp_path / "digits", 30), subset("shapes", tmp_path / "shapes", 25)
+    pretrain = {
+        "model": "omnivec_tiny",
+        "model_overrides": SMALL_MODEL_OVERRIDES,
+        "data": {"image": [str(digits)], "point_cloud": [str(shapes)]},
+        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
+        "batch_size": 4,
+        "num_workers": 0,
+        "warmup_steps": 1,
+    }
+    tasks = {
+        "tasks": {
+            "digits": {"head": "classification", "data": [str(digits)]},
+            "shapes": {"head": "classification", "data": [str(shapes)]},
+        },
+        "stages": [{"tasks": ["digits", "shapes"]}],  # (a fine-tuning config needs one; the recipe reads only the data)
+    }
+    paths = tmp_path / "pretrain.yaml", tmp_path / "tasks.yaml"
+    for path, data in zip(paths, (pretrain, tasks)):
+        path.write_text(yaml.safe_dump(data))
+    return paths

@@ -210,7 +210,7 @@ def test_too_few_visible_tokens_are_warned_about(caplog):
         p = pretrainer()
     warned = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records}
     assert (
-        "audio: masked pretraining leaves 1 visible tokens per full-length sample (6 tokens, mask_ratio 0.8"
+        "audio: masked pretraining leaves 2 visible tokens per full-length sample (6 tokens, mask_ratio 0.65"
         in warned["audio"]
     )
     assert "leaves 2 visible tokens" in warned["video"]  # tube masking: 1 of 4 places x 2 time steps
