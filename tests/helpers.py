@@ -122,3 +122,16 @@ def small_configs(tmp_path: Path) -> tuple[Path, Path]:
     for path, data in zip(paths, (pretrain, tasks)):
         path.write_text(yaml.safe_dump(data))
     return paths
+
+
+def refused_before_any_work(main, out: Path, cases: list[tuple[list[str], str]]) -> None:
+    """A recipe's `main(["--output", out, *args])` raises ConfigError matching each case's message,
+    and leaves no `out` behind."""
+    import pytest
+
+    from omnivec.errors import ConfigError
+
+    for args, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            main(["--output", str(out), *args])
+    assert not out.exists()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import small_configs
+from helpers import refused_before_any_work, small_configs
 
 from omnivec.errors import ConfigError
 
@@ -46,14 +46,11 @@ def test_choice_is_the_best_mean_val_knn_of_the_modalitys_tasks(recipe):
 
 
 def test_arguments_are_refused_before_any_work(recipe, tmp_path):
-    out = tmp_path / "out"
-    for args, message in [
+    cases = [
         (["--steps", "0"], r"--steps: expected a positive number of steps, got 0"),
         (["--settings", "huge"], r"--settings: expected settings among \['low', 'mid', 'high'\], got 'huge'"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            recipe.main(["--output", str(out), *args])
-    assert not out.exists()
+    ]
+    refused_before_any_work(recipe.main, tmp_path / "out", cases)
 
 
 @pytest.mark.integration

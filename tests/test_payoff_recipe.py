@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ENV, small_configs
+from helpers import ENV, refused_before_any_work, small_configs
 
 from omnivec.errors import ConfigError
 
@@ -40,8 +40,7 @@ def test_plan_fits_the_budget(recipe):
 
 
 def test_arguments_are_refused_before_any_work(recipe, tmp_path):
-    out = tmp_path / "out"
-    for args, message in [
+    cases = [
         (["--minutes", "0"], r"--minutes: expected a positive number of minutes, got 0.0"),
         (["--minutes", "nan"], r"--minutes: expected a positive number"),
         (["--points", "0"], r"--points: expected at least 1"),
@@ -51,10 +50,8 @@ def test_arguments_are_refused_before_any_work(recipe, tmp_path):
         (["--tasks", "nope"], r"--tasks: \['nope'\] are not tasks of"),
         (["--tasks", "acl_summaries"], r"--tasks: acl_summaries is not a classification task"),
         (["--device", "tpu"], r"argument --device: invalid choice"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            recipe.main(["--output", str(out), *args])
-    assert not out.exists()
+    ]
+    refused_before_any_work(recipe.main, tmp_path / "out", cases)
 
 
 @pytest.mark.integration
