@@ -135,3 +135,21 @@ def refused_before_any_work(main, out: Path, cases: list[tuple[list[str], str]])
         with pytest.raises(ConfigError, match=message):
             main(["--output", str(out), *args])
     assert not out.exists()
+
+
+def load_recipe(name: str, monkeypatch):
+    """recipes/NAME.py as a module, with recipes/ on sys.path (its sibling modules) as when run as a script."""
+    import importlib.util
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    monkeypatch.syspath_prepend(str(recipes))
+    spec = importlib.util.spec_from_file_location(name, recipes / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_config_args(tmp_path: Path) -> list[str]:
+    """`--pretrain-config` and `--finetune-config` naming `small_configs` written into `tmp_path`."""
+    pretrain, tasks = small_configs(tmp_path)
+    return ["--pretrain-config", str(pretrain), "--finetune-config", str(tasks)]

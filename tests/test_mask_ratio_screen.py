@@ -1,12 +1,11 @@
 """recipes/mask_ratio_screen.py: the choice per modality, refusals before any work, and a --quick run
 that reads only train and val."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from helpers import refused_before_any_work, small_configs
+from helpers import load_recipe, refused_before_any_work, small_config_args
 
 from omnivec.errors import ConfigError
 
@@ -15,11 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def recipe(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # its sibling recipe, as when run as a script
-    spec = importlib.util.spec_from_file_location("mask_ratio_screen", ROOT / "recipes" / "mask_ratio_screen.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("mask_ratio_screen", monkeypatch)
 
 
 def rows(**knn: float | None) -> dict:
@@ -54,12 +49,11 @@ def test_arguments_are_refused_before_any_work(recipe, tmp_path):
 
 
 @pytest.mark.integration
-def test_quick_screen_scores_on_val_reuses_and_refuses_other_settings(recipe, tmp_path, monkeypatch, capsys):
+def test_quick_screen_scores_on_val_reuses_and_refuses_other_settings(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    pretrain, tasks = small_configs(tmp_path)
     out = tmp_path / "screen"
     args = ["--quick", "--settings", "low", "high", "--output", str(out)]
-    args += ["--pretrain-config", str(pretrain), "--finetune-config", str(tasks)]
+    args += small_config_args(tmp_path)
     recipe.main(args)
     screen = json.loads((out / "screen.json").read_text())
     assert set(screen["chosen"]) == {"image", "point_cloud"}

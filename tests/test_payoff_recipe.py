@@ -1,13 +1,12 @@
 """recipes/pretraining_payoff.py: the budget plan, refusals before any work, and a --quick smoke run."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import ENV, refused_before_any_work, small_configs
+from helpers import ENV, load_recipe, refused_before_any_work, small_config_args
 
 from omnivec.errors import ConfigError
 
@@ -17,11 +16,7 @@ RECIPE = ROOT / "recipes" / "pretraining_payoff.py"
 
 @pytest.fixture
 def recipe(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # its helper module, as when run as a script
-    spec = importlib.util.spec_from_file_location("pretraining_payoff", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("pretraining_payoff", monkeypatch)
 
 
 def test_plan_fits_the_budget(recipe):
@@ -57,10 +52,9 @@ def test_arguments_are_refused_before_any_work(recipe, tmp_path):
 @pytest.mark.integration
 def test_quick_run_writes_the_grid_and_refuses_other_settings(recipe, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    pretrain, tasks = small_configs(tmp_path)
     out = tmp_path / "payoff"
     args = ["--quick", "--seeds", "0", "--device", "cpu", "--output", str(out)]
-    args += ["--pretrain-config", str(pretrain), "--finetune-config", str(tasks)]
+    args += small_config_args(tmp_path)
     recipe.main(args)
     printed = capsys.readouterr().out
     assert "plan: --quick: 2 steps a run, 2 backbones each" in printed
