@@ -48,6 +48,9 @@ class PretrainConfig(TrainConfig):
     eval_batches: int = 10  # validation batches per modality
     plot_samples: int = 3  # validation samples per modality in reconstructions.png
     pack: bool = False  # one backbone pass over every modality's kept tokens (omnivec/packing.py), same losses
+    # Training batches of file datasets hold samples of similar size (transformers' group_by_length): a text batch
+    # is padded to its longest text, so one long text among 31 short ones makes the whole batch long.
+    group_by_length: bool = False
     # What the decoders predict at the hidden tokens: mae (each modality's own target: normalised pixels, point
     # groups, token ids) or latent (an EMA teacher's features of the whole input, data2vec 2.0 / V-JEPA: `latent`).
     objective: str = "mae"

@@ -13,8 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import omnivec
 from omnivec.cli import main
 from omnivec.datasets import Collate, MultiModalLoader, TaskDataset, find_tasks, load_task, modality_of, read_file
+from omnivec.datasets.loaders import task_loader
+from omnivec.datasets.sampler import EpochSampler
 from omnivec.errors import DataError
 
 SAMPLE = Path(__file__).parents[1] / "data" / "sample"
@@ -310,3 +313,45 @@ def test_tokenizer_train_cli(tmp_path):
     assert len(tok) == 300
     ids = tok("We propose a method.")["input_ids"]
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and tok.unk_token_id not in ids
+
+
+def test_group_by_length_batches_alike_lengths_and_keeps_every_sample_once():
+    lengths = (torch.randperm(1000, generator=torch.Generator().manual_seed(0)) + 1).tolist()  # no ties
+    plain = EpochSampler(1000, seed=3)
+    grouped = EpochSampler(1000, seed=3, lengths=lengths, batch_size=8)
+    keys = list(grouped)
+    assert sorted(keys) == sorted(plain) and keys == list(grouped)  # a permutation, fixed by (seed, epoch)
+    order = [i for _, i in keys]
+    widths = [max(lengths[i] for i in order[j : j + 8]) for j in range(0, 1000, 8)]
+    plain_widths = [max(lengths[i] for _, i in list(plain)[j : j + 8]) for j in range(0, 1000, 8)]
+    assert sum(widths) < 0.7 * sum(plain_widths)  # far less padding: a batch is as long as its longest sample
+    runs = [sorted(order[j : j + 400], key=lambda i: -lengths[i]) for j in range(0, 1000, 400)]  # 50 batches of 8
+    for j in range(0, 1000, 8):  # each batch is a slice of its run, sorted by length
+        run = runs[j // 400]
+        batch = sorted(order[j : j + 8], key=lambda i: -lengths[i])
+        start = run.index(batch[0])
+        assert [lengths[i] for i in run[start : start + 8]] == [lengths[i] for i in batch]
+    grouped.set_epoch(1)
+    assert [i for _, i in grouped] != order  # a new grouping each epoch
+    grouped.set_epoch(0)
+    grouped.skip = 24  # a resumed run goes on with the same batches
+    assert list(grouped) == keys[24:]
+    ranks = [EpochSampler(1000, seed=3, rank=r, world_size=2, lengths=lengths, batch_size=4) for r in (0, 1)]
+    shares = [[i for _, i in s] for s in ranks]
+    assert sorted(shares[0] + shares[1]) == list(range(1000))
+    for j in range(0, 496, 4):  # the two processes' batches of one step come from one global batch of 8
+        step = set(shares[0][j : j + 4]) | set(shares[1][j : j + 4])
+        assert step == set(order[2 * j : 2 * j + 8])
+
+
+def test_group_by_length_cuts_the_padding_of_text_batches():
+    model = omnivec.build_model("omnivec_tiny", backbone={"depth": 1}, modalities={"text": {"max_length": 256}})
+    task = load_task(SAMPLE / "acl_highlights")  # byte tokens: 17 to 256 per sentence
+    widths = {}
+    for group in (False, True):
+        loader = task_loader(model, [task], "train", 16, train=True, group_by_length=group)
+        batches = list(loader)
+        widths[group] = sum(b["input"]["attention_mask"].shape[1] for b in batches)
+        real = sorted(i for b in batches for i in b["index"].tolist())
+        assert len(real) == len(set(real)) and len(real) == len(loader.sampler) // 16 * 16  # drop_last only
+    assert widths[True] < 0.8 * widths[False]

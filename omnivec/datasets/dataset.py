@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,12 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def sizes(self) -> list[int]:
+        """Each row's size, read without decoding it: the characters of an inline value (a text), else
+        the bytes of its file (0 when it is missing: loading it names the file). Lengths to group by."""
+        column = MODALITIES.get(self.task.modality).inline_column
+        return [len(str(r[column])) if column and column in r else file_size(r["path"]) for r in self.rows]
+
     def load(self, i: int) -> Any:
         """Row `i` -> model-ready input (raises `DataError` naming the file)."""
         return load_sample(self.rows[i], self.task.modality, self.transform)
@@ -84,6 +91,14 @@ class TaskDataset(Dataset):
                 raise
             return {"index": i, "error": str(e)}
         return {"index": i, "input": x, "target": self.target(i)}
+
+
+def file_size(path: Any) -> int:
+    """Bytes of the file at `path` (0 when it is not there)."""
+    try:
+        return os.stat(path).st_size
+    except (OSError, TypeError, ValueError):
+        return 0
 
 
 def encode_target(row: dict[str, Any], kind: Target | None, class_index: Mapping[str, int]) -> Any:

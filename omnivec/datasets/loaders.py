@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ from .records import TaskData
 from .sampler import EpochSampler
 from .sources import find_all_tasks
 from .streams import StreamDataset
+
+logger = logging.getLogger(__name__)
 
 
 def collate_for(model: Any, modality: str, target: Target | None = None) -> Collate:
@@ -37,18 +40,23 @@ def task_loader(
     persistent: bool | None = None,
     shuffle_buffer: int = 1000,
     augment: Mapping[str, Any] | None = None,
+    group_by_length: bool = False,
 ) -> DataLoader:
     """`split` of `data` through the model's (train or eval) transforms, with the training
     augmentation `augment` ({modality: its augment config}) when `train`; shuffled per epoch and
     sharded per process when `train` (default: an evaluation loader, read in this process).
     Workers persist across epochs (default: when training).
     Streamed datasets (shards, `hf:`) are read by `StreamDataset`: shards split over processes and
-    workers, shuffled through `shuffle_buffer` samples; their workers start afresh each epoch."""
+    workers, shuffled through `shuffle_buffer` samples; their workers start afresh each epoch.
+    `group_by_length`: a file dataset's training batches hold samples of similar size (a text's
+    characters, a file's bytes), so that little of a padded batch is padding; a stream keeps its order."""
     modality = data[0].modality
     transform = model.transforms(train=train, augment=augment)[modality]
     if data[0].stream is not None:
         if any(t.stream is None for t in data):
             raise DataError(f"{', '.join(str(t.source) for t in data)}: streamed and file datasets cannot be joined")
+        if group_by_length and train:
+            logger.warning("%s: a stream is read in its shuffled order, not grouped by length", data[0].source)
         stream = StreamDataset(
             data,
             split,
@@ -68,7 +76,8 @@ def task_loader(
             pin_memory=torch.cuda.is_available(),
         )
     dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed)
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    lengths = dataset.sizes() if group_by_length and train else None
+    sampler = EpochSampler(len(dataset), train, seed, rank, world_size, lengths, batch_size)
     persistent = train if persistent is None else persistent
     return DataLoader(
         dataset,
@@ -109,6 +118,7 @@ def build_loaders(
             rank=rank if train else 0,
             world_size=world_size if train else 1,
             persistent=True,
+            group_by_length=getattr(cfg, "group_by_length", False),
             **recipe_settings(cfg),
         )
     return loaders

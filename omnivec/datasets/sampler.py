@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,16 +11,31 @@ from ..errors import ConfigError
 from .streams import StreamDataset
 
 SCHEDULES = ("round_robin", "weighted", "all")
+GROUP_BATCHES = 50  # batches per length-sorted run (transformers' LengthGroupedSampler: megabatches of 50)
 
 
 class EpochSampler(torch.utils.data.Sampler):
     """Yields `(epoch, index)` keys: a permutation fixed by (seed, epoch), this process's shard of
     it (`rank::world_size`), starting `skip` keys in (to resume mid-epoch). The epoch in the key
-    lets `TaskDataset` seed each sample's augmentation, so a resumed run sees the same samples."""
+    lets `TaskDataset` seed each sample's augmentation, so a resumed run sees the same samples.
 
-    def __init__(self, length: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
+    With `lengths` (one per sample), batches hold samples of similar length (`group_by_length`):
+    a variable-length batch is padded to its longest sample, so one long text among short ones
+    makes the whole batch long."""
+
+    def __init__(
+        self,
+        length: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ):
         self.length, self.shuffle, self.seed = length, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.lengths, self.batch_size = lengths, batch_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -34,10 +49,29 @@ class EpochSampler(torch.utils.data.Sampler):
             torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
             if self.shuffle
             else torch.arange(self.length)
-        )
-        shard = order[self.rank :: self.world_size].tolist()[self.skip :]
+        ).tolist()
+        if self.lengths is not None:  # whole global batches, so each process's share of one is alike too
+            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + 1)
+            order = group_by_length(order, self.lengths, self.batch_size * self.world_size, generator)
+        shard = order[self.rank :: self.world_size][self.skip :]
         self.skip = 0  # only the first pass after a resume starts part-way
         return iter((self.epoch, i) for i in shard)
+
+
+def group_by_length(order: list[int], lengths: Sequence[int], batch: int, generator: torch.Generator) -> list[int]:
+    """`order` (sample indices) regrouped so that each run of `batch` holds samples of similar
+    length: cut into runs of GROUP_BATCHES batches, each run sorted by length and cut into batches,
+    which come in a random order (a short last batch stays last, where the loader drops it)."""
+    grouped = []
+    size = batch * GROUP_BATCHES
+    for start in range(0, len(order), size):
+        run = sorted(order[start : start + size], key=lambda i: lengths[i], reverse=True)
+        batches = [run[j : j + batch] for j in range(0, len(run), batch)]
+        full = [b for b in batches if len(b) == batch]
+        for k in torch.randperm(len(full), generator=generator).tolist():
+            grouped.extend(full[k])
+        grouped.extend(i for b in batches if len(b) < batch for i in b)
+    return grouped
 
 
 class MultiModalLoader:
