@@ -35,6 +35,9 @@ class ModalityConfig:
     depth: int = 0  # modality-specific transformer blocks before projecting to the backbone
     num_heads: int | None = None  # attention heads of those blocks (None: width // 64, at least 1)
     mask_ratio: float = 0.75  # fraction of tokens hidden in masked pretraining
+    # Fraction of the hidden tokens the MAE decoder skips in training (VideoMAE V2's decoder masking): neither run
+    # nor predicted, which cuts the decoder's cost where it runs over many tokens (video); validation decodes all
+    decoder_mask_ratio: float = 0.0
     # Start from another library's checkpoint (omnivec/encoders): "timm:MODEL_NAME" or "hf:HUB_ID_OR_DIR";
     # "" builds omnivec's own encoder.
     pretrained: str = ""
@@ -54,6 +57,12 @@ class ModalityConfig:
         require_timm_checkpoint(prefix, family, self.checkpoint)
         require(self.depth >= 0, f"{prefix}.depth", "an int >= 0", self.depth)
         require(0.0 <= self.mask_ratio < 1.0, f"{prefix}.mask_ratio", "a float in [0, 1)", self.mask_ratio)
+        require(
+            0.0 <= self.decoder_mask_ratio < 1.0,
+            f"{prefix}.decoder_mask_ratio",
+            "a float in [0, 1)",
+            self.decoder_mask_ratio,
+        )
 
 
 @dataclass

@@ -16,9 +16,10 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from .backbone import run_blocks, transformer_blocks
+from .config import ModalityConfig
 from .errors import ConfigError
 from .latent import LatentConfig, LatentTargets
-from .masking import Masking
+from .masking import Masking, decoder_masking, gather_tokens
 from .modalities.base import ModalityEncoder, Tokens
 from .model import OmniVecModel, init_weights
 from .packing import packed_backbone
@@ -88,7 +89,8 @@ class MaskedDecoder(nn.Module):
     ) -> torch.Tensor:
         """visible: [B, n + K, D] backbone tokens: the n prefix tokens, then those at `masking.ids_keep`;
         padding_mask: [B, L] of the full sequence; positions: [B, L, c] token coordinates (point groups)
-        -> predictions [N, P] for the N hidden tokens (`masking.mask`), the only ones any loss looks at."""
+        -> predictions [N, P] for the N hidden tokens (`masking.mask`), the only ones any loss looks at, or with
+        decoder masking for those at `masking.ids_decode` (`masking.decoded` order)."""
         n = self.num_prefix
         prefix, x = self.embed(visible).split([n, visible.shape[1] - n], dim=1)  # [B, n, d], [B, K, d]
         B, L = masking.mask.shape
@@ -97,11 +99,29 @@ class MaskedDecoder(nn.Module):
         index = masking.ids_keep[..., None].expand(-1, -1, x.shape[-1])
         x = self.mask_token.to(x.dtype).expand(B, L, -1).scatter(1, index, x)  # [B, L, d]
         x = x + (self.pos_mlp(positions) if positions is not None else self.pos_embed[:, :L])
+        if masking.ids_decode is not None:  # decoder masking: run the kept tokens and the hidden ones to decode
+            x, padding_mask = decoder_tokens(x, masking, padding_mask)  # [B, K + J, d], [B, K + J]
         if n:
             x = torch.cat([prefix + self.prefix_pos, x], dim=1)  # [B, n + L, d]
             padding_mask = None if padding_mask is None else nn.functional.pad(padding_mask, (n, 0), value=True)
-        x = run_blocks(self.blocks, x, padding_mask)[:, n:]  # [B, L, d]
+        x = run_blocks(self.blocks, x, padding_mask)[:, n:]  # [B, L, d] (or [B, K + J, d])
+        if masking.ids_decode is not None:
+            return self.pred(self.norm(masking.decoded(x[:, masking.ids_keep.shape[1] :])))  # [N, P]
         return self.pred(self.norm(masking.hidden(x)))  # [N, P]
+
+
+def decoder_tokens(
+    x: torch.Tensor, masking: Masking, padding_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [B, L, d] the decoder's full sequence -> the tokens at `ids_keep` then `ids_decode`
+    [B, K + J, d], and which of them are real [B, K + J] (keys for attention)."""
+    assert masking.ids_decode is not None  # (`decoder_masking` set it)
+    ids = torch.cat([masking.ids_keep, masking.ids_decode], dim=1)  # [B, K + J]
+    real = torch.ones_like(ids, dtype=torch.bool) if padding_mask is None else torch.gather(padding_mask, 1, ids)
+    for valid, start in ((masking.keep_valid, 0), (masking.decode_valid, masking.ids_keep.shape[1])):
+        if valid is not None:
+            real[:, start : start + valid.shape[1]] &= valid
+    return gather_tokens(x, ids), real
 
 
 class MaskedPretrainer(nn.Module):
@@ -212,6 +232,9 @@ class MaskedPretrainer(nn.Module):
         if self.is_latent(modality):
             target, x = self.latent.repeat(self.latent.targets(modality, x)), self.latent.repeat(x)  # [B * M, L, D]
         masking = enc.sample_mask(x, generator) if masking is None else masking
+        ratio = cast(ModalityConfig, enc.cfg).decoder_mask_ratio
+        if self.training and ratio and masking.ids_decode is None:  # (validation decodes every hidden token)
+            masking = decoder_masking(masking, ratio, generator)
         out = enc(x, masking.ids_keep, masking.keep_valid, with_target=True)
         return masking, out if target is None else dataclasses.replace(out, target=target)
 
@@ -222,13 +245,13 @@ class MaskedPretrainer(nn.Module):
         padding_mask = self.latent.repeat(enc.padding_mask(x)) if latent else enc.padding_mask(x)  # [B, L]
         pred = self.decoders[modality](hidden, masking, padding_mask, out.positions)  # [N, P]
         assert out.target is not None  # `encode` asks the encoder for it
-        target = masking.hidden(out.target)  # [N, P]
+        target = masking.loss_tokens(out.target)  # [N, P]
         loss = self.latent.loss(pred, target) if latent else enc.reconstruction_loss(pred, target)
         return {
             "loss": loss,
             "pred": pred,
             "target": out.target,
-            "mask": masking.mask,
+            "mask": masking.loss_mask,
             "positions": out.positions,
             "hidden_target": target,
         }

@@ -7,6 +7,7 @@ real tokens; padding is never kept nor hidden.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ class Masking:
     mask: torch.Tensor
     ids_restore: torch.Tensor
     num_hidden: int | None = None
+    ids_decode: torch.Tensor | None = None  # [B, J] the hidden tokens the decoder runs (`decoder_masking`)
+    decode_valid: torch.Tensor | None = None  # [B, J] False where a slot only pads a sample that decodes fewer
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, L, ...] -> [N, ...] the hidden tokens, row by row in position order (`x[mask]`);
@@ -32,6 +35,23 @@ class Masking:
             return x[self.mask]  # the count depends on the data: a sync
         ids = torch.argsort(~self.mask, dim=1, stable=True)[:, : self.num_hidden]  # [B, n] hidden, ascending
         return gather_tokens(x, ids).flatten(0, 1)  # [B * n, ...]
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """[B, L] True where the loss looks: the hidden tokens, or with decoder masking those decoded."""
+        if self.ids_decode is None:
+            return self.mask
+        valid = torch.ones_like(self.ids_decode, dtype=torch.bool) if self.decode_valid is None else self.decode_valid
+        return torch.zeros_like(self.mask).scatter(1, self.ids_decode, valid)
+
+    def decoded(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, J, ...] one value per `ids_decode` slot -> [N, ...] those of the real slots."""
+        return x.flatten(0, 1) if self.decode_valid is None else x[self.decode_valid]
+
+    def loss_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, ...] -> [N, ...] the tokens the loss looks at: the hidden ones (`hidden`), or with
+        decoder masking those at `ids_decode` (`decoded`), in the order the decoder predicts them."""
+        return self.hidden(x) if self.ids_decode is None else self.decoded(gather_tokens(x, self.ids_decode))
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -75,6 +95,27 @@ def random_masking(
         keep_valid, num_hidden = torch.arange(max_keep, device=device)[None] < n_keep, None  # [B, K]
     mask = (ids_restore >= n_keep) & real  # [B, L]
     return Masking(ids_shuffle[:, :max_keep], keep_valid, mask, ids_restore, num_hidden)  # ids_keep [B, K]
+
+
+def decoder_masking(masking: Masking, ratio: float, generator: torch.Generator | None = None) -> Masking:
+    """VideoMAE V2's dual masking: of each sample's n hidden tokens, the decoder runs and the loss
+    looks at n - round(n * ratio), chosen uniformly (`ids_decode`, `decode_valid`); the others are
+    neither run nor predicted. The kept tokens are those of `masking`."""
+    B, L = masking.mask.shape
+    device = masking.mask.device
+    noise = torch.rand(B, L, generator=generator, device=generator.device if generator else device)
+    ids = torch.argsort(noise + 2.0 * (~masking.mask), dim=1)  # hidden tokens first, in random order
+    decode_valid: torch.Tensor | None
+    if masking.num_hidden is not None:  # every sample hides as many: counted on the host
+        max_decode = masking.num_hidden - round(masking.num_hidden * ratio)
+        decode_valid = None
+    else:
+        n_hidden = masking.mask.sum(1)  # [B]
+        n_decode = n_hidden - torch.round(n_hidden * ratio).long()
+        max_decode = int(n_decode.max())  # a sync, as random_masking's for samples of several lengths
+        decode_valid = torch.arange(max_decode, device=device)[None] < n_decode[:, None]  # [B, J]
+    ids_decode = ids[:, :max_decode]  # [B, J]
+    return dataclasses.replace(masking, ids_decode=ids_decode, decode_valid=decode_valid)
 
 
 def tube_masking(
