@@ -18,6 +18,7 @@ from omnivec.datasets.check import check_path, format_report
 from omnivec.datasets.hf import sample_cell
 from omnivec.datasets.patterns import expand_pattern
 from omnivec.datasets.shard_writer import write_shards
+from omnivec.embedding_inputs import input_units, unit_items
 
 
 @pytest.fixture
@@ -65,10 +66,10 @@ def test_hf_path_cells_stay_in_the_dataset_folder(tmp_path, capsys):
     shutil.copy(private, data / "images" / "0000.png")
     datasets.Dataset.from_dict({"image": ["images/0000.png", "../x/0000.png", str(private)]}).save_to_disk(str(data))
     (task,) = find_tasks(f"hf:{data}")
-    rows = task.stream.shards[0].read()
-    assert next(rows)[1]["path"] == (data / "images" / "0000.png").resolve()
-    with pytest.raises(DataError, match=r"\[train\]\[1\]: path '../x/0000.png' leaves the dataset folder"):
-        next(rows)
+    rows = [row for _, row in task.stream.shards[0].read()]  # a bad cell is an error row, as a shard's sample is
+    assert rows[0]["path"] == (data / "images" / "0000.png").resolve()
+    assert re.search(r"\[train\]\[1\]: path '../x/0000.png' leaves the dataset folder", rows[1]["error"])
+    assert "path" not in rows[1] and "path" not in rows[2] and "leaves the dataset folder" in rows[2]["error"]
     assert main(["data", "check", f"hf:{data}"]) == 1  # reported, as a manifest's bad rows are
     assert "path '../x/0000.png' leaves the dataset folder" in capsys.readouterr().out
     (task,) = find_tasks(f"hf:{data}", allow_outside_root=True)
@@ -78,10 +79,34 @@ def test_hf_path_cells_stay_in_the_dataset_folder(tmp_path, capsys):
         sample_cell("hf:x[train][2]", str(private), "image", data, False)
     datasets.Dataset.from_dict({"image": ["../x/0000.png"]}).to_parquet(str(data / "p.parquet"))
     (task,) = find_tasks(f"hf:{data / 'p.parquet'}")
-    with pytest.raises(DataError, match=re.escape(f"path '../x/0000.png' leaves the dataset folder {data}")):
-        list(task.stream.shards[0].read())
+    ((_, row),) = task.stream.shards[0].read()
+    assert f"path '../x/0000.png' leaves the dataset folder {data}" in row["error"]
     with pytest.raises(DataError, match=r"hf:user/set\[train\]\[0\]: path 'a.png': a hub dataset has no folder"):
         sample_cell("hf:user/set[train][0]", "a.png", "image", None, False)
+
+
+def test_a_bad_hf_cell_is_one_bad_sample_and_the_rows_after_it_are_read(tmp_path):
+    """A cell leaving the folder or an out-of-range label ended its 1,000-row slice: `data check`
+    never read the rows after it, and `embed --skip-bad` recorded every row of the slice as failed
+    with the first bad row's error."""
+    import datasets
+
+    data = tmp_path / "hf"
+    (data / "images").mkdir(parents=True)
+    shutil.copy(digits_with_bad_files(tmp_path, []) / "images" / "0000.png", data / "images" / "0000.png")
+    cells = ["../x/0000.png", "images/0000.png", "/etc/hostname", "images/0000.png"]
+    ds = datasets.Dataset.from_dict({"image": cells, "label": [0, 1, 0, 7]})
+    ds.cast_column("label", datasets.ClassLabel(names=["a", "b"])).save_to_disk(str(data))
+    spec = f"hf:{data}"
+    (report,) = check_path(spec)
+    assert [line.split(": ")[0] for line in report.bad] == [f"{spec}[train][{i}]" for i in (0, 2, 3)]
+    assert "label is 7, but the column's ClassLabel has 2 classes" in report.bad[2]
+    assert format_report([report]).endswith("1 datasets, 4 samples, 3 bad")
+    (unit,) = input_units(spec)  # omnivec embed's reading, with --skip-bad
+    items = list(unit_items(unit, skip_bad=True))
+    assert ["error" in item for item in items] == [True, False, True, True]
+    assert [item["where"] for item in items if "error" in item] == [f"{spec}[train][{i}]" for i in (0, 2, 3)]
+    assert items[1]["path"] == str((data / "images" / "0000.png").resolve()) and items[1]["label"] == "b"
 
 
 def test_pipe_specs_run_only_with_allow_pipe_on_the_command_line(tmp_path, shards, capsys, monkeypatch):

@@ -190,16 +190,22 @@ def read_rows(
     stop: int,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, row) of rows `start:stop` of `ds`: the sample cell as a `Blob` (bytes), a file path or
-    text, and the target."""
+    text, and the target. A row that cannot be used (a path leaving the dataset's folder, an empty
+    or out-of-range target) is a row `{"where", "split", "error"}`, as a tar shard's bad sample is:
+    the rows after it are still read."""
     for chunk_start in range(start, stop, 100):
         chunk = ds[chunk_start : min(chunk_start + 100, stop)]
         for k, cell in enumerate(chunk[column]):
             i = chunk_start + k
             row: dict[str, Any] = {"where": f"{where}[{i}]", "split": split}
-            row.update(sample_cell(f"{where}[{i}]", cell, modality, root, allow_outside_root))
-            if kind is not None:
-                assert target_column is not None  # given with its kind
-                row[kind.column] = target_cell(chunk[target_column][k], kind, names, f"{where}[{i}]", target_column)
+            try:
+                row.update(sample_cell(f"{where}[{i}]", cell, modality, root, allow_outside_root))
+                if kind is not None:
+                    assert target_column is not None  # given with its kind
+                    value = chunk[target_column][k]
+                    row[kind.column] = target_cell(value, kind, names, f"{where}[{i}]", target_column)
+            except DataError as e:
+                row = {"where": f"{where}[{i}]", "split": split, "error": str(e)}
             yield str(i), row
 
 
