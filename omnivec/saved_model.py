@@ -21,7 +21,7 @@ from torch import nn
 from .card import model_card
 from .config import OmniVecConfig, read_json
 from .declared_sizes import check_declared_sizes, weights_header
-from .errors import ModelError, ModelFileMissing
+from .errors import ConfigError, ModelError, ModelFileMissing
 from .registry import MODALITIES
 
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
@@ -56,12 +56,12 @@ def load_model_folder(cls: Any, name_or_path: str | os.PathLike, revision: str |
         if not (directory / required).is_file():
             raise ModelFileMissing(f"{directory / required}: missing (save_pretrained writes it)")
     data = read_json(directory / CONFIG_NAME)
-    check_declared_sizes(
-        data, weights_header(directory / WEIGHTS_NAME), directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    )
+    header = weights_header(directory / WEIGHTS_NAME)
+    check_declared_sizes(data, header, directory / CONFIG_NAME, directory / WEIGHTS_NAME)
     config = OmniVecConfig.from_dict(data)  # (a huge declared model fails above, before anything is built)
     for modality, cfg in config.modalities.items():
         MODALITIES.get(modality).load_assets(cfg, directory)
+    check_shapes_before_building(cls, config, header, directory)
     model = cls(config, load_library_weights=False)
     state = load_file(directory / WEIGHTS_NAME)  # (its header was read above)
     problems = state_dict_mismatch(model.state_dict(), state)
@@ -76,6 +76,29 @@ def load_model_folder(cls: Any, name_or_path: str | os.PathLike, revision: str |
         )
     model.load_state_dict(state)
     return model
+
+
+def check_shapes_before_building(
+    cls: Any, config: OmniVecConfig, header: Mapping[str, list[int]], directory: Path
+) -> None:
+    """Build the model on the meta device (no memory) and compare its tensors with the weights
+    file's header: any size config.json declares (an image_size, a vocab_size, a max_length, ...)
+    that the weights do not hold is a `ModelError` before anything is allocated. A model that cannot
+    be built on the meta device is checked after the real build, as before."""
+    try:
+        with torch.device("meta"):
+            skeleton = cls(config, load_library_weights=False)
+    except (ModelError, ConfigError):
+        raise
+    except Exception:  # e.g. a library module that computes values at construction: checked after building
+        return
+    found = {k: torch.empty(shape, device="meta") for k, shape in header.items()}
+    problems = state_dict_mismatch(skeleton.state_dict(), found)
+    if problems:
+        raise ModelError(
+            f"{directory / WEIGHTS_NAME} does not match {directory / CONFIG_NAME}: {problems}; refusing to build "
+            "a model its weights do not fit (save_pretrained writes both)"
+        )
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:

@@ -135,6 +135,29 @@ def test_a_saved_config_declaring_a_huge_model_is_refused_before_building(
         omnivec.OmniVecModel.from_pretrained(tmp_path / "m")
 
 
+@pytest.mark.parametrize(
+    "key, value, tensor",
+    [
+        ("modalities.image.image_size", 40_000_000, "encoders.image.pos_embed"),  # 10^14 patches
+        ("modalities.text.vocab_size", 10**15, "encoders.text.token_embed.weight"),
+        ("modalities.text.max_length", 10**15, "encoders.text.pos_embed"),
+    ],
+)
+def test_a_saved_config_declaring_huge_inputs_is_refused_before_allocating(tmp_path, tiny_model, key, value, tensor):
+    """Only block counts and widths were checked: an image_size, vocab_size or max_length the weights
+    do not hold was allocated (a RuntimeError traceback, or gigabytes for a smaller value)."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    data = json.loads((tmp_path / "m" / "config.json").read_text())
+    *parents, leaf = key.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=rf"model.safetensors does not match .*config.json: wrong shapes: {tensor} "):
+        omnivec.OmniVecModel.from_pretrained(tmp_path / "m")
+
+
 # --- item 21: unreadable safetensors files, wider hf weights ---------------------------------------------
 
 
