@@ -126,8 +126,35 @@ def input_units(spec: str | os.PathLike) -> list[Unit]:
 
 def plan_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, list[Unit]]]:
     """(input, its units) for every input, in order; `DataError` naming an input that is missing,
-    or a manifest row or file that cannot be used, before any sample is decoded."""
-    return [(str(spec), input_units(spec)) for spec in inputs]
+    or a manifest row or file that cannot be used, before any sample is decoded; two inputs that
+    hold the same samples (`X X`, `X X/../X`, a folder and a file in it) are refused, as `data
+    shard` refuses them: each sample would be embedded twice."""
+    plan = [(str(spec), input_units(spec)) for spec in inputs]
+    seen: dict[str, tuple[int, str]] = {}  # a unit's resolved name -> (its input's number, its name)
+    holders: dict[str, str] = {}  # a folder above a seen unit -> that unit's resolved name
+    for n, (spec, units) in enumerate(plan):
+        for unit in units:
+            key = resolved_name(unit.name)
+            parents = [str(p) for p in Path(key).parents] if Path(key).is_absolute() else []
+            clash = next((k for k in [key, *parents, holders.get(key)] if k in seen and seen[k][0] != n), None)
+            if clash is not None:
+                inner = seen[clash][1] if clash == holders.get(key) else unit.name
+                raise DataError(
+                    f"inputs: {plan[seen[clash][0]][0]!r} and {spec!r} both hold {inner}; give each input once "
+                    "(its samples would be embedded twice)"
+                )
+            seen.setdefault(key, (n, unit.name))
+            for p in parents:
+                holders.setdefault(p, key)
+    return plan
+
+
+def resolved_name(name: str) -> str:
+    """A unit's name with a local path made absolute and its links resolved (`X/../X` is `X`)."""
+    try:
+        return str(Path(name).resolve()) if Path(name).exists() else name
+    except OSError:  # a name too long to be a path
+        return name
 
 
 def unit_items(unit: Unit, skip_bad: bool) -> Iterator[dict[str, Any]]:

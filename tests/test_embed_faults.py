@@ -69,6 +69,22 @@ def test_an_output_among_the_files_a_manifest_names_is_refused(model_dir, digits
     assert {p: p.read_bytes() for p in digits.rglob("*") if p.is_file()} == before
 
 
+def test_one_input_given_twice_is_refused(model_dir, digits, tmp_path, capsys):
+    """#27 item 14 (embed): `--input X X/../X` embedded every sample twice, exit 0."""
+    manifest = digits / "manifest.jsonl"
+    image = digits / json.loads(manifest.read_text().splitlines()[0])["path"]
+    for inputs, held in (
+        ([digits, digits], manifest),
+        ([digits, tmp_path / "ds" / ".." / "ds"], tmp_path / "ds" / ".." / "ds" / "manifest.jsonl"),
+        ([digits, manifest], manifest),
+        ([image.parent, image], image),
+        ([image, image.parent], image),
+    ):
+        assert embed(model_dir, inputs, tmp_path / "o") == 2
+        one_line_error(capsys, f"error: inputs: '{inputs[0]}' and '{inputs[1]}' both hold {held}; give each input once")
+        assert not (tmp_path / "o" / "embeddings.json").exists()
+
+
 @pytest.mark.parametrize(
     "damage, expected",
     [
