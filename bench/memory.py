@@ -19,7 +19,7 @@ step (before any update) must match with and without checkpointing to 1e-6 (fp32
 
 The end of the output turns the two batch sizes of each row into a line (peak = fixed + batch x
 per sample) and estimates the largest batch (at the variant's image size) that fits a GPU (see the
-README's "What fits where").
+"what fits where" in docs/scaling.md).
 """
 
 import argparse

@@ -14,7 +14,10 @@ memory beside the index). Failed rows are left out; a vector's id is its row in 
 index's settings go into embeddings.json under "indexes" (rewritten atomically), with the store's
 parts it was built from: a store embedded again after the index was built is refused until it is
 rebuilt. Searching one modality passes FAISS an `IDSelectorBitmap` of that modality's rows, so
-every index returns the k best of that modality (HNSW: among the graph nodes it visits).
+every index returns the k best of that modality (HNSW: among the graph nodes it visits); ivf-pq
+visits the `nprobe` nearest cells that hold rows of that modality (a query of another modality
+would otherwise visit cells without any). A query for which an index finds fewer than k rows
+(e.g. HNSW stuck among another modality's nodes) gets an exact top-k, part by part.
 
 Needs `faiss-cpu` (pip install faiss-cpu, or omnivec[faiss]).
 """
@@ -187,15 +190,42 @@ def chosen_index(out_dir: Path, meta: Mapping[str, Any], kind: str | None) -> di
     return indexes[kind]
 
 
-def modality_selector(faiss: Any, out_dir: Path, meta: Mapping[str, Any], modality: str) -> tuple[Any, np.ndarray]:
-    """An `IDSelectorBitmap` of the rows of `modality` (and the bitmap it reads, to keep alive)."""
-    total = sum(p["count"] for p in meta["parts"])
-    wanted = np.zeros(total, dtype=bool)
+def modality_rows(out_dir: Path, meta: Mapping[str, Any], modality: str) -> np.ndarray:
+    """[rows] bool: the successfully embedded rows of `modality`."""
+    wanted = np.zeros(sum(p["count"] for p in meta["parts"]), dtype=bool)
     for part in meta["parts"]:
         for r in read_records(out_dir, meta, part):
-            wanted[r["index"]] = r["modality"] == modality
+            wanted[r["index"]] = r["modality"] == modality and r["status"] == "ok"
+    return wanted
+
+
+def bitmap_selector(faiss: Any, wanted: np.ndarray) -> tuple[Any, np.ndarray]:
+    """An `IDSelectorBitmap` of the ids where `wanted` [n] is true (and the bitmap it reads, to keep alive)."""
     bitmap = np.packbits(wanted, bitorder="little")
-    return faiss.IDSelectorBitmap(total, faiss.swig_ptr(bitmap)), bitmap
+    return faiss.IDSelectorBitmap(len(wanted), faiss.swig_ptr(bitmap)), bitmap
+
+
+class ModalityFilter:
+    """What a search of one modality passes FAISS: a selector of its rows and, for an IVF index, a
+    selector of the cells holding any of them (`cells`, for the coarse quantizer: the query visits
+    the `nprobe` nearest cells where the modality is, not its nearest cells of any modality)."""
+
+    def __init__(self, faiss: Any, index: Any, wanted: np.ndarray):
+        self.wanted, self.count = wanted, int(wanted.sum())
+        self.rows, self._bitmap = bitmap_selector(faiss, wanted)
+        self.cells: Any = None
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            lists = ivf.invlists
+            held = np.zeros(ivf.nlist, dtype=bool)
+            for cell in range(ivf.nlist):
+                size = lists.list_size(cell)
+                if size:
+                    ids = faiss.rev_swig_ptr(lists.get_ids(cell), size)
+                    held[cell] = wanted[ids].any()
+            self.cells, self._cell_bitmap = bitmap_selector(faiss, held)
+            self.quantizer_params = faiss.SearchParameters()  # kept here: the IVF parameters do not own it
+            self.quantizer_params.sel = self.cells
 
 
 class StoreIndex:
@@ -209,7 +239,7 @@ class StoreIndex:
         self.entry = chosen_index(self.out_dir, self.meta, kind)
         self.index = self.faiss.read_index(str(self.out_dir / self.entry["file"]))
         self.rows = StoreRows(self.out_dir, self.meta)
-        self.selectors: dict[str, tuple[Any, np.ndarray]] = {}
+        self.filters: dict[str, ModalityFilter] = {}
 
     def search(
         self, queries: np.ndarray, k: int = 10, modality: str | None = None, **params: int
@@ -230,15 +260,47 @@ class StoreIndex:
             raise ConfigError(
                 f"queries: expected [Q, {self.meta['dim']}] (the store's width), got {list(queries.shape)}"
             )
-        if modality and modality not in self.selectors:
-            self.selectors[modality] = modality_selector(self.faiss, self.out_dir, self.meta, modality)
-        sel = self.selectors[modality][0] if modality else None
+        if modality and modality not in self.filters:
+            wanted = modality_rows(self.out_dir, self.meta, modality)
+            self.filters[modality] = ModalityFilter(self.faiss, self.index, wanted)
+        filt = self.filters[modality] if modality else None
         rerank = settings.get("rerank", 1)
-        params = KINDS[self.entry["kind"]].search_params(self.faiss, settings, sel)
+        params = KINDS[self.entry["kind"]].search_params(self.faiss, settings, filt.rows if filt else None)
+        if filt is not None and filt.cells is not None:
+            params.quantizer_params = filt.quantizer_params
         scores, ids = self.index.search(queries, k * rerank, params=params)  # [Q, k * rerank]
         if rerank > 1:
             scores, ids = exact_rerank(self.rows, queries, ids, k)
-        return scores[:, :k], ids[:, :k]
+        scores, ids = scores[:, :k], ids[:, :k]
+        available = filt.count if filt is not None else int(self.index.ntotal)
+        short = np.flatnonzero((ids >= 0).sum(1) < min(k, available))  # queries the index found too few rows for
+        if len(short):
+            scores[short], ids[short] = exact_top_k(
+                self.out_dir, self.meta, queries[short], k, filt.wanted if filt is not None else None
+            )
+        return scores, ids
+
+
+def exact_top_k(
+    out_dir: Path, meta: Mapping[str, Any], queries: np.ndarray, k: int, wanted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k of the store's successfully embedded rows (only those where `wanted` [rows]
+    is true, when given), part by part -> (scores [Q, k], ids [Q, k]; -inf and -1 past the rows there are)."""
+    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for ids, rows in iter_parts(out_dir, meta):
+        if wanted is not None:
+            keep = wanted[ids]
+            ids, rows = ids[keep], rows[keep]
+        if not len(ids):
+            continue
+        scores = np.concatenate([best, queries @ rows.T], axis=1)  # [Q, k + n]
+        both = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best, best_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(both, top, 1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    best, best_ids = np.take_along_axis(best, order, 1), np.take_along_axis(best_ids, order, 1)
+    return best, np.where(np.isfinite(best), best_ids, -1)
 
 
 def exact_rerank(rows: StoreRows, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

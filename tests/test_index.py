@@ -106,6 +106,37 @@ def test_approximate_indexes_find_the_true_neighbours(tmp_path, kind, settings):
     assert all(records[i]["modality"] == "audio" for i in audio.ravel())
 
 
+@pytest.mark.parametrize(
+    "kind, settings",
+    [("ivf-pq", {"nlist": 16, "m": 8, "nbits": 6, "nprobe": 8, "rerank": 10}), ("hnsw", {"M": 8, "ef_search": 16})],
+)
+def test_a_modality_far_from_the_query_is_still_found(tmp_path, kind, settings):
+    """Each modality in its own region, as the embeddings of an untrained (or unaligned) model are: a
+    query of one modality filtered to another must still get its k best rows of that one, not the
+    nothing the query's own IVF cells or HNSW neighbourhood hold of it."""
+    rng = np.random.default_rng(0)
+    records = records_for(3000, failed=(4,))
+    modality = np.array([r["modality"] for r in records])
+    centres = {m: 3 * rng.standard_normal(32) for m in MODALITIES}
+    x = np.stack([centres[m] for m in modality]) + rng.standard_normal((3000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    store = write_store(tmp_path / "store", x, records, part_size=700)
+    build_index(store, kind, settings)
+    queries = x[modality == "image"][:50]
+    index = StoreIndex(store, kind)
+    for wanted in ("audio", "text"):
+        scores, ids = index.search(queries, 10, wanted)
+        want_ids, want_scores = exact(x, records, queries, 10, wanted)
+        assert (ids >= 0).all() and all(records[i]["modality"] == wanted for i in ids.ravel())
+        assert 4 not in ids
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, want_ids)])
+        assert recall >= 0.9, (wanted, recall)
+        if kind == "ivf-pq":  # re-ranked or exact: true inner products, best first
+            np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", x[ids], queries), atol=1e-5)
+    hits = search_index(store, queries[:3], k=5, modality="text", kind=kind)
+    assert [len(h) for h in hits] == [5, 5, 5] and all(hit["modality"] == "text" for h in hits for hit in h)
+
+
 def test_settings_are_recorded_and_a_changed_store_is_refused(tmp_path, capsys):
     x, records = clustered(400), records_for(400)
     store = write_store(tmp_path / "store", x, records)
