@@ -149,10 +149,10 @@ def test_settings_are_recorded_and_a_changed_store_is_refused(tmp_path, capsys):
         "nlist": 4,
         "m": 4,
         "nbits": 4,
-        "nprobe": 1,
+        "nprobe": 4,
         "rerank": 8,
         "train_size": 400,
-    }  # every row: fewer than 39 per code
+    }  # every row: fewer than 39 per code; every cell: fewer than 8 cells
     assert meta["indexes"]["ivf-pq"]["factory"] == "IVF4,PQ4x4" and meta["indexes"]["flat"]["count"] == 400
     assert not list(store.glob(".*tmp"))
     StoreIndex(store).search(x[:1], 5)  # the index built last: flat
