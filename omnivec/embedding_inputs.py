@@ -265,7 +265,8 @@ def check_output(output: Path, inputs: Sequence[str]) -> None:
             )
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: exists and is not a folder")
-    try:
+    created = [d for d in (output, *output.parents) if not d.exists()]  # removed again after the test: a
+    try:  # command refused later (a bad model, no samples) leaves no empty folder behind
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{output.parent}: cannot write the embeddings there ({e.strerror or e})") from e
@@ -275,6 +276,10 @@ def check_output(output: Path, inputs: Sequence[str]) -> None:
         test.unlink()
     except OSError as e:
         raise ConfigError(f"{output}: cannot write the embeddings there ({e.strerror or e})") from e
+    finally:
+        for d in created:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
 
 
 def input_spec(spec: str) -> str:

@@ -246,6 +246,7 @@ class StoreWriter:
     def prepare(self, overwrite: bool = False) -> None:
         """(Main process, before any part.) Start the store, or check that the one in `root` was
         started by the same command (then its parts are kept), or replace it (`overwrite`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         meta_path = self.root / META
         ours = [p for p in self.root.iterdir() if PART.match(p.name.lstrip(".")) or p.name.lstrip(".").startswith(META)]
         ours += [p for p in self.root.glob("faiss-*.index")]  # its FAISS indexes (omnivec index)

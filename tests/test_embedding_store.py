@@ -286,7 +286,9 @@ def test_nothing_to_embed_or_every_sample_bad_is_an_error(model_dir, tmp_path, c
     (tmp_path / "empty" / "notes.doc").write_text("no known type")
     assert embed(model_dir, [tmp_path / "empty"], tmp_path / "o") == 2
     assert "error: " in (err := capsys.readouterr().err) and "no samples to embed" in err
-    assert not (tmp_path / "o" / "embeddings.json").exists()
+    assert not (tmp_path / "o").exists()  # no empty folder left behind
+    assert embed(tmp_path / "no-model", [tmp_path / "empty"], tmp_path / "deep" / "o") == 2
+    assert "no-model" in capsys.readouterr().err and not (tmp_path / "deep").exists()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.png").write_bytes(b"not a png")
     assert embed(model_dir, [tmp_path / "bad"], tmp_path / "b", "--skip-bad") == 2
