@@ -182,12 +182,15 @@ def test_missing_faiss_names_the_package(tmp_path, monkeypatch):
 
 def test_sample_set_flat_search_is_exact_search(tmp_path):
     """Three sample tasks (point clouds, audio, video) embedded with a tiny model: the flat index
-    returns what exact search returns, for every query, and with each modality filter."""
+    returns what exact search returns, and what `omnivec search` without an index returns (the same
+    rows in the same order), for every query, and with each modality filter."""
     import torch
     from conftest import TINY
 
     import omnivec
     from omnivec.embedding import embed_files
+    from omnivec.embedding_store import open_store
+    from omnivec.search import nearest
 
     torch.manual_seed(0)
     model = omnivec.build_model("omnivec_tiny", **TINY)
@@ -203,4 +206,7 @@ def test_sample_set_flat_search_is_exact_search(tmp_path):
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_allclose(scores, want_scores, atol=1e-5, rtol=0)
         assert all(modality in (None, records[i]["modality"]) for i in ids.ravel())
+        hits = nearest([open_store(store)], queries, 10, modality)  # the no-index path of `omnivec search`
+        assert [[h["index"] for h in found] for found in hits] == ids.tolist()
+        np.testing.assert_allclose([[h["score"] for h in found] for found in hits], scores, atol=1e-5, rtol=0)
     assert (StoreIndex(store).search(queries, 10, "image")[1] == -1).all()  # no image in the store
