@@ -385,3 +385,15 @@ def test_point_cloud_augmentation_keeps_normals_normal_to_the_surface(tiny_confi
         sampled[:, 3:].norm(dim=1), torch.ones(cfg.num_points)
     )
     assert ((sampled[:, :3] - sampled[:1, :3]) @ sampled[0, 3:]).abs().max() < 1e-4  # the transform passed `normals`
+
+
+def test_seeded_draws_as_after_manual_seed_and_restores_every_generator():
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    outside = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    with seeded(7):  # only the CPU generator is seeded, and it draws what torch.manual_seed(7) would
+        drawn = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(drawn[0], expected[0]) and drawn[1:] == expected[1:]
+    assert torch.equal(torch.get_rng_state(), outside[0]) and random.getstate() == outside[1]
+    assert np.array_equal(np.random.get_state()[1], outside[2])

@@ -93,3 +93,13 @@ def test_memory_smoke_measures_both_variants_of_each_step():
     rows = [line for line in out.splitlines() if line.startswith("| omnivec_tiny |") and "| yes |" in line]
     assert len(rows) == 4 + 2  # 2 steps x 2 batches measured with checkpointing, 2 estimate rows
     assert all("(same)" in r for r in rows[:4])
+
+
+@pytest.mark.integration
+def test_objective_cost_smoke_times_every_objective():
+    out = run("objective_cost.py", "--batches", "1", "--modalities", "audio")
+    rows = [
+        line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| audio") or line.startswith("| all")
+    ]
+    assert [r[0].strip() for r in rows] == ["audio", "all"] and all(len(r) == 6 for r in rows)
+    assert all(float(cell.strip().rstrip("s x")) > 0 for r in rows for cell in r[1:])
