@@ -53,6 +53,7 @@ RESUME_MAY_CHANGE = (
     "max_steps",
     "device",
     "num_workers",
+    "cache_mb",
     "compile",
     "log_every",
     "eval_every",

@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = "no"  # no | bf16 | fp16 (accelerate's mixed_precision)
     device: str = "auto"  # auto (GPU when there is one) | cpu
     num_workers: int = 2  # DataLoader worker processes per dataset
+    cache_mb: int = 0  # MiB of decoded samples each loading process keeps for later epochs (file datasets; 0: none)
     log_every: int = 10  # steps per metrics record (the mean loss over those steps and every process)
     eval_every: int = 0  # 0: evaluate at the start and the end only
     save_every: int = 500  # 0: save at the end only
@@ -57,8 +58,7 @@ class TrainConfig:
     seed: int = 0
     skip_bad: bool = False  # skip unreadable samples (counted and listed at the end) instead of stopping
     shuffle_buffer: int = 1000  # streamed datasets (shards, hf:): samples each worker shuffles among
-    # Recompute the activations of the backbone's and the modality encoders' blocks in the backward pass instead
-    # of keeping them (torch.utils.checkpoint, non-reentrant): far less activation memory, about a third more compute
+    # Recompute the blocks' activations in the backward pass (torch.utils.checkpoint): far less memory, +1/3 compute
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile every transformer block (worth it on GPUs; minutes of compiling first)
     # Training augmentation per modality, e.g. {image: {rand_augment: rand-m9-mstd0.5-inc1}, audio: {}}: a
@@ -77,6 +77,7 @@ class TrainConfig:
             "warmup_steps",
             "clip_grad",
             "num_workers",
+            "cache_mb",
             "eval_every",
             "save_every",
             "shuffle_buffer",

@@ -211,6 +211,28 @@ def test_dataset_collate_and_workers(tiny_model):
     assert isinstance(batch["target"][0], str)
 
 
+def test_a_sample_cache_gives_the_same_samples_and_keeps_to_its_budget(tiny_model):
+    from omnivec.config import augment_configs
+
+    augment = augment_configs({m: {} for m in set(TASKS.values())}, "augment")  # every modality's augmentation on
+    transforms = tiny_model.transforms(train=True, augment=augment)
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a) if isinstance(a, dict) else torch.equal(a, b)
+
+    for task, modality in TASKS.items():
+        plain = TaskDataset(load_task(SAMPLE / task), "train", transforms[modality])
+        cached = TaskDataset(load_task(SAMPLE / task), "train", transforms[modality], cache_bytes=2**30)
+        for key in [(epoch, i) for epoch in (0, 1, 2) for i in range(3)]:  # epochs 1, 2 transform what epoch 0 kept
+            assert same(plain[key]["input"], cached[key]["input"]), (task, key)
+        assert sorted(cached.cache) == [0, 1, 2]
+    clip = 16 * 32 * 32 * 3  # a sample video's frames, decoded whole: uint8 [16, 32, 32, 3]
+    small = TaskDataset(load_task(SAMPLE / "moving_digits"), "train", transforms["video"], cache_bytes=2 * clip + 1)
+    for i in range(4):
+        small[(0, i)]
+    assert sorted(small.cache) == [0, 1] and small.cached_bytes == 2 * clip  # the others are read each time
+
+
 def test_bad_sample_raises_or_is_skipped(tmp_path, tiny_model):
     task_dir = tmp_path / "digits"
     task_dir.mkdir()

@@ -136,6 +136,11 @@ def test_non_finite_numbers_in_a_training_config_are_named(tmp_path, override, k
         load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), [override])
 
 
+def test_a_negative_cache_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"^cache_mb: expected a number >= 0, got -1"):
+        load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), ["cache_mb=-1"])
+
+
 @pytest.mark.parametrize(
     "weights, key",
     [

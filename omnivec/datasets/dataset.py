@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +17,7 @@ from ..config import ModalityConfig
 from ..errors import DataError
 from ..registry import MODALITIES
 from ..targets import Target
-from .readers import load_sample
+from .readers import load_sample, sample_where, transform_sample
 from .records import TaskData
 
 
@@ -45,6 +46,10 @@ class TaskDataset(Dataset):
     A sample that cannot be read or transformed raises `DataError` naming its file; with
     `skip_bad=True` it comes back as `{"index": i, "error": message}` and `Collate` drops it and
     lists it in the batch's `skipped`, so a training loop can count and report it.
+
+    `cache_bytes` > 0: decoded samples (the modality's `read`, then `materialize`) are kept in memory
+    while they fit in that many bytes, and later epochs only transform them. Each process that loads
+    (a DataLoader worker, persistent across epochs, or the main one) keeps its own cache.
     """
 
     def __init__(
@@ -54,9 +59,12 @@ class TaskDataset(Dataset):
         transform: Callable[..., Any] | None = None,
         skip_bad: bool = False,
         seed: int = 0,
+        cache_bytes: int = 0,
     ):
         tasks = task if isinstance(task, list) else [task]
         self.task, self.transform, self.skip_bad, self.seed = tasks[0], transform, skip_bad, seed
+        self.cache: dict[int, Any] = {}
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
         if len({t.modality for t in tasks}) > 1:
             raise DataError(f"{[str(t.source) for t in tasks]}: one modality per dataset expected")
         self.rows = [row for t in tasks for row in t.split(split)]
@@ -76,8 +84,17 @@ class TaskDataset(Dataset):
         return [len(str(r[column])) if column and column in r else file_size(r["path"]) for r in self.rows]
 
     def load(self, i: int) -> Any:
-        """Row `i` -> model-ready input (raises `DataError` naming the file)."""
-        return load_sample(self.rows[i], self.task.modality, self.transform)
+        """Row `i` -> model-ready input (raises `DataError` naming the file), from the cache when it holds it."""
+        row, modality = self.rows[i], self.task.modality
+        if not self.cache_bytes:
+            return load_sample(row, modality, self.transform)
+        raw = self.cache.get(i)
+        if raw is None:
+            raw = MODALITIES.get(modality).materialize(load_sample(row, modality))
+            size = nbytes(raw)
+            if self.cached_bytes + size <= self.cache_bytes:
+                self.cache[i], self.cached_bytes = raw, self.cached_bytes + size
+        return transform_sample(raw, sample_where(row), modality, self.transform)
 
     def target(self, i: int) -> Any:
         return encode_target(self.rows[i], self.target_kind, self.class_index)
@@ -101,6 +118,21 @@ def file_size(path: Any) -> int:
         return os.stat(path).st_size
     except (OSError, TypeError, ValueError):
         return 0
+
+
+def nbytes(x: Any) -> int:
+    """About the bytes a decoded sample holds: tensors, arrays, PIL images, texts and tuples of them."""
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, tuple | list):
+        return sum(nbytes(v) for v in x)
+    if isinstance(x, str | bytes):
+        return len(x)
+    if hasattr(x, "getbands"):  # a PIL image
+        return x.width * x.height * len(x.getbands())
+    return sys.getsizeof(x)
 
 
 def encode_target(row: dict[str, Any], kind: Target | None, class_index: Mapping[str, int]) -> Any:

@@ -41,6 +41,7 @@ def task_loader(
     shuffle_buffer: int = 1000,
     augment: Mapping[str, Any] | None = None,
     group_by_length: bool = False,
+    cache_mb: int = 0,
 ) -> DataLoader:
     """`split` of `data` through the model's (train or eval) transforms, with the training
     augmentation `augment` ({modality: its augment config}) when `train`; shuffled per epoch and
@@ -49,7 +50,8 @@ def task_loader(
     Streamed datasets (shards, `hf:`) are read by `StreamDataset`: shards split over processes and
     workers, shuffled through `shuffle_buffer` samples; their workers start afresh each epoch.
     `group_by_length`: a file dataset's training batches hold samples of similar size (a text's
-    characters, a file's bytes), so that little of a padded batch is padding; a stream keeps its order."""
+    characters, a file's bytes), so that little of a padded batch is padding; a stream keeps its order.
+    `cache_mb`: a file dataset's decoded samples kept in memory by each loading process (`TaskDataset`)."""
     modality = data[0].modality
     transform = model.transforms(train=train, augment=augment)[modality]
     if data[0].stream is not None:
@@ -75,7 +77,7 @@ def task_loader(
             collate_fn=collate_for(model, modality, stream.target_kind),
             pin_memory=torch.cuda.is_available(),
         )
-    dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed)
+    dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed, cache_bytes=cache_mb * 2**20)
     lengths = dataset.sizes() if group_by_length and train else None
     sampler = EpochSampler(len(dataset), train, seed, rank, world_size, lengths, batch_size)
     persistent = train if persistent is None else persistent
@@ -93,8 +95,9 @@ def task_loader(
 
 def recipe_settings(cfg: Any) -> dict[str, Any]:
     """The `task_loader` settings a recipe config (a `TrainConfig`) holds under the same names:
-    `num_workers`, `seed`, `skip_bad`, `shuffle_buffer` and `augment`."""
-    return {name: getattr(cfg, name) for name in ("num_workers", "seed", "skip_bad", "shuffle_buffer", "augment")}
+    `num_workers`, `seed`, `skip_bad`, `shuffle_buffer`, `augment` and `cache_mb`."""
+    names = ("num_workers", "seed", "skip_bad", "shuffle_buffer", "augment", "cache_mb")
+    return {name: getattr(cfg, name) for name in names}
 
 
 def build_loaders(

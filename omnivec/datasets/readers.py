@@ -68,12 +68,22 @@ def load_sample(
     inline column such as `text`; `where` names it in errors) -> the raw sample, or the model-ready
     one through `transform`; `DataError` names the file. `verify`: only check that the sample
     decodes completely (`omnivec data check`)."""
-    where = str(item["path"] if "path" in item else item.get("where"))
     cls = MODALITIES.get(modality)
     if cls.inline_column and cls.inline_column in item:
-        raw = cls.read_inline(item[cls.inline_column], where)
+        raw = cls.read_inline(item[cls.inline_column], sample_where(item))
     else:
         raw = read_file(item["path"], modality, verify)
+    return transform_sample(raw, sample_where(item), modality, transform)
+
+
+def sample_where(item: Mapping[str, Any]) -> str:
+    """What names a sample in errors: its file, or its `where` (an inline value's row)."""
+    return str(item["path"] if "path" in item else item.get("where"))
+
+
+def transform_sample(raw: Any, where: str, modality: str, transform: Callable[..., Any] | None) -> Any:
+    """A raw sample (as `load_sample` reads it) -> the model-ready one through `transform`; a failure or a
+    NaN / Inf result is a `DataError` naming `where`."""
     if transform is None:
         return raw
     try:

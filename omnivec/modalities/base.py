@@ -184,6 +184,12 @@ class ModalityEncoder(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def materialize(cls, raw: Any) -> Any:
+        """A raw sample as `read` returns it -> one holding all its decoded data, which the transform takes
+        as it takes `read`'s (what a loader's sample cache keeps); default: `raw` itself."""
+        return raw
+
+    @classmethod
     def parse_inline(cls, value: Any, where: str) -> Any:
         """An `inline_column` cell (JSON, CSV, a dataset's column) -> the value a row holds."""
         raise NotImplementedError

@@ -220,6 +220,11 @@ class VideoEncoder(ModalityEncoder):
         return read_frame_folder(path) if path.is_dir() else VideoFile(path)
 
     @classmethod
+    def materialize(cls, raw: torch.Tensor | VideoFile) -> torch.Tensor:
+        """A `VideoFile` -> all its frames [T, H, W, 3] (the transform then picks the frames it would decode)."""
+        return raw.frames(range(len(raw))) if isinstance(raw, VideoFile) else raw
+
+    @classmethod
     def verify(cls, path: Path) -> None:
         if path.is_dir():
             read_frame_folder(path)
