@@ -1,16 +1,21 @@
 """A sample's bytes, wherever they come from: a file on disk, or encoded bytes held in memory (a
-shard member, a dataset cell) as a `Blob` that the same readers take as they take a path."""
+shard member, a dataset cell) as a `Blob` that the same readers take as they take a path; and
+`nbytes`, the memory a decoded sample holds."""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -73,3 +78,17 @@ def local_path(path: Path | Blob) -> Iterator[Path]:
         yield Path(name)
     finally:
         os.unlink(name)
+
+
+def nbytes(x: Any) -> int:
+    """About the bytes a decoded sample holds: tensors, arrays, PIL images, texts and tuples of them."""
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, tuple | list):
+        return sum(nbytes(v) for v in x)
+    if hasattr(x, "getbands"):  # a PIL image: 1 byte a band, 4 for 32-bit modes (I, F), 2 for I;16
+        depth = 4 if x.mode in ("I", "F") else 2 if x.mode.startswith("I;16") else 1
+        return x.width * x.height * len(x.getbands()) * depth
+    return sys.getsizeof(x)

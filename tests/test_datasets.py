@@ -228,9 +228,18 @@ def test_a_sample_cache_gives_the_same_samples_and_keeps_to_its_budget(tiny_mode
         assert sorted(cached.cache) == [0, 1, 2]
     clip = 16 * 32 * 32 * 3  # a sample video's frames, decoded whole: uint8 [16, 32, 32, 3]
     small = TaskDataset(load_task(SAMPLE / "moving_digits"), "train", transforms["video"], cache_bytes=2 * clip + 1)
-    for i in range(4):
-        small[(0, i)]
+    plain = TaskDataset(load_task(SAMPLE / "moving_digits"), "train", transforms["video"])
+    for key in [(epoch, i) for epoch in (0, 1) for i in range(4)]:
+        assert torch.equal(small[key]["input"], plain[key]["input"])
     assert sorted(small.cache) == [0, 1] and small.cached_bytes == 2 * clip  # the others are read each time
+
+    def failing(points):
+        raise ValueError("no")
+
+    bad = TaskDataset(load_task(SAMPLE / "shapes"), "train", failing, cache_bytes=2**30)
+    with pytest.raises(DataError, match=r"shapes/points/.*: cannot transform this point_cloud sample \(no\)"):
+        bad[(0, 0)]
+    assert bad.cache == {} and bad.cached_bytes == 0  # a sample that does not transform is not kept
 
 
 def test_bad_sample_raises_or_is_skipped(tmp_path, tiny_model):

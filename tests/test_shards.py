@@ -384,7 +384,7 @@ sys.path.insert(0, {tests!r})
 from helpers import SMALL_MODEL_OVERRIDES
 state = PartialState(cpu=True)
 model = omnivec.build_model("omnivec_tiny", **SMALL_MODEL_OVERRIDES)
-cfg = SimpleNamespace(batch_size=8, num_workers=2, seed=5, skip_bad=False, shuffle_buffer=16, augment=dict())
+cfg = SimpleNamespace(batch_size=8, num_workers=2, seed=5, skip_bad=False, shuffle_buffer=16, augment={{}}, cache_mb=0)
 out = {{}}
 for name, path in (("shards", {shards!r}), ("manifest", {manifest!r})):
     loaders = build_loaders({{"image": [path]}}, model, "train", cfg, True, state.process_index, state.num_processes)

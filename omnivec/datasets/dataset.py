@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -15,9 +14,10 @@ from torch.utils.data import Dataset
 
 from ..config import ModalityConfig
 from ..errors import DataError
+from ..files import nbytes
 from ..registry import MODALITIES
 from ..targets import Target
-from .readers import load_sample, sample_where, transform_sample
+from .readers import load_sample, materialize, sample_where, transform_sample
 from .records import TaskData
 
 
@@ -88,13 +88,16 @@ class TaskDataset(Dataset):
         row, modality = self.rows[i], self.task.modality
         if not self.cache_bytes:
             return load_sample(row, modality, self.transform)
-        raw = self.cache.get(i)
-        if raw is None:
-            raw = MODALITIES.get(modality).materialize(load_sample(row, modality))
-            size = nbytes(raw)
-            if self.cached_bytes + size <= self.cache_bytes:
-                self.cache[i], self.cached_bytes = raw, self.cached_bytes + size
-        return transform_sample(raw, sample_where(row), modality, self.transform)
+        where = sample_where(row)
+        if i in self.cache:
+            return transform_sample(self.cache[i], where, modality, self.transform)
+        raw = load_sample(row, modality)
+        keep = self.cached_bytes + MODALITIES.get(modality).decoded_bytes(raw) <= self.cache_bytes
+        raw = materialize(raw, where, modality) if keep else raw  # one too big stays as `read` gave it
+        x = transform_sample(raw, where, modality, self.transform)
+        if keep:  # only a sample that transformed
+            self.cache[i], self.cached_bytes = raw, self.cached_bytes + nbytes(raw)
+        return x
 
     def target(self, i: int) -> Any:
         return encode_target(self.rows[i], self.target_kind, self.class_index)
@@ -118,21 +121,6 @@ def file_size(path: Any) -> int:
         return os.stat(path).st_size
     except (OSError, TypeError, ValueError):
         return 0
-
-
-def nbytes(x: Any) -> int:
-    """About the bytes a decoded sample holds: tensors, arrays, PIL images, texts and tuples of them."""
-    if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
-    if isinstance(x, np.ndarray):
-        return x.nbytes
-    if isinstance(x, tuple | list):
-        return sum(nbytes(v) for v in x)
-    if isinstance(x, str | bytes):
-        return len(x)
-    if hasattr(x, "getbands"):  # a PIL image
-        return x.width * x.height * len(x.getbands())
-    return sys.getsizeof(x)
 
 
 def encode_target(row: dict[str, Any], kind: Target | None, class_index: Mapping[str, int]) -> Any:

@@ -77,10 +77,11 @@ def task_loader(
             collate_fn=collate_for(model, modality, stream.target_kind),
             pin_memory=torch.cuda.is_available(),
         )
-    dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed, cache_bytes=cache_mb * 2**20)
+    persistent = train if persistent is None else persistent
+    cache = cache_mb * 2**20 if persistent or num_workers == 0 else 0  # a worker that ends each epoch keeps nothing
+    dataset = TaskDataset(data, split, transform, skip_bad=skip_bad, seed=seed, cache_bytes=cache)
     lengths = dataset.sizes() if group_by_length and train else None
     sampler = EpochSampler(len(dataset), train, seed, rank, world_size, lengths, batch_size)
-    persistent = train if persistent is None else persistent
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -76,6 +76,17 @@ def load_sample(
     return transform_sample(raw, sample_where(item), modality, transform)
 
 
+def materialize(raw: Any, where: str, modality: str) -> Any:
+    """`raw` with all its data decoded (its modality's `materialize`: what a sample cache keeps); a
+    failure is a `DataError` naming `where`."""
+    try:
+        return MODALITIES.get(modality).materialize(raw)
+    except (DataError, MemoryError):
+        raise
+    except Exception as e:  # a decoder failing in a way its reader did not foresee still names the file
+        raise DataError(f"{where}: cannot read this {modality} file ({type(e).__name__}: {e})") from e
+
+
 def sample_where(item: Mapping[str, Any]) -> str:
     """What names a sample in errors: its file, or its `where` (an inline value's row)."""
     return str(item["path"] if "path" in item else item.get("where"))

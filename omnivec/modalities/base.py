@@ -14,6 +14,7 @@ from torch import nn
 from ..backbone import run_blocks, transformer_blocks
 from ..config import AugmentConfig, ModalityConfig
 from ..errors import ConfigError, InputError
+from ..files import nbytes
 from ..masking import Masking, gather_tokens, keep_count, random_masking
 from ..registry import MODALITIES
 
@@ -188,6 +189,11 @@ class ModalityEncoder(nn.Module):
         """A raw sample as `read` returns it -> one holding all its decoded data, which the transform takes
         as it takes `read`'s (what a loader's sample cache keeps); default: `raw` itself."""
         return raw
+
+    @classmethod
+    def decoded_bytes(cls, raw: Any) -> int:
+        """The bytes `materialize(raw)` will hold, known before decoding it (a sample cache's budget)."""
+        return nbytes(raw)
 
     @classmethod
     def parse_inline(cls, value: Any, where: str) -> Any:

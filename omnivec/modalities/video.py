@@ -225,6 +225,11 @@ class VideoEncoder(ModalityEncoder):
         return raw.frames(range(len(raw))) if isinstance(raw, VideoFile) else raw
 
     @classmethod
+    def decoded_bytes(cls, raw: torch.Tensor | VideoFile) -> int:
+        """A `VideoFile`'s frames as uint8 RGB, from its frame count and size (nothing decoded)."""
+        return len(raw) * raw.height * raw.width * 3 if isinstance(raw, VideoFile) else super().decoded_bytes(raw)
+
+    @classmethod
     def verify(cls, path: Path) -> None:
         if path.is_dir():
             read_frame_folder(path)

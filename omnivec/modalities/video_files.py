@@ -33,6 +33,7 @@ class VideoFile:
         try:
             with av.open(opened(path)) as container:
                 stream = container.streams.video[0]
+                self.height, self.width = stream.codec_context.height, stream.codec_context.width
                 self.length = sum(1 for packet in container.demux(stream) if packet.size)
         except (av.FFmpegError, IndexError, ValueError) as e:
             raise DataError(f"{path}: cannot decode video ({e})") from e
@@ -57,9 +58,9 @@ class VideoFile:
                 if frame is None:
                     raise DataError(f"{self.path}: video has no frames")
                 tail = None if wanted <= kept.keys() else to_rgb(frame)
-        except (av.FFmpegError, ValueError) as e:
+            return torch.from_numpy(np.stack([kept.get(int(i), tail) for i in indices]))  # [k, H, W, 3]
+        except (av.FFmpegError, ValueError) as e:  # (frames of different sizes do not stack)
             raise DataError(f"{self.path}: cannot decode video ({e})") from e
-        return torch.from_numpy(np.stack([kept.get(int(i), tail) for i in indices]))  # [k, H, W, 3]
 
     @classmethod
     def verify(cls, path: Path) -> int:
