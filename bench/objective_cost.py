@@ -54,13 +54,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6, help="timed batches per modality (after 2 untimed)")
     parser.add_argument("--modalities", nargs="+", default=["image", "video", "audio", "text", "point_cloud"])
     args = parser.parse_args()
-    first = pretrainer(args.config, [])
     cfg = load_recipe_config(PretrainConfig, args.config, ["num_workers=0"])
-    loaders = build_loaders({m: cfg.data[m] for m in args.modalities}, first.model, "train", cfg, train=True)
+    mae = pretrainer(args.config, SETTINGS["mae"])
+    loaders = build_loaders({m: cfg.data[m] for m in args.modalities}, mae.model, "train", cfg, train=True)
     batches = {m: [b for _, b in zip(range(args.batches + WARMUP), loaders[m])] for m in args.modalities}
     cost: dict[tuple[str, str], float] = {}
     for name, overrides in SETTINGS.items():
-        pt = pretrainer(args.config, overrides)
+        pt = mae if name == "mae" else pretrainer(args.config, overrides)
         for m in args.modalities:
 
             def step(i: int, batch: dict, m: str = m, pt: MaskedPretrainer = pt) -> None:

@@ -7,7 +7,8 @@ holds NaN/Inf values, so that `omnivec data check` and training report the file,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,21 @@ def read_file(path: str | Path | Blob, modality: str | None = None, verify: bool
     elif path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     modality = modality or modality_of(path)
-    try:
+    with decoding(str(path), modality):
         cls = MODALITIES.get(modality)
         return cls.verify(path) if verify else cls.read(path)
+
+
+@contextmanager
+def decoding(where: str, modality: str) -> Iterator[None]:
+    """A decoder failing in a way its reader did not foresee still names the file: any error but a
+    `DataError` or `MemoryError` inside becomes a `DataError` naming `where`."""
+    try:
+        yield
     except (DataError, MemoryError):
         raise
-    except Exception as e:  # a decoder failing in a way its reader did not foresee still names the file
-        raise DataError(f"{path}: cannot read this {modality} file ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        raise DataError(f"{where}: cannot read this {modality} file ({type(e).__name__}: {e})") from e
 
 
 def load_sample(
@@ -68,23 +77,19 @@ def load_sample(
     inline column such as `text`; `where` names it in errors) -> the raw sample, or the model-ready
     one through `transform`; `DataError` names the file. `verify`: only check that the sample
     decodes completely (`omnivec data check`)."""
-    cls = MODALITIES.get(modality)
+    cls, where = MODALITIES.get(modality), sample_where(item)
     if cls.inline_column and cls.inline_column in item:
-        raw = cls.read_inline(item[cls.inline_column], sample_where(item))
+        raw = cls.read_inline(item[cls.inline_column], where)
     else:
         raw = read_file(item["path"], modality, verify)
-    return transform_sample(raw, sample_where(item), modality, transform)
+    return transform_sample(raw, where, modality, transform)
 
 
 def materialize(raw: Any, where: str, modality: str) -> Any:
     """`raw` with all its data decoded (its modality's `materialize`: what a sample cache keeps); a
     failure is a `DataError` naming `where`."""
-    try:
+    with decoding(where, modality):
         return MODALITIES.get(modality).materialize(raw)
-    except (DataError, MemoryError):
-        raise
-    except Exception as e:  # a decoder failing in a way its reader did not foresee still names the file
-        raise DataError(f"{where}: cannot read this {modality} file ({type(e).__name__}: {e})") from e
 
 
 def sample_where(item: Mapping[str, Any]) -> str:
