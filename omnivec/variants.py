@@ -31,9 +31,10 @@ def omnivec_tiny() -> dict:
             # more than the rest of the video step (docs/pretraining.md)
             "video": {"num_frames": 8, "image_size": 32, "patch_size": 4, "tubelet_size": 2, "decoder_mask_ratio": 0.5},
             # mask 0.65, not AudioMAE's 0.8: 11 of 32 patches visible, chosen on val (recipes/mask_ratio_screen.py,
-            # docs/pretraining.md); the other modalities' defaults won their screens
+            # docs/pretraining.md); text 0.7, not BERT's 0.15, chosen on val after its embeddings were normalised
+            # (docs/evaluation.md); the other modalities' defaults won their screens
             "audio": {"num_mel_bins": 64, "target_frames": 128, "mask_ratio": 0.65},
-            "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 256},
+            "text": {"tokenizer": "bytes", "vocab_size": 261, "max_length": 256, "embed_norm": True, "mask_ratio": 0.7},
             "point_cloud": {"num_points": 512, "num_groups": 32, "group_size": 16, "pointnet_dims": [64, 128, 256]},
         },
     }
@@ -46,7 +47,7 @@ def _full_size(dim: int, depth: int, num_heads: int) -> dict:
             "image": {"image_size": 224, "patch_size": 16},
             "video": {"num_frames": 16, "image_size": 224, "patch_size": 16, "tubelet_size": 2},
             "audio": {"num_mel_bins": 128, "target_frames": 1024},
-            "text": {"tokenizer": "bert-base-uncased", "vocab_size": 30522, "max_length": 512},
+            "text": {"tokenizer": "bert-base-uncased", "vocab_size": 30522, "max_length": 512, "embed_norm": True},
             "point_cloud": {"num_points": 1024, "num_groups": 64, "group_size": 32},
         },
     }

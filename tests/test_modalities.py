@@ -1,8 +1,11 @@
 """Each modality: transform (raw sample -> model-ready tensor), tokenizer shapes, input checks."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 import omnivec
@@ -120,6 +123,29 @@ def test_audio_transform_fbank(tiny_model):
     short = tiny_model.transforms()["audio"](torch.randn(100), 16000)  # shorter than one window: one frame
     assert short.shape == (1, 32)
     assert tiny_model.transforms()["audio"](wave[:, :2400], sr).shape == (28, 32)  # 0.3 s: its own 28 frames, unpadded
+
+
+def test_text_embeddings_are_layer_normalised_and_older_models_load_without_the_norm(tiny_model, tiny_config, tmp_path):
+    """BERT's embedding LayerNorm (`embed_norm`, on in the variants): text tokens enter the shared
+    backbone with unit-variance features, not at the std-0.02 embeddings' scale, a small fraction of
+    an image patch's; a model saved before the key existed (no key, no norm weights) loads as it was."""
+    batch = omnivec.example_inputs(tiny_config, 2)
+    tokens = tiny_model.encoders["text"].tokenize(batch["text"]).tokens  # [B, L, width]
+    assert torch.allclose(tokens.std(-1, correction=0), torch.ones(()), atol=0.02)  # (LayerNorm eps)
+    patches = tiny_model.encoders["image"].tokenize(batch["image"]).tokens
+    assert tokens.norm(dim=-1).mean() > patches.norm(dim=-1).mean() / 4
+    torch.manual_seed(0)
+    older = omnivec.OmniVecModel(omnivec.model_config("omnivec_tiny", **TINY, **{"modalities.text.embed_norm": False}))
+    plain = older.encoders["text"].tokenize(batch["text"]).tokens
+    assert plain.norm(dim=-1).mean() < patches.norm(dim=-1).mean() / 10  # what the norm corrects
+    older.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["modalities"]["text"]["embed_norm"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = omnivec.OmniVecModel.from_pretrained(tmp_path).eval()
+    assert not loaded.config.modalities["text"].embed_norm
+    text = {"text": batch["text"]}
+    assert torch.equal(loaded.embed(text)["text"], older.eval().embed(text)["text"])
 
 
 def test_text_transform_and_byte_tokenizer(tiny_model):

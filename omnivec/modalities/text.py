@@ -31,6 +31,10 @@ class TextConfig(ModalityConfig):
     vocab_size: int = 261  # at least the tokenizer's size (261 for "bytes")
     max_length: int = 128
     mask_ratio: float = 0.15  # BERT
+    # BERT's embedding LayerNorm over token + position: without it a text token enters the shared backbone at
+    # about 1/30 of an image patch's norm (std-0.02 embeddings) and the blocks' outputs drown which word it was.
+    # False (no norm) only for models saved before it existed; the registered variants switch it on.
+    embed_norm: bool = False
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -145,6 +149,7 @@ class TextEncoder(ModalityEncoder):
         super().__init__(cfg, dim)
         self.token_embed = nn.Embedding(cfg.vocab_size, self.width)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_length, self.width))
+        self.embed_norm = nn.LayerNorm(self.width) if cfg.embed_norm else nn.Identity()
         trunc_normal_(self.token_embed.weight, std=0.02)
         trunc_normal_(self.pos_embed, std=0.02)
 
@@ -168,7 +173,7 @@ class TextEncoder(ModalityEncoder):
 
     def tokenize(self, x: Any, with_target: bool = False) -> Tokens:
         ids = self._unpack(x)[0]  # [B, L]
-        tokens = self.token_embed(ids) + self.pos_embed[:, : ids.shape[1]]  # [B, L, width]
+        tokens = self.embed_norm(self.token_embed(ids) + self.pos_embed[:, : ids.shape[1]])  # [B, L, width]
         return Tokens(tokens, self.padding_mask(x), target=ids.unsqueeze(-1) if with_target else None)
 
     def sample_mask(self, x: Any, generator: torch.Generator | None = None) -> Masking:
