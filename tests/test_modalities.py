@@ -131,7 +131,7 @@ def test_text_embeddings_are_layer_normalised_and_older_models_load_without_the_
     an image patch's; a model saved before the key existed (no key, no norm weights) loads as it was."""
     batch = omnivec.example_inputs(tiny_config, 2)
     tokens = tiny_model.encoders["text"].tokenize(batch["text"]).tokens  # [B, L, width]
-    assert torch.allclose(tokens.std(-1, correction=0), torch.ones(()), atol=0.02)  # (LayerNorm eps)
+    assert torch.allclose(tokens.std(-1, correction=0), torch.ones(()), atol=0.05)  # (LayerNorm eps)
     patches = tiny_model.encoders["image"].tokenize(batch["image"]).tokens
     assert tokens.norm(dim=-1).mean() > patches.norm(dim=-1).mean() / 4
     torch.manual_seed(0)

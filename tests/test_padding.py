@@ -207,7 +207,7 @@ def test_padded_dicts_in_other_dtypes_and_with_nan_are_handled(tiny_model):
 
 def test_too_few_visible_tokens_are_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="omnivec.pretraining"):
-        p = pretrainer()
+        p = pretrainer(**{"modalities.text.max_length": 32})
     warned = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records}
     assert (
         "audio: masked pretraining leaves 2 visible tokens per full-length sample (6 tokens, mask_ratio 0.65"
@@ -215,7 +215,7 @@ def test_too_few_visible_tokens_are_warned_about(caplog):
     )
     assert "leaves 2 visible tokens" in warned["video"]  # tube masking: 1 of 4 places x 2 time steps
     assert p.model.encoders["video"].visible_tokens() == 2 == 2 * int(keep_count(torch.tensor(4), 0.9))
-    assert "text" not in warned  # 24 tokens at 0.15: 20 visible
+    assert "text" not in warned  # 32 tokens at omnivec_tiny's 0.7: 10 visible
 
 
 def test_reconstruction_figures_of_padded_batches(tmp_path):
