@@ -49,6 +49,13 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def resume_checkpoint(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint a run with `resume` continues from: None when not resuming, or `auto` finds none."""
+    if not resume:
+        return None
+    return latest_checkpoint(output_dir) if resume == "auto" else Path(resume)
+
+
 def kept_checkpoint(output_dir: Path) -> str:
     """What a run that stops on bad numbers keeps: the sentence naming its last good checkpoint."""
     last = latest_checkpoint(output_dir)

@@ -18,6 +18,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .backbone import set_drop_path
+from .checkpointing import latest_checkpoint
 from .datasets import TaskData
 from .datasets.loaders import recipe_settings, task_loader
 from .datasets.sampler import MultiModalLoader
@@ -27,7 +28,8 @@ from .finetune_config import FinetuneConfig, StageSpec
 from .finetune_module import FinetuneModule, mixers
 from .model import OmniVecModel
 from .reports import format_report
-from .run_dir import prepare_output_dir
+from .run_dir import prepare_output_dir, resumes_recorded_run
+from .saved_model import saved_config
 from .tasks import head_config, load_task_data
 from .trainer import Trainer
 from .variants import load_model
@@ -190,12 +192,27 @@ def run_stage(
     return model, done
 
 
+def first_model(cfg: FinetuneConfig, recorded: bool) -> OmniVecModel:
+    """What stage 1 starts from: `init`, else the variant with its overrides, newly initialised. A
+    run that resumes its own recorded run (`recorded`) from scratch is built from the model config
+    its first stage saved (heads dropped; the checkpoint's state replaces the weights), so that it
+    resumes after a later omnivec changed the variant's defaults."""
+    stage = stage_folder(cfg, 1)
+    checkpoint = latest_checkpoint(stage)
+    saved = saved_config([stage / "model", checkpoint / "model" if checkpoint else None]) if recorded else None
+    if saved is None or cfg.init:
+        return load_model(cfg.init, cfg.model, cfg.model_overrides)
+    saved.heads = {}
+    return OmniVecModel(saved, load_library_weights=False)  # (when stage 1 is done, run_stage takes its model)
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run every stage in order; write `eval.json`, `eval.md` and the model with all heads to `cfg.output_dir`."""
     started = time.perf_counter()
+    recorded = resumes_recorded_run(cfg)  # asked before prepare_output_dir rewrites the run's record
     prepare_output_dir(cfg, "finetune")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.init, cfg.model, cfg.model_overrides)
+    model = first_model(cfg, recorded)
     if cfg.drop_path is not None:
         set_drop_path(model.backbone.blocks, cfg.drop_path)
         model.config.backbone.drop_path = cfg.drop_path  # (recorded with the model; no effect in eval mode)

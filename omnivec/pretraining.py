@@ -27,7 +27,8 @@ from .mae import DecoderConfig, MaskedPretrainer
 from .model import OmniVecModel
 from .parsing import join_key, require, require_positive
 from .registry import MODELS
-from .run_dir import prepare_output_dir
+from .run_dir import prepare_output_dir, recorded_checkpoint
+from .saved_model import saved_config
 from .trainer import TrainConfig, Trainer
 from .variants import load_model
 
@@ -111,9 +112,17 @@ def objectives_of(cfg: PretrainConfig) -> dict[str, str]:
     return {m: cfg.objectives.get(m, cfg.objective) for m in cfg.data}
 
 
-def build_model_for(cfg: PretrainConfig) -> OmniVecModel:
-    """The model a config names (`init` folder, or a variant with overrides), checked against `data`."""
-    model = load_model(cfg.init, cfg.model, cfg.model_overrides)
+def build_model_for(cfg: PretrainConfig, resumed: Path | None = None) -> OmniVecModel:
+    """The model a config names (`init` folder, or a variant with overrides), checked against `data`.
+    `resumed`: a checkpoint of this same run (`recorded_checkpoint`), whose saved model config is
+    built instead (the checkpoint's state then replaces the weights), so that a run resumes after a
+    later omnivec changed its variant's defaults."""
+    saved = saved_config([resumed / "model" if resumed else None])
+    model = (
+        OmniVecModel(saved, load_library_weights=False)
+        if saved
+        else load_model(cfg.init, cfg.model, cfg.model_overrides)
+    )
     for modality in cfg.data:
         if modality not in model.encoders:
             raise ConfigError(f"data.{modality}: the model has no {modality!r} encoder; it has {model.modalities}")
@@ -152,9 +161,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     from .plots import plot_losses, plot_reconstructions
 
     started = time.perf_counter()
+    resumed = recorded_checkpoint(cfg)  # read before prepare_output_dir rewrites the run's record
     prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
-    model = build_model_for(cfg)
+    model = build_model_for(cfg, resumed)
     objectives = objectives_of(cfg)
     pretrainer = MaskedPretrainer(model, cfg.decoder, cfg.seed, cfg.pack, objectives=objectives, latent=cfg.latent)
     trainer = Trainer(cfg, pretrainer)
@@ -241,7 +251,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         f"{m} {s['train_first20']:.3f}->{s['train_last20']:.3f} (val {s['val_start']:.3f}->{s['val_end']:.3f})"
         for m, s in summary["modalities"].items()
     ]
-    skipped = f", {len(summary['skipped_samples'])} bad samples skipped" if summary["skipped_samples"] else ""
+    n = len(summary["skipped_samples"])
+    skipped = f", {n} bad sample{'s' if n > 1 else ''} skipped" if n else ""
     return (
         f"pretrained {summary['steps']} steps in {summary['seconds']:.0f}s{skipped}; loss first->last 20 steps: "
         + "; ".join(parts)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .checkpointing import CHECKPOINTS, latest_checkpoint
+from .checkpointing import CHECKPOINTS, latest_checkpoint, resume_checkpoint
 from .errors import ConfigError
 from .parsing import join_key
 
@@ -99,6 +99,24 @@ def prepare_output_dir(cfg: Any, recipe: str) -> Path:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, out / RUN_CONFIG)
     return out
+
+
+def resumes_recorded_run(cfg: Any) -> bool:
+    """Whether this run continues `cfg.output_dir`'s own run under a recorded config: `resume` set
+    and `run_config.json` there, which `prepare_output_dir` then holds this config to. Ask before
+    `prepare_output_dir`, which rewrites the record. Such a run is rebuilt from the model config
+    its checkpoint in this folder saved, where it has one, not from today's variant. (Under several
+    processes another rank may see the record rank 0 has just written for a new run; a new run
+    has no checkpoint yet, so every rank builds the same model.)"""
+    return bool(cfg.resume) and (Path(cfg.output_dir) / RUN_CONFIG).is_file()
+
+
+def recorded_checkpoint(cfg: Any) -> Path | None:
+    """The checkpoint of `cfg.output_dir`'s own run that `cfg.resume` continues, when
+    `resumes_recorded_run`; else None (also for a checkpoint of another folder)."""
+    out = Path(cfg.output_dir)
+    path = resume_checkpoint(cfg.resume, out) if resumes_recorded_run(cfg) else None
+    return path if path is not None and path.resolve().parent.parent == out.resolve() else None
 
 
 MODEL_TMP = re.compile(r"\.tmp-[a-z0-9_]{8}")  # save_pretrained's folder aside (tempfile.TemporaryDirectory)

@@ -49,6 +49,13 @@ def save_model_folder(
         os.replace(tmp / CONFIG_NAME, directory / CONFIG_NAME)
 
 
+def saved_config(folders: list[Path | None]) -> OmniVecConfig | None:
+    """The model config saved in the first of `folders` that holds a `config.json`, as written (a
+    resumed run's own config, its tokenizer named as the run named it), or None."""
+    found = next((f / CONFIG_NAME for f in folders if f is not None and (f / CONFIG_NAME).is_file()), None)
+    return OmniVecConfig.load(found) if found else None
+
+
 def load_model_folder(cls: Any, name_or_path: str | os.PathLike, revision: str | None = None) -> Any:
     """The `cls` (`OmniVecModel`) saved in a folder or hub id: see `OmniVecModel.from_pretrained`."""
     directory = resolve_model_dir(name_or_path, revision)

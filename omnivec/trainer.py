@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbone import compile_blocks
-from .checkpointing import Checkpoints, check_resume, kept_checkpoint, latest_checkpoint
+from .checkpointing import Checkpoints, check_resume, kept_checkpoint, resume_checkpoint
 from .config import augment_configs
 from .datasets.dataset import to_device
 from .errors import ConfigError, TrainingError
@@ -204,7 +204,7 @@ class Trainer:
         then drop the metrics records of steps the checkpoint did not reach."""
         if not self.cfg.resume:
             return
-        path = latest_checkpoint(self.output_dir) if self.cfg.resume == "auto" else Path(self.cfg.resume)
+        path = resume_checkpoint(self.cfg.resume, self.output_dir)
         if path is not None:
             self.step, self.skipped, self.val_step = self.checkpoints.load(path, self.module, batches)
             if self.is_main:

@@ -153,3 +153,27 @@ def small_config_args(tmp_path: Path) -> list[str]:
     """`--pretrain-config` and `--finetune-config` naming `small_configs` written into `tmp_path`."""
     pretrain, tasks = small_configs(tmp_path)
     return ["--pretrain-config", str(pretrain), "--finetune-config", str(tasks)]
+
+
+def change_tiny_variant(monkeypatch) -> None:
+    """Make `omnivec_tiny` what a later omnivec might: its text embeddings without their norm (fewer tensors)."""
+    from omnivec.registry import MODELS
+    from omnivec.variants import omnivec_tiny
+
+    def changed() -> dict:
+        variant = omnivec_tiny()
+        variant["modalities"]["text"]["embed_norm"] = False
+        return variant
+
+    monkeypatch.setitem(MODELS._items, "omnivec_tiny", changed)
+
+
+def assert_resumed_as_before(before: Path, after: Path) -> None:
+    """The `model.safetensors` files `before` and `after` hold the same tensors, the text norm's among them."""
+    import torch
+    from safetensors.torch import load_file
+
+    whole, resumed = load_file(before), load_file(after)
+    assert "encoders.text.embed_norm.weight" in resumed
+    assert sorted(whole.keys() ^ resumed.keys()) == []
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -103,3 +103,10 @@ def test_objective_cost_smoke_times_every_objective():
     ]
     assert [r[0].strip() for r in rows] == ["audio", "all"] and all(len(r) == 6 for r in rows)
     assert all(float(cell.strip().rstrip("s x")) > 0 for r in rows for cell in r[1:])
+
+
+@pytest.mark.integration
+def test_gradient_balance_smoke_measures_a_positive_norm():
+    out = run("gradient_balance.py", "--batches", "1", "--modalities", "audio")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| audio")]
+    assert len(rows) == 1 and all(float(cell) > 0 for cell in rows[0][1:])

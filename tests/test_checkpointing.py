@@ -12,6 +12,8 @@ import pytest
 import torch
 from helpers import (
     ENV,
+    assert_resumed_as_before,
+    change_tiny_variant,
     logged_steps,
     omnivec_cli,
     pretrain_yaml,
@@ -141,6 +143,23 @@ def test_resuming_a_checkpoint_of_another_config_names_the_tensors(tmp_path):
     (tmp_path / "run" / "run_config.json").unlink()  # a run of an older omnivec: the checkpoint's tensors tell
     with pytest.raises(ConfigError, match=r"step_00000002: written for a different configuration.*wrong shapes"):
         pretrain(other)
+
+
+def test_a_run_resumes_after_its_variant_changed_and_ends_as_if_never_stopped(tmp_path, monkeypatch):
+    """A later omnivec may change a variant's defaults (here: omnivec_tiny's text embeddings lose their
+    norm, which drops tensors). A run recorded under the old defaults resumes from its checkpoint's
+    saved model, not today's variant, and ends with the weights it had without the stop."""
+    import shutil
+
+    config = pretrain_yaml(tmp_path, "run", max_steps=4)  # checkpoints at steps 2 and 4
+    pretrain(load_recipe_config(PretrainConfig, config))
+    run = tmp_path / "run"
+    shutil.copytree(run / "model", tmp_path / "whole")
+    shutil.rmtree(run / "checkpoints" / "step_00000004")  # as if it had stopped after step 2
+    change_tiny_variant(monkeypatch)
+    pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto"]))
+    assert_resumed_as_before(tmp_path / "whole" / "model.safetensors", run / "model" / "model.safetensors")
+    assert (run / "model" / "config.json").read_text() == (tmp_path / "whole" / "config.json").read_text()
 
 
 @pytest.mark.integration

@@ -12,7 +12,7 @@ from omnivec.mae import MaskedPretrainer
 from omnivec.modalities.base import fill_hidden
 from omnivec.modalities.point_cloud import chamfer_l2
 from omnivec.parsing import from_dict
-from omnivec.pretraining import PretrainConfig, pretrain
+from omnivec.pretraining import PretrainConfig, format_summary, pretrain
 
 
 def test_image_target_is_normalised_pixels_per_patch(tiny_model):
@@ -175,3 +175,11 @@ def test_bad_config_fails_before_training(tmp_path):
     with pytest.raises(omnivec.ConfigError, match="max_stepz"):
         _config(tmp_path, max_stepz=3)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_summary_line_counts_skipped_samples_in_words():
+    summary = {"steps": 4, "seconds": 3.0, "modalities": {}, "skipped_samples": ["a.png: truncated"]}
+    assert ", 1 bad sample skipped;" in format_summary(summary, Path("run"))
+    summary["skipped_samples"].append("b.png: truncated")
+    assert ", 2 bad samples skipped;" in format_summary(summary, Path("run"))
+    assert "skipped" not in format_summary({**summary, "skipped_samples": []}, Path("run"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import SAMPLE, SMALL_MODEL_OVERRIDES
+from helpers import SAMPLE, SMALL_MODEL_OVERRIDES, assert_resumed_as_before, change_tiny_variant
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
@@ -96,3 +96,28 @@ def test_sigkill_in_any_stage_then_resume_gives_the_uninterrupted_weights(tmp_pa
     reports = [json.loads((tmp_path / run / "eval.json").read_text()) for run in ("full", "killed")]
     assert reports[0]["final"] == reports[1]["final"]
     assert reports[0]["forgetting_matrix"] == reports[1]["forgetting_matrix"]
+
+
+def test_a_run_stopped_in_its_first_stage_resumes_after_its_variant_changed(tmp_path, monkeypatch):
+    """A later omnivec may change a variant's defaults (here: omnivec_tiny's text embeddings lose their
+    norm, which drops tensors). A from-scratch run stopped in stage 1 resumes from the model config
+    that stage saved, not today's variant, and ends with the weights it had without the stop."""
+    import shutil
+
+    from omnivec.finetune_config import FinetuneConfig
+    from omnivec.finetuning import finetune
+    from omnivec.recipe_config import load_recipe_config
+
+    config = finetune_yaml(tmp_path, "run")
+    finetune(load_recipe_config(FinetuneConfig, config))
+    run_dir = tmp_path / "run"
+    shutil.copytree(run_dir / "model", tmp_path / "whole")
+    stage = run_dir / "stages" / STAGES[0][0]
+    for path in [run_dir / "model", run_dir / "eval.json", run_dir / "stages" / STAGES[1][0], stage / "done.json"]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    shutil.rmtree(stage / "model")
+    for checkpoint in sorted((stage / "checkpoints").glob("step_*"))[1:]:  # as if it stopped after the first one
+        shutil.rmtree(checkpoint)
+    change_tiny_variant(monkeypatch)
+    finetune(load_recipe_config(FinetuneConfig, config, ["resume=auto"]))
+    assert_resumed_as_before(tmp_path / "whole" / "model.safetensors", run_dir / "model" / "model.safetensors")
