@@ -197,10 +197,12 @@ def first_model(cfg: FinetuneConfig, recorded: bool) -> OmniVecModel:
     run that resumes its own recorded run (`recorded`) from scratch is built from the model config
     its first stage saved (heads dropped; the checkpoint's state replaces the weights), so that it
     resumes after a later omnivec changed the variant's defaults."""
+    if not recorded or cfg.init:
+        return load_model(cfg.init, cfg.model, cfg.model_overrides)
     stage = stage_folder(cfg, 1)
     checkpoint = latest_checkpoint(stage)
-    saved = saved_config([stage / "model", checkpoint / "model" if checkpoint else None]) if recorded else None
-    if saved is None or cfg.init:
+    saved = saved_config([stage / "model", checkpoint / "model" if checkpoint else None])
+    if saved is None:  # stopped before its first checkpoint: it starts again
         return load_model(cfg.init, cfg.model, cfg.model_overrides)
     saved.heads = {}
     return OmniVecModel(saved, load_library_weights=False)  # (when stage 1 is done, run_stage takes its model)

@@ -117,7 +117,7 @@ def build_model_for(cfg: PretrainConfig, resumed: Path | None = None) -> OmniVec
     `resumed`: a checkpoint of this same run (`recorded_checkpoint`), whose saved model config is
     built instead (the checkpoint's state then replaces the weights), so that a run resumes after a
     later omnivec changed its variant's defaults."""
-    saved = saved_config([resumed / "model" if resumed else None])
+    saved = saved_config([resumed / "model"]) if resumed else None
     model = (
         OmniVecModel(saved, load_library_weights=False)
         if saved
