@@ -35,7 +35,8 @@ from omnivec.recipe_config import load_recipe_config
 from omnivec.run_dir import refuse_other_settings
 
 # setting -> mask ratio per modality: each modality's default (omnivec/modalities/*.py) and one step either side
-# (omnivec_tiny's text ratio, 0.7, came from a later text-only screen after text embeddings were normalised)
+# (omnivec_tiny's text ratio, 0.7, came from a later text-only screen after text embeddings were normalised, and
+# its audio ratio, 0.5, from an audio-only screen after audio moved to frame patches: docs/evaluation.md)
 SETTINGS = {
     "low": {"image": 0.6, "video": 0.75, "audio": 0.5, "text": 0.15, "point_cloud": 0.4},
     "mid": {"image": 0.75, "video": 0.9, "audio": 0.65, "text": 0.3, "point_cloud": 0.6},

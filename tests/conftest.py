@@ -9,7 +9,14 @@ TINY = {
     "modalities": {
         "image": {"image_size": 16, "patch_size": 4, "depth": 1, "width": 48, "num_heads": 2},
         "video": {"num_frames": 4, "image_size": 16, "patch_size": 8},
-        "audio": {"num_mel_bins": 32, "target_frames": 48},
+        # square 16 x 16 patches (omnivec_tiny's are frame patches: tests/test_padding.py covers both)
+        "audio": {
+            "num_mel_bins": 32,
+            "target_frames": 48,
+            "frame_patches": False,
+            "patch_size": 16,
+            "patch_stride": 16,
+        },
         "text": {"max_length": 24},
         "point_cloud": {"num_points": 64, "num_groups": 8, "group_size": 8},
     },

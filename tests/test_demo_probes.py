@@ -24,7 +24,8 @@ def test_omnivec_tiny_leaves_enough_visible_tokens_on_every_modality(caplog):
     video, audio = model.encoders["video"], model.encoders["audio"]
     assert video.grid == (4, 8, 8) and video.num_tokens == 256  # 8 frames of 32 px in 2 x 4 x 4 tubelets
     assert video.visible_tokens() == 24 >= MIN_VISIBLE  # tube masking at 0.9: 6 of 64 places x 4 time steps
-    assert audio.num_tokens == 32 and audio.visible_tokens() == 11 >= MIN_VISIBLE  # mask 0.65, chosen on val
+    assert audio.cfg.grid == (1, 32)  # 128 frames in frame patches of 4 (every mel bin)
+    assert audio.num_tokens == 32 and audio.visible_tokens() == 16 >= MIN_VISIBLE  # mask 0.5, chosen on val
     with caplog.at_level(logging.WARNING, logger="omnivec.mae"):
         MaskedPretrainer(model, DecoderConfig())
     assert not [r.getMessage() for r in caplog.records if "visible tokens" in r.getMessage()]

@@ -181,6 +181,17 @@ def test_transformers_ast_conformance(tmp_path):
         omnivec_model(
             "audio", 32, num_mel_bins=32, target_frames=64, patch_size=16, patch_stride=16, pretrained=f"hf:{src}"
         )
+    with pytest.raises(ConfigError, match=r"modalities\.audio\.frame_patches: AST's patches are square"):
+        omnivec_model(
+            "audio",
+            32,
+            num_mel_bins=32,
+            target_frames=64,
+            patch_size=16,
+            patch_stride=10,
+            frame_patches=True,
+            pretrained=f"hf:{src}",
+        )
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])

@@ -14,6 +14,7 @@ from omnivec.masking import gather_tokens, keep_count, random_masking, tube_mask
 from omnivec.modalities.audio import time_major
 
 GROWN = {"audio": {"modalities.audio.target_frames": 96}, "video": {"modalities.video.num_frames": 8}}
+FRAMES = {"modalities.audio.frame_patches": True, "modalities.audio.patch_size": 4, "modalities.audio.patch_stride": 4}
 
 
 def pretrainer(**overrides) -> MaskedPretrainer:
@@ -45,7 +46,7 @@ def grow(small: MaskedPretrainer, big: MaskedPretrainer, modality: str) -> None:
             value.copy_(ours[key])
     enc, dec = theirs[f"model.encoders.{modality}.pos_embed"], theirs[f"decoders.{modality}.pos_embed"]
     if modality == "audio":
-        f = 2  # mel bins 32, patch 16
+        f = small.model.encoders[modality].cfg.grid[0]  # patches along frequency: 2 (mel bins 32, patch 16) or 1
         enc.unflatten(1, (f, -1))[:, :, : ours[f"model.encoders.{modality}.pos_embed"].shape[1] // f] = ours[
             f"model.encoders.{modality}.pos_embed"
         ].unflatten(1, (f, -1))
@@ -55,9 +56,13 @@ def grow(small: MaskedPretrainer, big: MaskedPretrainer, modality: str) -> None:
     big.load_state_dict(theirs)
 
 
-@pytest.mark.parametrize("modality, length", [("audio", 30), ("video", 2)])
-def test_a_short_clip_does_not_change_when_the_input_size_grows(modality, length):
-    small, big = pretrainer(), pretrainer(**GROWN[modality])
+@pytest.mark.parametrize(
+    "modality, length, patches",
+    [("audio", 30, {}), ("audio", 30, FRAMES), ("video", 2, {})],
+    ids=["audio", "audio-frame-patches", "video"],
+)
+def test_a_short_clip_does_not_change_when_the_input_size_grows(modality, length, patches):
+    small, big = pretrainer(**patches), pretrainer(**GROWN[modality], **patches)
     grow(small, big, modality)
     x = clip(modality, length)[None]  # [1, T, ...]: batch size 1, so the masks agree
     with torch.no_grad():
@@ -70,9 +75,13 @@ def test_a_short_clip_does_not_change_when_the_input_size_grows(modality, length
     torch.testing.assert_close(in_batch[:1], embeddings[0], atol=1e-5, rtol=0)  # padded beside a longer clip
 
 
-@pytest.mark.parametrize("modality", ["audio", "video"])
-def test_padding_is_never_visible_nor_a_target(modality):
-    enc = pretrainer().model.encoders[modality]
+@pytest.mark.parametrize(
+    "modality, patches",
+    [("audio", {}), ("audio", FRAMES), ("video", {})],
+    ids=["audio", "audio-frame-patches", "video"],
+)
+def test_padding_is_never_visible_nor_a_target(modality, patches):
+    enc = pretrainer(**patches).model.encoders[modality]
     batch = padded_batch(modality)
     real = enc.padding_mask(batch)  # [B, L]
     assert not real.all() and real.any(1).all()
@@ -230,3 +239,21 @@ def test_reconstruction_figures_of_padded_batches(tmp_path):
     raw, blank, recon = enc.reconstruction_panels(batch, r)
     assert raw.shape == (3, 32, 48)  # [n, mel, frames]: the batch's frames, padding included
     assert not blank[0, :, 32:].isnan().any()  # padding is never hidden
+
+
+def test_frame_patches_hold_every_mel_bin_of_their_frames():
+    """`frame_patches`: one token per 4 frames over all 32 mel bins; a patch round-trips, and a change
+    in frames 4-7 changes the second token's patch and embedding alone."""
+    enc = pretrainer(**FRAMES).model.encoders["audio"]
+    assert enc.cfg.grid == (1, 12) and enc.num_tokens == 12 and enc.target_dim == 32 * 4
+    x = clip("audio", 20)[None]  # [1, 20, 32]
+    patches = enc.patchify(x)  # [1, 5, 128]
+    assert patches.shape == (1, 5, 128)
+    torch.testing.assert_close(enc.unpatchify(patches), x)
+    changed = x.clone()
+    changed[0, 5, 31] += 1  # frame 5, the top mel bin
+    moved = (enc.patchify(changed) != patches).any(-1)[0]  # [5]
+    assert moved.tolist() == [False, True, False, False, False]
+    with torch.no_grad():
+        tokens = [enc.tokenize(v).tokens for v in (x, changed)]  # [1, 5, D]
+    assert ((tokens[0] - tokens[1]).abs().amax(-1)[0] > 0).tolist() == moved.tolist()

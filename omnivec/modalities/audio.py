@@ -1,4 +1,4 @@
-"""Audio modality: Kaldi log-mel fbank (torchaudio) cut into spectrogram patches, AST style."""
+"""Audio modality: Kaldi log-mel fbank (torchaudio) cut into AST's square patches or SSAST's frame patches."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ class AudioConfig(PatchConfig):
     target_frames: int = 1024  # most fbank frames per clip (10 ms each): longer clips are cropped, shorter kept short
     patch_size: int = 16
     patch_stride: int = 16  # AST uses 10 (overlapping patches); masked pretraining wants 16
+    # Patches that span every mel bin (SSAST's frame patches: one token per `patch_size` frames, holding the whole
+    # spectrum), instead of AST's square ones. Square patches share one projection across frequency bands, so mean
+    # pooling averages the bands together and loses which frequencies sound, what tells speech sounds apart
+    # (SSAST: frame patches win on speech tasks, square ones on audio events).
+    frame_patches: bool = False
     mean: float = -4.2677393  # AST's AudioSet fbank statistics
     std: float = 4.5689974
     mask_ratio: float = 0.8  # AudioMAE
@@ -36,14 +41,24 @@ class AudioConfig(PatchConfig):
         require_positive(
             self, prefix, "sample_rate", "num_mel_bins", "target_frames", "patch_size", "patch_stride", "std"
         )
-        for key in ("num_mel_bins", "target_frames"):
+        for key in ("target_frames",) if self.frame_patches else ("num_mel_bins", "target_frames"):
             value = getattr(self, key)
             require(value >= self.patch_size, f"{prefix}.{key}", f">= patch_size={self.patch_size}", value)
 
     @property
+    def kernel(self) -> tuple[int, int]:
+        """A patch's (mel bins, frames)."""
+        return self.num_mel_bins if self.frame_patches else self.patch_size, self.patch_size
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        """Patch strides along (frequency, time)."""
+        return self.num_mel_bins if self.frame_patches else self.patch_stride, self.patch_stride
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Patches along (frequency, time) of a clip of `target_frames` frames."""
-        f = (self.num_mel_bins - self.patch_size) // self.patch_stride + 1
+        f = (self.num_mel_bins - self.kernel[0]) // self.stride[0] + 1
         t = (self.target_frames - self.patch_size) // self.patch_stride + 1
         return f, t
 
@@ -142,7 +157,7 @@ class AudioEncoder(ModalityEncoder):
 
     def __init__(self, cfg: AudioConfig, dim: int):
         super().__init__(cfg, dim)
-        self.patch_embed = nn.Conv2d(1, self.width, kernel_size=cfg.patch_size, stride=cfg.patch_stride)
+        self.patch_embed = nn.Conv2d(1, self.width, kernel_size=cfg.kernel, stride=cfg.stride)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width))  # frequency-major, as AST's
         trunc_normal_(self.pos_embed, std=0.02)
 
@@ -153,7 +168,7 @@ class AudioEncoder(ModalityEncoder):
 
     @property
     def target_dim(self) -> int:
-        return self.cfg.patch_size**2
+        return self.cfg.kernel[0] * self.cfg.kernel[1]
 
     def frames(self, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Model-ready batch -> (fbank [B, T, mel] cut or completed to whole patches (at most
@@ -211,18 +226,18 @@ class AudioEncoder(ModalityEncoder):
         )
 
     def patchify(self, x: Any) -> torch.Tensor:
-        """Model-ready batch -> [B, L, p*p] spectrogram patches (time-major, as the tokens)."""
+        """Model-ready batch -> [B, L, pf*p] spectrogram patches (time-major, as the tokens)."""
         spec = self.frames(x)[0].transpose(1, 2).unsqueeze(1)  # [B, 1, mel, T]
-        patches = nn.functional.unfold(spec, self.cfg.patch_size, stride=self.cfg.patch_stride)  # [B, p*p, F'*T']
+        patches = nn.functional.unfold(spec, self.cfg.kernel, stride=self.cfg.stride)  # [B, pf*p, F'*T']
         return time_major(patches.transpose(1, 2), self.cfg.grid[0])
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """[B, L, p*p] time-major -> [B, T, mel], the frames the patches cover (overlapping patches averaged)."""
+        """[B, L, pf*p] time-major -> [B, T, mel], the frames the patches cover (overlapping patches averaged)."""
         cfg = self.cfg
         f = cfg.grid[0]
         size = (cfg.num_mel_bins, (patches.shape[1] // f - 1) * cfg.patch_stride + cfg.patch_size)
         patches = patches.unflatten(1, (-1, f)).transpose(1, 2).flatten(1, 2)  # frequency-major, as fold takes them
-        fold = lambda t: nn.functional.fold(t.transpose(1, 2), size, cfg.patch_size, stride=cfg.patch_stride)  # noqa: E731
+        fold = lambda t: nn.functional.fold(t.transpose(1, 2), size, cfg.kernel, stride=cfg.stride)  # noqa: E731
         cover = fold(torch.ones_like(patches)).clamp(min=1)  # [B, 1, mel, T] patches over each value
         return (fold(patches) / cover)[:, 0].transpose(1, 2)
 

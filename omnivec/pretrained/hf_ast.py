@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..modalities.audio import AudioConfig, AudioEncoder
 from ..modalities.base import ModalityEncoder
 from .hf import HFPatchEncoder, checked_config
@@ -30,6 +31,8 @@ class HFASTEncoder(HFPatchEncoder, AudioEncoder):
     def __init__(self, cfg: AudioConfig, dim: int):
         from transformers import ASTModel
 
+        if cfg.frame_patches:
+            raise ConfigError("modalities.audio.frame_patches: AST's patches are square; expected false, got true")
         same = {"patch_size": cfg.patch_size, "patch_stride=frequency_stride": cfg.patch_stride}
         same["patch_stride=time_stride"] = cfg.patch_stride
         sizes = {"num_mel_bins": cfg.num_mel_bins, "max_length": cfg.target_frames}
