@@ -36,8 +36,8 @@ VARIANTS = {
     "200 steps": ["max_steps=200"],
     "mask 0.5": ["model_overrides.modalities.MODALITY.mask_ratio=0.5"],
     "mask 0.75": ["model_overrides.modalities.MODALITY.mask_ratio=0.75"],
-    "patch 4": ["model_overrides.modalities.MODALITY.patch_size=4"],  # audio: 16x the tokens; image, video: default
-    "patch 8": ["model_overrides.modalities.MODALITY.patch_size=8"],  # video: the default before issue 26
+    "patch 4": ["model_overrides.modalities.MODALITY.patch_size=4"],  # omnivec_tiny's default on image, video, audio
+    "patch 8": ["model_overrides.modalities.MODALITY.patch_size=8"],  # video's default before issue 26; audio: half
     "lr 1.5e-3": ["lr=1.5e-3"],
     "decoder 64 x 1": ["decoder.dim=64", "decoder.depth=1"],
     "pixel target": ["model_overrides.modalities.MODALITY.norm_pix_loss=false"],
@@ -69,8 +69,11 @@ def shapes(model: OmniVecModel) -> dict[str, tuple[int, ...]]:
 
 
 def variant_overrides(name: str, modality: str) -> list[str]:
-    """Setting `name`'s overrides of the pretrain config for `modality`."""
-    return [o.replace("MODALITY", modality) for o in VARIANTS[name]]
+    """Setting `name`'s overrides of the pretrain config for `modality` (audio patches get a stride as
+    long as the patch: neither gaps nor overlap)."""
+    overrides = [o.replace("MODALITY", modality) for o in VARIANTS[name]]
+    strides = [o.replace(".patch_size=", ".patch_stride=") for o in overrides if ".patch_size=" in o]
+    return overrides + (strides if modality == "audio" else [])
 
 
 def variant_config(args: argparse.Namespace, name: str, modality: str, folder: Path) -> PretrainConfig:

@@ -28,6 +28,8 @@ def test_roundtrip_through_json(tiny_config, tmp_path):
         ({"heads.x": {"type": "no_such_head", "modality": "image"}}, "heads.x.type"),
         ({"backbone.num_heads": 5}, "backbone.num_heads"),
         ({"modalities.point_cloud.in_chans": 2}, "modalities.point_cloud.in_chans"),
+        ({"modalities.audio.patch_stride": 8}, "modalities.audio.patch_stride"),  # > patch_size 4: skips frames
+        ({"modalities.audio.frame_patches": "maybe"}, "modalities.audio.frame_patches"),
     ],
 )
 def test_bad_config_names_the_key(overrides, key):

@@ -170,3 +170,13 @@ def test_a_given_pretrained_model_reports_the_steps_its_pretraining_run_recorded
     assert recipe.recorded_steps(model_dir) == 3000
     record.write_text(json.dumps({"recipe": "finetune", "config": {"max_steps": 150}}))
     assert recipe.recorded_steps(model_dir) is None  # a fine-tuned model: not pretraining steps
+
+
+def test_pretrain_ablation_gives_audio_patches_a_stride_as_long_as_the_patch():
+    recipe = load_recipe("pretrain_ablation")
+    assert recipe.variant_overrides("patch 8", "video") == ["model_overrides.modalities.video.patch_size=8"]
+    audio = recipe.variant_overrides("patch 8", "audio")
+    assert audio == ["model_overrides.modalities.audio.patch_size=8", "model_overrides.modalities.audio.patch_stride=8"]
+    overrides = dict(o.removeprefix("model_overrides.").split("=") for o in audio)
+    cfg = omnivec.model_config("omnivec_tiny", **{k: int(v) for k, v in overrides.items()})
+    assert cfg.modalities["audio"].grid == (1, 16)  # 128 frames in frame patches of 8: half the default's tokens

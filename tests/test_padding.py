@@ -219,7 +219,7 @@ def test_too_few_visible_tokens_are_warned_about(caplog):
         p = pretrainer(**{"modalities.text.max_length": 32})
     warned = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records}
     assert (
-        "audio: masked pretraining leaves 2 visible tokens per full-length sample (6 tokens, mask_ratio 0.65"
+        "audio: masked pretraining leaves 3 visible tokens per full-length sample (6 tokens, mask_ratio 0.5;"
         in warned["audio"]
     )
     assert "leaves 2 visible tokens" in warned["video"]  # tube masking: 1 of 4 places x 2 time steps

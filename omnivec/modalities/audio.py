@@ -44,6 +44,12 @@ class AudioConfig(PatchConfig):
         for key in ("target_frames",) if self.frame_patches else ("num_mel_bins", "target_frames"):
             value = getattr(self, key)
             require(value >= self.patch_size, f"{prefix}.{key}", f">= patch_size={self.patch_size}", value)
+        require(
+            self.patch_stride <= self.patch_size,
+            f"{prefix}.patch_stride",
+            f"<= patch_size={self.patch_size} (a longer stride skips frames)",
+            self.patch_stride,
+        )
 
     @property
     def kernel(self) -> tuple[int, int]:

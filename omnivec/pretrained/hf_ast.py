@@ -29,10 +29,13 @@ class HFASTEncoder(HFPatchEncoder, AudioEncoder):
     tokenize = AudioEncoder.tokenize
 
     def __init__(self, cfg: AudioConfig, dim: int):
+        if cfg.frame_patches:  # (omnivec_tiny's audio has frame patches of 4 frames)
+            raise ConfigError(
+                "modalities.audio.frame_patches: AST's patches are square; expected false, got true (with "
+                "patch_size and patch_stride set to the checkpoint's, 16 and 10 for the published ones)"
+            )
         from transformers import ASTModel
 
-        if cfg.frame_patches:
-            raise ConfigError("modalities.audio.frame_patches: AST's patches are square; expected false, got true")
         same = {"patch_size": cfg.patch_size, "patch_stride=frequency_stride": cfg.patch_stride}
         same["patch_stride=time_stride"] = cfg.patch_stride
         sizes = {"num_mel_bins": cfg.num_mel_bins, "max_length": cfg.target_frames}
