@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def grad_norm(params: list[torch.nn.Parameter]) -> float:
     """L2 norm of the gradients held by `params` (those without one count as zero)."""
-    return torch.sqrt(sum(((p.grad.float() ** 2).sum() for p in params if p.grad is not None), torch.zeros(()))).item()
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
 
 
 def main() -> None:
