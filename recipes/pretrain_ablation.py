@@ -1,6 +1,7 @@
 """Why does masked pretraining not help (issue 16)? Pretrain omnivec_tiny on one task's modality
 under a few settings and judge each frozen backbone by k-NN and a linear probe on that task,
-beside a randomly initialised backbone. One seed per setting: a screen, not a finding.
+beside a randomly initialised backbone, fitted on train and judged on val (`--split test` only to
+report a setting already chosen). One seed per setting: a screen, not a finding.
 
     python recipes/pretrain_ablation.py --task digits --output runs/pretrain-ablation
     python recipes/pretrain_ablation.py --task shapes --variants baseline "200 steps" --blocks 2
@@ -141,11 +142,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-config", default="configs/pretrain/tiny.yaml")
     p.add_argument("--finetune-config", default="configs/finetune/sample_sequential.yaml")
     p.add_argument("--seed", type=int, help="the pretraining seed (default: the pretrain config's)")
+    p.add_argument(
+        "--split",
+        default="val",
+        help="where the frozen backbones are judged (default val: choose settings there; test only to report one)",
+    )
     p.add_argument("--quick", action="store_true", help="3 pretraining steps and 2 probe epochs, to check it runs")
     args = p.parse_args(argv)
     for name in args.variants:
         require(name in VARIANTS, "--variants", f"settings among {list(VARIANTS)}", name)
     require(args.seed is None or 0 <= args.seed < 2**32, "--seed", "an int in [0, 2**32)", args.seed)
+    require(args.split in ("val", "test"), "--split", "val (to choose a setting) or test", args.split)
     return args
 
 
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> Path:
     ft = load_recipe_config(FinetuneConfig, args.finetune_config, ["device=cpu"])
     require(args.task in ft.tasks, "--task", f"a task of {args.finetune_config} ({', '.join(ft.tasks)})", args.task)
     ft.tasks = {args.task: ft.tasks[args.task]}
-    data = load_task_data(ft, ["train", "test"])
+    data = load_task_data(ft, ["train", args.split])  # fitted on train, judged on --split
     modality = data[args.task][0].modality
     results = {}
     torch.manual_seed(0)
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> Path:
             models[f"{name}, block {depth}"] = first_blocks(model, depth)
     for name, model in models.items():
         metrics, skipped = run_protocols(
-            model, data, ["knn", "linear"], ProtocolSettings(epochs=2 if args.quick else 90)
+            model, data, ["knn", "linear"], ProtocolSettings(epochs=2 if args.quick else 90), test_split=args.split
         )  # k-NN skips a multi-label task
         results.setdefault(name, {}).update(
             {
@@ -202,7 +209,8 @@ def main(argv: list[str] | None = None) -> Path:
         f"# Pretraining ablation on {args.task} ({modality})",
         "",
         f"omnivec_tiny pretrained on {modality} alone from {args.pretrain_config} ({steps} steps unless "
-        f"said), one seed{'' if args.seed is None else f' ({args.seed})'}; frozen backbone judged on the test split: "
+        f"said), one seed{'' if args.seed is None else f' ({args.seed})'}; "
+        f"frozen backbone judged on the {args.split} split: "
         "weighted k-NN (k=20) and a linear probe. "
         f"{minutes:.1f} minutes on this machine.",
         "",

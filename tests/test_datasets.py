@@ -133,6 +133,7 @@ def test_every_other_format_reads(formats):
         pts = read_file(formats[ext])
         assert pts.shape[0] == 2048 and pts.shape[1] >= 3, ext
         assert pts[:, :3].min() >= -1e-6 and pts[:, :3].max() <= 1 + 1e-6  # on the unit box
+        assert np.array_equal(read_file(formats[ext]), pts), ext  # sampled the same way at every read
     assert read_file(formats["txt"]) == "a short text\n"
     assert modality_of(formats["frames"]) == "video"
 

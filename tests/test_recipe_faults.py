@@ -161,6 +161,7 @@ def test_label_efficiency_reports_bad_arguments_in_one_line(args, message, tmp_p
         (["--task", "acl_summaries"], "error: --task acl_summaries: not a classification task"),
         (["--variants", "no such"], "error: --variants: expected settings among ['baseline', "),
         (["--seed", "-1"], "error: --seed: expected an int in [0, 2**32), got -1"),
+        (["--split", "train"], "error: --split: expected val (to choose a setting) or test, got 'train'"),
         (["--blocks", "99"], "error: --blocks: expected block counts in 1..4 (the backbone's depth), got 99"),
         (["--pretrain-config", "/missing.yaml"], "error: /missing.yaml: config file not found"),
     ],

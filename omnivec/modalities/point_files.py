@@ -16,6 +16,7 @@ MESH_EXTENSIONS = (".obj", ".off", ".stl", ".ply")
 
 
 MESH_POINTS = 2048  # points sampled from a mesh's surface
+MESH_SEED = 0  # open3d's sampling seed for every mesh read: a mesh gives the same points each time (resume, embeddings)
 
 
 PLY_SIZES = {
@@ -92,7 +93,8 @@ def is_truncated(path: Path | Blob) -> bool:
 
 def read_point_cloud(path: Path | Blob) -> np.ndarray:
     """Point files (PLY/PCD/XYZ/PTS) or meshes (OBJ/OFF/STL, or a PLY with faces: sampled to
-    MESH_POINTS points) -> float32 [N, 3 + C]: xyz, then normals, then colours when the file has them."""
+    MESH_POINTS points, the same ones at every read) -> float32 [N, 3 + C]: xyz, then normals, then
+    colours when the file has them."""
     import open3d as o3d  # imported here: only point-cloud files need it
 
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -108,6 +110,7 @@ def read_point_cloud(path: Path | Blob) -> np.ndarray:
         if suffix in MESH_EXTENSIONS:
             mesh = o3d.io.read_triangle_mesh(str(file))  # type: ignore[arg-type]
             if len(mesh.triangles) > 0:
+                o3d.utility.random.seed(MESH_SEED)
                 cloud = mesh.sample_points_uniformly(MESH_POINTS, use_triangle_normal=True)
             elif suffix != ".ply":
                 raise DataError(f"{path}: mesh has no triangles (unreadable or empty)")
