@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from omnivec.probes import Features, FrozenPass, knn_evaluate, task_features
 from omnivec.protocols import unsupported
 from omnivec.recipe_config import load_recipe_config
 from omnivec.tasks import load_task_data
-from omnivec.variants import load_model
+from omnivec.variants import load_model, model_config
 
 
 def centred(f: Features) -> Features:
@@ -118,10 +120,14 @@ def main(argv: list[str] | None = None) -> Path:
     rows = [row for d in datasets for row in d.split("train")]  # the order the eval loader embeds them in
     group = (args.group, manifest_column(rows, args.group)) if args.group else None  # before any work
     models = {m: load_model(m, ft.model) for m in args.models}
-    config = next(iter(models.values())).config if models else load_model(None, ft.model, ft.model_overrides).config
+    config = next(iter(models.values())).config if models else model_config(ft.model, **(ft.model_overrides or {}))
+    backbones: dict[str, Callable[[], OmniVecModel]] = {
+        f"random, seed {s}": partial(random_backbone, config, s) for s in args.random
+    }
+    backbones |= {name: (lambda m=model: m) for name, model in models.items()}
     results = {}
-    for name in [f"random, seed {s}" for s in args.random] + list(models):
-        model = models.get(name) or random_backbone(config, int(name.rpartition(" ")[2]))
+    for name, build in backbones.items():
+        model = build()
         why = unsupported(model, "knn", datasets)
         if why:
             raise ConfigError(f"--task {args.task}: {why}")
