@@ -17,6 +17,7 @@ Writes OUTPUT/geometry.md and geometry.json. Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 
 from omnivec.datasets import TaskData
 from omnivec.errors import ConfigError, exit_status
+from omnivec.evaluation import embed_split
 from omnivec.finetune_config import FinetuneConfig
+from omnivec.metrics import precision_at_k
 from omnivec.model import OmniVecModel
 from omnivec.parsing import require
 from omnivec.probes import Features, FrozenPass, knn_evaluate, task_features
@@ -55,10 +58,8 @@ def spectrum(train: torch.Tensor) -> dict[str, float]:
 
 def nearest_same(train: torch.Tensor, labels: list) -> float:
     """The share of train samples [N, D] whose nearest other sample (cosine) has the same label."""
-    sims = train @ train.T  # [N, N]
-    sims.fill_diagonal_(-2.0)
-    nearest = sims.argmax(1).tolist()
-    return sum(labels[i] == labels[j] for i, j in enumerate(nearest)) / len(labels)
+    ids = torch.tensor([{v: i for i, v in enumerate(dict.fromkeys(labels))}[v] for v in labels])  # [N]
+    return precision_at_k(train @ train.T, ids, ids, k=1, same_set=True)["precision@1"]
 
 
 def manifest_column(rows: list[dict[str, Any]], column: str) -> list[Any]:
@@ -87,10 +88,12 @@ def geometry(model: OmniVecModel, datasets: list[TaskData], group: tuple[str, li
     """Every measure of the module docstring for one backbone (`group`: a column's name and its
     value for each train sample)."""
     out: dict[str, float] = {}
-    for split in ("val", "test"):
-        f = task_features(model, datasets, FrozenPass(device="cpu", test_split=split))
-        out[f"knn_{split}"] = knn_evaluate(f)["top1"]
-        out[f"knn_centred_{split}"] = knn_evaluate(centred(f))["top1"]
+    f = task_features(model, datasets, FrozenPass(device="cpu", test_split="val"))  # train embedded once
+    test_x, test_y = embed_split(model, datasets, "test", torch.device("cpu"))  # [M, D], [M]
+    test = dataclasses.replace(f, test=test_x, test_y=test_y)
+    for split, features in (("val", f), ("test", test)):
+        out[f"knn_{split}"] = knn_evaluate(features)["top1"]
+        out[f"knn_centred_{split}"] = knn_evaluate(centred(features))["top1"]
     out |= spectrum(f.train)
     out["nearest_same_class"] = nearest_same(f.train, f.train_y.tolist())
     if group:
