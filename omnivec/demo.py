@@ -33,9 +33,11 @@ def _root() -> Path:
 
 
 # of configs/pretrain/tiny.yaml's 1000 (key: --quick); 440 fill the 235 s 300 took before decoded samples were cached
-# (cache_mb; 300 steps then took 160 s), as 300 filled the 4 minutes 200 took before text batches were grouped by length
+# (cache_mb; 300 steps then took 160 s), as 300 filled the 4 minutes 200 took before text batches were grouped by
+# length; 880 cleared the 2-sd line on no more modalities on val (recipes/demo_budget.py, 2026-12-07)
 PRETRAIN_STEPS = {False: 440, True: 20}
 FINETUNE_SCALE = {False: 0.3, True: 0.03}  # share of the fine-tuning config's steps the demo runs (key: --quick)
+PRETRAIN_CONFIG, FINETUNE_CONFIG = "configs/pretrain/tiny.yaml", "configs/finetune/sample_sequential.yaml"
 PROBE_EPOCHS = {False: 90, True: 10}  # the linear probe's epochs (key: --quick); k-NN and the rest: ProtocolSettings
 
 
@@ -46,10 +48,7 @@ def _scaled_stages(stages: list, scale: float) -> list:
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> Path:
     """Run every stage into `out` and write `out/report.md` and `out/report.html`; returns the html path."""
     from .evaluation import evaluate_saved
-    from .finetune_config import FinetuneConfig
     from .finetuning import finetune
-    from .pretraining import PretrainConfig, pretrain
-    from .recipe_config import load_recipe_config
 
     root, out = _root(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,31 +64,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
         return time.perf_counter()
 
     t = stage(1, "masked pretraining on all five modalities")
-    overrides = [
-        f"max_steps={PRETRAIN_STEPS[quick]}",
-        *(["eval_batches=2", "eval_every=0"] if quick else ["eval_every=100"]),
-    ]
-    pre_cfg = load_recipe_config(
-        PretrainConfig,
-        root / "configs/pretrain/tiny.yaml",
-        [f"output_dir={out / 'pretrain'}", f"device={dev}", "save_every=0", "overwrite=true", *overrides],
-    )
-    pre_cfg.data = {m: [str(root / p) for p in paths] for m, paths in pre_cfg.data.items()}
-    _absolute_tokenizer(pre_cfg, root)
-    pretrain(pre_cfg)
+    pretrain_backbone(root, out / "pretrain", PRETRAIN_STEPS[quick], dev, quick)
     timings["pretraining"] = time.perf_counter() - t
 
-    ft_cfg = load_recipe_config(
-        FinetuneConfig,
-        root / "configs/finetune/sample_sequential.yaml",
-        [f"device={dev}", "save_every=0", "overwrite=true"],
-    )
-    ft_cfg.tasks = {n: dataclasses.replace(s, data=[str(root / p) for p in s.data]) for n, s in ft_cfg.tasks.items()}
-    _absolute_tokenizer(ft_cfg, root)
-    ft_cfg.stages = _scaled_stages(ft_cfg.stages, FINETUNE_SCALE[quick])
-    if quick:
-        ft_cfg.eval_split, ft_cfg.eval_max_batches, ft_cfg.eval_batch_size = "val", 1, 32
-        ft_cfg.tasks["acl_summaries"].head_args["max_new_tokens"] = 16
+    ft_cfg = finetune_config(root, dev, FINETUNE_SCALE[quick], quick)
     for i, (name, init) in enumerate((("pretrained", str(out / "pretrain" / "model")), ("scratch", None)), 2):
         t = stage(i, f"sequential fine-tuning from {'the pretrained backbone' if init else 'scratch'}")
         finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))
@@ -118,6 +96,46 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     html = write_report(out)
     tqdm.write(f"demo done in {sum(timings.values()) / 60:.1f} min: {out / 'report.md'} and {html}")
     return html
+
+
+def pretrain_backbone(
+    root: Path, out: Path, steps: int, device: str, quick: bool = False, config: str = PRETRAIN_CONFIG
+) -> Path:
+    """The demo's masked pretraining: `config` (relative paths: under `root`) for `steps` steps into
+    `out` (no checkpoints; a validation loss every 100 steps unless `quick`) -> the saved model's folder."""
+    from .pretraining import PretrainConfig, pretrain
+    from .recipe_config import load_recipe_config
+
+    overrides = [f"max_steps={steps}", *(["eval_batches=2", "eval_every=0"] if quick else ["eval_every=100"])]
+    cfg = load_recipe_config(
+        PretrainConfig,
+        root / config,
+        [f"output_dir={out}", f"device={device}", "save_every=0", "overwrite=true", *overrides],
+    )
+    cfg.data = {m: [str(root / p) for p in paths] for m, paths in cfg.data.items()}
+    _absolute_tokenizer(cfg, root)
+    pretrain(cfg)
+    return out / "model"
+
+
+def finetune_config(root: Path, device: str, scale: float, quick: bool = False, config: str = FINETUNE_CONFIG) -> Any:
+    """The fine-tuning `config` with relative paths under `root` and each stage's steps scaled by
+    `scale` (`quick`: validation on one batch of val, short summaries)."""
+    from .finetune_config import FinetuneConfig
+    from .recipe_config import load_recipe_config
+
+    cfg = load_recipe_config(
+        FinetuneConfig,
+        root / config,
+        [f"device={device}", "save_every=0", "overwrite=true"],
+    )
+    cfg.tasks = {n: dataclasses.replace(s, data=[str(root / p) for p in s.data]) for n, s in cfg.tasks.items()}
+    _absolute_tokenizer(cfg, root)
+    cfg.stages = _scaled_stages(cfg.stages, scale)
+    if quick:
+        cfg.eval_split, cfg.eval_max_batches, cfg.eval_batch_size = "val", 1, 32
+        cfg.tasks["acl_summaries"].head_args["max_new_tokens"] = 16
+    return cfg
 
 
 def _absolute_tokenizer(cfg: Any, root: Path) -> None:
