@@ -52,7 +52,7 @@ def add_models(sub: Subparsers) -> None:
 def add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on data/sample, with a report")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a first look in about 2 minutes")
+    p.add_argument("--quick", action="store_true", help="a first look in about 3 minutes on 2 cores")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one) or cpu")
     p.set_defaults(func=cmd_demo)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,25 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
 
 
 def pretrain_backbone(
-    root: Path, out: Path, steps: int, device: str, quick: bool = False, config: str = PRETRAIN_CONFIG
+    root: Path,
+    out: Path,
+    steps: int,
+    device: str,
+    quick: bool = False,
+    config: str = PRETRAIN_CONFIG,
+    overrides: Sequence[str] = (),
 ) -> Path:
-    """The demo's masked pretraining: `config` (relative paths: under `root`) for `steps` steps into
-    `out` (no checkpoints; a validation loss every 100 steps unless `quick`) -> the saved model's folder."""
+    """The demo's masked pretraining: `config` (relative paths: under `root`; more `overrides`, KEY=VALUE)
+    for `steps` steps into `out` (no checkpoints; a validation loss every 100 steps unless `quick`) ->
+    the saved model's folder."""
     from .pretraining import PretrainConfig, pretrain
     from .recipe_config import load_recipe_config
 
-    overrides = [f"max_steps={steps}", *(["eval_batches=2", "eval_every=0"] if quick else ["eval_every=100"])]
+    schedule = [f"max_steps={steps}", *(["eval_batches=2", "eval_every=0"] if quick else ["eval_every=100"])]
     cfg = load_recipe_config(
         PretrainConfig,
         root / config,
-        [f"output_dir={out}", f"device={device}", "save_every=0", "overwrite=true", *overrides],
+        [f"output_dir={out}", f"device={device}", "save_every=0", "overwrite=true", *schedule, *overrides],
     )
     cfg.data = {m: [str(root / p) for p in paths] for m, paths in cfg.data.items()}
     _absolute_tokenizer(cfg, root)

@@ -21,6 +21,7 @@ def test_arguments_are_refused_before_any_work(recipe, tmp_path):
     cases = [
         (["--steps", "0"], r"--steps: expected positive numbers of steps, got 0"),
         (["--steps", "5", "5"], r"--steps: expected distinct step counts, got \[5, 5\]"),
+        (["--steps", "5", "--seeds", "1", "1"], r"--seeds: expected distinct seeds, got \[1, 1\]"),
     ]
     refused_before_any_work(recipe.main, tmp_path / "out", cases)
 
@@ -30,23 +31,30 @@ def test_quick_budget_scores_on_val_reuses_and_refuses_other_settings(recipe, tm
     monkeypatch.chdir(ROOT)
     out = tmp_path / "budget"
     args = ["--quick", "--steps", "2", "3", "--output", str(out), *small_config_args(tmp_path)]
-    recipe.main(args)
+    recipe.main([*args, "--seeds", "0", "1"])
     budget = json.loads((out / "budget.json").read_text())
-    assert list(budget["results"]) == ["2", "3"]
-    for steps, result in budget["results"].items():
-        record = result["record"]
-        assert record["split"] == "val" and record["fit_split"] == "train" and record["random_seeds"] == [0, 1, 2]
-        assert [r["task"] for r in record["rows"]] == ["digits", "shapes"]
-        assert set(record["modalities_above"]) == {"image", "point_cloud"}
-        run = json.loads((out / f"steps-{steps}" / "pretrain" / "run_config.json").read_text())["config"]
-        assert run["max_steps"] == int(steps) and run["eval_every"] == 0  # the demo's --quick pretraining
+    assert list(budget["results"]) == ["2", "3"] and list(budget["results"]["3"]) == ["0", "1"]
+    for steps, by_seed in budget["results"].items():
+        for seed, result in by_seed.items():
+            record = result["record"]
+            assert record["split"] == "val" and record["fit_split"] == "train" and record["random_seeds"] == [0, 1, 2]
+            assert [r["task"] for r in record["rows"]] == ["digits", "shapes"]
+            assert set(record["modalities_above"]) == {"image", "point_cloud"}
+            run = json.loads((out / f"steps-{steps}-seed-{seed}" / "pretrain" / "run_config.json").read_text())
+            assert run["config"]["max_steps"] == int(steps) and run["config"]["seed"] == int(seed)
+            assert run["config"]["eval_every"] == 0  # the demo's --quick pretraining
     text = (out / "budget.md").read_text()
-    digits = budget["results"]["3"]["record"]["rows"][0]
-    assert f"| digits | image | {digits['knn']['random_mean']:.3f} ± {digits['knn']['random_sd']:.3f} |" in text
-    assert "- 3 steps (" in text
+    digits = [budget["results"]["3"][s]["record"]["rows"][0] for s in ("0", "1")]
+    random = f"{digits[0]['knn']['random_mean']:.3f} ± {digits[0]['knn']['random_sd']:.3f}"
+    knn = " / ".join(f"{d['knn']['pretrained']:.3f}" for d in digits)
+    assert (
+        f"| digits | image | {random} | " in text and f" | {knn} ({sum(d['above_2sd'] for d in digits)} of 2), " in text
+    )
+    assert "- 3 steps (" in text and "; seed 1: " in text
 
-    stamp = (out / "steps-2" / "pretrain" / "model" / "model.safetensors").stat().st_mtime_ns
-    recipe.main(args)  # a rerun reuses the finished step counts
-    assert (out / "steps-2" / "pretrain" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    stamp = (out / "steps-2-seed-0" / "pretrain" / "model" / "model.safetensors").stat().st_mtime_ns
+    recipe.main(args)  # a rerun reuses the finished runs (here seed 0's, the default)
+    assert (out / "steps-2-seed-0" / "pretrain" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert list(json.loads((out / "budget.json").read_text())["results"]["2"]) == ["0"]
     with pytest.raises(ConfigError, match=r"backbones were made with other settings \(quick: True there, False now"):
         recipe.main([a for a in args if a != "--quick"])
