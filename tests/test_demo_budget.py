@@ -26,6 +26,38 @@ def test_arguments_are_refused_before_any_work(recipe, tmp_path):
     refused_before_any_work(recipe.main, tmp_path / "out", cases)
 
 
+def test_the_demos_first_stage_is_what_the_recipe_pretrains(monkeypatch, tmp_path):
+    """demo.pretrain_backbone: the demo's overrides (440 steps, a validation loss every 100, no
+    checkpoints) and the recipe's seed, on configs/pretrain/tiny.yaml with paths under the root."""
+    import omnivec.pretraining
+    from omnivec.demo import PRETRAIN_STEPS, pretrain_backbone
+
+    seen = []
+    monkeypatch.setattr(omnivec.pretraining, "pretrain", seen.append)
+    model = pretrain_backbone(ROOT, tmp_path / "pre", PRETRAIN_STEPS[False], "cpu", overrides=["seed=2"])
+    (cfg,) = seen
+    assert model == tmp_path / "pre" / "model" and cfg.output_dir == str(tmp_path / "pre")
+    assert (cfg.max_steps, cfg.eval_every, cfg.save_every, cfg.seed, cfg.device) == (440, 100, 0, 2, "cpu")
+    assert cfg.data["image"] == [str(ROOT / "data/sample/digits")]
+    assert cfg.model_overrides["modalities.text"]["tokenizer"] == str(ROOT / "data/sample/tokenizer")
+
+
+def test_table_lists_each_seed_and_a_dash_where_a_task_has_no_knn(recipe):
+    def run(knn: float, above: bool) -> dict:
+        rows = [
+            {"task": "digits", "modality": "image", "knn_gap": knn - 0.4, "above_2sd": above}
+            | {"knn": {"pretrained": knn, "random_mean": 0.4, "random_sd": 0.01}}
+            | {"linear": {"pretrained": knn + 0.1, "random_mean": 0.3, "random_sd": 0.02}},
+            {"task": "spoken_mix", "modality": "audio", "knn_gap": None, "above_2sd": None}
+            | {"linear": {"pretrained": 0.7, "random_mean": 0.6, "random_sd": 0.05}},
+        ]
+        return {"pretrain_seconds": 1.0, "record": {"rows": rows}}
+
+    lines = recipe.table({10: {0: run(0.5, True), 1: run(0.41, False)}})
+    assert lines[2] == "| digits | image | 0.400 ± 0.010 | 0.500 / 0.410 (1 of 2), 0.600 / 0.510 | 0.300 ± 0.020 |"
+    assert lines[3] == "| spoken_mix | audio | - | -, 0.700 / 0.700 | 0.600 ± 0.050 |"
+
+
 @pytest.mark.integration
 def test_quick_budget_scores_on_val_reuses_and_refuses_other_settings(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
