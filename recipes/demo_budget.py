@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
     probe = ProtocolSettings(epochs=PROBE_EPOCHS[args.quick])
     probe_device = torch.device("cpu") if args.device == "cpu" else None  # None: the probes' own choice, as the demo
     results: dict[int, dict[int, dict]] = {}
+    randoms: dict[int, dict] = {}  # the random backbones' probes, the same for every run: computed once
     for steps in args.steps:
         for seed in args.seeds:
             folder = out / f"steps-{steps}-seed-{seed}"
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> Path:
                     root, folder / "pretrain", steps, args.device, args.quick, args.pretrain_config, [f"seed={seed}"]
                 )
                 seconds = time.perf_counter() - started
-                record = probe_backbones(model, ft, folder / "probes.json", probe, probe_device, split=SPLIT)
+                record = probe_backbones(
+                    model, ft, folder / "probes.json", probe, probe_device, split=SPLIT, random_cache=randoms
+                )
                 result = {"pretrain_seconds": seconds, "record": record}
                 (folder / "result.json").write_text(json.dumps(result, indent=2))
             results.setdefault(steps, {})[seed] = json.loads((folder / "result.json").read_text())

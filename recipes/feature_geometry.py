@@ -58,7 +58,8 @@ def spectrum(train: torch.Tensor) -> dict[str, float]:
 
 def nearest_same(train: torch.Tensor, labels: list) -> float:
     """The share of train samples [N, D] whose nearest other sample (cosine) has the same label."""
-    ids = torch.tensor([{v: i for i, v in enumerate(dict.fromkeys(labels))}[v] for v in labels])  # [N]
+    index = {v: i for i, v in enumerate(dict.fromkeys(labels))}  # label -> class id, built once
+    ids = torch.tensor([index[v] for v in labels])  # [N]
     return precision_at_k(train @ train.T, ids, ids, k=1, same_set=True)["precision@1"]
 
 
