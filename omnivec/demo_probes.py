@@ -64,14 +64,14 @@ def probe_backbones(
     device: str | torch.device | None = None,
     seeds: tuple[int, ...] = RANDOM_SEEDS,
     split: str = SPLIT,
-    random_cache: dict[int, dict] | None = None,
+    random_cache: dict[tuple[int, str], dict] | None = None,
 ) -> dict[str, Any]:
     """k-NN and a linear probe of the saved model `pretrained` and of one randomly initialised twin
     per seed (its config, built after `torch.manual_seed(seed)`) on every classification task of the
     fine-tuning config `cfg`, fitted on train and scored on `split` (a screen: val) -> the record
-    written to `out` (JSON). The global RNG is left as it was. `random_cache` ({seed: results}) is
-    filled and reused by calls that probe backbones of one architecture on the same data and split,
-    so each random twin is probed once."""
+    written to `out` (JSON). The global RNG is left as it was. `random_cache` ({(seed, context):
+    results}, context: the architecture, the tasks' data, `settings`, `split` and `device`) is filled
+    and reused across calls, so a random twin probed once under the same context is not probed again."""
     with torch.random.fork_rng(devices=[]):  # the demo's later stages see the global RNG as it was
         data = {
             task: datasets
@@ -81,14 +81,16 @@ def probe_backbones(
         model = OmniVecModel.from_pretrained(pretrained)
         results, skipped = run_protocols(model, data, PROBES, dataclasses.replace(settings, seed=0), device, split)
         cache = {} if random_cache is None else random_cache
+        sources = {task: [str(d.source) for d in datasets] for task, datasets in data.items()}
+        context = repr((model.config, sources, settings, split, str(device)))
         for seed in seeds:
-            if seed not in cache:
+            if (seed, context) not in cache:
                 torch.manual_seed(seed)
                 random = OmniVecModel(model.config)
-                cache[seed] = run_protocols(
+                cache[seed, context] = run_protocols(
                     random, data, PROBES, dataclasses.replace(settings, seed=seed), device, split
                 )[0]
-        randoms = [cache[seed] for seed in seeds]
+        randoms = [cache[seed, context] for seed in seeds]
     rows = [
         probe_row(
             task,

@@ -5,17 +5,20 @@ classification task, beside 3 random backbones, seeds 0-2), but fitted on train 
 the test split is never read. Few pretraining seeds and val splits of 20 to 30 samples on audio,
 video and point clouds: a screen for a budget, not a finding.
 
-    python recipes/demo_budget.py --output runs/demo-budget --steps 440 880   # about 19 minutes on 2 cores
-    python recipes/demo_budget.py --output runs/demo-budget --steps 440 880 --seeds 0 1 2   # 3 times that
+    python recipes/demo_budget.py --output runs/demo-budget --steps 440 880   # about 19 minutes on 2 cores (2026-12-07)
+    python recipes/demo_budget.py --output runs/demo-budget --steps 440 880 --seeds 0 1 2   # 57 minutes then
     python recipes/demo_budget.py --output /tmp/demo-budget --steps 3 --quick
 
+(Both timed before the 3 random backbones were probed once per invocation instead of once per run.)
 Writes OUTPUT/budget.json and OUTPUT/budget.md. A rerun reuses every finished run (a step count and
-a seed) and refuses a folder made with other settings. Run from the repository root.
+a seed) and refuses a folder made with other settings: the arguments, the two configs' contents,
+the random seeds, the probe's epochs and the device. Run from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -24,10 +27,12 @@ from pathlib import Path
 import torch
 
 from omnivec.demo import FINETUNE_CONFIG, PRETRAIN_CONFIG, PROBE_EPOCHS, finetune_config, pretrain_backbone
-from omnivec.demo_probes import probe_backbones
+from omnivec.demo_probes import RANDOM_SEEDS, probe_backbones
 from omnivec.errors import exit_status
 from omnivec.parsing import require
+from omnivec.pretraining import PretrainConfig
 from omnivec.protocols import ProtocolSettings
+from omnivec.recipe_config import load_recipe_config
 from omnivec.run_dir import refuse_other_settings
 
 SPLIT = "val"
@@ -90,19 +95,36 @@ def summary(steps: int, by_seed: dict[int, dict]) -> str:
     )
 
 
+def run_settings(args: argparse.Namespace, root: Path) -> dict:
+    """What the folder's backbones and probes depend on besides --steps and --seeds: the arguments,
+    the configs' contents (sha256), the random backbones' seeds, the probe's epochs and the device."""
+    digests = {
+        f"{name}_sha256": hashlib.sha256((root / path).read_bytes()).hexdigest()
+        for name, path in (("pretrain_config", args.pretrain_config), ("finetune_config", args.finetune_config))
+    }
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu"
+    return (
+        {k: v for k, v in vars(args).items() if k not in ("output", "steps", "seeds")}
+        | digests
+        | {"split": SPLIT, "random_seeds": list(RANDOM_SEEDS), "probe_epochs": PROBE_EPOCHS[args.quick]}
+        | {"device_used": device}
+    )
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     out, root = Path(args.output), Path.cwd()
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "steps", "seeds")} | {"split": SPLIT}
+    load_recipe_config(PretrainConfig, root / args.pretrain_config, [])  # checked before any work
+    ft = finetune_config(root, args.device, 1.0, config=args.finetune_config)  # the tasks' data; no fine-tuning is run
+    settings = run_settings(args, root)
     if (out / "settings.json").is_file():
         refuse_other_settings(out / "settings.json", settings, f"{out}'s backbones")
-    ft = finetune_config(root, args.device, 1.0, config=args.finetune_config)  # the tasks' data; no fine-tuning is run
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     probe = ProtocolSettings(epochs=PROBE_EPOCHS[args.quick])
     probe_device = torch.device("cpu") if args.device == "cpu" else None  # None: the probes' own choice, as the demo
     results: dict[int, dict[int, dict]] = {}
-    randoms: dict[int, dict] = {}  # the random backbones' probes, the same for every run: computed once
+    randoms: dict[tuple[int, str], dict] = {}  # the random backbones' probes, the same for every run: computed once
     for steps in args.steps:
         for seed in args.seeds:
             folder = out / f"steps-{steps}-seed-{seed}"

@@ -22,6 +22,7 @@ def test_arguments_are_refused_before_any_work(recipe, tmp_path):
         (["--steps", "0"], r"--steps: expected positive numbers of steps, got 0"),
         (["--steps", "5", "5"], r"--steps: expected distinct step counts, got \[5, 5\]"),
         (["--steps", "5", "--seeds", "1", "1"], r"--seeds: expected distinct seeds, got \[1, 1\]"),
+        (["--steps", "5", "--pretrain-config", "configs/pretrain/tiny.yml"], r"tiny\.yml: config file not found"),
     ]
     refused_before_any_work(recipe.main, tmp_path / "out", cases)
 
@@ -40,6 +41,26 @@ def test_the_demos_first_stage_is_what_the_recipe_pretrains(monkeypatch, tmp_pat
     assert (cfg.max_steps, cfg.eval_every, cfg.save_every, cfg.seed, cfg.device) == (440, 100, 0, 2, "cpu")
     assert cfg.data["image"] == [str(ROOT / "data/sample/digits")]
     assert cfg.model_overrides["modalities.text"]["tokenizer"] == str(ROOT / "data/sample/tokenizer")
+
+
+def test_the_demo_pretrains_through_pretrain_backbone(monkeypatch, tmp_path):
+    """`omnivec demo`'s first stage is `demo.pretrain_backbone` with the demo's steps (what the recipe runs)."""
+    import omnivec.demo
+    from omnivec.demo import PRETRAIN_STEPS, run_demo
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def stop(*args):
+        calls.append(args)
+        raise Stop  # no further stage runs
+
+    monkeypatch.setattr(omnivec.demo, "pretrain_backbone", stop)
+    with pytest.raises(Stop):
+        run_demo(tmp_path / "demo", device="cpu")
+    assert calls == [(ROOT, tmp_path / "demo" / "pretrain", PRETRAIN_STEPS[False], "cpu", False)]
 
 
 def test_table_lists_each_seed_and_a_dash_where_a_task_has_no_knn(recipe):
@@ -88,5 +109,5 @@ def test_quick_budget_scores_on_val_reuses_and_refuses_other_settings(recipe, tm
     recipe.main(args)  # a rerun reuses the finished runs (here seed 0's, the default)
     assert (out / "steps-2-seed-0" / "pretrain" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
     assert list(json.loads((out / "budget.json").read_text())["results"]["2"]) == ["0"]
-    with pytest.raises(ConfigError, match=r"backbones were made with other settings \(quick: True there, False now"):
+    with pytest.raises(ConfigError, match=r"backbones were made with other settings \(.*quick: True there, False now"):
         recipe.main([a for a in args if a != "--quick"])

@@ -101,3 +101,34 @@ def test_probe_backbones_against_random_twins_of_the_same_seeds(tmp_path):
     twin = omnivec.OmniVecModel(model.config)  # what the second random backbone is
     assert shapes["random"][1] == knn_protocol(twin, data["shapes"])["top1"]
     assert len(shapes["random"]) == 3
+
+
+def test_random_cache_probes_each_twin_once_per_context(tmp_path, monkeypatch):
+    """A shared `random_cache`: two pretrained backbones probed against the same random twins, which
+    are probed once (the records as without the cache); another split probes them again."""
+    import omnivec.demo_probes
+
+    cfg = from_dict(
+        FinetuneConfig,
+        {
+            "tasks": {"shapes": {"head": "classification", "data": [str(SAMPLE / "shapes")], "train_fraction": 0.5}},
+            "stages": [{"tasks": ["shapes"]}],
+        },
+        "",
+    )
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        omnivec.build_model("omnivec_tiny", **{**TINY, "heads": {}}).save_pretrained(tmp_path / f"model-{seed}")
+    settings = ProtocolSettings(epochs=2)
+    uncached = [probe_backbones(tmp_path / f"model-{s}", cfg, tmp_path / "u.json", settings, "cpu") for s in (3, 4)]
+    runs = []
+    real = omnivec.demo_probes.run_protocols
+    monkeypatch.setattr(omnivec.demo_probes, "run_protocols", lambda *a: runs.append(a[4]) or real(*a))
+    cache: dict = {}
+    cached = [
+        probe_backbones(tmp_path / f"model-{s}", cfg, tmp_path / "c.json", settings, "cpu", random_cache=cache)
+        for s in (3, 4)
+    ]
+    assert cached == uncached and len(runs) == 1 + 3 + 1  # the second backbone: only itself
+    probe_backbones(tmp_path / "model-3", cfg, tmp_path / "v.json", settings, "cpu", split="val", random_cache=cache)
+    assert len(runs) == 5 + 1 + 3 and len(cache) == 6
