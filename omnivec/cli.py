@@ -53,7 +53,7 @@ def add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on data/sample, with a report")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a first look in about 3 minutes on 2 cores")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one) or cpu")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto (a GPU if there is one) or cpu")
     p.set_defaults(func=cmd_demo)
 
 
@@ -107,7 +107,7 @@ def add_evaluate(sub: Subparsers) -> None:
     pooling_options(
         p, ["mean", "cls"], "knn / linear: pool the tokens by their mean or take the CLS token (default mean)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     allow_pipe(p)
     p.set_defaults(func=cmd_evaluate)

@@ -63,6 +63,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .embedding_inputs import parse_device
+    from .errors import ConfigError
     from .evaluation import evaluate_saved
     from .finetune_config import FinetuneConfig
     from .protocols import ProtocolSettings, evaluate_protocol
@@ -70,6 +72,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = load_recipe_config(FinetuneConfig, args.config, args.overrides)
     split, output = args.split or cfg.eval_split, Path(args.output or Path(args.model) / "eval")
+    parse_device(args.device)  # a device this machine has, checked before any work
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: a file is there; expected a folder for the results")
     if args.protocol == "finetune":
         evaluate_saved(args.model, cfg, split, output, args.device)
     else:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .demo_probes import RANDOM_SEEDS, SPLIT, probe_backbones
 from .demo_report import write_report
+from .errors import ConfigError
 from .protocols import ProtocolSettings
 
 ROOT = Path(__file__).resolve().parents[1]  # a clone of the repository: configs/ and data/sample/
@@ -52,12 +53,13 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
     from .evaluation import evaluate_saved
     from .finetuning import finetune
 
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"demo --device: expected auto (a GPU if there is one) or cpu, got {device!r}")
     root, out = _root(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     probes = {"random_seeds": list(RANDOM_SEEDS), "split": SPLIT, "linear_epochs": PROBE_EPOCHS[quick]}
     settings = {"quick": quick, "pretrain_steps": PRETRAIN_STEPS[quick], "finetune_scale": FINETUNE_SCALE[quick]}
     (out / "demo.json").write_text(json.dumps({**settings, "probes": probes}, indent=2))
-    dev = "cpu" if device == "cpu" else "auto"
     timings: dict[str, float] = {}
     steps = 7
 
@@ -66,10 +68,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "
         return time.perf_counter()
 
     t = stage(1, "masked pretraining on all five modalities")
-    pretrain_backbone(root, out / "pretrain", PRETRAIN_STEPS[quick], dev, quick)
+    pretrain_backbone(root, out / "pretrain", PRETRAIN_STEPS[quick], device, quick)
     timings["pretraining"] = time.perf_counter() - t
 
-    ft_cfg = finetune_config(root, dev, FINETUNE_SCALE[quick], quick)
+    ft_cfg = finetune_config(root, device, FINETUNE_SCALE[quick], quick)
     for i, (name, init) in enumerate((("pretrained", str(out / "pretrain" / "model")), ("scratch", None)), 2):
         t = stage(i, f"sequential fine-tuning from {'the pretrained backbone' if init else 'scratch'}")
         finetune(dataclasses.replace(ft_cfg, init=init, output_dir=str(out / f"finetune-{name}")))

@@ -212,13 +212,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run every stage in order; write `eval.json`, `eval.md` and the model with all heads to `cfg.output_dir`."""
     started = time.perf_counter()
     recorded = resumes_recorded_run(cfg)  # asked before prepare_output_dir rewrites the run's record
+    data = load_task_data(cfg)  # every dataset and split found before overwrite=true removes a run
     prepare_output_dir(cfg, "finetune")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = first_model(cfg, recorded)
     if cfg.drop_path is not None:
         set_drop_path(model.backbone.blocks, cfg.drop_path)
         model.config.backbone.drop_path = cfg.drop_path  # (recorded with the model; no effect in eval mode)
-    data = load_task_data(cfg)
     for name in data:
         if data[name][0].modality not in model.encoders:
             raise ConfigError(f"tasks.{name}: the model has no {data[name][0].modality!r} encoder ({model.modalities})")

@@ -156,12 +156,13 @@ def evaluate_reconstruction(
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run masked pretraining; writes the model, checkpoints, metrics, plots and a summary to
     `cfg.output_dir` and returns the summary."""
-    from .datasets.loaders import build_loaders
+    from .datasets.loaders import build_loaders, modality_tasks
     from .datasets.sampler import MultiModalLoader
     from .plots import plot_losses, plot_reconstructions
 
     started = time.perf_counter()
     resumed = recorded_checkpoint(cfg)  # read before prepare_output_dir rewrites the run's record
+    modality_tasks(cfg.data)  # every dataset found before overwrite=true removes a run
     prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg, resumed)

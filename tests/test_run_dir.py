@@ -130,3 +130,40 @@ def test_an_output_dir_that_cannot_be_written_fails_before_any_work(tmp_path, mo
     cfg = load_recipe_config(PretrainConfig, pretrain_yaml(tmp_path, "run"), [f"output_dir={target}"])
     with pytest.raises(ConfigError, match=rf"^output_dir: {target} is a file|^output_dir: cannot write in {target} "):
         pretrain(cfg)
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_configs_data_is_not_found(tmp_path):
+    """overwrite=true removes the old run only once every dataset of the new config is found (pretrain:
+    `data`; finetune: each task's data and splits): a typo in a path loses no work."""
+    from omnivec.errors import DataError
+    from omnivec.finetune_config import FinetuneConfig
+    from omnivec.finetuning import finetune
+    from omnivec.parsing import from_dict
+
+    run = tmp_path / "run"
+    before = fake_run(run, **{"model/config.json": "{}", "metrics.jsonl": "{}\n", "eval.json": "{}"})
+    missing = tmp_path / "no-such-dataset"
+    config = pretrain_yaml(tmp_path, "run", max_steps=1)
+    with pytest.raises((ConfigError, DataError), match=str(missing)):
+        pretrain(load_recipe_config(PretrainConfig, config, ["overwrite=true", f"data.image=[{missing}]"]))
+    tasks = {"digits": {"head": "classification", "data": [str(missing)]}}
+    cfg = {"tasks": tasks, "stages": [{"tasks": ["digits"]}], "output_dir": str(run), "overwrite": True}
+    with pytest.raises((ConfigError, DataError), match=str(missing)):
+        finetune(from_dict(FinetuneConfig, cfg, ""))
+    assert folder_bytes(run) == before
+
+
+def test_demo_and_evaluate_refuse_a_device_or_output_before_any_work(tmp_path, capsys):
+    from omnivec.cli import main
+    from omnivec.demo import run_demo
+
+    with pytest.raises(ConfigError, match=r"demo --device: expected auto \(a GPU if there is one\) or cpu, got 'gpu'"):
+        run_demo(tmp_path / "demo", device="gpu")
+    assert not (tmp_path / "demo").exists()
+    (tmp_path / "file").write_text("mine")
+    evaluate = ["evaluate", "--model", str(tmp_path / "model"), "--config", "configs/finetune/sample_sequential.yaml"]
+    assert main([*evaluate, "--device", "gpu"]) != 0
+    assert "--device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'" in capsys.readouterr().err
+    assert main([*evaluate, "--output", str(tmp_path / "file")]) != 0
+    assert f"--output {tmp_path / 'file'}: a file is there; expected a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"

@@ -101,18 +101,27 @@ def recipe_settings(cfg: Any) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in names}
 
 
-def build_loaders(
-    data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool, rank: int = 0, world_size: int = 1
-) -> dict[str, DataLoader]:
-    """One loader per modality of `{modality: [dataset paths]}`, batched by `cfg.batch_size` with
-    `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
-    loaders = {}
+def modality_tasks(data: Mapping[str, list[str]]) -> dict[str, list[TaskData]]:
+    """`{modality: [dataset paths]}` -> `{modality: [TaskData]}`, each dataset found and holding that
+    modality (else a `DataError` naming it and the `data.MODALITY` key): a check before any work."""
+    out = {}
     for modality, paths in data.items():
         found = find_all_tasks(paths, key=f"data.{modality}")
         tasks = [t for t in found if t.stream is None or t.modality == modality]  # shard folders hold several
         for t in tasks or found:
             if t.modality != modality:
                 raise DataError(f"{t.source}: listed under data.{modality} but holds {t.modality} samples")
+        out[modality] = tasks
+    return out
+
+
+def build_loaders(
+    data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool, rank: int = 0, world_size: int = 1
+) -> dict[str, DataLoader]:
+    """One loader per modality of `{modality: [dataset paths]}`, batched by `cfg.batch_size` with
+    `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
+    loaders = {}
+    for modality, tasks in modality_tasks(data).items():
         loaders[modality] = task_loader(
             model,
             tasks,
