@@ -26,7 +26,7 @@ from .latent import OBJECTIVES, LatentConfig
 from .mae import DecoderConfig, MaskedPretrainer
 from .model import OmniVecModel
 from .parsing import join_key, require, require_positive
-from .registry import MODELS
+from .registry import MODALITIES, MODELS
 from .run_dir import prepare_output_dir, recorded_checkpoint
 from .saved_model import saved_config
 from .trainer import TrainConfig, Trainer
@@ -64,6 +64,8 @@ class PretrainConfig(TrainConfig):
         require(bool(self.data), join_key(prefix, "data"), "at least one modality: dataset path", self.data)
         for modality, paths in self.data.items():
             require(bool(paths), join_key(prefix, f"data.{modality}"), "at least one dataset path", paths)
+            known = f"a registered modality ({', '.join(MODALITIES.names())})"
+            require(modality in MODALITIES, join_key(prefix, f"data.{modality}"), known, modality)
         require(
             self.schedule in ("all", "round_robin", "weighted"),
             join_key(prefix, "schedule"),
