@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from omnivec.datasets.loaders import build_loaders
+from omnivec.datasets.loaders import build_loaders, modality_tasks
 from omnivec.mae import MaskedPretrainer
 from omnivec.model import OmniVecModel
 from omnivec.pretraining import PretrainConfig, build_model_for, objectives_of
@@ -50,7 +50,7 @@ def main() -> None:
     pretrainer.train()
     backbone = list(pretrainer.model.backbone.parameters())
     every = [p for p in pretrainer.parameters() if p.requires_grad]
-    loaders = build_loaders(cfg.data, pretrainer.model, "train", cfg, train=True)
+    loaders = build_loaders(modality_tasks(cfg.data), pretrainer.model, "train", cfg, train=True)
     print(f"gradient norm of one modality's loss, mean of {args.batches} batches of {cfg.batch_size}")
     print("| modality | backbone | all parameters |\n|---|---:|---:|")
     for modality, loader in loaders.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from omnivec.datasets.loaders import build_loaders
+from omnivec.datasets.loaders import build_loaders, modality_tasks
 from omnivec.mae import MaskedPretrainer
 from omnivec.pretraining import PretrainConfig, build_model_for, objectives_of
 from omnivec.recipe_config import load_recipe_config
@@ -56,7 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_recipe_config(PretrainConfig, args.config, ["num_workers=0"])
     mae = pretrainer(args.config, SETTINGS["mae"])
-    loaders = build_loaders({m: cfg.data[m] for m in args.modalities}, mae.model, "train", cfg, train=True)
+    loaders = build_loaders(
+        modality_tasks({m: cfg.data[m] for m in args.modalities}), mae.model, "train", cfg, train=True
+    )
     batches = {m: [b for _, b in zip(range(args.batches + WARMUP), loaders[m])] for m in args.modalities}
     cost: dict[tuple[str, str], float] = {}
     for name, overrides in SETTINGS.items():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from .errors import ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .parsing import require
 from .saved_model import WEIGHTS_NAME, state_dict_mismatch
 
@@ -42,10 +44,15 @@ def check_resume(resume: str | None, key: str) -> None:
     )
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under `output_dir/checkpoints` (half-written ones are never named)."""
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The complete checkpoints under `output_dir/checkpoints`, oldest first (half-written ones are never named)."""
     folder = Path(output_dir) / CHECKPOINTS
-    done = sorted(p for p in folder.glob("step_*") if is_checkpoint(p)) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("step_*") if is_checkpoint(p)) if folder.is_dir() else []
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under `output_dir/checkpoints`."""
+    done = complete_checkpoints(output_dir)
     return done[-1] if done else None
 
 
@@ -174,15 +181,62 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()
         return final
 
+    def restore(
+        self, resume: str, module: nn.Module, batches: Any
+    ) -> tuple[Path, tuple[int, list[str], int | None]] | None:
+        """Load `resume` (a checkpoint folder, or `auto`) -> (the checkpoint, `load`'s result); None
+        when `auto` finds no checkpoint. `auto` goes back from the newest complete checkpoint to the
+        first that reads, warning about each damaged one it passes (`CheckpointError` when none reads)."""
+        if resume != "auto":
+            return Path(resume), self.load(Path(resume), module, batches)
+        damaged = []
+        for path in reversed(complete_checkpoints(self.output_dir)):
+            error = None
+            try:
+                result = self.load(path, module, batches)
+            except CheckpointError as e:
+                error = e
+            failed = self.accelerator.reduce(torch.tensor(float(error is not None), device=self.accelerator.device))
+            if failed.item() == 0:  # every process read it: all resume from the same step
+                return path, result
+            damaged.append(str(error or f"{path}: damaged on another process"))
+            if self.is_main:
+                warnings.warn(f"{damaged[-1]}; trying the checkpoint before it", stacklevel=2)
+        if damaged:
+            raise CheckpointError(
+                f"resume=auto: no checkpoint in {self.output_dir / CHECKPOINTS} can be read: " + "; ".join(damaged)
+            )
+        return None
+
     def load(self, path: Path, module: nn.Module, batches: Any) -> tuple[int, list[str], int | None]:
         """Restore the checkpoint `path` into the prepared module, optimizer, scheduler, RNG and
-        `batches` (this process's data position) -> (step, skipped samples, step of the last `val/` record)."""
+        `batches` (this process's data position) -> (step, skipped samples, step of the last `val/`
+        record). A file that cannot be read is a `CheckpointError` naming the checkpoint and the part;
+        one written for another configuration a `ConfigError`."""
         if not is_checkpoint(path):
             raise ConfigError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE})")
-        check_compatible(path, self.accelerator.unwrap_model(module).state_dict())
-        self.accelerator.load_state(str(path / "state"))
-        state = json.loads((path / STATE_FILE).read_text())
-        ranks = state.get("data_ranks") or []  # each process's position (streams differ per process)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        batches.load_state_dict(ranks[rank] if len(ranks) == world else state["data"])
-        return state["step"], list(dict.fromkeys(state.get("skipped", []))), state.get("val_step")
+        with damage(path, "its weights header"):
+            check_compatible(path, self.accelerator.unwrap_model(module).state_dict())
+        with damage(path, f"{STATE_FILE}"):
+            state = json.loads((path / STATE_FILE).read_text())
+            ranks = state.get("data_ranks") or []  # each process's position (streams differ per process)
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            data, step = (ranks[rank] if len(ranks) == world else state["data"]), int(state["step"])
+        with damage(path, "its training state (state/: weights, optimizer, scheduler, RNG)"):
+            self.accelerator.load_state(str(path / "state"))
+        with damage(path, f"{STATE_FILE}'s data position"):
+            batches.load_state_dict(data)
+        return step, list(dict.fromkeys(state.get("skipped", []))), state.get("val_step")
+
+
+@contextmanager
+def damage(path: Path, part: str) -> Iterator[None]:
+    """Any failure to read `part` of the checkpoint `path` (a truncated safetensors, pickle or JSON
+    file, a missing file) becomes a `CheckpointError` naming both; a `ConfigError` (another
+    configuration's checkpoint) or running out of memory passes through."""
+    try:
+        yield
+    except (ConfigError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read {part}, the checkpoint is damaged ({type(e).__name__}: {e})") from e

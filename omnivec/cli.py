@@ -27,6 +27,17 @@ from .pipes import pipes_allowed
 Subparsers = Any  # argparse's _SubParsersAction
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def allow_pipe(p: argparse.ArgumentParser) -> None:
     """The flag of the commands that read shard specs."""
     p.add_argument("--allow-pipe", action="store_true", help="let shard specs be pipe: commands (run in a shell)")
@@ -85,7 +96,9 @@ def add_evaluate(sub: Subparsers) -> None:
         "frozen embeddings; attentive: V-JEPA 2's attentive probe on the frozen tokens (saved to "
         "OUTPUT/attentive/TASK); each fitted on the train split (any saved model, no heads needed)",
     )
-    p.add_argument("--split", help="train, val or test (default: the config's eval_split)")
+    p.add_argument(
+        "--split", choices=["train", "val", "test"], help="the split to score (default: the config's eval_split)"
+    )
     p.add_argument(
         "--output",
         help="folder for metrics.json (finetune, with confusion matrices) or "
@@ -196,14 +209,18 @@ def add_tokenizer(sub: Subparsers) -> None:
     p = tok.add_parser("train", help="train a WordPiece tokenizer offline from manifests or .txt files")
     p.add_argument("--input", nargs="+", required=True, help="manifests / dataset folders (text, summary) or .txt")
     p.add_argument("--output", required=True, help="folder to save the tokenizer to")
-    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--vocab-size", type=positive_int, default=8000, help="word pieces (default 8000)")
     p.add_argument("--split", default="train", help="the split to train on, for manifests with splits (default: train)")
     p.add_argument("--cased", action="store_true", help="keep letter case")
     p.set_defaults(func=cmd_tokenizer_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omnivec", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="omnivec",
+        description="Masked multimodal pretraining, sequential fine-tuning and embeddings on one shared "
+        "transformer backbone. `omnivec COMMAND --help` for a command's options.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
         add_models,

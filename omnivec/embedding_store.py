@@ -12,12 +12,9 @@
 Part `p` holds rows `p * part_size` onwards. Each file is written aside and renamed into place, the
 records first and the embeddings last: a part whose two files exist is whole. `embeddings.json` is
 rewritten (aside, then renamed) after each part and lists the parts on disk; `complete` is true once
-all are there. A failed row's embedding is zeros.
-
+all are there; a rerun drops a part that does not read back whole. A failed row's embedding is zeros.
 Reading: `open_store(OUT)` -> `EmbeddingStore` (`parts`, `embeddings(part)` memory-mapped for npy,
-`records(part)`, `load()` for small stores); `check_compatible(stores)` refuses stores made with
-another model, width, pooling, layers or normalisation; `nearest(stores, queries, k)` is an exact
-top-k by cosine, part by part.
+`records(part)`, `load()` for small stores); search.py compares and searches stores.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .embedding_parts import PART_FORMATS
 from .errors import ConfigError, DataError
 
 FORMAT, VERSION, META = "omnivec-embeddings", 2, "embeddings.json"
@@ -49,57 +48,6 @@ def place(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------- part formats (a registry by name)
-
-
-def write_npy(path: Path, emb: np.ndarray, start: int) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the ".tmp" name
-        np.save(f, emb)
-
-
-def read_npy(path: Path) -> np.ndarray:
-    return np.lib.format.open_memmap(path, mode="r")  # np.load's mmap, naming a file that is not .npy
-
-
-def write_safetensors(path: Path, emb: np.ndarray, start: int) -> None:
-    from safetensors.numpy import save_file
-
-    save_file({"embeddings": emb}, str(path))
-
-
-def read_safetensors(path: Path) -> np.ndarray:
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))["embeddings"]
-
-
-def write_parquet(path: Path, emb: np.ndarray, start: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-    pq.write_table(pa.table({"index": np.arange(start, start + len(emb)), "embedding": column}), path)
-
-
-def read_parquet(path: Path) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    column = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
-    return column.flatten().to_numpy().reshape(len(column), -1)
-
-
-PART_FORMATS: dict[str, tuple[Callable, Callable]] = {
-    "npy": (write_npy, read_npy),
-    "safetensors": (write_safetensors, read_safetensors),
-    "parquet": (write_parquet, read_parquet),
-}
-
-
-def check_part_format(fmt: str) -> None:
-    if fmt not in PART_FORMATS:
-        raise ConfigError(f"--format: expected one of {list(PART_FORMATS)}, got {fmt!r}")
 
 
 # ---------------------------------------------------------------- reading
@@ -190,9 +138,6 @@ def open_store(root: str | os.PathLike) -> EmbeddingStore:
     return EmbeddingStore(root, meta)
 
 
-# ---------------------------------------------------------------- search
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -268,6 +213,7 @@ class StoreWriter:
                     f"--output {self.root}: holds embeddings of another command ({what}); --overwrite "
                     "replaces them, or choose another --output"
                 )
+            self.drop_damaged()
             return
         meta_path.unlink(missing_ok=True)  # first: a store never lists parts that are gone
         for path in ours:
@@ -282,6 +228,22 @@ class StoreWriter:
             for p in range(self.total)
             if f"{part_name(p)}.{self.header['part_format']}" in names and f"{part_name(p)}.jsonl" in names
         ]
+
+    def drop_damaged(self) -> None:
+        """Remove the parts on disk that do not read back whole (a truncated file, another shape or
+        count), naming each in a warning, so that the rerun embeds them again."""
+        store, damaged = EmbeddingStore(self.root, self.header), []
+        for p in self.written():
+            part = {"name": part_name(p), "count": self.rows(p)[1]}
+            try:
+                store.embeddings(part), store.records(part)
+            except DataError as e:
+                warnings.warn(f"{e}; embedding part {p} again", stacklevel=2)
+                damaged.append(p)
+        if damaged:  # first: a store never lists parts that are gone
+            self.write_meta([self.entry(p) for p in self.written() if p not in damaged], complete=False)
+        for path in (path for p in damaged for path in self.root.glob(f"{part_name(p)}.*")):
+            path.unlink()
 
     def rows(self, p: int) -> tuple[int, int]:
         """(first row, rows) of part `p`."""

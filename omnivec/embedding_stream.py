@@ -27,7 +27,8 @@ from .datasets.loaders import collate_for
 from .datasets.readers import load_sample
 from .datasets.records import target_kinds
 from .embedding_inputs import Unit, check_options, check_output, input_spec, items_from, plan_inputs
-from .embedding_store import StoreWriter, check_part_format, store_header
+from .embedding_parts import check_part_format
+from .embedding_store import StoreWriter, store_header
 from .errors import DataError, InputError
 from .files import Blob
 from .model import OmniVecModel

@@ -31,6 +31,10 @@ class TrainingError(RuntimeError):
     and what was not finite, and the last good checkpoint is kept."""
 
 
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be read (a truncated or damaged file); the message names the checkpoint."""
+
+
 USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError)  # a command prints these, never a traceback
 
 

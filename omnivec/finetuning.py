@@ -187,7 +187,9 @@ def run_stage(
         }
         done = {"row": row, "stage": info, "results": results}
         done_file.write_text(json.dumps(done))
-        tqdm.write("  " + ", ".join(f"{t} {model.heads[t].main_metric}={v:.3f}" for t, v in row.items()))
+        n = len(trainer.skipped)
+        skipped = f" ({n} bad sample{'s' if n > 1 else ''} skipped: stages/{stage_dir.name}/done.json)" if n else ""
+        tqdm.write("  " + ", ".join(f"{t} {model.heads[t].main_metric}={v:.3f}" for t, v in row.items()) + skipped)
     accelerator.wait_for_everyone()
     return model, done
 

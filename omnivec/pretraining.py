@@ -164,7 +164,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     resumed = recorded_checkpoint(cfg)  # read before prepare_output_dir rewrites the run's record
-    modality_tasks(cfg.data)  # every dataset found before overwrite=true removes a run
+    data = modality_tasks(cfg.data, check_files=not cfg.skip_bad)  # found before overwrite=true removes a run
     prepare_output_dir(cfg, "pretrain")  # writable, and not another run's folder: checked before any work
     torch.manual_seed(cfg.seed)
     model = build_model_for(cfg, resumed)
@@ -179,9 +179,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)  # prepare_output_dir recorded the config there (run_config.json)
     accelerator = trainer.accelerator
     train = build_loaders(
-        cfg.data, model, "train", cfg, train=True, rank=accelerator.process_index, world_size=accelerator.num_processes
+        data, model, "train", cfg, train=True, rank=accelerator.process_index, world_size=accelerator.num_processes
     )
-    val = build_loaders(cfg.data, model, "val", cfg, train=False)
+    val = build_loaders(data, model, "val", cfg, train=False)
     batches = MultiModalLoader(train, cfg.schedule, cfg.weights if cfg.schedule == "weighted" else None, cfg.seed)
 
     def evaluate() -> dict[str, float]:

@@ -142,6 +142,9 @@ def run_protocols(
         len(model.backbone.blocks),
         model.backbone.num_prefix_tokens,
     )  # before any work
+    heads, width = settings.attentive_heads, model.config.backbone.dim
+    if "attentive" in protocols and heads and width % heads:
+        raise ConfigError(f"attentive_heads (--heads): {heads} does not divide the backbone's width {width}")
     run = FrozenPass(device, test_split=test_split, layers=settings.layers)
     results: dict[str, dict[str, dict]] = {p: {} for p in protocols}
     skipped: dict[str, str] = {}

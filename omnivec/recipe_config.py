@@ -24,11 +24,15 @@ def load_recipe_config(cls: type, path: str | Path, overrides: Sequence[str] = (
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), UniqueKeyLoader) or {}
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     except RecursionError as e:
         raise ConfigError(f"{path}: nested too deeply to be a config") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got a {type(data).__name__}")
     check_config_size(data, str(path))
     for item in overrides:
         key, value = split_key_value(item)
@@ -38,6 +42,37 @@ def load_recipe_config(cls: type, path: str | Path, overrides: Sequence[str] = (
         check_config_size(parsed, key)
         data = merge(data, {key: parsed})
     return from_dict(cls, data, "")
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping of a YAML config gives one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that gives one key twice (the safe loader keeps the
+    last one silently); a key a `<<` merge brings in may still be given again."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.checked: set[int] = set()  # the mapping nodes whose own keys were checked (a merge rewrites them)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Check a mapping's own keys once, before any `<<` merge adds keys to it (also to an anchored
+        mapping another one merges before it is built), then merge as the safe loader does."""
+        if id(node) not in self.checked:
+            self.checked.add(id(node))
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise DuplicateKey(
+                        f"line {line}: the key {key!r} is given twice in one mapping (YAML would keep the last)"
+                    )
+                seen.add(key)
+        super().flatten_mapping(node)
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any], _prefix: tuple[str, ...] = ()) -> dict[str, Any]:

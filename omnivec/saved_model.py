@@ -65,7 +65,10 @@ def load_model_folder(cls: Any, name_or_path: str | os.PathLike, revision: str |
     data = read_json(directory / CONFIG_NAME)
     header = weights_header(directory / WEIGHTS_NAME)
     check_declared_sizes(data, header, directory / CONFIG_NAME, directory / WEIGHTS_NAME)
-    config = OmniVecConfig.from_dict(data)  # (a huge declared model fails above, before anything is built)
+    try:  # (a huge declared model fails above, before anything is built)
+        config = OmniVecConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{directory / CONFIG_NAME}: {e}") from e
     for modality, cfg in config.modalities.items():
         MODALITIES.get(modality).load_assets(cfg, directory)
     check_shapes_before_building(cls, config, header, directory)

@@ -121,12 +121,13 @@ def query_model(stores: list[EmbeddingStore], model: str | os.PathLike | OmniVec
     meta = stores[0].meta
     if isinstance(model, OmniVecModel):
         return model
+    loaded = OmniVecModel.from_pretrained(meta["model"] if model is None else model)  # a damaged folder is named
     if model is not None and meta.get("model_digest") and model_digest(model) not in (None, meta["model_digest"]):
         raise ModelError(
             f"--model {model}: other weights than those that made {stores[0].root} ({meta['model']}); "
             "its embeddings cannot be compared with the store's"
         )
-    return OmniVecModel.from_pretrained(meta["model"] if model is None else model)
+    return loaded
 
 
 def search(

@@ -5,17 +5,36 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import HeadConfig
 from .datasets import TaskData
+from .datasets.dataset import check_files_exist
 from .datasets.records import relabel_row
 from .datasets.sources import find_all_tasks
 from .errors import ConfigError
 from .finetune_config import FinetuneConfig, TaskSpec
 from .registry import HEADS
 from .targets import single_label
+
+
+def warn_unseen_classes(task: str, datasets: list[TaskData], split: str) -> None:
+    """Warn when `split` holds classes no training row has: the head never learns them, yet they are scored."""
+    seen: set[str] = set()
+    scored: set[str] = set()
+    for d in datasets:
+        counts = d.counts() if d.stream is None else {}
+        seen |= set(counts.get("train", (0, {}))[1])
+        scored |= set(counts.get(split, (0, {}))[1])
+    if scored - seen:
+        unseen = sorted(scored - seen)
+        warnings.warn(
+            f"tasks.{task}: the {split!r} split holds {len(unseen)} class(es) no 'train' row has "
+            f"({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''}); they are scored but never learned",
+            stacklevel=2,
+        )
 
 
 def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> dict[str, list[TaskData]]:
@@ -34,6 +53,12 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
                 raise ConfigError(
                     f"tasks.{name}.data: no {split!r} rows in {', '.join(str(d.source) for d in datasets)}"
                 )
+            if split != "train" or not cfg.skip_bad:  # evaluation reads every row: skip_bad is for training
+                rows = [r for d in datasets if d.stream is None for r in d.split(split)]
+                check_files_exist(rows, split, f"tasks.{name}.data", skippable=split == "train")
+        wanted_splits = list(dict.fromkeys(splits or ("train", cfg.eval_split)))
+        for split in wanted_splits[1:] if wanted_splits[0] == "train" else []:  # scored against what train taught
+            warn_unseen_classes(name, datasets, split)
         wanted = HEADS.get(spec.head).target.column
         if datasets[0].target != wanted:
             raise ConfigError(

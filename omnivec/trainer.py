@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbone import compile_blocks
-from .checkpointing import Checkpoints, check_resume, kept_checkpoint, resume_checkpoint
+from .checkpointing import Checkpoints, check_resume, kept_checkpoint
 from .config import augment_configs
 from .datasets.dataset import to_device
 from .errors import ConfigError, TrainingError
@@ -204,9 +204,9 @@ class Trainer:
         then drop the metrics records of steps the checkpoint did not reach."""
         if not self.cfg.resume:
             return
-        path = resume_checkpoint(self.cfg.resume, self.output_dir)
-        if path is not None:
-            self.step, self.skipped, self.val_step = self.checkpoints.load(path, self.module, batches)
+        restored = self.checkpoints.restore(self.cfg.resume, self.module, batches)
+        if restored is not None:
+            path, (self.step, self.skipped, self.val_step) = restored
             if self.is_main:
                 tqdm.write(f"resumed from {path} at step {self.step}")
         if self.is_main:

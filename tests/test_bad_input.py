@@ -97,25 +97,25 @@ def test_folder_trees_and_embed_refuse_links_out_of_the_folder(tmp_path):
     assert secret in [r["path"] for r in load_task(root, allow_outside_root=True).rows]
 
 
+def digits_finetune_yaml(tmp_path: Path, root: Path) -> Path:
+    """A 2-step fine-tuning config of one task, `digits`, on the dataset `root`; output in tmp_path/run."""
+    config = tmp_path / "ft.yaml"
+    tasks = {"digits": {"data": [str(root)]}}
+    stages = [{"tasks": ["digits"], "steps": 2}]
+    settings = {"output_dir": str(tmp_path / "run"), "num_workers": 0}
+    config.write_text(
+        yaml.safe_dump({"model_overrides": SMALL_MODEL_OVERRIDES, "tasks": tasks, "stages": stages, **settings})
+    )
+    return config
+
+
 def test_an_eval_split_without_rows_fails_before_training(tmp_path, capsys):
     """Item 10: no test rows -> ConfigError before any step, naming the task and the split."""
     root = tmp_path / "digits"
     root.mkdir()
     rows = [{"text": f"note {i}", "label": "ab"[i % 2], "split": "train" if i < 6 else "val"} for i in range(8)]
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = tmp_path / "ft.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model_overrides": SMALL_MODEL_OVERRIDES,
-                "tasks": {"digits": {"data": [str(root)]}},
-                "stages": [{"tasks": ["digits"], "steps": 2}],
-                "output_dir": str(tmp_path / "run"),
-                "num_workers": 0,
-            }
-        )
-    )
-    assert main(["finetune", str(config)]) == 2
+    assert main(["finetune", str(digits_finetune_yaml(tmp_path, root))]) == 2
     assert f"error: tasks.digits.data: no 'test' rows in {root / 'manifest.jsonl'}" in capsys.readouterr().err
     assert not (tmp_path / "run" / "stages").exists()
 
@@ -521,3 +521,79 @@ def test_a_yaml_alias_bomb_fails_fast(tmp_path):
         assert time.perf_counter() - started < 2
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_a_missing_file_stops_finetuning_before_any_step(tmp_path, capsys):
+    """A manifest row whose file is gone is named before training, not when a batch reaches it;
+    with skip_bad the dataset is built and the row is skipped when read."""
+    root = tmp_path / "digits"
+    root.mkdir()
+    rows = []
+    for i in range(8):
+        Image.new("L", (8, 8), 30 * i).save(root / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < 6 else "test"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "5.png").unlink()
+    assert main(["finetune", str(digits_finetune_yaml(tmp_path, root))]) == 2
+    err = capsys.readouterr().err
+    assert "tasks.digits.data: 1 of the 6 samples in split 'train' name a file that is not there" in err
+    assert f"manifest.jsonl:6: {root / '5.png'}" in err
+    assert not (tmp_path / "run" / "stages").exists()
+
+    with pytest.raises(DataError, match=r"1 of the 6 samples in split 'train'"):
+        TaskDataset(load_task(root), "train")
+    assert main(["finetune", str(digits_finetune_yaml(tmp_path, root)), "skip_bad=true", "overwrite=true"]) == 0
+    (root / "7.png").unlink()  # evaluation reads every row: skip_bad does not cover the test split
+    assert main(["finetune", str(digits_finetune_yaml(tmp_path, root)), "skip_bad=true", "overwrite=true"]) == 2
+    err = capsys.readouterr().err
+    assert "tasks.digits.data: 1 of the 2 samples in split 'test' name a file that is not there" in err
+    assert "Fix the manifest (`omnivec data check` lists all)" in err
+    ds = TaskDataset(load_task(root), "train", transform=lambda im: torch.zeros(1), skip_bad=True)
+    assert [s["index"] for s in (ds[i] for i in range(len(ds))) if "error" in s] == [5]
+
+
+def test_a_null_path_or_text_in_a_manifest_is_named(tmp_path):
+    """JSON null is not the file or text "None": the row and the column are named."""
+    root = tmp_path / "notes"
+    root.mkdir()
+    for column in ("path", "text"):
+        (root / "manifest.jsonl").write_text(json.dumps({column: None, "label": "a"}) + "\n")
+        with pytest.raises(DataError, match=rf"manifest.jsonl:1: {column} is null: expected a value"):
+            load_task(root)
+
+
+def test_test_classes_never_trained_on_are_warned_about(tmp_path):
+    from omnivec.finetune_config import FinetuneConfig
+    from omnivec.tasks import load_task_data
+
+    root = tmp_path / "notes"
+    root.mkdir()
+    rows = [{"text": f"note {i}", "label": "ab"[i % 2], "split": "train"} for i in range(6)]
+    rows += [{"text": "odd one", "label": "c", "split": "test"}, {"text": "note", "label": "a", "split": "test"}]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = from_dict(FinetuneConfig, {"tasks": {"notes": {"data": [str(root)]}}, "stages": [{"tasks": ["notes"]}]}, "")
+    with pytest.warns(UserWarning, match=r"tasks.notes: the 'test' split holds 1 class\(es\) no 'train' row has \(c\)"):
+        load_task_data(cfg)
+
+
+def test_pretraining_looks_for_the_files_of_the_splits_it_reads_only(tmp_path):
+    """A missing test file does not stop pretraining (it reads train and val); a missing val file, or
+    a name too long for the file system, is named."""
+    from omnivec.datasets.loaders import modality_tasks
+
+    root = tmp_path / "digits"
+    root.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        Image.new("L", (8, 8), 30 * i).save(root / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": split})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "3.png").unlink()
+    assert len(modality_tasks({"image": [str(root)]}, check_files=True)["image"][0].rows) == 4
+    (root / "2.png").unlink()
+    with pytest.raises(DataError, match=r"^data.image: 1 of the 3 samples name a file that is not there: .*:3: "):
+        modality_tasks({"image": [str(root)]}, check_files=True)
+    rows[2]["path"] = "b" * 300 + ".png"
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"b+\.png: cannot be looked up \(File name too long\)"):
+        modality_tasks({"image": [str(root)]}, check_files=True)

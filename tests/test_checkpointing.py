@@ -3,6 +3,7 @@ one, resume is exact, a checkpoint of another config or holding NaN is refused, 
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from torch import nn
 import omnivec
 from omnivec import ConfigError, ModelError
 from omnivec.checkpointing import latest_checkpoint
+from omnivec.errors import CheckpointError
 from omnivec.pretraining import PretrainConfig, pretrain
 from omnivec.recipe_config import load_recipe_config
 
@@ -211,3 +213,36 @@ def test_a_saved_model_with_a_nan_weight_is_refused_naming_the_file_and_tensor(t
     save_file(state, weights)
     with pytest.raises(ModelError, match=rf"{weights}: tensor backbone.norm.weight holds NaN or Inf"):
         omnivec.OmniVecModel.from_pretrained(tmp_path / "model")
+
+
+DAMAGE = {
+    "weights": ("state/model.safetensors", "its weights header"),
+    "optimizer": ("state/optimizer.bin", "its training state"),
+    "trainer_state": ("trainer_state.json", "trainer_state.json"),
+}
+
+
+@pytest.mark.integration
+def test_resume_auto_passes_a_damaged_checkpoint_for_the_one_before_it(tmp_path):
+    """A truncated file in the newest checkpoint (weights, optimizer, trainer state): resume=auto warns,
+    naming it and the part, and continues from the checkpoint before; the same damage in every
+    checkpoint, or a damaged checkpoint named explicitly, is one `CheckpointError`, not a traceback."""
+    config = pretrain_yaml(tmp_path, "run", max_steps=4)
+    pretrain(load_recipe_config(PretrainConfig, config))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    pristine = tmp_path / "pristine"
+    shutil.copytree(checkpoints, pristine)
+    for file, part in DAMAGE.values():
+        shutil.rmtree(checkpoints)
+        shutil.copytree(pristine, checkpoints)
+        damaged = checkpoints / "step_00000004" / file
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+        with pytest.warns(UserWarning, match=rf"step_00000004: cannot read {part}.*the checkpoint before it"):
+            summary = pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=6"]))
+        assert summary["steps"] == 6 and logged_steps(tmp_path / "run")[:4] == [1, 2, 3, 4]
+    for step in ("step_00000004", "step_00000006"):  # every checkpoint the run kept is damaged
+        (checkpoints / step / "trainer_state.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"resume=auto: no checkpoint in .* can be read: .*step_00000006"):
+        pretrain(load_recipe_config(PretrainConfig, config, ["resume=auto", "max_steps=8"]))
+    with pytest.raises(CheckpointError, match=r"step_00000004: cannot read trainer_state.json"):
+        pretrain(load_recipe_config(PretrainConfig, config, [f"resume={checkpoints / 'step_00000004'}", "max_steps=8"]))

@@ -61,3 +61,37 @@ def test_none_drops_a_modality_and_dotted_keys_merge():
 def test_unknown_variant_lists_the_registered_ones():
     with pytest.raises(KeyError, match="omnivec_tiny"):
         omnivec.build_model("omnivec_tinny")
+
+
+def test_a_recipe_yaml_with_a_key_twice_or_a_list_at_the_top_is_refused_naming_it(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: a recipe refuses them, naming the line;
+    a key a `<<` merge brings in may still be set again."""
+    from omnivec.pretraining import PretrainConfig
+    from omnivec.recipe_config import load_recipe_config
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lr: 1.0e-3\nbatch_size: 2\nlr: 3.0e-4\n")
+    with pytest.raises(ConfigError, match=rf"^{twice}: line 3: the key 'lr' is given twice"):
+        load_recipe_config(PretrainConfig, twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(  # an anchored mapping that merges, merged itself before it is built
+        "defaults: &d {dim: 64, depth: 1}\ndecoder: &dec\n  <<: *d\n  depth: 2\nlatent: {<<: *dec}\n"
+    )
+    with pytest.raises(ConfigError, match=r"^defaults: unknown key"):  # read, then validated
+        load_recipe_config(PretrainConfig, merged)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- lr: 1.0\n")
+    with pytest.raises(
+        ConfigError, match=rf"^{listed}: expected a mapping of config keys at the top level, got a list"
+    ):
+        load_recipe_config(PretrainConfig, listed)
+
+
+def test_a_saved_config_json_with_a_bad_key_names_the_file(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    data = json.loads(path.read_text())
+    data["backbone"]["depht"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"^{path}: backbone.depht: unknown key"):
+        omnivec.OmniVecModel.from_pretrained(tmp_path / "m")

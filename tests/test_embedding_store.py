@@ -382,6 +382,11 @@ def test_search_over_two_stores_and_a_moved_model(sample_store, model_dir, tmp_p
     assert "other weights than those that made" in capsys.readouterr().err
     shutil.copytree(model_dir, tmp_path / "copy")
     assert main(["search", "--index", str(sample_store), "--query", query, "--model", str(tmp_path / "copy")]) == 0
+    shutil.copytree(model_dir, tmp_path / "damaged")  # weights that cannot be read are named as such
+    weights = tmp_path / "damaged" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["search", "--index", str(sample_store), "--query", query, "--model", str(weights.parent)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {weights}: not a readable safetensors file")
 
 
 def test_a_long_text_is_cut_before_it_is_tokenized(monkeypatch):

@@ -254,3 +254,29 @@ def test_train_fraction_in_a_finetune_config():
             {"tasks": {"digits": {"data": ["x"], "train_fraction": 0}}, "stages": [{"tasks": ["digits"]}]},
             "",
         )
+
+
+def test_attentive_heads_that_do_not_divide_the_width_fail_before_any_extraction(tiny_model, monkeypatch):
+    from omnivec import protocols
+    from omnivec.protocols import ProtocolSettings, run_protocols
+
+    monkeypatch.setattr(protocols, "task_tokens", lambda *a: pytest.fail("tokens extracted before the check"))
+    data = {"digits": [load_task(SAMPLE / "digits")]}
+    width = tiny_model.config.backbone.dim
+    with pytest.raises(
+        ConfigError, match=rf"attentive_heads \(--heads\): 3 does not divide the backbone's width {width}"
+    ):
+        run_protocols(tiny_model, data, ["attentive"], ProtocolSettings(attentive_heads=3), "cpu")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["tokenizer", "train", "--input", "x", "--output", "y", "--vocab-size", "0"], "expected at least 1, got 0"),
+        (["evaluate", "--model", "m", "--config", "c", "--split", "tset"], "invalid choice: 'tset'"),
+    ],
+)
+def test_cli_numbers_and_splits_are_checked_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err

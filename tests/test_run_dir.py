@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from helpers import (
+    SAMPLE,
     fake_run,
     folder_bytes,
     logged_steps,
@@ -149,6 +150,16 @@ def test_overwrite_keeps_the_old_run_when_the_new_configs_data_is_not_found(tmp_
     tasks = {"digits": {"head": "classification", "data": [str(missing)]}}
     cfg = {"tasks": tasks, "stages": [{"tasks": ["digits"]}], "output_dir": str(run), "overwrite": True}
     with pytest.raises((ConfigError, DataError), match=str(missing)):
+        finetune(from_dict(FinetuneConfig, cfg, ""))
+    gappy = tmp_path / "gappy"  # found, but one row's file is gone
+    shutil.copytree(SAMPLE / "digits", gappy)
+    rows = [json.loads(line) for line in (gappy / "manifest.jsonl").read_text().splitlines()]
+    gone = gappy / next(r["path"] for r in rows if r["split"] == "train")
+    gone.unlink()
+    with pytest.raises(DataError, match=rf"data.image: 1 of the .* samples name a file that is not there: .*{gone}"):
+        pretrain(load_recipe_config(PretrainConfig, config, ["overwrite=true", f"data.image=[{gappy}]"]))
+    cfg["tasks"]["digits"]["data"] = [str(gappy)]
+    with pytest.raises(DataError, match=rf"tasks.digits.data: 1 of the .* samples in split 'train' .*{gone}"):
         finetune(from_dict(FinetuneConfig, cfg, ""))
     assert folder_bytes(run) == before
 

@@ -207,6 +207,19 @@ def test_cli_shard_then_check(tmp_path):
     assert check.returncode == 0 and "1 datasets, 30 samples, 0 bad" in check.stdout
 
 
+def test_an_output_inside_an_input_folder_is_refused(tmp_path):
+    """A folder tree would read the shards written inside it as samples on the next run."""
+    tree = tmp_path / "tree"
+    for label in ("a", "b"):
+        (tree / label).mkdir(parents=True)
+        (tree / label / "note.txt").write_text(f"a note about {label}")
+    for output in (tree / "shards", tree):
+        with pytest.raises(DataError, match=rf"--output {output}: is or lies inside the input {tree}"):
+            write_shards([tree], output)
+    assert sorted(p.name for p in tree.rglob("*")) == ["a", "b", "note.txt", "note.txt"]
+    assert write_shards([tree], tmp_path / "shards")["splits"] == {"-": 2}
+
+
 def digit_images(n: int) -> tuple[list[bytes], list[int]]:
     rows = find_tasks(SAMPLE / "digits")[0].split("train")[:n]
     return [r["path"].read_bytes() for r in rows], [int(r["label"]) for r in rows]
@@ -379,7 +392,7 @@ from types import SimpleNamespace
 import torch.distributed as dist
 from accelerate import PartialState
 import omnivec
-from omnivec.datasets.loaders import build_loaders
+from omnivec.datasets.loaders import build_loaders, modality_tasks
 sys.path.insert(0, {tests!r})
 from helpers import SMALL_MODEL_OVERRIDES
 state = PartialState(cpu=True)
@@ -387,7 +400,8 @@ model = omnivec.build_model("omnivec_tiny", **SMALL_MODEL_OVERRIDES)
 cfg = SimpleNamespace(batch_size=8, num_workers=2, seed=5, skip_bad=False, shuffle_buffer=16, augment={{}}, cache_mb=0)
 out = {{}}
 for name, path in (("shards", {shards!r}), ("manifest", {manifest!r})):
-    loaders = build_loaders({{"image": [path]}}, model, "train", cfg, True, state.process_index, state.num_processes)
+    data = modality_tasks({{"image": [path]}})
+    loaders = build_loaders(data, model, "train", cfg, True, state.process_index, state.num_processes)
     loader = loaders["image"]
     mine = ([i for b in loader for i in b["index"].tolist()] if name == "shards"
             else [i for _, i in loader.sampler])  # the manifest path: its sampler's share (drop_last aside)

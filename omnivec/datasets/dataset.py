@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,8 @@ class TaskDataset(Dataset):
         self.rows = [row for t in tasks for row in t.split(split)]
         if not self.rows:
             raise DataError(f"{', '.join(str(t.source) for t in tasks)}: no samples in split {split!r}")
+        if not skip_bad:
+            check_files_exist(self.rows, split, ", ".join(str(t.source) for t in tasks))
         self.class_index = {c: i for i, c in enumerate(self.task.classes)}
         same = all(t.target == self.task.target and t.classes == self.task.classes for t in tasks)
         self.target_kind = self.task.target_kind if same else None  # datasets joined for pretraining: no targets
@@ -113,6 +116,22 @@ class TaskDataset(Dataset):
                 raise
             return {"index": i, "error": str(e)}
         return {"index": i, "input": x, "target": self.target(i)}
+
+
+def check_files_exist(rows: list[dict[str, Any]], split: str | None, source: str, skippable: bool = True) -> None:
+    """`DataError` (naming `source`) listing the rows whose `path` file is not there, so a run stops
+    before it trains rather than when a batch reaches the row (a shard's or a Hugging Face dataset's
+    in-memory sample is always there). `skippable`: the error suggests skip_bad."""
+    missing = [r for r in rows if isinstance(r.get("path"), Path) and not os.path.exists(r["path"])]
+    if missing:
+        shown = "; ".join(f"{r.get('where', r['path'])}: {r['path']}" for r in missing[:5])
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        where = f" in split {split!r}" if split else ""
+        skip = ", or set skip_bad to skip them" if skippable else ""
+        raise DataError(
+            f"{source}: {len(missing)} of the {len(rows)} samples{where} name a file that is not there: "
+            f"{shown}{more}. Fix the manifest{skip} (`omnivec data check` lists all)"
+        )
 
 
 def file_size(path: Any) -> int:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DataError
 from ..targets import Target
-from .dataset import Collate, TaskDataset
+from .dataset import Collate, TaskDataset, check_files_exist
 from .records import TaskData
 from .sampler import EpochSampler
 from .sources import find_all_tasks
@@ -101,9 +101,10 @@ def recipe_settings(cfg: Any) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in names}
 
 
-def modality_tasks(data: Mapping[str, list[str]]) -> dict[str, list[TaskData]]:
+def modality_tasks(data: Mapping[str, list[str]], check_files: bool = False) -> dict[str, list[TaskData]]:
     """`{modality: [dataset paths]}` -> `{modality: [TaskData]}`, each dataset found and holding that
-    modality (else a `DataError` naming it and the `data.MODALITY` key): a check before any work."""
+    modality (else a `DataError` naming it and the `data.MODALITY` key): a check before any work.
+    `check_files`: the file of every train and val row is there too (`check_files_exist`)."""
     out = {}
     for modality, paths in data.items():
         found = find_all_tasks(paths, key=f"data.{modality}")
@@ -111,17 +112,26 @@ def modality_tasks(data: Mapping[str, list[str]]) -> dict[str, list[TaskData]]:
         for t in tasks or found:
             if t.modality != modality:
                 raise DataError(f"{t.source}: listed under data.{modality} but holds {t.modality} samples")
+        if check_files:  # the splits pretraining reads
+            rows = [r for t in tasks if t.stream is None for split in ("train", "val") for r in t.split(split)]
+            check_files_exist(rows, None, f"data.{modality}")
         out[modality] = tasks
     return out
 
 
 def build_loaders(
-    data: Mapping[str, list[str]], model: Any, split: str, cfg: Any, train: bool, rank: int = 0, world_size: int = 1
+    data: Mapping[str, list[TaskData]],
+    model: Any,
+    split: str,
+    cfg: Any,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, DataLoader]:
-    """One loader per modality of `{modality: [dataset paths]}`, batched by `cfg.batch_size` with
-    `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
+    """One loader per modality of `{modality: [TaskData]}` (`modality_tasks`), batched by
+    `cfg.batch_size` with `cfg.num_workers` persistent workers (and `cfg.augment` when `train`)."""
     loaders = {}
-    for modality, tasks in modality_tasks(data).items():
+    for modality, tasks in data.items():
         loaders[modality] = task_loader(
             model,
             tasks,

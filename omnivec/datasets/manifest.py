@@ -62,6 +62,9 @@ def parse_row(where: str, raw: dict, root: Path, allow_outside_root: bool) -> di
     """A manifest row (`where`: file:line) -> the row omnivec holds: the sample (path under `root`, or
     an inline column), split, modality and target, each checked; `DataError` naming `where`."""
     inline = inline_columns()
+    null = next((c for c in ("path", *inline) if c in raw and raw[c] is None), None)
+    if null is not None:
+        raise DataError(f"{where}: {null} is null: expected a value")
     given = [c for c in ("path", *inline) if c in raw]
     if len(given) != 1:
         expected = " or ".join(repr(c) for c in ("path", *inline))

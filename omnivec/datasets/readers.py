@@ -32,8 +32,11 @@ def modality_of(path: str | Path | Blob) -> str:
     """The modality a file (or a folder, such as a video's frames, or a `Blob`) belongs to."""
     path = path if isinstance(path, Blob) else Path(path)
     for name in MODALITIES.names():
-        if MODALITIES.get(name).claims(path):
-            return name
+        try:
+            if MODALITIES.get(name).claims(path):
+                return name
+        except OSError as e:  # a folder check on a name the file system refuses (too long, no permission)
+            raise DataError(f"{path}: cannot be looked up ({e.strerror or e})") from e
     raise DataError(
         f"{path}: unknown file type {path.suffix.lower()!r}; expected one of "
         + ", ".join(f"{m} {list(s)}" for m, s in extensions().items() if s)

@@ -46,6 +46,7 @@ def write_shards(
         raise DataError(f"{', '.join(streamed)}: already sharded")
     old = old_shards(out)
     tasks = find_all_tasks(inputs, allow_outside_root)
+    check_not_inside(out, inputs)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for task in tasks:
         for row in task.split(split):
@@ -77,6 +78,15 @@ def write_shards(
         raise
     swap(out, entries, old)
     return index
+
+
+def check_not_inside(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
+    """`DataError` when `out` is an input, or lies inside an input folder (a folder tree would read
+    the shards as samples on the next run)."""
+    for spec in inputs:
+        source = Path(spec).resolve()
+        if out.resolve() == source or (source.is_dir() and out.resolve().is_relative_to(source)):
+            raise DataError(f"--output {out}: is or lies inside the input {spec}; choose a folder outside it")
 
 
 def write_groups(groups: dict[tuple[str, str], list[dict[str, Any]]], out: Path, limit: int) -> list[dict[str, Any]]:
