@@ -1,5 +1,6 @@
 """The file formats of an embedding store's parts (`omnivec embed --format`), a registry by name:
-each a writer of embeddings [n, D] (rows `start` onwards) and a reader back to an array."""
+each a writer of embeddings [n, D] (rows `start` onwards), a reader back to an array, and a reader
+of the shape alone (a header or footer, which a truncated file fails to give)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ def read_npy(path: Path) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="r")  # np.load's mmap, naming a file that is not .npy
 
 
+def shape_npy(path: Path) -> tuple[int, ...]:
+    return read_npy(path).shape  # (the memory map checks the file holds what its header says)
+
+
 def write_safetensors(path: Path, emb: np.ndarray, start: int) -> None:
     from safetensors.numpy import save_file
 
@@ -30,6 +35,13 @@ def read_safetensors(path: Path) -> np.ndarray:
     from safetensors.numpy import load_file
 
     return load_file(str(path))["embeddings"]
+
+
+def shape_safetensors(path: Path) -> tuple[int, ...]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:  # (checks the header against the file's size)
+        return tuple(f.get_slice("embeddings").get_shape())
 
 
 def write_parquet(path: Path, emb: np.ndarray, start: int) -> None:
@@ -47,10 +59,17 @@ def read_parquet(path: Path) -> np.ndarray:
     return column.flatten().to_numpy().reshape(len(column), -1)
 
 
-PART_FORMATS: dict[str, tuple[Callable, Callable]] = {
-    "npy": (write_npy, read_npy),
-    "safetensors": (write_safetensors, read_safetensors),
-    "parquet": (write_parquet, read_parquet),
+def shape_parquet(path: Path) -> tuple[int, ...]:
+    import pyarrow.parquet as pq
+
+    part = pq.ParquetFile(path)  # its footer: the end of the file
+    return part.metadata.num_rows, part.schema_arrow.field("embedding").type.list_size
+
+
+PART_FORMATS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "npy": (write_npy, read_npy, shape_npy),
+    "safetensors": (write_safetensors, read_safetensors, shape_safetensors),
+    "parquet": (write_parquet, read_parquet, shape_parquet),
 }
 
 

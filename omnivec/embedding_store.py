@@ -230,15 +230,25 @@ class StoreWriter:
         ]
 
     def drop_damaged(self) -> None:
-        """Remove the parts on disk that do not read back whole (a truncated file, another shape or
-        count), naming each in a warning, so that the rerun embeds them again."""
-        store, damaged = EmbeddingStore(self.root, self.header), []
+        """Remove the parts on disk that are not whole (a truncated file, another shape or count of
+        records; read from each file's header or footer, and the records' lines), naming each in a
+        warning, so that the rerun embeds them again."""
+        fmt, damaged = self.header["part_format"], []
         for p in self.written():
-            part = {"name": part_name(p), "count": self.rows(p)[1]}
+            count, path = self.rows(p)[1], self.root / f"{part_name(p)}.{fmt}"
             try:
-                store.embeddings(part), store.records(part)
-            except DataError as e:
-                warnings.warn(f"{e}; embedding part {p} again", stacklevel=2)
+                shape = tuple(PART_FORMATS[fmt][2](path))
+                lines = (self.root / f"{part_name(p)}.jsonl").read_bytes().count(b"\n")
+            except Exception as e:  # numpy, safetensors and pyarrow each raise their own kinds
+                problem = f"not a readable {fmt} part ({type(e).__name__}: {e})"
+            else:
+                problem = (
+                    ""
+                    if shape == (count, self.header["dim"]) and lines == count
+                    else (f"holds {list(shape)} embeddings and {lines} records, {count} of each expected")
+                )
+            if problem:
+                warnings.warn(f"{path}: {problem}; embedding part {p} again", stacklevel=2)
                 damaged.append(p)
         if damaged:  # first: a store never lists parts that are gone
             self.write_meta([self.entry(p) for p in self.written() if p not in damaged], complete=False)

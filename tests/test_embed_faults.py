@@ -219,18 +219,20 @@ def test_a_long_word_is_cut_without_changing_the_tokens_of_a_short_max_length(mo
     assert max(seen) <= 4 * 1024, seen
 
 
-def test_a_rerun_embeds_a_truncated_part_again(model_dir, digits, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["npy", "safetensors", "parquet"])
+def test_a_rerun_embeds_a_truncated_part_again(model_dir, digits, tmp_path, fmt):
     """A part cut short after it was written (a full disk, a bad copy) used to count as done on a
     rerun; now the rerun names it, embeds it again and ends with the store it first wrote."""
-    out = tmp_path / "store"
-    assert embed(model_dir, [digits], out, "--part-size", "1") == 0
+    out, options = tmp_path / "store", ["--part-size", "1", "--format", fmt]
+    assert embed(model_dir, [digits], out, *options) == 0
     first = {p.name: p.read_bytes() for p in out.glob("part-*")}
-    npy, records = out / "part-00001.npy", out / "part-00002.jsonl"
-    npy.write_bytes(npy.read_bytes()[:-20])
+    damaged, records = out / f"part-00001.{fmt}", out / "part-00002.jsonl"
+    damaged.write_bytes(damaged.read_bytes()[:-20])
     records.write_text("")
     with pytest.warns(UserWarning) as warned:
-        assert embed(model_dir, [digits], out, "--part-size", "1") == 0
+        assert embed(model_dir, [digits], out, *options) == 0
     messages = [str(w.message) for w in warned]
-    assert any(f"{npy}: not a readable npy part" in m and "embedding part 1 again" in m for m in messages)
-    assert any(f"{records}: holds 0 records" in m and "embedding part 2 again" in m for m in messages)
+    assert any(f"{damaged}: not a readable {fmt} part" in m and "embedding part 1 again" in m for m in messages)
+    expected = f"part-00002.{fmt}: holds [1, 32] embeddings and 0 records, 1 of each expected; embedding part 2 again"
+    assert any(expected in m for m in messages), messages
     assert {p.name: p.read_bytes() for p in out.glob("part-*")} == first
