@@ -126,21 +126,21 @@ class FinetuneConfig(TrainConfig):
         for i, stage in enumerate(self.stages):
             require(
                 stage.lr is None or stage.lr >= self.min_lr,
-                join_key(prefix, f"stages[{i}].lr"),
+                join_key(prefix, f"stages.{i}.lr"),
                 f"at least min_lr ({self.min_lr:g}): the schedule decays from lr to min_lr",
                 stage.lr,
             )
             for task in stage.tasks:
                 require(
                     task in self.tasks,
-                    join_key(prefix, f"stages[{i}].tasks"),
+                    join_key(prefix, f"stages.{i}.tasks"),
                     f"names from tasks {sorted(self.tasks)}",
                     task,
                 )
             for task in stage.replay:
                 require(
                     task in earlier,
-                    join_key(prefix, f"stages[{i}].replay"),
+                    join_key(prefix, f"stages.{i}.replay"),
                     f"tasks of earlier stages {sorted(earlier)}",
                     task,
                 )

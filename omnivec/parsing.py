@@ -51,12 +51,12 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         items = value if isinstance(value, (list, tuple)) else [value]  # a single item is a one-item list
-        return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(items)]
+        return [coerce(item_tp, v, join_key(key, str(i))) for i, v in enumerate(items)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
         (item_tp, *_) = typing.get_args(tp)
-        return tuple(coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(coerce(item_tp, v, join_key(key, str(i))) for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
@@ -146,5 +146,5 @@ def non_finite_numbers(data: Any, prefix: str = "") -> list[tuple[str, float]]:
     if isinstance(data, Mapping):
         return [bad for k, v in data.items() for bad in non_finite_numbers(v, join_key(prefix, str(k)))]
     if isinstance(data, (list, tuple)):
-        return [bad for i, v in enumerate(data) for bad in non_finite_numbers(v, f"{prefix}[{i}]")]
+        return [bad for i, v in enumerate(data) for bad in non_finite_numbers(v, join_key(prefix, str(i)))]
     return []

@@ -197,7 +197,7 @@ def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
         if isinstance(x, Mapping) and x:
             return {k: v for key, sub in x.items() for k, v in flat(sub, join_key(prefix, str(key))).items()}
         if isinstance(x, list) and x:
-            return {k: v for i, sub in enumerate(x) for k, v in flat(sub, f"{prefix}[{i}]").items()}
+            return {k: v for i, sub in enumerate(x) for k, v in flat(sub, join_key(prefix, str(i))).items()}
         return {prefix: x}
 
     a, b = flat(saved, ""), flat(now, "")

@@ -73,7 +73,7 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
         if mixed:
             modality = out[mixed[0]][0].modality
             raise ConfigError(
-                f"stages[{i}].align: task {mixed[0]!r} would be mixed (augment.{modality}: mixup / "
+                f"stages.{i}.align: task {mixed[0]!r} would be mixed (augment.{modality}: mixup / "
                 "cutmix), and the alignment loss pairs samples by class: set them to 0"
             )
         spaces = {tuple(out[t][0].classes) for t in stage.align}
@@ -83,7 +83,7 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
             or any(not single_label(HEADS.get(cfg.tasks[t].head).target) for t in stage.align)
         ):
             raise ConfigError(
-                f"stages[{i}].align: expected classification tasks with one label space (use "
+                f"stages.{i}.align: expected classification tasks with one label space (use "
                 f"tasks.NAME.label_map), got { ({t: out[t][0].classes[:5] for t in stage.align}) }"
             )
     return out

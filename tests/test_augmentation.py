@@ -192,7 +192,7 @@ def test_an_aligned_task_cannot_be_mixed(tmp_path):
         stages=[{"tasks": ["digits", "shapes"], "align": ["digits", "shapes"]}],
         augment={"image": {}},
     )
-    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].align: task 'digits' would be mixed"):
+    with pytest.raises(omnivec.ConfigError, match=r"stages\.0\.align: task 'digits' would be mixed"):
         load_task_data(cfg)
 
 

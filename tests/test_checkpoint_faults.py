@@ -74,7 +74,7 @@ def test_min_lr_above_lr_is_refused_at_config_time(tmp_path):
         "stages": [{"tasks": ["digits"], "lr": 1e-6}],
         "min_lr": 1e-5,
     }
-    with pytest.raises(ConfigError, match=r"^stages\[0\]\.lr: expected at least min_lr \(1e-05\).*, got 1e-06$"):
+    with pytest.raises(ConfigError, match=r"^stages\.0\.lr: expected at least min_lr \(1e-05\).*, got 1e-06$"):
         from_dict(FinetuneConfig, finetune, "")
 
 

@@ -121,9 +121,9 @@ def test_evaluate_cli_writes_metrics_and_confusion_matrices(tmp_path, capsys):
 
 
 def test_unknown_task_in_a_stage_is_a_config_error(tmp_path):
-    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].tasks"):
+    with pytest.raises(omnivec.ConfigError, match=r"stages\.0\.tasks"):
         _config(tmp_path, stages=[{"tasks": ["digitz"], "steps": 2}])
-    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].freeze"):
+    with pytest.raises(omnivec.ConfigError, match=r"stages\.0\.freeze"):
         _config(tmp_path, stages=[{"tasks": ["digits"], "freeze": ["heads"]}])
 
 
@@ -139,7 +139,7 @@ def test_replay_rehearses_earlier_tasks(tmp_path):
         for line in (tmp_path / "run" / "stages" / "2_shapes" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all("loss/digits" in r and "loss/shapes" in r for r in records if "lr" in r)  # both in every step
-    with pytest.raises(omnivec.ConfigError, match=r"stages\[0\].replay"):
+    with pytest.raises(omnivec.ConfigError, match=r"stages\.0\.replay"):
         _config(tmp_path, stages=[{"tasks": ["digits"], "replay": ["shapes"]}, {"tasks": ["shapes"]}])
 
 
@@ -220,6 +220,6 @@ def test_label_map_of_an_unknown_label_and_mismatched_spaces(tmp_path):
             )
         )
     with pytest.raises(
-        omnivec.ConfigError, match=r"stages\[0\].align: expected classification tasks with one label space"
+        omnivec.ConfigError, match=r"stages\.0\.align: expected classification tasks with one label space"
     ):
         finetune(_config(tmp_path, stages=[{"tasks": ["digits", "shapes"], "steps": 1, "align": ["digits", "shapes"]}]))
