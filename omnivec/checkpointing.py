@@ -217,7 +217,7 @@ class Checkpoints:
             raise ConfigError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE})")
         with damage(path, "its weights header"):
             check_compatible(path, self.accelerator.unwrap_model(module).state_dict())
-        with damage(path, f"{STATE_FILE}"):
+        with damage(path, STATE_FILE):
             state = json.loads((path / STATE_FILE).read_text())
             ranks = state.get("data_ranks") or []  # each process's position (streams differ per process)
             rank, world = self.accelerator.process_index, self.accelerator.num_processes

@@ -40,7 +40,7 @@ def warn_unseen_classes(task: str, datasets: list[TaskData], split: str) -> None
 def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> dict[str, list[TaskData]]:
     """Every task's datasets, checked: one modality per task, the same classes across its datasets,
     the target column its head learns, and rows in each of `splits` (default: train and eval_split)."""
-    out = {}
+    out, checked = {}, list(dict.fromkeys(splits or ("train", cfg.eval_split)))
     for name, spec in cfg.tasks.items():
         datasets = [
             subsample_train(relabel(t, spec.label_map, f"tasks.{name}.label_map"), spec.train_fraction, cfg.seed)
@@ -48,7 +48,7 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
         ]
         if len({(t.modality, tuple(t.classes), t.target) for t in datasets}) > 1:
             raise ConfigError(f"tasks.{name}.data: the datasets differ in modality, classes or target")
-        for split in dict.fromkeys(splits or ("train", cfg.eval_split)):  # fail now, not after training
+        for split in checked:  # fail now, not after training
             if not any(d.has_split(split) for d in datasets):
                 raise ConfigError(
                     f"tasks.{name}.data: no {split!r} rows in {', '.join(str(d.source) for d in datasets)}"
@@ -56,8 +56,7 @@ def load_task_data(cfg: FinetuneConfig, splits: Sequence[str] | None = None) -> 
             if split != "train" or not cfg.skip_bad:  # evaluation reads every row: skip_bad is for training
                 rows = [r for d in datasets if d.stream is None for r in d.split(split)]
                 check_files_exist(rows, split, f"tasks.{name}.data", skippable=split == "train")
-        wanted_splits = list(dict.fromkeys(splits or ("train", cfg.eval_split)))
-        for split in wanted_splits[1:] if wanted_splits[0] == "train" else []:  # scored against what train taught
+        for split in checked[1:] if checked[0] == "train" else []:  # scored against what train taught
             warn_unseen_classes(name, datasets, split)
         wanted = HEADS.get(spec.head).target.column
         if datasets[0].target != wanted:
